@@ -1,0 +1,1 @@
+"""Domain primitives with no I/O: errors, messages, aggregates, the store protocol, sagas."""

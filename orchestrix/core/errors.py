@@ -1,0 +1,204 @@
+"""The orchestrix error hierarchy.
+
+Every exception orchestrix raises on purpose derives from :class:`OrchestrixError`.
+Errors carry their facts as attributes, so callers branch on data, not on messages::
+
+    OrchestrixError
+    ├── ConcurrencyError                 stream, expected, actual
+    ├── DuplicateEventIdError            an event id already stored somewhere else
+    ├── NotFoundError (LookupError)
+    │   ├── StreamNotFoundError          stream
+    │   └── AggregateNotFoundError       aggregate type, aggregate id
+    ├── InvalidStreamNameError (ValueError)
+    ├── InvalidExpectedVersionError (ValueError)
+    ├── EmptyBatchError (ValueError)     an append with no events
+    ├── SerializationError               type name
+    │   └── UnknownEventTypeError (LookupError)
+    ├── UnhandledEventError              an aggregate has no apply handler for an event type
+    ├── AggregateError                   misuse of an aggregate (no id, wrong id)
+    ├── StoreError                       a backend cannot do its work
+    │   ├── StoreClosedError
+    │   ├── StoreFailedError             a failed fsync poisoned the store until reopened
+    │   ├── CorruptionError              file, offset
+    │   └── StoreFormatError             path: not a store, or a newer format
+    ├── SagaError                        saga and runner problems
+    └── DomainError                      base of business-rule violations that bases subclass
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = [
+    "AggregateError",
+    "AggregateNotFoundError",
+    "ConcurrencyError",
+    "CorruptionError",
+    "DomainError",
+    "DuplicateEventIdError",
+    "EmptyBatchError",
+    "InvalidExpectedVersionError",
+    "InvalidStreamNameError",
+    "NotFoundError",
+    "OrchestrixError",
+    "SagaError",
+    "SerializationError",
+    "StoreClosedError",
+    "StoreError",
+    "StoreFailedError",
+    "StoreFormatError",
+    "StreamNotFoundError",
+    "UnhandledEventError",
+    "UnknownEventTypeError",
+]
+
+
+class OrchestrixError(Exception):
+    """Root of every error orchestrix raises on purpose."""
+
+
+def _describe_version(version: int) -> str:
+    # Imported lazily to keep this module free of other orchestrix imports.
+    names = {-1: "NO_STREAM", -2: "ANY", -4: "STREAM_EXISTS"}
+    return names.get(version, str(version))
+
+
+class ConcurrencyError(OrchestrixError):
+    """The stream was not at the expected version; nothing was written."""
+
+    def __init__(self, stream: str, expected: int, actual: int) -> None:
+        actual_text = "no stream" if actual == -1 else f"version {actual}"
+        super().__init__(
+            f"stream {stream!r}: expected version {_describe_version(expected)}, found {actual_text}"
+        )
+        self.stream = stream
+        self.expected = expected
+        self.actual = actual
+
+
+class DuplicateEventIdError(OrchestrixError):
+    """An event id in the batch is already stored at another place; nothing was written."""
+
+    def __init__(self, stream: str, event_id: object, detail: str) -> None:
+        super().__init__(f"stream {stream!r}: event id {event_id} {detail}")
+        self.stream = stream
+        self.event_id = event_id
+
+
+class NotFoundError(OrchestrixError, LookupError):
+    """Something that was asked for does not exist."""
+
+
+class StreamNotFoundError(NotFoundError):
+    """The stream has no events."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(f"stream {stream!r} does not exist")
+        self.stream = stream
+
+
+class AggregateNotFoundError(NotFoundError):
+    """No events are stored for this aggregate."""
+
+    def __init__(self, aggregate_type: type, aggregate_id: str, stream: str) -> None:
+        super().__init__(f"{aggregate_type.__name__} {aggregate_id!r} not found (stream {stream!r} is empty)")
+        self.aggregate_type = aggregate_type
+        self.aggregate_id = aggregate_id
+        self.stream = stream
+
+
+class InvalidStreamNameError(OrchestrixError, ValueError):
+    """A stream name is empty, too long, not text, or holds control characters."""
+
+    def __init__(self, stream: object, reason: str) -> None:
+        shown = stream if not isinstance(stream, str) or len(stream) <= 60 else stream[:60] + "…"
+        super().__init__(f"invalid stream name {shown!r}: {reason}")
+        self.stream = stream
+        self.reason = reason
+
+
+class InvalidExpectedVersionError(OrchestrixError, ValueError):
+    """The expected version is neither a version nor one of the named modes."""
+
+    def __init__(self, value: object) -> None:
+        super().__init__(
+            f"invalid expected_version {value!r}: use an int >= 0, NO_STREAM, STREAM_EXISTS or ANY"
+        )
+        self.value = value
+
+
+class EmptyBatchError(OrchestrixError, ValueError):
+    """An append was given no events."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(f"stream {stream!r}: append needs at least one event")
+        self.stream = stream
+
+
+class SerializationError(OrchestrixError):
+    """A value cannot be encoded or decoded."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+
+
+class UnknownEventTypeError(SerializationError, LookupError):
+    """A type name or class is not registered with the serializer."""
+
+    def __init__(self, type_name: str, registered: Iterable[str]) -> None:
+        known = ", ".join(sorted(registered)) or "none"
+        super().__init__(type_name, f"not registered with this serializer (registered: {known})")
+        self.registered = tuple(sorted(registered))
+
+
+class UnhandledEventError(OrchestrixError):
+    """An aggregate was asked to apply an event type it has no handler for."""
+
+    def __init__(self, aggregate_type: type, event_type: type) -> None:
+        super().__init__(f"{aggregate_type.__name__} has no apply handler for {event_type.__name__}")
+        self.aggregate_type = aggregate_type
+        self.event_type = event_type
+
+
+class AggregateError(OrchestrixError):
+    """An aggregate was used wrongly (saved without an id, loaded from a foreign stream)."""
+
+
+class StoreError(OrchestrixError):
+    """A store backend cannot do what was asked."""
+
+
+class StoreClosedError(StoreError):
+    """The store was closed."""
+
+
+class StoreFailedError(StoreError):
+    """A write failed in a way that may have lost data; the store refuses writes until reopened."""
+
+
+class CorruptionError(StoreError):
+    """Stored data is damaged in a way that recovery must not guess about."""
+
+    def __init__(self, path: str, offset: int, reason: str) -> None:
+        super().__init__(f"corrupt store file {path} at offset {offset}: {reason}")
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+
+
+class StoreFormatError(StoreError):
+    """A path is not a store of this kind, or was written by a newer format version."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class SagaError(OrchestrixError):
+    """A saga or the saga runner cannot proceed."""
+
+
+class DomainError(OrchestrixError):
+    """Base for business-rule violations; bases subclass it for each rule."""

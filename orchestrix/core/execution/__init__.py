@@ -1,0 +1,1 @@
+"""Running things from the store's global order: subscriptions, sagas, projections."""

@@ -1,0 +1,6 @@
+"""Messages (commands, events, envelopes) and their serialization."""
+
+from orchestrix.core.messaging.messages import Command, Event, NewEvent, RecordedEvent
+from orchestrix.core.messaging.serializer import Serializer
+
+__all__ = ["Command", "Event", "NewEvent", "RecordedEvent", "Serializer"]

@@ -1,0 +1,1 @@
+"""Store backends, each behind the one EventStore protocol."""

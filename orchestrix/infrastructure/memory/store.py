@@ -1,0 +1,153 @@
+"""The in-process event store: the simplest correct store, and the reference for the others."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from orchestrix.core.errors import StoreClosedError
+from orchestrix.core.eventsourcing.store import (
+    ANY,
+    NO_STREAM,
+    AppendResult,
+    AsyncStoreMixin,
+    check_expected_version,
+    find_replayed_append,
+    to_new_events,
+    validate_expected_version,
+    validate_stream_name,
+)
+from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
+from orchestrix.core.messaging.serializer import Serializer
+
+__all__ = ["InMemoryEventStore"]
+
+
+class InMemoryEventStore(AsyncStoreMixin):
+    """A thread-safe event store in memory.
+
+    Events are kept as objects. Pass a ``serializer`` to have every event encoded on append
+    and decoded on read, as the durable stores do: tests then catch unregistered types and
+    values that do not survive a round trip.
+    """
+
+    def __init__(self, serializer: Serializer | None = None) -> None:
+        self._serializer = serializer
+        self._log: list[RecordedEvent] = []
+        self._streams: dict[str, list[RecordedEvent]] = {}
+        self._ids: dict[uuid.UUID, tuple[str, int, int]] = {}
+        self._lock = threading.Lock()
+        self._appended = threading.Condition(self._lock)
+        self._closed = False
+
+    def append(
+        self, stream: str, events: Sequence[NewEvent | Any], expected_version: int = ANY
+    ) -> AppendResult:
+        """Append all events, or raise ConcurrencyError and write none."""
+        validate_stream_name(stream)
+        validate_expected_version(expected_version)
+        batch = to_new_events(stream, events)
+        encoded = [self._encode(e.event) for e in batch]
+        with self._lock:
+            if self._closed:
+                raise StoreClosedError("the store is closed")
+            replayed = find_replayed_append(stream, batch, self._ids.get)
+            if replayed is not None:
+                return replayed
+            events_in_stream = self._streams.get(stream)
+            current = len(events_in_stream) - 1 if events_in_stream else NO_STREAM
+            check_expected_version(stream, expected_version, current)
+            if events_in_stream is None:
+                events_in_stream = self._streams[stream] = []
+            now = datetime.now(UTC)
+            position = len(self._log)
+            versions = []
+            positions = []
+            for new, (type_name, payload) in zip(batch, encoded, strict=True):
+                current += 1
+                position += 1
+                recorded = RecordedEvent(
+                    new.event_id,
+                    stream,
+                    current,
+                    position,
+                    now,
+                    type_name,
+                    payload,
+                    new.correlation_id,
+                    new.causation_id,
+                )
+                events_in_stream.append(recorded)
+                self._log.append(recorded)
+                self._ids[new.event_id] = (stream, current, position)
+                versions.append(current)
+                positions.append(position)
+            self._appended.notify_all()
+        return AppendResult(stream, tuple(versions), tuple(positions))
+
+    def read_stream(self, stream: str, from_version: int = 0) -> Iterator[RecordedEvent]:
+        """Yield the stream's events from ``from_version`` on; nothing for a missing stream."""
+        validate_stream_name(stream)
+        with self._lock:
+            events = self._streams.get(stream)
+            snapshot = events[max(from_version, 0) :] if events else []
+        return map(self._decode, snapshot)
+
+    def read_all(self, after: int = 0, limit: int | None = None) -> Iterator[RecordedEvent]:
+        """Yield every event with a position greater than ``after``, in global order."""
+        with self._lock:
+            end = len(self._log) if limit is None else min(len(self._log), max(after, 0) + limit)
+            snapshot = self._log[max(after, 0) : end]
+        return map(self._decode, snapshot)
+
+    def stream_version(self, stream: str) -> int:
+        """The version of the stream's last event, or NO_STREAM (-1)."""
+        validate_stream_name(stream)
+        with self._lock:
+            events = self._streams.get(stream)
+            return len(events) - 1 if events else NO_STREAM
+
+    def last_position(self) -> int:
+        """The highest global position (0 for an empty store)."""
+        with self._lock:
+            return len(self._log)
+
+    def wait_for_events(self, after: int, timeout: float) -> bool:
+        """Block until an event with position > ``after`` exists or ``timeout`` passes."""
+        with self._appended:
+            return self._appended.wait_for(lambda: len(self._log) > after or self._closed, timeout) and (
+                len(self._log) > after
+            )
+
+    def close(self) -> None:
+        """Refuse further appends and wake every waiter."""
+        with self._appended:
+            self._closed = True
+            self._appended.notify_all()
+
+    def _encode(self, event: Any) -> tuple[str, Any]:
+        if self._serializer is None:
+            return type(event).__name__, event
+        return self._serializer.encode(event)
+
+    def _decode(self, recorded: RecordedEvent) -> RecordedEvent:
+        if self._serializer is None:
+            return recorded
+        return _with_event(recorded, self._serializer.decode(recorded.event_type, recorded.event))
+
+
+def _with_event(recorded: RecordedEvent, event: Any) -> RecordedEvent:
+    return RecordedEvent(
+        recorded.event_id,
+        recorded.stream,
+        recorded.version,
+        recorded.position,
+        recorded.recorded_at,
+        recorded.event_type,
+        event,
+        recorded.correlation_id,
+        recorded.causation_id,
+    )
