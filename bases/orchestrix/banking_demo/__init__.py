@@ -1,0 +1,1 @@
+"""Banking demo: accounts with exact money, and transfers that finish or are compensated."""

@@ -1,0 +1,329 @@
+"""Commands, events and value objects of the banking demo.
+
+Money is always ``Decimal``: finite, with at most two decimal places. Commands are checked by
+:func:`validate_amount` before anything is decided, so a bad amount never reaches an event.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+
+import attrs
+
+from bases.orchestrix.banking_demo.errors import InvalidAmount
+from orchestrix.core.messaging import Command, Event, Serializer
+
+__all__ = [
+    "MAX_AMOUNT",
+    "AccountClosed",
+    "AccountOpened",
+    "AccountReactivated",
+    "AccountStatus",
+    "AccountSuspended",
+    "CloseAccount",
+    "DepositMoney",
+    "MoneyDeposited",
+    "MoneyWithdrawn",
+    "OpenAccount",
+    "ReactivateAccount",
+    "SuspendAccount",
+    "Transaction",
+    "TransactionKind",
+    "TransferCompleted",
+    "TransferDebited",
+    "TransferFailed",
+    "TransferInitiated",
+    "TransferMoney",
+    "TransferReversed",
+    "TransferSettled",
+    "WithdrawMoney",
+    "banking_serializer",
+    "validate_amount",
+]
+
+CENT = Decimal("0.01")
+MAX_AMOUNT = Decimal("999999999999.99")
+"""The largest amount one command may move (just under a trillion)."""
+
+
+def validate_amount(value: object, field: str = "amount", *, allow_zero: bool = False) -> Decimal:
+    """Return ``value`` if it is a valid amount, or raise InvalidAmount saying what is wrong.
+
+    The value keeps its own exponent (``Decimal("1500")`` stays ``1500``); only its precision
+    is checked: at most two decimal places by value, so ``Decimal("1.50")`` and ``1.5`` pass.
+    """
+    if type(value) is not Decimal:
+        raise InvalidAmount(field, value, f"must be a Decimal, not {type(value).__name__}")
+    if not value.is_finite():
+        raise InvalidAmount(field, value, "must be finite")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise InvalidAmount(field, value, "must be zero or more" if allow_zero else "must be positive")
+    if value > MAX_AMOUNT:
+        raise InvalidAmount(field, value, f"must not exceed {MAX_AMOUNT}")
+    try:
+        cents = value.quantize(CENT)
+    except InvalidOperation:
+        raise InvalidAmount(field, value, "cannot be represented in cents") from None
+    if cents != value:
+        raise InvalidAmount(field, value, "must have at most two decimal places")
+    return value + 0  # turns -0 into 0
+
+
+class AccountStatus(enum.Enum):
+    """Where an account is in its life."""
+
+    ACTIVE = "ACTIVE"
+    SUSPENDED = "SUSPENDED"
+    CLOSED = "CLOSED"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class TransactionKind(enum.Enum):
+    """The kind of one money movement in an account's audit trail."""
+
+    OPENING = "opening"
+    DEPOSIT = "deposit"
+    WITHDRAWAL = "withdrawal"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class OpenAccount(Command):
+    """Open a new account with an opening balance (zero or more)."""
+
+    account_id: str
+    owner_name: str
+    initial_balance: Decimal = Decimal("0")
+
+
+@attrs.frozen
+class DepositMoney(Command):
+    """Add money to an account; a repeated idempotency key returns the original outcome."""
+
+    account_id: str
+    amount: Decimal
+    description: str = ""
+    transfer_id: str | None = None
+    idempotency_key: str | None = None
+
+
+@attrs.frozen
+class WithdrawMoney(Command):
+    """Take money from an account; never below zero."""
+
+    account_id: str
+    amount: Decimal
+    description: str = ""
+    transfer_id: str | None = None
+    idempotency_key: str | None = None
+
+
+@attrs.frozen
+class TransferMoney(Command):
+    """Move money between two accounts; finishes or is compensated."""
+
+    transfer_id: str
+    from_account_id: str
+    to_account_id: str
+    amount: Decimal
+    description: str = ""
+
+
+@attrs.frozen
+class SuspendAccount(Command):
+    """Stop all money movements on an account."""
+
+    account_id: str
+    reason: str = ""
+
+
+@attrs.frozen
+class ReactivateAccount(Command):
+    """Let a suspended account move money again."""
+
+    account_id: str
+
+
+@attrs.frozen
+class CloseAccount(Command):
+    """Close an account for good; it must be empty and hold no transfer in flight."""
+
+    account_id: str
+
+
+# -- value objects ----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Transaction:
+    """One entry of an account's audit trail: a single money movement."""
+
+    transaction_id: uuid.UUID
+    kind: TransactionKind
+    amount: Decimal
+    balance_after: Decimal
+    description: str
+    occurred_at: datetime
+    transfer_id: str | None = None
+    idempotency_key: str | None = None
+
+
+# -- account events ----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class AccountOpened(Event):
+    """An account was opened with its opening balance."""
+
+    account_id: str
+    owner_name: str
+    initial_balance: Decimal
+    transaction_id: uuid.UUID
+    occurred_at: datetime
+
+
+@attrs.frozen
+class MoneyDeposited(Event):
+    """Money was added to an account."""
+
+    account_id: str
+    transaction_id: uuid.UUID
+    amount: Decimal
+    balance_after: Decimal
+    description: str
+    occurred_at: datetime
+    transfer_id: str | None = None
+    idempotency_key: str | None = None
+
+
+@attrs.frozen
+class MoneyWithdrawn(Event):
+    """Money was taken from an account."""
+
+    account_id: str
+    transaction_id: uuid.UUID
+    amount: Decimal
+    balance_after: Decimal
+    description: str
+    occurred_at: datetime
+    transfer_id: str | None = None
+    idempotency_key: str | None = None
+
+
+@attrs.frozen
+class AccountSuspended(Event):
+    """An account was suspended."""
+
+    account_id: str
+    reason: str
+    occurred_at: datetime
+
+
+@attrs.frozen
+class AccountReactivated(Event):
+    """A suspended account was reactivated."""
+
+    account_id: str
+    occurred_at: datetime
+
+
+@attrs.frozen
+class AccountClosed(Event):
+    """An account was closed for good."""
+
+    account_id: str
+    occurred_at: datetime
+
+
+@attrs.frozen
+class TransferSettled(Event):
+    """A transfer that debited this account completed; its money is no longer held for a reversal."""
+
+    account_id: str
+    transfer_id: str
+    occurred_at: datetime
+
+
+# -- transfer events (stored in the transfer's own stream) ----------------------------------
+
+
+@attrs.frozen
+class TransferInitiated(Event):
+    """A transfer was accepted; the saga takes it from here."""
+
+    transfer_id: str
+    from_account_id: str
+    to_account_id: str
+    amount: Decimal
+    description: str
+    occurred_at: datetime
+
+
+@attrs.frozen
+class TransferDebited(Event):
+    """The source account was debited."""
+
+    transfer_id: str
+    from_account_id: str
+    amount: Decimal
+    transaction_id: uuid.UUID
+    occurred_at: datetime
+
+
+@attrs.frozen
+class TransferCompleted(Event):
+    """The destination account was credited; the transfer is done."""
+
+    transfer_id: str
+    to_account_id: str
+    amount: Decimal
+    transaction_id: uuid.UUID
+    occurred_at: datetime
+
+
+@attrs.frozen
+class TransferReversed(Event):
+    """Compensation: the debit was re-credited to the source after the credit failed."""
+
+    transfer_id: str
+    from_account_id: str
+    amount: Decimal
+    reason: str
+    transaction_id: uuid.UUID
+    occurred_at: datetime
+
+
+@attrs.frozen
+class TransferFailed(Event):
+    """The transfer ended without moving money (after a reversal if the debit had happened)."""
+
+    transfer_id: str
+    reason: str
+    occurred_at: datetime
+
+
+ACCOUNT_EVENTS = (
+    AccountOpened,
+    MoneyDeposited,
+    MoneyWithdrawn,
+    AccountSuspended,
+    AccountReactivated,
+    AccountClosed,
+    TransferSettled,
+)
+TRANSFER_EVENTS = (TransferInitiated, TransferDebited, TransferCompleted, TransferReversed, TransferFailed)
+
+
+def banking_serializer() -> Serializer:
+    """A serializer that knows every banking event, for the durable stores."""
+    return Serializer(types=[*ACCOUNT_EVENTS, *TRANSFER_EVENTS, Transaction])
