@@ -1,0 +1,177 @@
+import enum
+import uuid
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import attrs
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from orchestrix.core.errors import SerializationError, UnknownEventTypeError
+from orchestrix.core.messaging import Event, Serializer
+
+
+class Colour(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+@attrs.frozen
+class Money:
+    amount: Decimal
+    currency: str
+
+
+@attrs.frozen
+class Everything(Event):
+    text: str
+    count: int
+    ratio: float
+    flag: bool
+    amount: Decimal
+    ref: uuid.UUID
+    at: datetime
+    day: date
+    colour: Colour
+    money: Money
+    maybe: Money | None = None
+    tags: tuple[str, ...] = ()
+    amounts: list[Decimal] = attrs.Factory(list)
+    by_name: dict[str, Money] = attrs.Factory(dict)
+    ids: frozenset[uuid.UUID] = frozenset()
+
+
+@attrs.frozen
+class Small(Event):
+    n: int
+
+
+def full_serializer() -> Serializer:
+    return Serializer(types=[Everything, Money, Small])
+
+
+def sample() -> Everything:
+    return Everything(
+        text='ünïcode "quoted" \\ text',
+        count=-3,
+        ratio=0.25,
+        flag=True,
+        amount=Decimal("1234567890.12345678901234567890"),
+        ref=uuid.uuid4(),
+        at=datetime(2026, 11, 25, 12, 30, 1, 123456, tzinfo=UTC),
+        day=date(2026, 2, 28),
+        colour=Colour.BLUE,
+        money=Money(Decimal("0.10"), "EUR"),
+        maybe=None,
+        tags=("a", "b"),
+        amounts=[Decimal("1.00"), Decimal("-2.5")],
+        by_name={"x": Money(Decimal("3"), "USD")},
+        ids=frozenset({uuid.uuid4()}),
+    )
+
+
+def test_every_supported_field_type_round_trips_exactly() -> None:
+    serializer = full_serializer()
+    event = sample()
+    type_name, data = serializer.encode(event)
+    assert type_name == "Everything"
+    decoded = serializer.decode(type_name, data)
+    assert decoded == event
+    assert str(decoded.amount) == "1234567890.12345678901234567890"
+    assert str(decoded.money.amount) == "0.10"
+
+
+def test_decimals_are_stored_as_strings_never_floats() -> None:
+    _, data = full_serializer().encode(sample())
+    assert b'"amount":"1234567890.12345678901234567890"' in data
+
+
+@given(st.decimals(allow_nan=False, allow_infinity=False))
+def test_any_finite_decimal_round_trips(amount: Decimal) -> None:
+    serializer = Serializer(types=[Money])
+    decoded = serializer.decode(*serializer.encode(Money(amount, "EUR")))
+    assert str(decoded.amount) == str(amount)
+
+
+@pytest.mark.parametrize("bad", [Decimal("NaN"), Decimal("Infinity"), Decimal("-Infinity"), Decimal("sNaN")])
+def test_non_finite_decimals_are_refused(bad: Decimal) -> None:
+    with pytest.raises(SerializationError, match="non-finite"):
+        Serializer(types=[Money]).encode(Money(bad, "EUR"))
+
+
+def test_a_float_where_a_decimal_belongs_is_refused() -> None:
+    with pytest.raises(SerializationError, match="expected Decimal"):
+        Serializer(types=[Money]).encode(Money(0.1, "EUR"))  # type: ignore[arg-type]
+
+
+def test_wrong_native_types_are_refused_on_write() -> None:
+    with pytest.raises(SerializationError, match="expected int"):
+        Serializer(types=[Small]).encode(Small("1"))  # type: ignore[arg-type]
+    with pytest.raises(SerializationError, match="expected int"):
+        Serializer(types=[Small]).encode(Small(True))
+
+
+def test_float_nan_is_refused() -> None:
+    @attrs.frozen
+    class Ratio:
+        value: float
+
+    with pytest.raises(SerializationError):
+        Serializer(types=[Ratio]).encode(Ratio(float("nan")))
+
+
+def test_an_unregistered_type_is_named_in_the_error() -> None:
+    with pytest.raises(UnknownEventTypeError, match="Small") as raised:
+        Serializer(types=[Money]).encode(Small(1))
+    assert raised.value.registered == ("Money",)
+
+
+def test_an_unknown_stored_type_name_is_refused_without_importing_anything() -> None:
+    with pytest.raises(UnknownEventTypeError, match=r"os\.system"):
+        Serializer(types=[Small]).decode("os.system", b'{"n": 1}')
+
+
+def test_a_nested_value_object_must_be_registered_too() -> None:
+    serializer = Serializer(types=[Everything])
+    with pytest.raises(SerializationError, match="Money"):
+        serializer.encode(sample())
+
+
+def test_unsupported_field_types_are_refused_with_the_field_named() -> None:
+    @attrs.frozen
+    class Vague:
+        payload: Any
+
+    with pytest.raises(SerializationError, match="payload"):
+        Serializer(types=[Vague]).encode(Vague(1))
+
+
+def test_one_name_for_two_classes_is_refused() -> None:
+    @attrs.frozen
+    class Small:  # a different class with the same name
+        n: int
+
+    serializer = Serializer(types=[globals()["Small"]])
+    with pytest.raises(SerializationError, match="already registered"):
+        serializer.register(Small)
+
+
+def test_explicit_names_keep_old_data_readable_after_a_rename() -> None:
+    serializer = Serializer()
+    serializer.register(Small, name="SmallThingHappened")
+    type_name, data = serializer.encode(Small(5))
+    assert type_name == "SmallThingHappened"
+    assert serializer.decode("SmallThingHappened", data) == Small(5)
+
+
+def test_only_attrs_classes_can_be_registered() -> None:
+    with pytest.raises(SerializationError, match="attrs"):
+        Serializer(types=[dict])
+
+
+@pytest.mark.parametrize("data", [b"{not json", b"[]", b"{}"])
+def test_damaged_stored_data_raises_a_serialization_error(data: bytes) -> None:
+    with pytest.raises(SerializationError, match="Small"):
+        Serializer(types=[Small]).decode("Small", data)
