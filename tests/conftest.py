@@ -21,3 +21,20 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+# -- in CI, a PostgreSQL test that skips is a failure ------------------------------------------
+
+import pytest  # noqa: E402
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get("ORCHESTRIX_REQUIRE_PG") and "postgres" in item.nodeid.lower():
+        report.outcome = "failed"
+        report.longrepr = (
+            f"{item.nodeid} skipped, but ORCHESTRIX_REQUIRE_PG is set (CI): PostgreSQL tests must run. "
+            f"Skip reason: {report.longrepr}"
+        )
