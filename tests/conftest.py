@@ -1,14 +1,17 @@
-"""Hypothesis profiles: `ci` (derandomized, fixed sizes) by default, `long` on demand.
+"""Hypothesis profiles: `ci` (derandomized, 100 examples unless a test states more) by default,
+`long` (2,000 random examples) on demand.
 
 Choose with HYPOTHESIS_PROFILE=long (or pytest --hypothesis-profile=long).
 """
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
     "ci",
+    max_examples=100,
     derandomize=True,
     deadline=None,
     print_blob=True,
@@ -24,8 +27,6 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 # -- in CI, a PostgreSQL test that skips is a failure ------------------------------------------
-
-import pytest  # noqa: E402
 
 
 @pytest.hookimpl(hookwrapper=True)
