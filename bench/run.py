@@ -1,0 +1,606 @@
+#!/usr/bin/env python3
+"""orchestrix benchmark harness: orchestrix and eventsourcing 9.5.6 measured in the same run.
+
+    python3 bench/run.py [SUITE ...] [--reps N] [--json OUT.json] [--quick]
+
+Suites: memory, file, postgres, saga (default: all). Every workload runs in a fresh child
+process per repetition, with a fresh store; repetitions are interleaved across workloads so
+that machine drift hits every side alike. Prints medians [min-max], ratios and targets, and
+writes JSON (default bench/results/<timestamp>.json). On first run it creates bench/.venv
+with eventsourcing==9.5.6, psycopg and orchestrix (editable); the project itself never
+depends on eventsourcing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH)
+VENV = os.path.join(BENCH, ".venv")
+VENV_PY = os.path.join(VENV, "bin", "python")
+REQUIREMENTS = ["eventsourcing==9.5.6", "psycopg[binary]>=3.1", "psycopg-pool>=3.2"]
+MARKER = os.path.join(VENV, ".orxbench-requirements")
+CHILD_TIMEOUT = 900
+EXIT_NOT_LANDED = 3
+
+
+# -- what is measured ----------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One workload, run once per repetition in a fresh child process."""
+
+    key: str
+    label: str
+    workload: str
+    unit: str
+    better: str = "higher"
+    params: dict[str, Any] = field(default_factory=dict)
+    scale: float = 1.0
+    prepare: str | None = None
+
+
+@dataclass
+class Check:
+    """A target: ``a`` vs ``b`` as a ratio (>1 means a is better), or ``a`` alone vs a bound."""
+
+    label: str
+    a: str
+    b: str | None
+    target: float | None
+    kind: str = "ratio"  # ratio: ratio >= target; max: value <= target; min: value >= target
+    source: str = ""
+
+
+MiB = 1 / (1024 * 1024)
+
+SUITES: dict[str, tuple[list[Row], list[Check]]] = {
+    "memory": (
+        [
+            Row(
+                "orx_save",
+                "orchestrix  save 10k new aggregates (1 event each)",
+                "memory.orx_save",
+                "ev/s",
+                params={"n": 10_000},
+            ),
+            Row("es_save", "eventsourcing POPO  same", "memory.es_save", "ev/s", params={"n": 10_000}),
+            Row(
+                "orx_load",
+                "orchestrix  load 1 aggregate of 10k events",
+                "memory.orx_load",
+                "ms",
+                better="lower",
+                params={"n": 10_000},
+                scale=1e3,
+            ),
+            Row(
+                "es_load",
+                "eventsourcing POPO  same",
+                "memory.es_load",
+                "ms",
+                better="lower",
+                params={"n": 10_000},
+                scale=1e3,
+            ),
+        ],
+        [
+            Check("saves: orchestrix vs peer", "orx_save", "es_save", 3.0, source="issue 2"),
+            Check("load: peer time / orchestrix time", "orx_load", "es_load", 4.0, source="issue 2"),
+        ],
+    ),
+    "file": (
+        [
+            Row(
+                "orx_write1",
+                "orchestrix FileEventStore  1 writer, 1 event/append (10k new aggregates)",
+                "file.orx_write1",
+                "ev/s",
+                params={"n": 10_000},
+            ),
+            Row(
+                "es_write1",
+                "eventsourcing SQLite (WAL, sync FULL)  same",
+                "file.es_write1",
+                "ev/s",
+                params={"n": 10_000},
+            ),
+            Row(
+                "raw_fsync1",
+                "ceiling: raw write+fdatasync loop, 1 record/sync",
+                "file.raw_write1",
+                "rec/s",
+                params={"n": 10_000},
+            ),
+            Row(
+                "orx_write8",
+                "orchestrix  8 writer threads, own stream each, 1 event/append",
+                "file.orx_write8",
+                "ev/s",
+                params={"n": 16_000, "threads": 8},
+            ),
+            Row(
+                "es_write8",
+                "eventsourcing SQLite  8 writer threads, same",
+                "file.es_write8",
+                "ev/s",
+                params={"n": 8_000, "threads": 8},
+            ),
+            Row(
+                "orx_load10k",
+                "orchestrix  load 1 stream of 10k events (aggregate replay)",
+                "file.orx_load",
+                "ms",
+                better="lower",
+                params={"n": 10_000},
+                scale=1e3,
+            ),
+            Row(
+                "es_load10k",
+                "eventsourcing SQLite  same",
+                "file.es_load",
+                "ms",
+                better="lower",
+                params={"n": 10_000},
+                scale=1e3,
+            ),
+            Row(
+                "orx_rss100k",
+                "orchestrix  peak RSS growth loading 100k-event stream",
+                "file.orx_rss",
+                "MiB",
+                better="lower",
+                params={"n": 100_000},
+                scale=MiB,
+            ),
+            Row(
+                "es_rss100k",
+                "eventsourcing SQLite  same",
+                "file.es_rss",
+                "MiB",
+                better="lower",
+                params={"n": 100_000},
+                scale=MiB,
+            ),
+            Row(
+                "orx_open1m",
+                "orchestrix  open a store of 1M events (fresh process)",
+                "file.orx_open",
+                "s",
+                better="lower",
+                params={"n": 1_000_000},
+                prepare="file.orx_build",
+            ),
+        ],
+        [
+            Check("1 writer: orchestrix vs peer SQLite", "orx_write1", "es_write1", 1.5, source="issue 3"),
+            Check("1 writer: orchestrix / fsync ceiling", "orx_write1", "raw_fsync1", 0.85, source="issue 3"),
+            Check("peer SQLite / fsync ceiling (info)", "es_write1", "raw_fsync1", None),
+            Check(
+                "8 writers: orchestrix / 1-writer ceiling", "orx_write8", "raw_fsync1", 4.0, source="issue 3"
+            ),
+            Check("8 writers: orchestrix vs peer 8 threads (info)", "orx_write8", "es_write8", None),
+            Check(
+                "load 10k: peer time / orchestrix time", "orx_load10k", "es_load10k", 5.0, source="issue 3"
+            ),
+            Check("peak RSS 100k: peer / orchestrix", "orx_rss100k", "es_rss100k", 10.0, source="issue 3"),
+            Check("open 1M events <= 0.5 s", "orx_open1m", None, 0.5, kind="max", source="issue 3"),
+        ],
+    ),
+    "postgres": (
+        [
+            Row(
+                "orx_pg1",
+                "orchestrix PostgresEventStore  1 writer, 1 event/append",
+                "postgres.orx_write",
+                "ev/s",
+                params={"n": 3_000, "procs": 1},
+            ),
+            Row(
+                "es_pg1",
+                "eventsourcing PostgreSQL  same",
+                "postgres.es_write",
+                "ev/s",
+                params={"n": 3_000, "procs": 1},
+            ),
+            Row(
+                "raw_pg1",
+                "raw psycopg INSERT+commit loop, 1 writer",
+                "postgres.raw_write",
+                "ev/s",
+                params={"n": 3_000, "procs": 1},
+            ),
+            Row(
+                "orx_pg4",
+                "orchestrix  4 writer processes (total)",
+                "postgres.orx_write",
+                "ev/s",
+                params={"n": 8_000, "procs": 4},
+            ),
+            Row(
+                "es_pg4",
+                "eventsourcing  4 writer processes (total)",
+                "postgres.es_write",
+                "ev/s",
+                params={"n": 8_000, "procs": 4},
+            ),
+            Row(
+                "raw_pg4",
+                "raw psycopg  4 writer processes, no lock (total)",
+                "postgres.raw_write",
+                "ev/s",
+                params={"n": 8_000, "procs": 4},
+            ),
+            Row(
+                "orx_pgread",
+                "orchestrix  read_all 50k events in order",
+                "postgres.orx_read_all",
+                "ev/s",
+                params={"n": 50_000},
+            ),
+            Row(
+                "es_pgread",
+                "eventsourcing  select_notifications+decode 50k",
+                "postgres.es_read_all",
+                "ev/s",
+                params={"n": 50_000},
+            ),
+            Row(
+                "orx_pglag",
+                "orchestrix  tailing subscriber lag p50, 4 writers (ms)",
+                "postgres.orx_tail_lag",
+                "ms",
+                better="lower",
+                params={"n": 4_000, "procs": 4},
+                scale=1e3,
+            ),
+        ],
+        [
+            Check("1 writer: orchestrix vs peer", "orx_pg1", "es_pg1", 1.5, source="issue 5"),
+            Check("1 writer: orchestrix / raw psycopg (info)", "orx_pg1", "raw_pg1", None),
+            Check("4 writers: orchestrix vs peer 4 writers", "orx_pg4", "es_pg4", 2.5, source="issue 5"),
+            Check("4 writers: orchestrix scaling vs its 1 writer (info)", "orx_pg4", "orx_pg1", None),
+            Check("4 writers: orchestrix / raw no-lock (info)", "orx_pg4", "raw_pg4", None),
+            Check("read all: orchestrix vs peer (info)", "orx_pgread", "es_pgread", None),
+        ],
+    ),
+    "saga": (
+        [
+            Row(
+                "saga_file",
+                "TransferSaga on FileEventStore, 32 in flight",
+                "saga.transfers",
+                "transfers/s",
+                params={"n": 2_000, "in_flight": 32, "store": "file"},
+            ),
+            Row(
+                "saga_memory",
+                "TransferSaga on InMemoryEventStore, 32 in flight",
+                "saga.transfers",
+                "transfers/s",
+                params={"n": 2_000, "in_flight": 32, "store": "memory"},
+            ),
+        ],
+        [
+            Check(
+                "durable file store >= 1,000 transfers/s",
+                "saga_file",
+                None,
+                1000.0,
+                kind="min",
+                source="issue 4",
+            ),
+            Check("memory store (info)", "saga_memory", None, None, kind="min"),
+        ],
+    ),
+}
+
+QUICK_KEYS = ("n",)
+
+
+# -- environment ---------------------------------------------------------------------------
+
+
+def ensure_venv() -> None:
+    """Create bench/.venv with the peer and orchestrix (editable) unless it is already there."""
+    wanted = "\n".join(REQUIREMENTS) + "\n"
+    if os.path.exists(VENV_PY) and os.path.exists(MARKER):
+        with open(MARKER) as f:
+            if f.read() == wanted:
+                return
+    print(f"bench: creating {VENV} (eventsourcing 9.5.6, psycopg, orchestrix editable) ...", flush=True)
+    if not os.path.exists(VENV_PY):
+        subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
+    pip = [VENV_PY, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip, *REQUIREMENTS], check=True)
+    subprocess.run([*pip, "-e", ROOT], check=True)
+    with open(MARKER, "w") as f:
+        f.write(wanted)
+
+
+def versions() -> dict[str, str]:
+    """Versions of what is measured, read inside the bench venv."""
+    code = (
+        "import json, sys, sqlite3\n"
+        "from importlib.metadata import version as v\n"
+        "print(json.dumps({'python': sys.version.split()[0], 'sqlite': sqlite3.sqlite_version,"
+        " 'eventsourcing': v('eventsourcing'), 'orchestrix-es': v('orchestrix-es'),"
+        " 'psycopg': v('psycopg'), 'attrs': v('attrs')}))"
+    )
+    out = subprocess.run([VENV_PY, "-c", code], capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+def git_commit() -> str:
+    """The checkout's HEAD (plus '+dirty' if tracked files changed)."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(["git", "-C", ROOT, "diff", "--quiet", "HEAD"], check=False).returncode
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+# -- running -------------------------------------------------------------------------------
+
+
+def run_child(workload: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Run one workload in a fresh process; return its JSON result (or an error/not_landed dict)."""
+    args = [VENV_PY, os.path.join(BENCH, "child.py"), workload, *(f"{k}={v}" for k, v in params.items())]
+    env = dict(os.environ, PYTHONPATH=ROOT, PYTHONDONTWRITEBYTECODE="1")
+    load_before = os.getloadavg()[0]
+    try:
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=CHILD_TIMEOUT, env=env, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {CHILD_TIMEOUT}s", "loadavg_before": load_before}
+    lines = proc.stdout.strip().splitlines()
+    try:
+        result = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        result = {"error": f"exit {proc.returncode}: {proc.stderr.strip()[-800:]}"}
+    if proc.returncode not in (0, EXIT_NOT_LANDED) and "error" not in result:
+        result["error"] = f"exit {proc.returncode}"
+    if "error" in result and proc.stderr:
+        result["stderr"] = proc.stderr.strip()[-2000:]
+    result["loadavg_before"] = load_before
+    return result
+
+
+def quick_params(params: dict[str, Any], quick: bool) -> dict[str, Any]:
+    """Params for this run; --quick divides event counts by 10."""
+    if not quick:
+        return dict(params)
+    return {k: max(1, v // 10) if k in QUICK_KEYS and isinstance(v, int) else v for k, v in params.items()}
+
+
+def run_suite(name: str, reps: int, quick: bool) -> dict[str, Any]:
+    """All rows of a suite, ``reps`` times, interleaved; then medians and checks."""
+    rows, checks = SUITES[name]
+    results: dict[str, list[dict[str, Any]]] = {row.key: [] for row in rows}
+    prepared: dict[str, dict[str, Any]] = {}
+    tmpdirs: list[str] = []
+    load_start = os.getloadavg()
+    started = time.time()
+    try:
+        for rep in range(reps):
+            for row in rows:
+                params = quick_params(row.params, quick)
+                if row.prepare:
+                    if row.key not in prepared:
+                        path = tempfile.mkdtemp(prefix=f"orxbench-{row.key}-")
+                        tmpdirs.append(path)
+                        print(f"  [{name}] preparing {row.key} in {path} ...", flush=True)
+                        prepared[row.key] = run_child(row.prepare, {**params, "dir": path})
+                        prepared[row.key]["dir"] = path
+                    prep = prepared[row.key]
+                    if "error" in prep or "not_landed" in prep:
+                        results[row.key].append(dict(prep))
+                        continue
+                    params["dir"] = prep["dir"]
+                result = run_child(row.workload, params)
+                results[row.key].append(result)
+                print(f"  [{name}] rep {rep + 1}/{reps} {row.key}: {_brief(result, row)}", flush=True)
+    finally:
+        for path in tmpdirs:
+            subprocess.run(["rm", "-rf", path], check=False)
+    summary = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "seconds": round(time.time() - started, 1),
+        "loadavg_start": load_start,
+        "loadavg_end": os.getloadavg(),
+        "reps": reps,
+        "rows": {},
+        "checks": [],
+        "prepared": {k: v for k, v in prepared.items()},
+    }
+    for row in rows:
+        summary["rows"][row.key] = _row_summary(row, results[row.key])
+    for check in checks:
+        summary["checks"].append(_check(check, {r.key: r for r in rows}, summary["rows"]))
+    return summary
+
+
+def _brief(result: dict[str, Any], row: Row) -> str:
+    if "not_landed" in result:
+        return f"not landed ({result['not_landed']})"
+    if "error" in result:
+        return f"ERROR {result['error']}"
+    return f"{_fmt(result['value'] * row.scale)} {row.unit}"
+
+
+def _row_summary(row: Row, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    values = [r["value"] for r in runs if "value" in r]
+    out: dict[str, Any] = {
+        "label": row.label,
+        "workload": row.workload,
+        "params": row.params,
+        "unit": row.unit,
+        "better": row.better,
+        "scale": row.scale,
+        "values": values,
+        "runs": runs,
+    }
+    if values:
+        out.update(median=statistics.median(values), min=min(values), max=max(values))
+    else:
+        reasons = {r.get("not_landed") or r.get("error") for r in runs}
+        out["status"] = "not landed" if any("not_landed" in r for r in runs) else "error"
+        out["reason"] = "; ".join(sorted(str(x) for x in reasons))[:500]
+    return out
+
+
+def _ratio(row: Row, a: float, b: float) -> float:
+    return a / b if row.better == "higher" else b / a
+
+
+def _check(check: Check, rows: dict[str, Row], summary: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "label": check.label,
+        "a": check.a,
+        "b": check.b,
+        "kind": check.kind,
+        "target": check.target,
+        "source": check.source,
+    }
+    ra = summary[check.a]
+    if "median" not in ra or (check.b and "median" not in summary[check.b]):
+        out["result"] = "N/A"
+        return out
+    row = rows[check.a]
+    if check.b is None:
+        value = ra["median"]
+        out["value"] = value
+        if check.target is None:
+            out["result"] = "info"
+        elif check.kind == "max":
+            out["result"] = "PASS" if value <= check.target else "MISS"
+        else:
+            out["result"] = "PASS" if value >= check.target else "MISS"
+        return out
+    rb = summary[check.b]
+    ratio = _ratio(row, ra["median"], rb["median"])
+    paired = [_ratio(row, a, b) for a, b in zip(ra["values"], rb["values"], strict=False)]
+    out.update(ratio=ratio, paired_min=min(paired), paired_max=max(paired))
+    out["result"] = "info" if check.target is None else ("PASS" if ratio >= check.target else "MISS")
+    return out
+
+
+# -- output --------------------------------------------------------------------------------
+
+
+def _fmt(x: float) -> str:
+    if x >= 1000:
+        return f"{x:,.0f}"
+    if x >= 100:
+        return f"{x:.0f}"
+    if x >= 10:
+        return f"{x:.1f}"
+    if x >= 1:
+        return f"{x:.2f}"
+    return f"{x:.3f}"
+
+
+def print_suite(name: str, summary: dict[str, Any]) -> None:
+    """The readable table for one suite."""
+    load = summary["loadavg_start"][0], summary["loadavg_end"][0]
+    header = f"reps {summary['reps']}, {summary['seconds']} s, load avg {load[0]:.2f} -> {load[1]:.2f}"
+    print(f"\n== {name}  ({header})")
+    width = max(len(r["label"]) for r in summary["rows"].values())
+    for row in summary["rows"].values():
+        if "median" in row:
+            s = row["scale"]
+            value = f"{_fmt(row['median'] * s):>10}  [{_fmt(row['min'] * s)} - {_fmt(row['max'] * s)}]"
+            print(f"  {row['label']:<{width}}  {value:<34} {row['unit']}")
+        else:
+            print(f"  {row['label']:<{width}}  {row['status'].upper()}: {row['reason'][:150]}")
+    print()
+    cwidth = max(len(c["label"]) for c in summary["checks"])
+    for c in summary["checks"]:
+        if c["result"] == "N/A":
+            shown = "n/a"
+        elif "ratio" in c:
+            shown = f"{c['ratio']:.2f}x [{c['paired_min']:.2f}-{c['paired_max']:.2f}]"
+        else:
+            unit = summary["rows"][c["a"]]["unit"]
+            shown = f"{_fmt(c['value'] * summary['rows'][c['a']]['scale'])} {unit}"
+        if c["target"] is None:
+            target = ""
+        elif c["kind"] == "ratio":
+            target = f">= {c['target']:g}x"
+        else:
+            target = f"{'<=' if c['kind'] == 'max' else '>='} {c['target']:g}"
+        print(f"  {c['label']:<{cwidth}}  {shown:<24} {target:<10} {c['result']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run the suites, print tables, write JSON."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=fmt)
+    parser.add_argument("suites", nargs="*", metavar="SUITE", help="any of: " + ", ".join(SUITES))
+    parser.add_argument("--reps", type=int, default=5, help="repetitions per workload (default 5)")
+    parser.add_argument("--json", dest="json_path", help="where to write the JSON results")
+    parser.add_argument("--quick", action="store_true", help="event counts / 10, for a smoke run")
+    args = parser.parse_args(argv)
+    suites = args.suites or list(SUITES)
+    unknown = [s for s in suites if s not in SUITES]
+    if unknown:
+        parser.error(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(SUITES)}")
+    ensure_venv()
+    meta = {
+        "command": " ".join(["python3", "bench/run.py", *(argv if argv is not None else sys.argv[1:])]),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "git": git_commit(),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "processor": _cpu_model(),
+            "loadavg_start": os.getloadavg(),
+        },
+        "versions": versions(),
+        "reps": args.reps,
+        "quick": args.quick,
+        "method": "fresh child process and fresh store per repetition; repetitions interleaved across "
+        "workloads; median [min-max]; ratios are of medians, with the min-max of per-repetition ratios",
+    }
+    print(f"bench: {meta['versions']}  git {meta['git']}  load avg {meta['machine']['loadavg_start'][0]:.2f}")
+    out: dict[str, Any] = {"meta": meta, "suites": {}}
+    for name in suites:
+        print(f"\n-- running {name} ...", flush=True)
+        out["suites"][name] = run_suite(name, args.reps, args.quick)
+        print_suite(name, out["suites"][name])
+    meta["loadavg_end"] = os.getloadavg()
+    path = args.json_path or os.path.join(BENCH, "results", time.strftime("%Y%m%d-%H%M%S") + ".json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
+    print(f"\nJSON: {path}")
+    return 0
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
