@@ -1,0 +1,308 @@
+"""Issue 3: the durable file store vs the peer's SQLite store (as it ships) vs the disk's fsync ceiling."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from typing import Any
+
+from workloads.common import clock, duration, payload, peak_rss_during, rate, require, temp_dir
+
+RAW_RECORD_BYTES = 256
+
+
+def _file_store() -> Any:
+    return require("orchestrix.infrastructure.file", "FileEventStore")
+
+
+def _orx(path: str, sync: bool = True) -> tuple[Any, Any]:
+    from orchestrix.core.eventsourcing.aggregate import AggregateRepository
+    from workloads.orx_model import serializer
+
+    store = _file_store()(path, serializer(), sync=sync)
+    return store, AggregateRepository(event_store=store)
+
+
+# -- one writer, one event per append ------------------------------------------------------
+
+
+def raw_write1(n: int = 10_000) -> dict[str, Any]:
+    """Ceiling: append a 256-byte record to a growing file and fdatasync, ``n`` times."""
+    record = (payload(0) * 2).encode()[:RAW_RECORD_BYTES]
+    with temp_dir() as path:
+        fd = os.open(os.path.join(path, "log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        dir_fd = os.open(path, os.O_RDONLY)
+        os.fsync(dir_fd)
+        os.close(dir_fd)
+        try:
+            start = clock()
+            for _ in range(n):
+                os.write(fd, record)
+                os.fdatasync(fd)
+            seconds = clock() - start
+        finally:
+            os.close(fd)
+    return rate(n, seconds)
+
+
+def orx_write1(n: int = 10_000) -> dict[str, Any]:
+    """orchestrix: create and save ``n`` new aggregates, one durable append each."""
+    from workloads.orx_model import Note
+
+    with temp_dir() as path:
+        store, repo = _orx(os.path.join(path, "store"))
+        texts = [payload(i) for i in range(n)]
+        start = clock()
+        for text in texts:
+            note = Note()
+            note.write(str(uuid.uuid4()), text)
+            repo.save(note)
+        seconds = clock() - start
+        assert store.last_position() >= n
+        store.close()
+    return rate(n, seconds)
+
+
+def es_write1(n: int = 10_000) -> dict[str, Any]:
+    """eventsourcing SQLite: create and save ``n`` new aggregates, one commit each."""
+    from workloads.es_model import Note, sqlite_app
+
+    with temp_dir() as path:
+        app = sqlite_app(os.path.join(path, "es.sqlite"))
+        texts = [payload(i) for i in range(n)]
+        start = clock()
+        for text in texts:
+            app.save(Note(text=text))
+        seconds = clock() - start
+        assert app.recorder.max_notification_id() == n
+        app.close()
+    return rate(n, seconds)
+
+
+# -- concurrent writers --------------------------------------------------------------------
+
+
+def _threads(count: int, per_thread: int, work: Any) -> float:
+    """Run ``work(i, per_thread)`` in ``count`` threads released together; wall seconds."""
+    barrier = threading.Barrier(count + 1)
+    errors: list[BaseException] = []
+
+    def body(i: int) -> None:
+        barrier.wait()
+        try:
+            work(i, per_thread)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    start = clock()
+    barrier.wait()
+    for t in threads:
+        t.join()
+    seconds = clock() - start
+    if errors:
+        raise errors[0]
+    return seconds
+
+
+def orx_write8(n: int = 16_000, threads: int = 8) -> dict[str, Any]:
+    """orchestrix: ``threads`` writers, each saving one event at a time to its own aggregate."""
+    from workloads.orx_model import Note
+
+    per_thread = n // threads
+    with temp_dir() as path:
+        store, repo = _orx(os.path.join(path, "store"))
+
+        def work(i: int, count: int) -> None:
+            note = Note()
+            note_id = str(uuid.uuid4())
+            for k in range(count):
+                note.write(note_id, payload(k))
+                repo.save(note)
+
+        seconds = _threads(threads, per_thread, work)
+        assert store.last_position() >= per_thread * threads
+        store.close()
+    return rate(per_thread * threads, seconds)
+
+
+def es_write8(n: int = 8_000, threads: int = 8) -> dict[str, Any]:
+    """eventsourcing SQLite: ``threads`` writers, each saving one event at a time to its own aggregate."""
+    from workloads.es_model import Note, sqlite_app
+
+    per_thread = n // threads
+    with temp_dir() as path:
+        app = sqlite_app(os.path.join(path, "es.sqlite"))
+
+        def work(i: int, count: int) -> None:
+            note = Note(text=payload(0))
+            app.save(note)
+            for k in range(1, count):
+                note.write(payload(k))
+                app.save(note)
+
+        seconds = _threads(threads, per_thread, work)
+        assert app.recorder.max_notification_id() == per_thread * threads
+        app.close()
+    return rate(per_thread * threads, seconds)
+
+
+# -- loading -------------------------------------------------------------------------------
+
+NOTE_ID = "00000000-0000-4000-8000-000000000001"
+
+
+def orx_build_stream(dir: str, n: int = 10_000, batch: int = 1000) -> dict[str, Any]:
+    """Write one aggregate of ``n`` events into the store at ``dir`` (no fsync per batch)."""
+    from workloads.orx_model import Note
+
+    store, repo = _orx(dir, sync=False)
+    note = Note()
+    start = clock()
+    for i in range(n):
+        note.write(NOTE_ID, payload(i))
+        if (i + 1) % batch == 0:
+            repo.save(note)
+    repo.save(note)
+    seconds = clock() - start
+    store.close()
+    return duration(seconds, events=n)
+
+
+def es_build_stream(dir: str, n: int = 10_000, batch: int = 1000) -> dict[str, Any]:
+    """Write one aggregate of ``n`` events into a SQLite database in ``dir``; print its id."""
+    from workloads.es_model import Note, sqlite_app
+
+    app = sqlite_app(os.path.join(dir, "es.sqlite"))
+    note = Note(text=payload(0))
+    start = clock()
+    for i in range(1, n):
+        note.write(payload(i))
+        if (i + 1) % batch == 0:
+            app.save(note)
+    app.save(note)
+    seconds = clock() - start
+    app.close()
+    return duration(seconds, events=n, note_id=str(note.id))
+
+
+def _build_in_child(name: str, dir: str, n: int) -> dict[str, Any]:
+    """Build a store in a separate process, so its memory does not count against the loader."""
+    import json
+
+    child = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "child.py")
+    out = subprocess.run(
+        [sys.executable, child, f"file.{name}", f"dir={dir}", f"n={n}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if out.returncode == 3:
+        from workloads.common import NotLanded
+
+        raise NotLanded(result.get("not_landed", "not landed"))
+    if out.returncode != 0:
+        raise RuntimeError(f"building {name} failed: {result} {out.stderr[-1000:]}")
+    return result
+
+
+def _orx_load(path: str, n: int) -> tuple[Any, Any, Any]:
+    from workloads.orx_model import Note
+
+    _build_in_child("orx_build_stream", path, n)
+    store, repo = _orx(path)
+    return store, repo, Note
+
+
+def orx_load(n: int = 10_000) -> dict[str, Any]:
+    """orchestrix: open the store, then time loading one aggregate of ``n`` events."""
+    with temp_dir() as path:
+        store, repo, note_cls = _orx_load(os.path.join(path, "store"), n)
+        start = clock()
+        note = repo.load(note_cls, NOTE_ID)
+        seconds = clock() - start
+        assert note.version == n - 1 and note.text == payload(n - 1)
+        store.close()
+    return duration(seconds, events=n, per_event_us=seconds / n * 1e6)
+
+
+def es_load(n: int = 10_000) -> dict[str, Any]:
+    """eventsourcing SQLite: open the application, then time loading one aggregate of ``n`` events."""
+    from workloads.es_model import sqlite_app
+
+    with temp_dir() as path:
+        built = _build_in_child("es_build_stream", path, n)
+        app = sqlite_app(os.path.join(path, "es.sqlite"))
+        start = clock()
+        note = app.repository.get(uuid.UUID(built["note_id"]))
+        seconds = clock() - start
+        assert note.version == n and note.text == payload(n - 1)
+        app.close()
+    return duration(seconds, events=n, per_event_us=seconds / n * 1e6)
+
+
+def orx_rss(n: int = 100_000) -> dict[str, Any]:
+    """orchestrix: peak RSS growth (bytes) while loading one aggregate of ``n`` events."""
+    with temp_dir() as path:
+        store, repo, note_cls = _orx_load(os.path.join(path, "store"), n)
+        loaded: list[Any] = []
+        growth, rss_after, seconds = peak_rss_during(lambda: loaded.append(repo.load(note_cls, NOTE_ID)))
+        assert loaded[0].version == n - 1
+        store.close()
+    return {"value": growth, "bytes_per_event": growth / n, "seconds": seconds, "rss_after": rss_after}
+
+
+def es_rss(n: int = 100_000) -> dict[str, Any]:
+    """eventsourcing SQLite: peak RSS growth (bytes) while loading one aggregate of ``n`` events."""
+    from workloads.es_model import sqlite_app
+
+    with temp_dir() as path:
+        built = _build_in_child("es_build_stream", path, n)
+        app = sqlite_app(os.path.join(path, "es.sqlite"))
+        loaded: list[Any] = []
+        note_id = uuid.UUID(built["note_id"])
+        growth, rss_after, seconds = peak_rss_during(lambda: loaded.append(app.repository.get(note_id)))
+        assert loaded[0].version == n
+        app.close()
+    return {"value": growth, "bytes_per_event": growth / n, "seconds": seconds, "rss_after": rss_after}
+
+
+# -- opening a big store -------------------------------------------------------------------
+
+EVENTS_PER_STREAM = 10
+
+
+def orx_build(dir: str, n: int = 1_000_000) -> dict[str, Any]:
+    """Prepare once per run: ``n`` events in ``n/10`` streams of 10, written with sync=False."""
+    from workloads.orx_model import NoteWritten, serializer
+
+    store = _file_store()(os.path.join(dir, "store"), serializer(), sync=False)
+    text = payload(0)
+    start = clock()
+    for s in range(n // EVENTS_PER_STREAM):
+        note_id = f"{s:08d}-0000-4000-8000-000000000000"
+        store.append(f"Note-{note_id}", [NoteWritten(note_id, text)] * EVENTS_PER_STREAM, -1)
+    store.close()
+    return duration(clock() - start, events=n)
+
+
+def orx_open(dir: str, n: int = 1_000_000) -> dict[str, Any]:
+    """Time opening the prepared store in this fresh process, up to answering a stream's version."""
+    from workloads.orx_model import serializer
+
+    ser = serializer()
+    cls = _file_store()
+    start = clock()
+    store = cls(os.path.join(dir, "store"), ser, sync=True)
+    last = store.last_position()
+    version = store.stream_version(f"Note-{(n // EVENTS_PER_STREAM) // 2:08d}-0000-4000-8000-000000000000")
+    seconds = clock() - start
+    store.close()
+    assert last >= n and version == EVENTS_PER_STREAM - 1, (last, version)
+    return duration(seconds, events=n)
