@@ -1,0 +1,22 @@
+"""PostgreSQL backend (``pip install 'orchestrix-es[postgres]'``): the only package importing psycopg."""
+
+from orchestrix.infrastructure.postgres._schema import MAX_BATCH_SIZE, SCHEMA_VERSION
+from orchestrix.infrastructure.postgres.checkpoint import PostgresCheckpointStore
+from orchestrix.infrastructure.postgres.errors import (
+    BatchTooLargeError,
+    DatabaseError,
+    DatabaseUnavailableError,
+    InvalidCheckpointNameError,
+)
+from orchestrix.infrastructure.postgres.store import PostgresEventStore
+
+__all__ = [
+    "MAX_BATCH_SIZE",
+    "SCHEMA_VERSION",
+    "BatchTooLargeError",
+    "DatabaseError",
+    "DatabaseUnavailableError",
+    "InvalidCheckpointNameError",
+    "PostgresCheckpointStore",
+    "PostgresEventStore",
+]

@@ -1,0 +1,340 @@
+"""Connections and the two drivers (sync and asyncio) that run operations with bounded retries.
+
+Sync calls use a ``psycopg_pool.ConnectionPool``. Asyncio calls use ``AsyncConnection`` objects
+kept per event loop (or an ``AsyncConnectionPool`` the caller owns): an asyncio pool belongs to
+the loop it was opened in, and one store object may outlive several loops (``asyncio.run``
+twice), so the store keeps a small idle list per loop instead, with no background tasks that
+a finished loop would leave behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import conninfo as pg_conninfo
+from psycopg import errors as pg_errors
+from psycopg import pq
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolClosed, PoolTimeout
+
+from orchestrix.core.errors import StoreClosedError
+from orchestrix.infrastructure.postgres._ops import Op, Sleep
+from orchestrix.infrastructure.postgres.errors import DatabaseError, DatabaseUnavailableError
+
+__all__: list[str] = []
+
+T = TypeVar("T")
+
+# Defaults added to a DSN unless it sets them: detect a dead server or network in ~25 s
+# instead of hanging on a socket for ever (the peer library's LISTEN hang, eventsourcing#305).
+_CONNECTION_DEFAULTS = {
+    "connect_timeout": "10",
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "30000",
+    "application_name": "orchestrix",
+}
+
+
+def with_defaults(conninfo: str, extra: dict[str, Any] | None = None) -> str:
+    """``conninfo`` with keepalive and timeout defaults for whatever it does not set itself."""
+    given = pg_conninfo.conninfo_to_dict(conninfo, **(extra or {}))
+    return pg_conninfo.make_conninfo(**{**_CONNECTION_DEFAULTS, **{k: str(v) for k, v in given.items()}})
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """True for failures that retrying on a fresh connection can fix: lost connections, restarts."""
+    if isinstance(exc, PoolClosed):
+        return False
+    if isinstance(exc, PoolTimeout):
+        return True
+    if not isinstance(exc, psycopg.Error):
+        return False
+    state = exc.sqlstate
+    if state is None:  # raised by the client: the connection broke or could not be made
+        return isinstance(exc, psycopg.OperationalError)
+    # 08: connection exception; 57P01-03: admin/crash shutdown, cannot connect now;
+    # 40001/40P01: serialization failure, deadlock (the transaction was rolled back).
+    return state.startswith("08") or state in {"57P01", "57P02", "57P03", "40001", "40P01"}
+
+
+class Retry:
+    """Bounded retries with backoff (10 ms doubling to 1 s) for one operation."""
+
+    def __init__(self, operation: str, budget: float) -> None:
+        self.operation = operation
+        self.budget = budget
+        self.attempts = 0
+        self.started = time.monotonic()
+        self.delay = 0.01
+
+    def failed(self, exc: BaseException) -> float:
+        """Record a failure; return the pause before the next try, or raise if out of budget."""
+        self.attempts += 1
+        waited = time.monotonic() - self.started
+        if waited >= self.budget:
+            raise DatabaseUnavailableError(self.operation, self.attempts, waited, exc) from exc
+        delay = min(self.delay, self.budget - waited)
+        self.delay = min(self.delay * 2, 1.0)
+        return delay
+
+    def remaining(self) -> float:
+        """Seconds left in the budget (at least a little, so one attempt can always be made)."""
+        return max(0.5, self.budget - (time.monotonic() - self.started))
+
+
+def database_error(operation: str, exc: psycopg.Error) -> DatabaseError:
+    """Wrap an error PostgreSQL (or psycopg) reported and retrying will not fix."""
+    return DatabaseError(operation, exc.sqlstate, exc)
+
+
+class Database:
+    """Everything that talks to one PostgreSQL database: pools, drivers, retry policy."""
+
+    def __init__(
+        self,
+        dsn_or_pool: str | ConnectionPool,
+        *,
+        pool_size: int,
+        retry_timeout: float,
+        async_pool: AsyncConnectionPool | None = None,
+    ) -> None:
+        self.retry_timeout = retry_timeout
+        self._closed = False
+        self._async_pool = async_pool
+        if isinstance(dsn_or_pool, ConnectionPool):
+            self._pool = dsn_or_pool
+            self._owns_pool = False
+            self.conninfo = with_defaults(dsn_or_pool.conninfo, _plain_kwargs(dsn_or_pool.kwargs))
+        elif isinstance(dsn_or_pool, str):
+            self.conninfo = with_defaults(dsn_or_pool)
+            self._pool = ConnectionPool(
+                self.conninfo,
+                kwargs={"autocommit": True},
+                min_size=1,
+                max_size=max(1, pool_size),
+                name="orchestrix",
+                open=True,
+            )
+            self._owns_pool = True
+        else:
+            raise TypeError(
+                f"expected a DSN string or a psycopg_pool.ConnectionPool, not {type(dsn_or_pool)!r}"
+            )
+        self._loops: dict[asyncio.AbstractEventLoop, _LoopConnections] = {}
+        self._loops_lock = threading.Lock()
+        self._async_size = max(1, pool_size)
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran."""
+        return self._closed
+
+    def connect(self, **kwargs: Any) -> psycopg.Connection:
+        """A dedicated connection outside the pool (for LISTEN and NOTIFY)."""
+        return psycopg.Connection.connect(self.conninfo, autocommit=True, **kwargs)
+
+    # -- sync ---------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def connection(self, timeout: float) -> Iterator[psycopg.Connection]:
+        """A pooled connection; wraps a closed pool as StoreClosedError."""
+        if self._closed:
+            raise StoreClosedError("the store is closed")
+        try:
+            with self._pool.connection(timeout=timeout) as conn:
+                yield conn
+        except PoolClosed:
+            raise StoreClosedError("the store is closed") from None
+
+    def run(self, operation: str, make_op: Callable[[], Op[T]]) -> T:
+        """Run an operation on a pooled connection, retrying lost connections within the budget."""
+        return self.call(operation, lambda conn: _drive(conn, make_op()))
+
+    def call(self, operation: str, function: Callable[[psycopg.Connection], T]) -> T:
+        """Call ``function`` with a pooled connection, retrying lost connections within the budget."""
+        retry = Retry(operation, self.retry_timeout)
+        while True:
+            try:
+                with self.connection(retry.remaining()) as conn:
+                    return function(conn)
+            except psycopg.Error as exc:
+                if not is_retryable(exc):
+                    raise database_error(operation, exc) from exc
+                delay = retry.failed(exc)
+                if retry.attempts == 1 and self._owns_pool:
+                    self._drop_broken_connections()
+                time.sleep(delay)
+
+    def _drop_broken_connections(self) -> None:
+        # After a server restart every idle connection is dead; check them all at once
+        # instead of failing on each in turn.
+        with contextlib.suppress(Exception):
+            self._pool.check()
+
+    # -- asyncio --------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def async_connection(self, timeout: float) -> AsyncIterator[psycopg.AsyncConnection]:
+        """An asyncio connection for the running loop."""
+        if self._closed:
+            raise StoreClosedError("the store is closed")
+        if self._async_pool is not None:
+            try:
+                async with self._async_pool.connection(timeout=timeout) as conn:
+                    yield conn
+            except PoolClosed:
+                raise StoreClosedError("the store is closed") from None
+            return
+        async with self._for_running_loop().connection(timeout) as conn:
+            yield conn
+
+    async def run_async(self, operation: str, make_op: Callable[[], Op[T]]) -> T:
+        """Asyncio form of :meth:`run`."""
+        retry = Retry(operation, self.retry_timeout)
+        while True:
+            try:
+                async with self.async_connection(retry.remaining()) as conn:
+                    return await _drive_async(conn, make_op())
+            except psycopg.Error as exc:
+                if not is_retryable(exc):
+                    raise database_error(operation, exc) from exc
+                await asyncio.sleep(retry.failed(exc))
+
+    def _for_running_loop(self) -> _LoopConnections:
+        loop = asyncio.get_running_loop()
+        with self._loops_lock:
+            found = self._loops.get(loop)
+            if found is None:
+                for other in [other for other in self._loops if other.is_closed()]:
+                    self._loops.pop(other).discard()
+                found = self._loops[loop] = _LoopConnections(self.conninfo, self._async_size)
+            return found
+
+    # -- closing ----------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the pool (if this object made it) and every idle asyncio connection."""
+        self._closed = True
+        with self._loops_lock:
+            loops, self._loops = self._loops, {}
+        for connections in loops.values():
+            connections.discard()
+        if self._owns_pool:
+            self._pool.close()
+
+
+def _plain_kwargs(kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    # Connection keyword arguments that are libpq parameters (not psycopg options).
+    skip = {"autocommit", "prepare_threshold", "row_factory", "cursor_factory", "context"}
+    return {k: v for k, v in (kwargs or {}).items() if k not in skip}
+
+
+def _drive(conn: psycopg.Connection, op: Op[T]) -> T:
+    """Run a sans-IO operation on a sync connection."""
+    answer: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            step = op.throw(error) if error is not None else op.send(answer)
+        except StopIteration as done:
+            if not conn.autocommit:
+                conn.commit()
+            return done.value  # type: ignore[no-any-return]
+        answer, error = None, None
+        if isinstance(step, Sleep):
+            time.sleep(step.seconds)
+            continue
+        try:
+            cursor = conn.execute(step.sql, step.params)
+            answer = cursor.fetchall() if step.fetch else []
+        except pg_errors.UniqueViolation as exc:
+            if not conn.autocommit:
+                conn.rollback()
+            error = exc
+
+
+async def _drive_async(conn: psycopg.AsyncConnection, op: Op[T]) -> T:
+    """Run a sans-IO operation on an asyncio connection."""
+    answer: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            step = op.throw(error) if error is not None else op.send(answer)
+        except StopIteration as done:
+            if not conn.autocommit:
+                await conn.commit()
+            return done.value  # type: ignore[no-any-return]
+        answer, error = None, None
+        if isinstance(step, Sleep):
+            await asyncio.sleep(step.seconds)
+            continue
+        try:
+            cursor = await conn.execute(step.sql, step.params)
+            answer = await cursor.fetchall() if step.fetch else []
+        except pg_errors.UniqueViolation as exc:
+            if not conn.autocommit:
+                await conn.rollback()
+            error = exc
+
+
+class _LoopConnections:
+    """Idle asyncio connections of one event loop, opened on demand, at most ``size`` in use."""
+
+    def __init__(self, conninfo: str, size: int) -> None:
+        self._conninfo = conninfo
+        self._idle: list[psycopg.AsyncConnection] = []
+        self._slots = asyncio.Semaphore(size)
+
+    @contextlib.asynccontextmanager
+    async def connection(self, timeout: float) -> AsyncIterator[psycopg.AsyncConnection]:
+        """Borrow a connection; a broken or busy one is closed instead of kept."""
+        try:
+            await asyncio.wait_for(self._slots.acquire(), timeout)
+        except TimeoutError:
+            raise PoolTimeout(f"no asyncio connection free within {timeout:.1f} s") from None
+        try:
+            conn = await self._take()
+            reusable = False
+            try:
+                yield conn
+                reusable = True
+            except psycopg.Error:
+                reusable = True  # the driver's error; the connection may still be fine
+                raise
+            finally:
+                if reusable and _is_idle(conn):
+                    self._idle.append(conn)
+                else:
+                    conn.pgconn.finish()
+        finally:
+            self._slots.release()
+
+    async def _take(self) -> psycopg.AsyncConnection:
+        while self._idle:
+            conn = self._idle.pop()
+            if _is_idle(conn):
+                return conn
+            conn.pgconn.finish()
+        return await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+
+    def discard(self) -> None:
+        """Close the idle connections; works after the loop has ended (libpq's close is not async)."""
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.pgconn.finish()
+
+
+def _is_idle(conn: psycopg.BaseConnection[Any]) -> bool:
+    return (
+        not conn.closed
+        and conn.pgconn.status == pq.ConnStatus.OK
+        and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
+    )

@@ -1,0 +1,228 @@
+"""Store operations written once, without I/O, and run by both the sync and the asyncio driver.
+
+An operation is a generator: it yields :class:`Query` (the driver answers with the fetched
+rows, or throws the ``UniqueViolation`` the query raised into the generator) or
+:class:`Sleep`, and returns its result. The same logic thus serves ``append`` and
+``append_async`` without two copies (and without threads).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Generator, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import attrs
+from psycopg import errors as pg_errors
+
+from orchestrix.core.errors import ConcurrencyError, SerializationError
+from orchestrix.core.eventsourcing.store import ANY, STREAM_EXISTS, AppendResult, find_replayed_append
+from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
+from orchestrix.core.messaging.serializer import Serializer
+from orchestrix.infrastructure.postgres._schema import EVENT_ID_CONSTRAINT, Statements
+
+__all__: list[str] = []
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class Query:
+    """Run ``sql`` with ``params``; answer with all rows (or an empty list if ``fetch`` is false)."""
+
+    sql: str
+    params: Any
+    fetch: bool = True
+
+
+@attrs.frozen
+class Sleep:
+    """Pause for ``seconds`` (``time.sleep`` or ``asyncio.sleep``)."""
+
+    seconds: float
+
+
+Op = Generator[Query | Sleep, Any, T]
+
+# Losing a version race under ANY or STREAM_EXISTS just means "read the new version and go
+# again"; each loss means another append succeeded, so this bound is only a safety net.
+_MAX_RACES = 1000
+
+
+@attrs.frozen
+class EncodedBatch:
+    """A batch ready for the append statement: parallel arrays, one entry per event."""
+
+    batch: Sequence[NewEvent]
+    ids: list[uuid.UUID]
+    types: list[str]
+    data: list[str]
+    correlation: list[uuid.UUID | None]
+    causation: list[uuid.UUID | None]
+
+
+def encode_batch(serializer: Serializer, batch: Sequence[NewEvent]) -> EncodedBatch:
+    """Encode every event up front, so a bad one fails the append before anything is sent."""
+    types, data = [], []
+    for new in batch:
+        type_name, payload = serializer.encode(new.event)
+        text = payload.decode()
+        # PostgreSQL text cannot hold NUL; JSON escapes it in strings, so only odd type names
+        # (or a serializer that does not escape) can carry one.
+        if "\x00" in type_name:
+            raise SerializationError(type_name, "type names stored in PostgreSQL cannot contain NUL")
+        if "\x00" in text:
+            raise SerializationError(
+                type_name, "encoded data contains a raw NUL, which PostgreSQL text refuses"
+            )
+        types.append(type_name)
+        data.append(text)
+    return EncodedBatch(
+        batch,
+        [e.event_id for e in batch],
+        types,
+        data,
+        [e.correlation_id for e in batch],
+        [e.causation_id for e in batch],
+    )
+
+
+def append_op(
+    st: Statements, stream: str, encoded: EncodedBatch, expected: int
+) -> Op[tuple[AppendResult, bool]]:
+    """Append a batch; returns the result and whether anything was written (False for a replay)."""
+    params = {
+        "stream": stream,
+        "expected": expected,
+        "ids": encoded.ids,
+        "types": encoded.types,
+        "data": encoded.data,
+        "corr": encoded.correlation,
+        "caus": encoded.causation,
+    }
+    for _ in range(_MAX_RACES):
+        try:
+            rows = yield Query(st.append, params)
+        except pg_errors.UniqueViolation as exc:
+            # Either an id is stored already (a retry of this batch, or a misuse of the id), or
+            # another writer took the version this statement read as free.
+            replayed = yield from _replayed_op(st, stream, encoded.batch)
+            if replayed is not None:
+                return replayed, False
+            if exc.diag.constraint_name == EVENT_ID_CONSTRAINT or expected in (ANY, STREAM_EXISTS):
+                continue
+            actual = yield from stream_version_op(st, stream)
+            raise ConcurrencyError(stream, expected, actual) from None
+        current, first_position, count = rows[0]
+        if count:
+            versions = tuple(range(current + 1, current + 1 + count))
+            positions = tuple(range(first_position, first_position + count))
+            return AppendResult(stream, versions, positions), True
+        # The expected version did not match; a stored batch is still a replay, not a conflict.
+        replayed = yield from _replayed_op(st, stream, encoded.batch)
+        if replayed is not None:
+            return replayed, False
+        raise ConcurrencyError(stream, expected, current)
+    actual = yield from stream_version_op(st, stream)
+    raise ConcurrencyError(stream, expected, actual)
+
+
+def _replayed_op(st: Statements, stream: str, batch: Sequence[NewEvent]) -> Op[AppendResult | None]:
+    rows = yield Query(st.lookup_ids, ([e.event_id for e in batch],))
+    if not rows:
+        return None
+    places = {row[0]: (row[1], row[2], row[3]) for row in rows}
+    return find_replayed_append(stream, batch, places.get)
+
+
+def stream_version_op(st: Statements, stream: str) -> Op[int]:
+    """The stream's last version, or -1."""
+    rows = yield Query(st.stream_version, (stream,))
+    return int(rows[0][0])
+
+
+def read_stream_page_op(st: Statements, stream: str, from_version: int, limit: int) -> Op[list[tuple]]:
+    """Up to ``limit`` rows of the stream from ``from_version`` on."""
+    rows = yield Query(st.read_stream, (stream, from_version, limit))
+    return rows
+
+
+def read_all_page_op(
+    st: Statements, after: int, limit: int, own_position: int, visibility_timeout: float
+) -> Op[list[tuple]]:
+    """Up to ``limit`` rows after ``after``, below the horizon.
+
+    If this store appended ``own_position`` (> after) itself, wait (up to
+    ``visibility_timeout``) for the horizon to pass it, so a store reads its own writes.
+    """
+    waited = _Backoff(visibility_timeout)
+    while True:
+        rows = yield Query(st.read_all, (after, limit))
+        horizon = rows[0][0]
+        if horizon > own_position or not waited.more():
+            return [row[1:] for row in rows if row[1] is not None]
+        yield Sleep(waited.next_delay())
+
+
+def last_position_op(st: Statements, own_position: int, visibility_timeout: float) -> Op[int]:
+    """The highest position below the horizon (waiting for this store's own appends, bounded)."""
+    waited = _Backoff(visibility_timeout)
+    while True:
+        rows = yield Query(st.last_position, ())
+        horizon, last = rows[0]
+        if horizon > own_position or not waited.more():
+            return int(last)
+        yield Sleep(waited.next_delay())
+
+
+def events_after_op(st: Statements, after: int) -> Op[tuple[bool, bool]]:
+    """(an event after ``after`` is readable, an event after ``after`` is committed but not yet readable)."""
+    rows = yield Query(st.events_after, (after, after))
+    _, visible, stored = rows[0]
+    return bool(visible), bool(stored) and not visible
+
+
+def load_checkpoint_op(st: Statements, name: str) -> Op[int]:
+    """The saved position for ``name``, or 0."""
+    rows = yield Query(st.load_checkpoint, (name,))
+    return int(rows[0][0]) if rows else 0
+
+
+def save_checkpoint_op(st: Statements, name: str, position: int) -> Op[None]:
+    """Upsert the position for ``name``."""
+    yield Query(st.save_checkpoint, (name, position), fetch=False)
+
+
+def decode_row(serializer: Serializer, row: Sequence[Any]) -> RecordedEvent:
+    """Build a RecordedEvent from a row in ``Statements`` column order."""
+    position, stream, version, event_id, event_type, data, correlation, causation, recorded_at = row
+    recorded: datetime = recorded_at.astimezone(UTC)
+    return RecordedEvent(
+        event_id,
+        stream,
+        version,
+        position,
+        recorded,
+        event_type,
+        serializer.decode(event_type, data),
+        correlation,
+        causation,
+    )
+
+
+class _Backoff:
+    """Delays of 0.5 ms doubling to 50 ms, for at most ``budget`` seconds in all."""
+
+    def __init__(self, budget: float) -> None:
+        self._deadline = time.monotonic() + budget
+        self._delay = 0.0005
+
+    def more(self) -> bool:
+        return time.monotonic() < self._deadline
+
+    def next_delay(self) -> float:
+        delay = min(self._delay, max(0.0, self._deadline - time.monotonic()))
+        self._delay = min(self._delay * 2, 0.05)
+        return delay

@@ -1,0 +1,230 @@
+"""The tables, their migrations, and every SQL statement the backend runs.
+
+Positions: an event's global position is ``transaction_id * 2**20 + index`` where
+``transaction_id`` is the 64-bit ``pg_current_xact_id()`` of the appending transaction and
+``index`` its place in the batch. Readers only return positions below
+``pg_snapshot_xmin(pg_current_snapshot()) * 2**20``: every transaction with a smaller id has
+ended, so nothing can commit below that horizon later. docs/postgres.md explains why this
+order never skips.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg import sql
+
+from orchestrix.core.errors import StoreError, StoreFormatError
+
+__all__: list[str] = []
+
+SCHEMA_VERSION = 1
+"""The layout this code reads and writes; older layouts are migrated on open."""
+
+POSITION_SHIFT = 2**20
+"""Positions per transaction: the factor between a transaction id and its first position."""
+
+MAX_BATCH_SIZE = POSITION_SHIFT - 1
+"""The most events one append may carry."""
+
+MAX_TRANSACTION_ID = (2**63 - 1) // POSITION_SHIFT
+"""Past this 64-bit transaction id, positions would not fit a bigint (about 8.8e12 transactions)."""
+
+MIN_SERVER_VERSION = 130000  # pg_current_xact_id() and pg_current_snapshot() arrived in 13
+
+EVENT_ID_CONSTRAINT = "events_event_id_key"
+STREAM_VERSION_CONSTRAINT = "events_stream_version_key"
+
+# A fixed advisory-lock key taken around all orchestrix DDL (the first 8 bytes of a hash of a
+# name, so it does not collide with small keys applications pick by hand).
+DDL_LOCK_KEY = int.from_bytes(hashlib.sha256(b"orchestrix-schema-ddl").digest()[:8], "big", signed=True)
+
+_HORIZON = sql.SQL("(pg_snapshot_xmin(pg_current_snapshot())::text::bigint * {shift})").format(
+    shift=sql.Literal(POSITION_SHIFT)
+)
+
+_EVENT_COLUMNS = sql.SQL(
+    "position, stream, version, event_id, event_type, data, correlation_id, causation_id, recorded_at"
+)
+
+# Each migration is a list of statements run in one transaction under the DDL lock.
+_MIGRATIONS: dict[int, list[sql.Composable]] = {
+    1: [
+        sql.SQL(
+            """CREATE TABLE IF NOT EXISTS {schema}.events (
+                position bigint NOT NULL,
+                stream text NOT NULL,
+                version bigint NOT NULL,
+                event_id uuid NOT NULL,
+                event_type text NOT NULL,
+                data text NOT NULL,
+                correlation_id uuid,
+                causation_id uuid,
+                recorded_at timestamptz NOT NULL DEFAULT now(),
+                CONSTRAINT events_pkey PRIMARY KEY (position),
+                CONSTRAINT events_stream_version_key UNIQUE (stream, version),
+                CONSTRAINT events_event_id_key UNIQUE (event_id),
+                CONSTRAINT events_version_check CHECK (version >= 0)
+            )"""
+        ),
+        sql.SQL(
+            """CREATE TABLE IF NOT EXISTS {schema}.checkpoints (
+                name text NOT NULL PRIMARY KEY,
+                position bigint NOT NULL,
+                updated_at timestamptz NOT NULL DEFAULT now()
+            )"""
+        ),
+    ],
+}
+
+
+def validate_schema_name(schema: object) -> str:
+    """Return ``schema`` if PostgreSQL can hold it as a schema name without truncating it."""
+    if not isinstance(schema, str) or not schema:
+        raise StoreError(f"schema must be a non-empty str, not {schema!r}")
+    if len(schema.encode()) > 63 or not schema.isprintable():
+        raise StoreError(f"schema {schema!r}: at most 63 bytes, printable characters only")
+    if schema.startswith("pg_"):
+        raise StoreError(f"schema {schema!r}: names starting with pg_ are reserved by PostgreSQL")
+    return schema
+
+
+def channel_name(schema: str) -> str:
+    """The LISTEN/NOTIFY channel for a schema (hashed: a channel name is at most 63 bytes)."""
+    return "orchestrix_" + hashlib.sha256(schema.encode()).hexdigest()[:24]
+
+
+class Statements:
+    """The SQL text for one schema, composed once."""
+
+    def __init__(self, schema: str) -> None:
+        s = sql.Identifier(schema)
+        events = sql.SQL("{}.events").format(s)
+        checkpoints = sql.SQL("{}.checkpoints").format(s)
+        fmt = {"events": events, "checkpoints": checkpoints, "cols": _EVENT_COLUMNS, "horizon": _HORIZON}
+
+        def text(template: str) -> str:
+            return sql.SQL(template).format(**fmt).as_string(None)
+
+        self.schema = schema
+        self.channel = channel_name(schema)
+        self.notify = sql.SQL("NOTIFY {}").format(sql.Identifier(self.channel)).as_string(None)
+        self.listen = sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)).as_string(None)
+        # One statement, so one round trip and one implicit transaction in autocommit mode.
+        # The expected version is checked against the version the statement itself read; a
+        # writer that raced us in between makes the INSERT hit UNIQUE(stream, version).
+        self.append = text(
+            """WITH cur AS (
+                SELECT coalesce(max(version), -1) AS v FROM {events} WHERE stream = %(stream)s
+            ), ins AS (
+                INSERT INTO {events}
+                    (position, stream, version, event_id, event_type, data, correlation_id, causation_id)
+                SELECT pg_current_xact_id()::text::bigint * """
+            + str(POSITION_SHIFT)
+            + """ + b.i - 1,
+                       %(stream)s, cur.v + b.i, b.id, b.t, b.d, b.c, b.k
+                FROM cur, unnest(%(ids)s::uuid[], %(types)s::text[], %(data)s::text[],
+                                 %(corr)s::uuid[], %(caus)s::uuid[]) WITH ORDINALITY AS b(id, t, d, c, k, i)
+                WHERE %(expected)s::bigint = -2
+                   OR (%(expected)s::bigint = -4 AND cur.v >= 0)
+                   OR cur.v = %(expected)s::bigint
+                RETURNING position
+            )
+            SELECT (SELECT v FROM cur), (SELECT min(position) FROM ins), (SELECT count(*) FROM ins)"""
+        )
+        self.lookup_ids = text(
+            "SELECT event_id, stream, version, position FROM {events} WHERE event_id = ANY(%s::uuid[])"
+        )
+        self.stream_version = text("SELECT coalesce(max(version), -1) FROM {events} WHERE stream = %s")
+        self.read_stream = text(
+            "SELECT {cols} FROM {events} WHERE stream = %s AND version >= %s::bigint "
+            "ORDER BY version LIMIT %s::bigint"
+        )
+        # The horizon comes back even when no event does (LEFT JOIN), so a caller can tell
+        # whether its own recent appends are below it yet.
+        self.read_all = text(
+            "SELECT h.horizon, e.* FROM (SELECT {horizon} AS horizon) h LEFT JOIN LATERAL ("
+            "SELECT {cols} FROM {events} WHERE position > %s::bigint AND position < h.horizon "
+            "ORDER BY position LIMIT %s::bigint) e ON true"
+        )
+        self.last_position = text(
+            "SELECT h.horizon, (SELECT coalesce(max(position), 0) FROM {events} WHERE position < h.horizon) "
+            "FROM (SELECT {horizon} AS horizon) h"
+        )
+        self.events_after = text(
+            "SELECT h.horizon, "
+            "EXISTS (SELECT 1 FROM {events} WHERE position > %s::bigint AND position < h.horizon), "
+            "EXISTS (SELECT 1 FROM {events} WHERE position > %s::bigint) "
+            "FROM (SELECT {horizon} AS horizon) h"
+        )
+        self.load_checkpoint = text("SELECT position FROM {checkpoints} WHERE name = %s")
+        self.save_checkpoint = text(
+            "INSERT INTO {checkpoints} (name, position) VALUES (%s, %s::bigint) "
+            "ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = now()"
+        )
+
+
+def ensure_schema(conn: psycopg.Connection, schema: str, *, create: bool = True) -> None:
+    """Create or migrate the schema, race-free; a no-op (one query) when it is current.
+
+    All DDL runs in one transaction holding ``pg_advisory_xact_lock(DDL_LOCK_KEY)``, so
+    processes starting together wait for each other instead of colliding in the catalogs.
+    """
+    where = f"PostgreSQL schema {schema!r}"
+    version_table = sql.SQL("{}.schema_version").format(sql.Identifier(schema))
+    server = conn.execute(
+        "SELECT current_setting('server_version_num')::int, current_setting('server_encoding')"
+    ).fetchone()
+    if server is None or server[0] < MIN_SERVER_VERSION:
+        raise StoreError(f"orchestrix needs PostgreSQL 13 or newer (server version {server and server[0]})")
+    if server[1] != "UTF8":
+        raise StoreError(f"orchestrix needs a UTF8 database, this one is {server[1]}")
+    current = _read_version(conn, version_table)
+    if current == SCHEMA_VERSION:
+        return
+    if current is not None and current > SCHEMA_VERSION:
+        raise StoreFormatError(
+            where, f"schema version {current} is newer than this orchestrix ({SCHEMA_VERSION})"
+        )
+    if not create:
+        raise StoreFormatError(where, "no orchestrix tables (open with create_schema=True to create them)")
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (DDL_LOCK_KEY,))
+        exists = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
+        if exists is None:  # CREATE SCHEMA IF NOT EXISTS would need CREATE rights even when it exists
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (id int PRIMARY KEY CHECK (id = 1), version int NOT NULL, "
+                "updated_at timestamptz NOT NULL DEFAULT now())"
+            ).format(version_table)
+        )
+        row = conn.execute(
+            sql.SQL("SELECT version FROM {} WHERE id = 1 FOR UPDATE").format(version_table)
+        ).fetchone()
+        current = 0 if row is None else row[0]
+        if current > SCHEMA_VERSION:
+            raise StoreFormatError(where, f"schema version {current} is newer than this orchestrix")
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[version]:
+                conn.execute(statement.format(schema=sql.Identifier(schema)))
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (id, version) VALUES (1, %s) "
+                "ON CONFLICT (id) DO UPDATE SET version = excluded.version, updated_at = now()"
+            ).format(version_table),
+            (SCHEMA_VERSION,),
+        )
+
+
+def _read_version(conn: psycopg.Connection, version_table: sql.Composable) -> int | None:
+    try:
+        with conn.transaction():
+            row = conn.execute(
+                sql.SQL("SELECT version FROM {} WHERE id = 1").format(version_table)
+            ).fetchone()
+    except (pg_errors.UndefinedTable, pg_errors.InvalidSchemaName):
+        return None
+    return None if row is None else row[0]

@@ -1,0 +1,66 @@
+"""Errors only the PostgreSQL backend raises; each derives from the core hierarchy.
+
+::
+
+    StoreError
+    ├── DatabaseUnavailableError     PostgreSQL unreachable for longer than the retry budget
+    └── DatabaseError                any other error PostgreSQL reported (sqlstate)
+    BatchTooLargeError (ValueError)  more events in one append than a transaction can number
+    InvalidCheckpointNameError (ValueError)
+"""
+
+from __future__ import annotations
+
+from orchestrix.core.errors import OrchestrixError, StoreError
+
+__all__ = [
+    "BatchTooLargeError",
+    "DatabaseError",
+    "DatabaseUnavailableError",
+    "InvalidCheckpointNameError",
+]
+
+
+class DatabaseUnavailableError(StoreError):
+    """PostgreSQL could not be reached (or kept failing) for longer than the retry budget.
+
+    The operation may or may not have taken effect if the connection broke during commit;
+    retrying an append with the same event ids is safe: a stored batch is returned, not doubled.
+    """
+
+    def __init__(self, operation: str, attempts: int, waited: float, cause: BaseException) -> None:
+        super().__init__(
+            f"PostgreSQL unavailable: {operation} failed {attempts} time(s) over {waited:.1f} s; "
+            f"last error: {cause}"
+        )
+        self.operation = operation
+        self.attempts = attempts
+        self.waited = waited
+
+
+class DatabaseError(StoreError):
+    """PostgreSQL refused an operation for a reason retrying cannot fix (see ``sqlstate``)."""
+
+    def __init__(self, operation: str, sqlstate: str | None, cause: BaseException) -> None:
+        super().__init__(f"PostgreSQL error in {operation} (SQLSTATE {sqlstate}): {cause}")
+        self.operation = operation
+        self.sqlstate = sqlstate
+
+
+class BatchTooLargeError(OrchestrixError, ValueError):
+    """An append holds more events than one transaction can give positions to; nothing was written."""
+
+    def __init__(self, stream: str, size: int, limit: int) -> None:
+        super().__init__(f"stream {stream!r}: {size} events in one append; at most {limit} are allowed")
+        self.stream = stream
+        self.size = size
+        self.limit = limit
+
+
+class InvalidCheckpointNameError(OrchestrixError, ValueError):
+    """A checkpoint name is not a non-empty printable string of at most 255 characters."""
+
+    def __init__(self, name: object, reason: str) -> None:
+        super().__init__(f"invalid checkpoint name {name!r}: {reason}")
+        self.name = name
+        self.reason = reason

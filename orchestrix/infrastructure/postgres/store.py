@@ -1,0 +1,331 @@
+"""The PostgreSQL event store: many processes on many hosts share one ordered log.
+
+Writers never wait for each other except on the same stream: optimistic concurrency is
+``UNIQUE(stream, version)``, idempotency is ``UNIQUE(event_id)``, and the global order comes
+from the appending transaction's id (see ``_schema`` and docs/postgres.md), so no lock is
+held across commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import operator
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+from orchestrix.core.eventsourcing.store import (
+    ANY,
+    AppendResult,
+    to_new_events,
+    validate_expected_version,
+    validate_stream_name,
+)
+from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
+from orchestrix.core.messaging.serializer import Serializer
+from orchestrix.infrastructure.postgres import _ops
+from orchestrix.infrastructure.postgres._db import Database
+from orchestrix.infrastructure.postgres._notify import Listener, Notifier
+from orchestrix.infrastructure.postgres._schema import (
+    MAX_BATCH_SIZE,
+    Statements,
+    ensure_schema,
+    validate_schema_name,
+)
+from orchestrix.infrastructure.postgres.checkpoint import PostgresCheckpointStore
+from orchestrix.infrastructure.postgres.errors import BatchTooLargeError
+
+__all__ = ["PostgresEventStore"]
+
+
+class PostgresEventStore:
+    """An EventStore in a PostgreSQL (13+) schema, with sync and asyncio forms of every call.
+
+    ``dsn_or_pool`` is a libpq connection string or URI, or a ``psycopg_pool.ConnectionPool``
+    the caller owns (then ``close`` leaves it open). Asyncio calls use connections of the
+    running loop, or ``async_pool`` if given. Tables are created (or migrated) on construction
+    unless ``create_schema`` is false.
+
+    Lost connections and server restarts are retried with backoff for ``retry_timeout``
+    seconds, then raise ``DatabaseUnavailableError``; retrying an append is safe because its
+    event ids make a stored batch a no-op. ``poll_interval`` bounds how long a waiter sleeps
+    when no notification arrives; ``visibility_timeout`` bounds how long a read waits for this
+    store's own appends to pass the order horizon (a long transaction elsewhere in the cluster
+    can hold it back).
+    """
+
+    page_size = 500
+
+    def __init__(
+        self,
+        dsn_or_pool: str | ConnectionPool,
+        serializer: Serializer,
+        *,
+        schema: str = "orchestrix",
+        create_schema: bool = True,
+        pool_size: int = 10,
+        async_pool: AsyncConnectionPool | None = None,
+        retry_timeout: float = 15.0,
+        poll_interval: float = 1.0,
+        notify_interval: float = 0.02,
+        visibility_timeout: float = 5.0,
+    ) -> None:
+        self._serializer = serializer
+        self._schema = validate_schema_name(schema)
+        self._st = Statements(schema)
+        self._db = Database(
+            dsn_or_pool, pool_size=pool_size, retry_timeout=retry_timeout, async_pool=async_pool
+        )
+        self._poll_interval = poll_interval
+        self._visibility_timeout = visibility_timeout
+        self._own_position = 0
+        self._own_lock = threading.Lock()
+        self._notifier = Notifier(self._db.connect, self._st.notify, notify_interval)
+        self._listener = Listener(self._db.connect, self._st.listen)
+        try:
+            self._db.call("open", functools.partial(ensure_schema, schema=schema, create=create_schema))
+        except BaseException:
+            self._db.close()
+            raise
+
+    @property
+    def schema(self) -> str:
+        """The PostgreSQL schema holding the tables."""
+        return self._schema
+
+    @property
+    def listener(self) -> Listener:
+        """The LISTEN side (its ``backend_pid`` and ``connections_made`` help tests and monitoring)."""
+        return self._listener
+
+    def checkpoints(self) -> PostgresCheckpointStore:
+        """A CheckpointStore in the same schema, sharing this store's connections."""
+        return PostgresCheckpointStore._sharing(self._db, self._st)
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def append(
+        self, stream: str, events: Sequence[NewEvent | Any], expected_version: int = ANY
+    ) -> AppendResult:
+        """Append all events, or raise ConcurrencyError and write none."""
+        encoded = self._prepare(stream, events, expected_version)
+        result, written = self._db.run(
+            "append", lambda: _ops.append_op(self._st, stream, encoded, expected_version)
+        )
+        self._appended(result, written)
+        return result
+
+    async def append_async(
+        self, stream: str, events: Sequence[NewEvent | Any], expected_version: int = ANY
+    ) -> AppendResult:
+        """Asyncio form of :meth:`append`."""
+        encoded = self._prepare(stream, events, expected_version)
+        result, written = await self._db.run_async(
+            "append", lambda: _ops.append_op(self._st, stream, encoded, expected_version)
+        )
+        self._appended(result, written)
+        return result
+
+    def _prepare(
+        self, stream: str, events: Sequence[NewEvent | Any], expected_version: int
+    ) -> _ops.EncodedBatch:
+        validate_stream_name(stream)
+        validate_expected_version(expected_version)
+        batch = to_new_events(stream, events)
+        if len(batch) > MAX_BATCH_SIZE:
+            raise BatchTooLargeError(stream, len(batch), MAX_BATCH_SIZE)
+        return _ops.encode_batch(self._serializer, batch)
+
+    def _appended(self, result: AppendResult, written: bool) -> None:
+        with self._own_lock:
+            self._own_position = max(self._own_position, result.last_position)
+        if written:
+            self._notifier.poke()
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def read_stream(self, stream: str, from_version: int = 0) -> Iterator[RecordedEvent]:
+        """Yield the stream's events from ``from_version`` on, fetched lazily in pages."""
+        validate_stream_name(stream)
+        return self._read_stream(stream, max(operator.index(from_version), 0))
+
+    def _read_stream(self, stream: str, version: int) -> Iterator[RecordedEvent]:
+        while True:
+            rows = self._db.run(
+                "read_stream",
+                functools.partial(_ops.read_stream_page_op, self._st, stream, version, self.page_size),
+            )
+            for row in rows:
+                yield _ops.decode_row(self._serializer, row)
+            if len(rows) < self.page_size:
+                return
+            version = rows[-1][2] + 1
+
+    def read_all(self, after: int = 0, limit: int | None = None) -> Iterator[RecordedEvent]:
+        """Yield every event with a position greater than ``after``, in global order, lazily."""
+        return self._read_all(operator.index(after), None if limit is None else operator.index(limit))
+
+    def _read_all(self, after: int, limit: int | None) -> Iterator[RecordedEvent]:
+        own = self._own_position if self._own_position > after else 0
+        remaining = limit
+        while remaining is None or remaining > 0:
+            size = self.page_size if remaining is None else min(self.page_size, remaining)
+            rows = self._db.run(
+                "read_all",
+                functools.partial(
+                    _ops.read_all_page_op, self._st, after, size, own, self._visibility_timeout
+                ),
+            )
+            for row in rows:
+                yield _ops.decode_row(self._serializer, row)
+            if len(rows) < size:
+                return
+            after = rows[-1][0]
+            own = own if own > after else 0
+            if remaining is not None:
+                remaining -= len(rows)
+
+    def read_stream_async(self, stream: str, from_version: int = 0) -> AsyncIterator[RecordedEvent]:
+        """Asyncio form of :meth:`read_stream`."""
+        validate_stream_name(stream)
+        return self._read_stream_async(stream, max(operator.index(from_version), 0))
+
+    async def _read_stream_async(self, stream: str, version: int) -> AsyncIterator[RecordedEvent]:
+        while True:
+            rows = await self._db.run_async(
+                "read_stream",
+                functools.partial(_ops.read_stream_page_op, self._st, stream, version, self.page_size),
+            )
+            for row in rows:
+                yield _ops.decode_row(self._serializer, row)
+            if len(rows) < self.page_size:
+                return
+            version = rows[-1][2] + 1
+
+    def read_all_async(self, after: int = 0, limit: int | None = None) -> AsyncIterator[RecordedEvent]:
+        """Asyncio form of :meth:`read_all`."""
+        return self._read_all_async(operator.index(after), None if limit is None else operator.index(limit))
+
+    async def _read_all_async(self, after: int, limit: int | None) -> AsyncIterator[RecordedEvent]:
+        own = self._own_position if self._own_position > after else 0
+        remaining = limit
+        while remaining is None or remaining > 0:
+            size = self.page_size if remaining is None else min(self.page_size, remaining)
+            rows = await self._db.run_async(
+                "read_all",
+                functools.partial(
+                    _ops.read_all_page_op, self._st, after, size, own, self._visibility_timeout
+                ),
+            )
+            for row in rows:
+                yield _ops.decode_row(self._serializer, row)
+            if len(rows) < size:
+                return
+            after = rows[-1][0]
+            own = own if own > after else 0
+            if remaining is not None:
+                remaining -= len(rows)
+
+    def stream_version(self, stream: str) -> int:
+        """The version of the stream's last event, or NO_STREAM (-1) if it has none."""
+        validate_stream_name(stream)
+        return self._db.run("stream_version", lambda: _ops.stream_version_op(self._st, stream))
+
+    async def stream_version_async(self, stream: str) -> int:
+        """Asyncio form of :meth:`stream_version`."""
+        validate_stream_name(stream)
+        return await self._db.run_async("stream_version", lambda: _ops.stream_version_op(self._st, stream))
+
+    def last_position(self) -> int:
+        """The highest position a reader can see now (0 for an empty store)."""
+        own = self._own_position
+        return self._db.run(
+            "last_position", lambda: _ops.last_position_op(self._st, own, self._visibility_timeout)
+        )
+
+    async def last_position_async(self) -> int:
+        """Asyncio form of :meth:`last_position`."""
+        own = self._own_position
+        return await self._db.run_async(
+            "last_position", lambda: _ops.last_position_op(self._st, own, self._visibility_timeout)
+        )
+
+    # -- waiting ----------------------------------------------------------------------------------
+
+    def wait_for_events(self, after: int, timeout: float) -> bool:
+        """Block until an event with position > ``after`` is readable or ``timeout`` passes.
+
+        Woken by LISTEN/NOTIFY; polls every ``poll_interval`` in case a notification is lost,
+        and faster while an event is committed but still behind the order horizon.
+        """
+        after = operator.index(after)
+        deadline = time.monotonic() + max(timeout, 0.0)
+        listener = self._listener
+        listener.start()
+        listener.wait_ready(min(max(timeout, 0.0), 2.0))
+        while True:
+            generation = listener.generation
+            visible, pending = self._db.run("wait_for_events", lambda: _ops.events_after_op(self._st, after))
+            if visible:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or listener.stopped:
+                return False
+            listener.wait_change(generation, min(remaining, self._pause(pending)))
+
+    async def wait_for_events_async(self, after: int, timeout: float) -> bool:
+        """Asyncio form of :meth:`wait_for_events`; the loop never blocks."""
+        after = operator.index(after)
+        deadline = time.monotonic() + max(timeout, 0.0)
+        listener = self._listener
+        listener.start()
+        loop = asyncio.get_running_loop()
+        woken = asyncio.Event()
+        listener.add_async_waiter(loop, woken)
+        try:
+            if not listener.connected:
+                await _wait_event(woken, min(max(timeout, 0.0), 2.0))
+            while True:
+                woken.clear()
+                visible, pending = await self._db.run_async(
+                    "wait_for_events", lambda: _ops.events_after_op(self._st, after)
+                )
+                if visible:
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or listener.stopped:
+                    return False
+                await _wait_event(woken, min(remaining, self._pause(pending)))
+        finally:
+            listener.remove_async_waiter(loop, woken)
+
+    def _pause(self, pending: bool) -> float:
+        # A committed event behind the horizon shows up when an older transaction ends,
+        # which may send no notification (an aborted append, a foreign transaction).
+        if pending:
+            return min(self._poll_interval, 0.01)
+        return self._poll_interval if self._listener.connected else min(self._poll_interval, 0.25)
+
+    # -- closing ----------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Flush the last notification, stop the listener and close connections this store opened."""
+        self._notifier.close()
+        self._listener.close()
+        self._db.close()
+
+    def __enter__(self) -> PostgresEventStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+async def _wait_event(event: asyncio.Event, timeout: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout)
