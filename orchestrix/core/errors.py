@@ -22,6 +22,7 @@ Errors carry their facts as attributes, so callers branch on data, not on messag
     │   ├── CorruptionError              file, offset
     │   └── StoreFormatError             path: not a store, or a newer format
     ├── SagaError                        saga and runner problems
+    │   └── UnknownCommandError (LookupError)  no handler for a command a saga sent
     └── DomainError                      base of business-rule violations that bases subclass
 """
 
@@ -49,6 +50,7 @@ __all__ = [
     "StoreFormatError",
     "StreamNotFoundError",
     "UnhandledEventError",
+    "UnknownCommandError",
     "UnknownEventTypeError",
 ]
 
@@ -198,6 +200,15 @@ class StoreFormatError(StoreError):
 
 class SagaError(OrchestrixError):
     """A saga or the saga runner cannot proceed."""
+
+
+class UnknownCommandError(SagaError, LookupError):
+    """No handler is registered for the type of a command a saga sent."""
+
+    def __init__(self, command_type: type, registered: Iterable[type]) -> None:
+        known = ", ".join(sorted(t.__name__ for t in registered)) or "none"
+        super().__init__(f"no handler for command {command_type.__name__} (registered: {known})")
+        self.command_type = command_type
 
 
 class DomainError(OrchestrixError):

@@ -1,1 +1,42 @@
 """Running things from the store's global order: subscriptions, sagas, projections."""
+
+from orchestrix.core.execution.checkpoint import CheckpointStore, InMemoryCheckpointStore
+from orchestrix.core.execution.dispatch import CommandBus, CommandDispatcher
+from orchestrix.core.execution.runner import (
+    RunnerStats,
+    SagaRunner,
+    StuckSaga,
+    UnmatchedEvent,
+    partition_of,
+)
+from orchestrix.core.execution.saga import (
+    SAGA_EVENTS,
+    Saga,
+    SagaRetried,
+    SagaStep,
+    SagaStuck,
+    handles,
+    saga_event_id,
+)
+from orchestrix.core.execution.subscription import subscribe, subscribe_async
+
+__all__ = [
+    "SAGA_EVENTS",
+    "CheckpointStore",
+    "CommandBus",
+    "CommandDispatcher",
+    "InMemoryCheckpointStore",
+    "RunnerStats",
+    "Saga",
+    "SagaRetried",
+    "SagaRunner",
+    "SagaStep",
+    "SagaStuck",
+    "StuckSaga",
+    "UnmatchedEvent",
+    "handles",
+    "partition_of",
+    "saga_event_id",
+    "subscribe",
+    "subscribe_async",
+]
