@@ -20,6 +20,8 @@ __all__ = [
     "InvalidAmount",
     "InvalidOwnerName",
     "NonZeroBalanceOnClose",
+    "SelfTransfer",
+    "TransferIdReused",
 ]
 
 
@@ -125,3 +127,21 @@ class IdempotencyKeyReused(BankingError):
         super().__init__(f"account {account_id!r}: idempotency key {key!r} reused {detail}")
         self.account_id = account_id
         self.key = key
+
+
+class SelfTransfer(BankingError, ValueError):
+    """A transfer names the same account as source and destination."""
+
+    def __init__(self, transfer_id: str, account_id: str) -> None:
+        super().__init__(f"transfer {transfer_id!r}: source and destination are both {account_id!r}")
+        self.transfer_id = transfer_id
+        self.account_id = account_id
+
+
+class TransferIdReused(BankingError):
+    """A transfer id already names a transfer with different accounts, amount or description."""
+
+    def __init__(self, transfer_id: str, detail: str) -> None:
+        super().__init__(f"transfer {transfer_id!r} already exists {detail}")
+        self.transfer_id = transfer_id
+        self.detail = detail

@@ -11,18 +11,35 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from bases.orchestrix.banking_demo.aggregate import Account
-from bases.orchestrix.banking_demo.errors import AccountAlreadyOpen, AccountNotOpen
+from bases.orchestrix.banking_demo.errors import (
+    AccountAlreadyOpen,
+    AccountClosed,
+    AccountNotOpen,
+    AccountSuspended,
+    SelfTransfer,
+    TransferIdReused,
+)
 from bases.orchestrix.banking_demo.models import (
+    AccountStatus,
     CloseAccount,
     DepositMoney,
     OpenAccount,
     ReactivateAccount,
+    SettleTransfer,
     SuspendAccount,
     Transaction,
+    TransferMoney,
     WithdrawMoney,
+    validate_amount,
 )
-from orchestrix.core.errors import AggregateNotFoundError, ConcurrencyError
-from orchestrix.core.eventsourcing.aggregate import AggregateRepository
+from bases.orchestrix.banking_demo.saga import TransferSaga
+from orchestrix.core.errors import AggregateNotFoundError, ConcurrencyError, InvalidStreamNameError
+from orchestrix.core.eventsourcing.aggregate import (
+    AggregateRepository,
+    retry_on_conflict,
+    retry_on_conflict_async,
+)
+from orchestrix.core.eventsourcing.store import validate_stream_name
 
 __all__ = ["BankingCommandHandlers"]
 
@@ -68,6 +85,44 @@ class BankingCommandHandlers:
         """Close an empty account that holds no transfer in flight."""
         self._update(command.account_id, lambda account: account.close(command))
 
+    def settle_transfer(self, command: SettleTransfer) -> None:
+        """Release a completed transfer's debit on its source account (idempotent)."""
+        self._update(command.account_id, lambda account: account.settle_transfer(command.transfer_id))
+
+    def transfer_money(self, command: TransferMoney) -> TransferSaga:
+        """Validate a transfer and store its ``TransferInitiated``; the saga runner does the rest.
+
+        Refused up front, with nothing stored: a bad amount (InvalidAmount), the same account on
+        both sides (SelfTransfer), an unknown source (AccountNotOpen), a suspended or closed
+        source (AccountSuspended, AccountClosed), and a transfer id already used for a different
+        transfer (TransferIdReused). Sending the same transfer again returns it unchanged.
+        Problems with the destination surface when the saga credits it: the transfer is then
+        compensated and fails.
+        """
+        _check_transfer(command)
+
+        def once() -> TransferSaga:
+            existing = self._existing_transfer(command)
+            if existing is not None:
+                return existing
+            _check_source(command, self.get_account(command.from_account_id))
+            transfer = TransferSaga.initiate(command)
+            self.repository.save(transfer)
+            return transfer
+
+        return retry_on_conflict(once, attempts=self.attempts)
+
+    def get_transfer(self, transfer_id: str) -> TransferSaga:
+        """Load a transfer; AggregateNotFoundError if there is none with this id."""
+        return self.repository.load(TransferSaga, transfer_id)
+
+    def _existing_transfer(self, command: TransferMoney) -> TransferSaga | None:
+        try:
+            existing = self.repository.load(TransferSaga, command.transfer_id)
+        except AggregateNotFoundError:
+            return None
+        return _same_transfer(existing, command)
+
     def get_account(self, account_id: str) -> Account:
         """Load an account; AccountNotOpen if it was never opened."""
         try:
@@ -111,6 +166,34 @@ class BankingCommandHandlers:
         """Asyncio form of :meth:`close_account`."""
         await self._update_async(command.account_id, lambda account: account.close(command))
 
+    async def settle_transfer_async(self, command: SettleTransfer) -> None:
+        """Asyncio form of :meth:`settle_transfer`."""
+        await self._update_async(
+            command.account_id, lambda account: account.settle_transfer(command.transfer_id)
+        )
+
+    async def transfer_money_async(self, command: TransferMoney) -> TransferSaga:
+        """Asyncio form of :meth:`transfer_money`."""
+        _check_transfer(command)
+
+        async def once() -> TransferSaga:
+            try:
+                existing = await self.repository.load_async(TransferSaga, command.transfer_id)
+            except AggregateNotFoundError:
+                pass
+            else:
+                return _same_transfer(existing, command)
+            _check_source(command, await self.get_account_async(command.from_account_id))
+            transfer = TransferSaga.initiate(command)
+            await self.repository.save_async(transfer)
+            return transfer
+
+        return await retry_on_conflict_async(once, attempts=self.attempts)
+
+    async def get_transfer_async(self, transfer_id: str) -> TransferSaga:
+        """Asyncio form of :meth:`get_transfer`."""
+        return await self.repository.load_async(TransferSaga, transfer_id)
+
     async def get_account_async(self, account_id: str) -> Account:
         """Asyncio form of :meth:`get_account`."""
         try:
@@ -149,6 +232,33 @@ class BankingCommandHandlers:
         return getattr(self, name + "_async")
 
 
+def _check_transfer(command: TransferMoney) -> None:
+    """The checks that need no stored state: ids, amount, self-transfer."""
+    for field in ("transfer_id", "from_account_id", "to_account_id"):
+        value = getattr(command, field)
+        if not isinstance(value, str) or not value:
+            raise InvalidStreamNameError(value, f"{field} must be a non-empty string")
+    validate_stream_name(TransferSaga.stream_name(command.transfer_id))
+    validate_stream_name(Account.stream_name(command.to_account_id))
+    validate_amount(command.amount)
+    if command.from_account_id == command.to_account_id:
+        raise SelfTransfer(command.transfer_id, command.from_account_id)
+
+
+def _check_source(command: TransferMoney, source: Account) -> None:
+    if source.status is AccountStatus.SUSPENDED:
+        raise AccountSuspended(source.id, source.status, f"send transfer {command.transfer_id!r}")
+    if source.status is AccountStatus.CLOSED:
+        raise AccountClosed(source.id, source.status, f"send transfer {command.transfer_id!r}")
+
+
+def _same_transfer(existing: TransferSaga, command: TransferMoney) -> TransferSaga:
+    differences = existing.differences(command)
+    if differences:
+        raise TransferIdReused(command.transfer_id, "with " + ", ".join(differences))
+    return existing
+
+
 _HANDLERS: dict[type, str] = {
     OpenAccount: "open_account",
     DepositMoney: "deposit_money",
@@ -156,4 +266,6 @@ _HANDLERS: dict[type, str] = {
     SuspendAccount: "suspend_account",
     ReactivateAccount: "reactivate_account",
     CloseAccount: "close_account",
+    SettleTransfer: "settle_transfer",
+    TransferMoney: "transfer_money",
 }

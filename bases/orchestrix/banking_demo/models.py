@@ -14,6 +14,7 @@ from decimal import Decimal, InvalidOperation
 import attrs
 
 from bases.orchestrix.banking_demo.errors import InvalidAmount
+from orchestrix.core.execution.saga import SAGA_EVENTS
 from orchestrix.core.messaging import Command, Event, Serializer
 
 __all__ = [
@@ -29,16 +30,19 @@ __all__ = [
     "MoneyWithdrawn",
     "OpenAccount",
     "ReactivateAccount",
+    "SettleTransfer",
     "SuspendAccount",
     "Transaction",
     "TransactionKind",
     "TransferCompleted",
+    "TransferCreditFailed",
     "TransferDebited",
     "TransferFailed",
     "TransferInitiated",
     "TransferMoney",
     "TransferReversed",
     "TransferSettled",
+    "TransferStatus",
     "WithdrawMoney",
     "banking_serializer",
     "validate_amount",
@@ -94,6 +98,19 @@ class TransactionKind(enum.Enum):
         return self.value
 
 
+class TransferStatus(enum.Enum):
+    """Where a transfer is. INITIATED, DEBITED and COMPENSATING hold money; the last two end it."""
+
+    INITIATED = "INITIATED"
+    DEBITED = "DEBITED"
+    COMPENSATING = "COMPENSATING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 # -- commands ---------------------------------------------------------------------------------
 
 
@@ -137,6 +154,14 @@ class TransferMoney(Command):
     to_account_id: str
     amount: Decimal
     description: str = ""
+
+
+@attrs.frozen
+class SettleTransfer(Command):
+    """Release a completed transfer's debit on its source account (sent by the transfer saga)."""
+
+    account_id: str
+    transfer_id: str
 
 
 @attrs.frozen
@@ -292,6 +317,16 @@ class TransferCompleted(Event):
 
 
 @attrs.frozen
+class TransferCreditFailed(Event):
+    """The destination refused the credit; the saga will re-credit the source (decided, not yet done)."""
+
+    transfer_id: str
+    to_account_id: str
+    reason: str
+    occurred_at: datetime
+
+
+@attrs.frozen
 class TransferReversed(Event):
     """Compensation: the debit was re-credited to the source after the credit failed."""
 
@@ -321,9 +356,16 @@ ACCOUNT_EVENTS = (
     AccountClosed,
     TransferSettled,
 )
-TRANSFER_EVENTS = (TransferInitiated, TransferDebited, TransferCompleted, TransferReversed, TransferFailed)
+TRANSFER_EVENTS = (
+    TransferInitiated,
+    TransferDebited,
+    TransferCompleted,
+    TransferCreditFailed,
+    TransferReversed,
+    TransferFailed,
+)
 
 
 def banking_serializer() -> Serializer:
     """A serializer that knows every banking event, for the durable stores."""
-    return Serializer(types=[*ACCOUNT_EVENTS, *TRANSFER_EVENTS, Transaction])
+    return Serializer(types=[*ACCOUNT_EVENTS, *TRANSFER_EVENTS, *SAGA_EVENTS, Transaction])

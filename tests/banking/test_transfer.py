@@ -1,0 +1,577 @@
+"""TransferSaga and transfer_money: every path, redeliveries, crashes, stuck reversals."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given
+
+from bases.orchestrix.banking_demo import errors
+from bases.orchestrix.banking_demo.aggregate import Account
+from bases.orchestrix.banking_demo.handlers import BankingCommandHandlers
+from bases.orchestrix.banking_demo.models import (
+    CloseAccount,
+    DepositMoney,
+    MoneyDeposited,
+    MoneyWithdrawn,
+    OpenAccount,
+    ReactivateAccount,
+    SuspendAccount,
+    TransferCompleted,
+    TransferCreditFailed,
+    TransferDebited,
+    TransferFailed,
+    TransferInitiated,
+    TransferMoney,
+    TransferReversed,
+    TransferStatus,
+    WithdrawMoney,
+    banking_serializer,
+)
+from bases.orchestrix.banking_demo.saga import TransferSaga
+from orchestrix.core.errors import AggregateNotFoundError, InvalidStreamNameError
+from orchestrix.core.eventsourcing import AggregateRepository
+from orchestrix.core.execution import InMemoryCheckpointStore, SagaRunner, SagaStuck
+from orchestrix.infrastructure.memory.store import InMemoryEventStore
+from orchestrix.testing import invalid_amounts
+from tests.core.test_saga_support import CrashingStore, SimulatedCrash
+
+D = Decimal
+
+
+class Hooked:
+    """Banking handlers with hooks that run before chosen commands (to change the world mid-saga)."""
+
+    def __init__(self, bank: BankingCommandHandlers) -> None:
+        self.bank = bank
+        self.before: list[Callable[[Any], None]] = []
+
+    def handle(self, command: Any) -> Any:
+        for hook in list(self.before):
+            hook(command)
+        return self.bank.handle(command)
+
+    async def handle_async(self, command: Any) -> Any:
+        for hook in list(self.before):
+            hook(command)
+        return await self.bank.handle_async(command)
+
+
+class World:
+    """A store, a bank on it, and runners built the way a restarted process would build them."""
+
+    def __init__(self, store: Any | None = None) -> None:
+        self.store = store or InMemoryEventStore(serializer=banking_serializer())
+        self.checkpoints = InMemoryCheckpointStore()
+        self.bank = BankingCommandHandlers(AggregateRepository(self.store))
+        self.hooked = Hooked(self.bank)
+
+    def runner(self, store: Any | None = None, **options: Any) -> SagaRunner:
+        if store is None:
+            return SagaRunner(self.store, [TransferSaga], self.hooked, self.checkpoints, **options)
+        bank = BankingCommandHandlers(AggregateRepository(store))
+        return SagaRunner(store, [TransferSaga], bank, self.checkpoints, **options)
+
+    def drain(self, mode: str = "sync", **options: Any) -> SagaRunner:
+        runner = self.runner(**options)
+        if mode == "sync":
+            runner.run_until_idle()
+        else:
+            asyncio.run(runner.run_until_idle_async())
+        return runner
+
+    def open(self, account_id: str, balance: str = "0") -> None:
+        self.bank.open_account(OpenAccount(account_id, account_id.title(), D(balance)))
+
+    def account(self, account_id: str) -> Account:
+        return self.bank.get_account(account_id)
+
+    def balance(self, account_id: str) -> Decimal:
+        return self.account(account_id).balance
+
+    def transfer(self, transfer_id: str) -> TransferSaga:
+        return self.bank.get_transfer(transfer_id)
+
+    def send(self, transfer_id: str, source: str, target: str, amount: str) -> TransferSaga:
+        return self.bank.transfer_money(TransferMoney(transfer_id, source, target, D(amount), "test"))
+
+    def transfer_events(self, transfer_id: str) -> list[type]:
+        return [type(r.event) for r in self.store.read_stream(f"transfer-{transfer_id}")]
+
+    def keys_applied(self) -> list[str]:
+        return [
+            r.event.idempotency_key
+            for r in self.store.read_all()
+            if isinstance(r.event, MoneyDeposited | MoneyWithdrawn) and r.event.idempotency_key
+        ]
+
+
+@pytest.fixture
+def world() -> World:
+    w = World()
+    w.open("alice", "100")
+    w.open("bob", "50")
+    return w
+
+
+@pytest.fixture(params=["sync", "async"])
+def mode(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+# -- the command: validated up front, TransferInitiated first --------------------------------------
+
+
+def test_transfer_money_stores_only_the_initiated_event_in_the_transfer_stream(world: World) -> None:
+    before = world.store.last_position()
+    transfer = world.send("t1", "alice", "bob", "30")
+    assert transfer.status is TransferStatus.INITIATED
+    new = list(world.store.read_all(before))
+    assert [(r.stream, type(r.event)) for r in new] == [("transfer-t1", TransferInitiated)]
+    assert (world.balance("alice"), world.balance("bob")) == (D("100"), D("50"))
+
+
+def test_transfer_money_async_does_the_same(world: World) -> None:
+    transfer = asyncio.run(world.bank.transfer_money_async(TransferMoney("t1", "alice", "bob", D("30"))))
+    assert transfer.status is TransferStatus.INITIATED
+    assert world.transfer_events("t1") == [TransferInitiated]
+
+
+@pytest.mark.parametrize(
+    ("command", "error"),
+    [
+        (TransferMoney("t1", "alice", "alice", D("10")), errors.SelfTransfer),
+        (TransferMoney("t1", "nobody", "bob", D("10")), errors.AccountNotOpen),
+        (TransferMoney("", "alice", "bob", D("10")), InvalidStreamNameError),
+        (TransferMoney("t1", "alice", "", D("10")), InvalidStreamNameError),
+        (TransferMoney("t\x00", "alice", "bob", D("10")), InvalidStreamNameError),
+        (TransferMoney("t1", "alice", "bob", D("0")), errors.InvalidAmount),
+        (TransferMoney("t1", "alice", "bob", D("-5")), errors.InvalidAmount),
+        (TransferMoney("t1", "alice", "bob", D("1.001")), errors.InvalidAmount),
+        (TransferMoney("t1", "alice", "bob", 10.0), errors.InvalidAmount),  # type: ignore[arg-type]
+    ],
+)
+def test_a_bad_transfer_is_refused_and_nothing_is_stored(
+    world: World, command: TransferMoney, error: type
+) -> None:
+    before = world.store.last_position()
+    with pytest.raises(error):
+        world.bank.transfer_money(command)
+    with pytest.raises(error):
+        asyncio.run(world.bank.transfer_money_async(command))
+    assert world.store.last_position() == before
+
+
+@given(amount=invalid_amounts())
+def test_no_invalid_amount_starts_a_transfer(amount: object) -> None:
+    w = World()
+    w.open("alice", "100")
+    with pytest.raises(errors.InvalidAmount):
+        w.bank.transfer_money(TransferMoney("t1", "alice", "bob", amount))  # type: ignore[arg-type]
+    assert w.store.last_position() == 1
+
+
+@pytest.mark.parametrize("how", ["suspended", "closed"])
+def test_an_inactive_source_is_refused_up_front(how: str) -> None:
+    w = World()
+    w.open("alice", "0")
+    w.open("bob")
+    if how == "suspended":
+        w.bank.suspend_account(SuspendAccount("alice", "audit"))
+        error: type = errors.AccountSuspended
+    else:
+        w.bank.close_account(CloseAccount("alice"))
+        error = errors.AccountClosed
+    before = w.store.last_position()
+    with pytest.raises(error, match="send transfer 't1'"):
+        w.send("t1", "alice", "bob", "1")
+    assert w.store.last_position() == before
+
+
+def test_the_same_transfer_sent_again_is_an_idempotent_repeat(world: World) -> None:
+    world.send("t1", "alice", "bob", "30")
+    position = world.store.last_position()
+    assert world.send("t1", "alice", "bob", "30.00").status is TransferStatus.INITIATED
+    world.drain()
+    position = world.store.last_position()
+    again = world.send("t1", "alice", "bob", "30")
+    assert again.status is TransferStatus.COMPLETED
+    assert world.store.last_position() == position
+    assert (world.balance("alice"), world.balance("bob")) == (D("70"), D("80"))
+
+
+def test_a_transfer_id_reused_for_a_different_transfer_is_refused(world: World) -> None:
+    world.send("t1", "alice", "bob", "30")
+    position = world.store.last_position()
+    with pytest.raises(errors.TransferIdReused, match=r"amount Decimal\('30'\) \(asked: Decimal\('31'\)\)"):
+        world.send("t1", "alice", "bob", "31")
+    with pytest.raises(errors.TransferIdReused, match="to_account_id"):
+        asyncio.run(world.bank.transfer_money_async(TransferMoney("t1", "alice", "carol", D("30"), "test")))
+    assert world.store.last_position() == position
+
+
+def test_an_unknown_transfer_is_not_found(world: World) -> None:
+    with pytest.raises(AggregateNotFoundError):
+        world.transfer("nope")
+
+
+# -- the saga's paths ---------------------------------------------------------------------------------
+
+
+def test_a_transfer_debits_credits_and_completes(world: World, mode: str) -> None:
+    world.send("t1", "alice", "bob", "30")
+    world.drain(mode)
+    transfer = world.transfer("t1")
+    assert transfer.status is TransferStatus.COMPLETED and transfer.completed
+    assert world.transfer_events("t1") == [TransferInitiated, TransferDebited, TransferCompleted]
+    assert (world.balance("alice"), world.balance("bob")) == (D("70"), D("80"))
+    assert world.account("alice").transfers_in_flight == {}
+    assert transfer.held == 0
+
+
+def test_each_audit_trail_shows_the_transfer_legs_with_the_transfer_id(world: World) -> None:
+    world.send("t1", "alice", "bob", "30")
+    world.drain()
+    [_, debit] = world.account("alice").transactions
+    [_, credit] = world.account("bob").transactions
+    assert (debit.kind.value, debit.amount, debit.transfer_id, debit.idempotency_key) == (
+        "withdrawal",
+        D("30"),
+        "t1",
+        "t1:debit",
+    )
+    assert debit.description == "Transfer t1 to bob"
+    assert (credit.kind.value, credit.amount, credit.transfer_id, credit.idempotency_key) == (
+        "deposit",
+        D("30"),
+        "t1",
+        "t1:credit",
+    )
+    assert credit.description == "Transfer t1 from alice"
+
+
+@pytest.mark.parametrize(
+    ("setup", "reason"),
+    [
+        ("insufficient", "balance 100 is less than 500"),
+        ("source suspended", "is SUSPENDED: cannot withdraw"),
+        ("source closed", "is CLOSED: cannot withdraw"),
+    ],
+)
+def test_a_refused_debit_fails_the_transfer_without_moving_money(
+    world: World, mode: str, setup: str, reason: str
+) -> None:
+    world.open("carol", "10")
+    source = "alice" if setup == "insufficient" else "carol"
+    world.send("t1", source, "bob", "500" if setup == "insufficient" else "10")
+    if setup == "source suspended":
+        world.bank.suspend_account(SuspendAccount("carol"))
+    elif setup == "source closed":
+        world.bank.withdraw_money(WithdrawMoney("carol", D("10")))
+        world.bank.close_account(CloseAccount("carol"))
+    balances = {a: world.balance(a) for a in ("alice", "bob", "carol")}
+    world.drain(mode)
+    transfer = world.transfer("t1")
+    assert transfer.status is TransferStatus.FAILED
+    assert transfer.failure_reason is not None and transfer.failure_reason.startswith("debit refused: ")
+    assert reason in transfer.failure_reason
+    assert world.transfer_events("t1") == [TransferInitiated, TransferFailed]
+    assert {a: world.balance(a) for a in balances} == balances
+    assert world.keys_applied() == []
+
+
+@pytest.mark.parametrize(
+    ("destination", "reason"),
+    [
+        ("suspended", "is SUSPENDED: cannot deposit"),
+        ("closed", "is CLOSED: cannot deposit"),
+        ("missing", "has not been opened"),
+    ],
+)
+def test_a_refused_credit_is_compensated_by_reversing_the_debit(
+    world: World, mode: str, destination: str, reason: str
+) -> None:
+    target = {"suspended": "dora", "closed": "dora", "missing": "ghost"}[destination]
+    world.open("dora")
+    if destination == "suspended":
+        world.bank.suspend_account(SuspendAccount("dora"))
+    elif destination == "closed":
+        world.bank.close_account(CloseAccount("dora"))
+    world.send("t1", "alice", target, "40")
+    world.drain(mode)
+    transfer = world.transfer("t1")
+    assert transfer.status is TransferStatus.FAILED and transfer.reversed
+    assert transfer.failure_reason is not None and reason in transfer.failure_reason
+    assert transfer.failure_reason.startswith("credit refused: ")
+    assert world.transfer_events("t1") == [
+        TransferInitiated,
+        TransferDebited,
+        TransferCreditFailed,
+        TransferReversed,
+        TransferFailed,
+    ]
+    assert world.balance("alice") == D("100")
+    alice = world.account("alice")
+    assert [(t.kind.value, t.amount, t.transfer_id) for t in alice.transactions[1:]] == [
+        ("withdrawal", D("40"), "t1"),
+        ("deposit", D("40"), "t1"),
+    ]
+    assert alice.transactions[-1].idempotency_key == "t1:reverse"
+    assert alice.transfers_in_flight == {}
+    assert world.keys_applied() == ["t1:debit", "t1:reverse"]
+
+
+def test_the_reversal_lands_even_if_the_source_was_suspended_meanwhile(world: World, mode: str) -> None:
+    def before(command: Any) -> None:
+        if isinstance(command, DepositMoney) and command.idempotency_key == "t1:credit":
+            world.bank.suspend_account(SuspendAccount("alice", "fraud check"))
+            world.bank.suspend_account(SuspendAccount("bob", "fraud check"))
+
+    world.hooked.before.append(before)
+    world.send("t1", "alice", "bob", "60")
+    world.drain(mode)
+    assert world.transfer("t1").status is TransferStatus.FAILED
+    alice = world.account("alice")
+    assert (alice.balance, alice.status.value) == (D("100"), "SUSPENDED")
+    assert world.balance("bob") == D("50")
+
+
+def test_the_source_cannot_be_closed_while_a_transfer_holds_its_money(world: World) -> None:
+    """Our answer to "what if the source is closed meanwhile": it cannot be, until the transfer ends."""
+    world.open("carol", "25")
+    refusals: list[Exception] = []
+
+    def before(command: Any) -> None:
+        if isinstance(command, DepositMoney) and command.idempotency_key == "t1:credit":
+            assert world.balance("carol") == 0
+            try:
+                world.bank.close_account(CloseAccount("carol"))
+            except errors.AccountHasTransfersInFlight as exc:
+                refusals.append(exc)
+
+    world.hooked.before.append(before)
+    world.send("t1", "carol", "bob", "25")
+    world.drain()
+    assert [e.transfer_ids for e in refusals] == [("t1",)]  # type: ignore[attr-defined]
+    assert world.transfer("t1").status is TransferStatus.COMPLETED
+    world.bank.close_account(CloseAccount("carol"))  # settled: now it may close
+    assert world.account("carol").status.value == "CLOSED"
+
+
+def test_a_source_closed_before_the_debit_fails_the_transfer_cleanly(world: World) -> None:
+    world.open("carol", "5")
+    world.send("t1", "carol", "bob", "5")
+    world.bank.withdraw_money(WithdrawMoney("carol", D("5")))
+    world.bank.close_account(CloseAccount("carol"))
+    world.drain()
+    assert world.transfer("t1").status is TransferStatus.FAILED
+    assert world.keys_applied() == []
+
+
+def test_transfers_from_one_account_never_overdraw_it(world: World, mode: str) -> None:
+    for i in range(10):
+        world.send(f"t{i}", "alice", "bob", "30")
+    world.drain(mode, max_concurrency=10)
+    statuses = [world.transfer(f"t{i}").status for i in range(10)]
+    assert statuses.count(TransferStatus.COMPLETED) == 3
+    assert statuses.count(TransferStatus.FAILED) == 7
+    assert (world.balance("alice"), world.balance("bob")) == (D("10"), D("140"))
+
+
+def test_many_transfers_in_flight_at_once_all_finish_and_conserve_money(mode: str) -> None:
+    w = World()
+    names = [f"acc{i}" for i in range(8)]
+    for name in names:
+        w.open(name, "1000")
+    w.open("frozen")
+    w.bank.suspend_account(SuspendAccount("frozen"))
+    for i in range(64):
+        target = "frozen" if i % 9 == 0 else names[(i * 3 + 1) % 8]
+        source = names[i % 8]
+        if source != target:
+            w.send(f"t{i}", source, target, str(10 + i))
+    runner = w.drain(mode, max_concurrency=32)
+    transfers = [
+        w.transfer(r.stream.removeprefix("transfer-"))
+        for r in w.store.read_all()
+        if r.event_type == "TransferInitiated"
+    ]
+    assert all(t.status in (TransferStatus.COMPLETED, TransferStatus.FAILED) for t in transfers)
+    assert sum(w.balance(n) for n in names) == D("8000")
+    assert runner.stuck() == [] and runner.stats.failed == 0
+    assert len(w.keys_applied()) == len(set(w.keys_applied()))
+
+
+# -- stuck compensation: visible, never silent ---------------------------------------------------------
+
+
+class BankOffline(errors.BankingError):
+    """A refusal the test injects once."""
+
+
+def test_a_reversal_that_is_refused_leaves_the_transfer_stuck_holding_the_money(
+    world: World, mode: str
+) -> None:
+    world.open("dora")
+    world.bank.suspend_account(SuspendAccount("dora"))
+    refused = [0]
+
+    def before(command: Any) -> None:
+        if isinstance(command, DepositMoney) and command.idempotency_key == "t1:reverse" and refused[0] == 0:
+            refused[0] += 1
+            raise BankOffline("core banking is offline")
+
+    world.hooked.before.append(before)
+    world.send("t1", "alice", "dora", "40")
+    runner = world.drain(mode)
+    transfer = world.transfer("t1")
+    assert transfer.status is TransferStatus.COMPENSATING and not transfer.completed
+    assert transfer.held == D("40")
+    assert world.balance("alice") + world.balance("bob") + world.balance("dora") + transfer.held == D("150")
+    assert world.transfer_events("t1")[-1] is SagaStuck
+    [stuck] = runner.stuck()
+    assert (stuck.saga_type, stuck.saga_id, stuck.state) == ("transfer", "t1", "COMPENSATING")
+    assert stuck.reason == "reversal to 'alice' refused: core banking is offline"
+
+    retried = (
+        runner.retry(TransferSaga, "t1")
+        if mode == "sync"
+        else asyncio.run(runner.retry_async(TransferSaga, "t1"))
+    )
+    assert isinstance(retried, TransferSaga)
+    assert retried.status is TransferStatus.FAILED and retried.held == 0
+    assert world.balance("alice") == D("100")
+    assert runner.stuck() == []
+    assert world.keys_applied() == ["t1:debit", "t1:reverse"]
+
+
+def test_a_reversal_blocked_by_a_conflicting_key_stays_stuck_and_listed(world: World) -> None:
+    # Someone used the reversal's key for another deposit: the account refuses the real reversal.
+    world.bank.deposit_money(DepositMoney("alice", D("1"), "odd", idempotency_key="t1:reverse"))
+    world.open("dora")
+    world.bank.close_account(CloseAccount("dora"))
+    world.send("t1", "alice", "dora", "40")
+    runner = world.drain()
+    [stuck] = runner.stuck()
+    assert "IdempotencyKeyReused" not in stuck.reason and "reused" in stuck.reason
+    assert runner.retry(TransferSaga, "t1").stuck_reason is not None
+    assert world.transfer("t1").held == D("40")
+    # A restarted runner still lists it (from the stored history), with its state and reason.
+    fresh = world.runner()
+    assert [(s.saga_id, s.state) for s in fresh.stuck()] == [("t1", "COMPENSATING")]
+
+
+# -- redelivery and restarts ---------------------------------------------------------------------------
+
+
+def _scenario(w: World) -> None:
+    w.open("alice", "100")
+    w.open("bob", "50")
+    w.open("dora")
+    w.bank.suspend_account(SuspendAccount("dora"))
+    w.send("ok", "alice", "bob", "30")
+    w.send("poor", "bob", "alice", "500")
+    w.send("back", "alice", "dora", "20")
+
+
+EXPECTED = {
+    "status": {"ok": TransferStatus.COMPLETED, "poor": TransferStatus.FAILED, "back": TransferStatus.FAILED},
+    "balances": {"alice": D("70"), "bob": D("80"), "dora": D("0")},
+    "keys": ["ok:credit", "ok:debit", "back:debit", "back:reverse"],
+}
+
+
+def _check(w: World) -> None:
+    assert {t: w.transfer(t).status for t in EXPECTED["status"]} == EXPECTED["status"]
+    assert {a: w.balance(a) for a in EXPECTED["balances"]} == EXPECTED["balances"]
+    assert sorted(w.keys_applied()) == sorted(EXPECTED["keys"])  # each key exactly once
+
+
+def test_redelivering_every_event_of_a_finished_run_writes_nothing(mode: str) -> None:
+    w = World()
+    _scenario(w)
+    w.drain(mode)
+    position = w.store.last_position()
+    w.drain(mode)  # the same checkpoint: nothing new
+    again = w.runner()  # a runner that lost its memory
+    for recorded in list(w.store.read_all()):
+        if mode == "sync":
+            again.handle(recorded)
+        else:
+            asyncio.run(again.handle_async(recorded))
+    fresh = World(w.store).runner()  # a runner with no checkpoint: everything redelivered
+    fresh.run_until_idle()
+    assert w.store.last_position() == position
+    _check(w)
+
+
+def test_redelivering_each_event_right_after_it_was_handled_changes_no_outcome(mode: str) -> None:
+    w = World()
+    _scenario(w)
+    runner = w.runner(page_size=1)
+    while True:
+        before = runner.position or 0
+        read = runner.run_once() if mode == "sync" else asyncio.run(runner.run_once_async())
+        if read == 0:
+            break
+        for recorded in list(w.store.read_all(0, limit=runner.position)):
+            if recorded.position > before - 3:
+                runner.handle(recorded) if mode == "sync" else asyncio.run(runner.handle_async(recorded))
+    _check(w)
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_crash_between_any_two_steps_then_a_restart_finishes_every_transfer_once(
+    when: str, mode: str
+) -> None:
+    crash_at = 0
+    while True:
+        w = World()
+        _scenario(w)
+        crashing = CrashingStore(w.store, crash_at=crash_at, when=when)
+        runner = w.runner(crashing, page_size=1)
+        try:
+            runner.run_until_idle() if mode == "sync" else asyncio.run(runner.run_until_idle_async())
+        except SimulatedCrash:
+            pass
+        else:
+            _check(w)
+            break
+        # Restart: every object is rebuilt from the store and the stored checkpoint.
+        restarted = World(w.store)
+        restarted.checkpoints = w.checkpoints
+        again = restarted.runner(page_size=1)
+        again.run_until_idle() if mode == "sync" else asyncio.run(again.run_until_idle_async())
+        _check(restarted)
+        crash_at += 1
+    # ok: debit, Debited, credit, settle, Completed; poor: Failed; back: debit, Debited, CreditFailed,
+    # reverse, Reversed+Failed. Each append was a crash point, before and after it was written.
+    assert crash_at == 11
+
+
+def test_a_crash_mid_saga_then_a_restart_resumes_from_the_saga_stream_with_a_fresh_runner() -> None:
+    w = World()
+    _scenario(w)
+    crashing = CrashingStore(w.store, crash_at=2, when="after")  # ok: the credit is written, then the crash
+    with pytest.raises(SimulatedCrash):
+        w.runner(crashing).run_until_idle()
+    assert w.transfer("ok").status is TransferStatus.DEBITED
+    assert w.balance("bob") == D("80")  # credited, but the saga has not recorded it yet
+    # The checkpoint was never stored: a new process starts from scratch, and still applies nothing twice.
+    World(w.store).runner().run_until_idle()
+    _check(w)
+
+
+def test_reactivating_the_destination_after_a_failed_credit_does_not_undo_the_reversal(world: World) -> None:
+    world.open("dora")
+    world.bank.suspend_account(SuspendAccount("dora"))
+    world.send("t1", "alice", "dora", "40")
+    world.drain()
+    world.bank.reactivate_account(ReactivateAccount("dora"))
+    World(world.store).runner().run_until_idle()  # everything redelivered
+    assert world.transfer("t1").status is TransferStatus.FAILED
+    assert (world.balance("alice"), world.balance("dora")) == (D("100"), D("0"))
