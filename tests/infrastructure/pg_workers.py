@@ -50,3 +50,53 @@ def append_randomly(dsn: str, schema: str, me: int, appends: int, streams: int, 
     finally:
         results.put((me, acked))
         store.close()
+
+
+def run_leased_runner(dsn: str, schema: str, count: int, stop: Any) -> None:
+    """Claim a partition of the transfer sagas (or wait as a standby) and drive it until ``stop``.
+
+    Every command the runner sends is recorded in the schema's ``handled`` table with this
+    process id and partition, so the parent can check that each saga ran in one process only.
+    """
+    import os
+
+    import psycopg
+
+    from bases.orchestrix.banking_demo.handlers import BankingCommandHandlers
+    from bases.orchestrix.banking_demo.models import banking_serializer
+    from bases.orchestrix.banking_demo.saga import TransferSaga
+    from orchestrix.core.eventsourcing.aggregate import AggregateRepository
+    from orchestrix.core.execution.runner import SagaRunner
+    from orchestrix.infrastructure.postgres import PartitionLease
+
+    store = PostgresEventStore(dsn, banking_serializer(), schema=schema, pool_size=3, poll_interval=0.2)
+    bank = BankingCommandHandlers(AggregateRepository(store))
+    log = psycopg.connect(dsn, autocommit=True)
+    lease = PartitionLease(store, group="transfers", count=count)
+
+    class Recording:
+        def handle(self, command: Any) -> Any:
+            log.execute(
+                f'INSERT INTO "{schema}".handled VALUES (%s, %s, %s)',
+                (getattr(command, "transfer_id", None), os.getpid(), lease.index),
+            )
+            return bank.handle(command)
+
+        async def handle_async(self, command: Any) -> Any:
+            raise NotImplementedError("this worker runs the sync runner")
+
+    try:
+        while not stop.is_set() and lease.try_claim() is None:
+            stop.wait(0.1)
+        if lease.index is None:
+            return
+        runner = SagaRunner(
+            store, [TransferSaga], Recording(), store.checkpoints(), partition=(lease.index, count)
+        )
+        while lease.holds() and not stop.is_set():
+            if runner.run_once() < runner.page_size:
+                store.wait_for_events(runner.position or 0, 0.2)
+    finally:
+        lease.release()
+        log.close()
+        store.close()

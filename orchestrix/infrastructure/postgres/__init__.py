@@ -7,7 +7,9 @@ from orchestrix.infrastructure.postgres.errors import (
     DatabaseError,
     DatabaseUnavailableError,
     InvalidCheckpointNameError,
+    LeaseTimeoutError,
 )
+from orchestrix.infrastructure.postgres.lease import PartitionLease
 from orchestrix.infrastructure.postgres.store import PostgresEventStore
 
 __all__ = [
@@ -17,6 +19,8 @@ __all__ = [
     "DatabaseError",
     "DatabaseUnavailableError",
     "InvalidCheckpointNameError",
+    "LeaseTimeoutError",
+    "PartitionLease",
     "PostgresCheckpointStore",
     "PostgresEventStore",
 ]

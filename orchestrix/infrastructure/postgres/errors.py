@@ -7,6 +7,7 @@
     └── DatabaseError                any other error PostgreSQL reported (sqlstate)
     BatchTooLargeError (ValueError)  more events in one append than a transaction can number
     InvalidCheckpointNameError (ValueError)
+    LeaseTimeoutError (TimeoutError) no partition of a runner group came free in time
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ __all__ = [
     "DatabaseError",
     "DatabaseUnavailableError",
     "InvalidCheckpointNameError",
+    "LeaseTimeoutError",
 ]
 
 
@@ -64,3 +66,13 @@ class InvalidCheckpointNameError(OrchestrixError, ValueError):
         super().__init__(f"invalid checkpoint name {name!r}: {reason}")
         self.name = name
         self.reason = reason
+
+
+class LeaseTimeoutError(OrchestrixError, TimeoutError):
+    """Every partition of a runner group stayed claimed by other processes until the timeout."""
+
+    def __init__(self, group: str, count: int, timeout: float) -> None:
+        super().__init__(f"runner group {group!r}: all {count} partitions stayed claimed for {timeout:.1f} s")
+        self.group = group
+        self.count = count
+        self.timeout = timeout
