@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 
 import pytest
 
@@ -24,11 +25,20 @@ from tests.infrastructure.pg_support import (
 
 DSN = dsn_or_skip()
 
+from bases.orchestrix.banking_demo.handlers import BankingCommandHandlers  # noqa: E402
+from bases.orchestrix.banking_demo.models import (  # noqa: E402
+    OpenAccount,
+    TransferMoney,
+    TransferStatus,
+    banking_serializer,
+)
+from bases.orchestrix.banking_demo.saga import TransferSaga  # noqa: E402
+from orchestrix.core.eventsourcing.aggregate import AggregateRepository  # noqa: E402
 from orchestrix.core.eventsourcing.store import ANY, NO_STREAM  # noqa: E402
+from orchestrix.core.execution.runner import SagaRunner  # noqa: E402
 from orchestrix.core.execution.subscription import subscribe  # noqa: E402
 from orchestrix.core.messaging.messages import NewEvent, RecordedEvent  # noqa: E402
 from orchestrix.infrastructure.postgres import (  # noqa: E402
-    DatabaseUnavailableError,
     PostgresCheckpointStore,
     PostgresEventStore,
 )
@@ -159,15 +169,21 @@ def restartable_server() -> Iterator[None]:
 
 
 def test_a_server_restart_mid_run_loses_nothing_acknowledged(schema: str, restartable_server: None) -> None:
-    """Writers ride out the restart with their bounded retry; the subscriber resumes; every ack is kept."""
-    writer = PostgresEventStore(DSN, worker_serializer(), schema=schema, retry_timeout=60.0)
-    reader = PostgresEventStore(
-        DSN, worker_serializer(), schema=schema, retry_timeout=60.0, poll_interval=0.2
-    )
+    """Writers ride out the restart with their bounded retry; the subscriber and the saga runner
+    resume from their checkpoints; every acknowledged event is kept and every transfer ends."""
+    serializer = banking_serializer()
+    serializer.register(Tick)
+    writer = PostgresEventStore(DSN, serializer, schema=schema, retry_timeout=60.0)
+    reader = PostgresEventStore(DSN, serializer, schema=schema, retry_timeout=60.0, poll_interval=0.2)
     checkpoints = PostgresCheckpointStore(DSN, schema=schema, retry_timeout=60.0)
+    bank = BankingCommandHandlers(AggregateRepository(writer))
+    accounts = [f"acc-{i}" for i in range(3)]
+    for account in accounts:
+        bank.open_account(OpenAccount(account, account, Decimal("100")))
     acked: list[uuid.UUID] = []
+    transfers: list[str] = []
     failures: list[BaseException] = []
-    stop = threading.Event()
+    stop, runner_stop = threading.Event(), threading.Event()
 
     def write(me: int) -> None:
         n = 0
@@ -175,40 +191,67 @@ def test_a_server_restart_mid_run_loses_nothing_acknowledged(schema: str, restar
             batch = ticks(me * 100_000 + n)
             try:
                 writer.append(f"w-{me}", batch, ANY)
-            except DatabaseUnavailableError as exc:  # allowed by the contract, but not expected here
-                failures.append(exc)
-                continue
-            except BaseException as exc:
+            except BaseException as exc:  # DatabaseUnavailableError is allowed, but not expected here
                 failures.append(exc)
                 return
             acked.append(batch[0].event_id)
             n += 1
 
+    def transfer() -> None:
+        n = 0
+        while not stop.is_set():
+            source, target = accounts[n % 3], [*accounts, "ghost"][(n + 1 + n // 3) % 4]
+            try:
+                bank.transfer_money(TransferMoney(f"tr-{n}", source, target, Decimal(n % 7 + 1), "rent"))
+            except BaseException as exc:
+                failures.append(exc)
+                return
+            transfers.append(f"tr-{n}")
+            n += 1
+            time.sleep(0.01)
+
+    def drive_sagas() -> None:
+        runner = SagaRunner(writer, [TransferSaga], bank, checkpoints, page_size=50)
+        try:
+            runner.run_forever(runner_stop, idle_timeout=0.2)
+        except BaseException as exc:
+            failures.append(exc)
+
     subscriber = Subscriber(reader, checkpoints, until=10**9)
-    writers = [threading.Thread(target=write, args=(me,), daemon=True) for me in range(2)]
+    threads = [threading.Thread(target=write, args=(me,), daemon=True) for me in range(2)]
+    threads.append(threading.Thread(target=transfer, daemon=True))
+    sagas = threading.Thread(target=drive_sagas, daemon=True)
     try:
-        for thread in writers:
+        for thread in [*threads, sagas]:
             thread.start()
-        wait_until(lambda: len(acked) >= 30)
+        wait_until(lambda: len(acked) >= 30 and len(transfers) >= 5)
         started = sql_execute(DSN, "SELECT pg_postmaster_start_time()")
         restart_server()
         assert sql_execute(DSN, "SELECT pg_postmaster_start_time()") != started
-        after_restart = len(acked)
-        wait_until(lambda: len(acked) >= after_restart + 30, timeout=60)
+        after_restart = len(acked), len(transfers)
+        wait_until(lambda: len(acked) >= after_restart[0] + 30 and len(transfers) >= after_restart[1] + 5, 60)
     finally:
         stop.set()
-        for thread in writers:
+        for thread in threads:
             thread.join(timeout=90)
     try:
         assert failures == []
         wait_until(lambda: {r.event_id for r in subscriber.seen} >= set(acked), timeout=60)
+        wait_until(lambda: all(_finished(bank, t) for t in transfers), timeout=60)
     finally:
         subscriber.stop()
-    assert subscriber.errors == []
+        runner_stop.set()
+        sagas.join(timeout=30)
+    assert subscriber.errors == [] and failures == []
     positions = [r.position for r in subscriber.seen]
     assert positions == sorted(set(positions)), "the subscriber saw an event twice or out of order"
     stored = [r.event_id for r in reader.read_all()]
     assert len(stored) == len(set(stored))
     assert set(acked) <= set(stored)
+    assert sum(bank.get_account(a).balance for a in accounts) == Decimal("300")
     for store in (checkpoints, reader, writer):
         store.close()
+
+
+def _finished(bank: BankingCommandHandlers, transfer_id: str) -> bool:
+    return bank.get_transfer(transfer_id).status in (TransferStatus.COMPLETED, TransferStatus.FAILED)
