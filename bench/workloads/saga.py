@@ -1,0 +1,117 @@
+"""Issue 4: TransferSaga end to end, with a fixed number of transfers in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import os
+from decimal import Decimal
+from typing import Any
+
+from workloads.common import clock, require, temp_dir
+
+OPENING = Decimal("1000000")
+
+
+def _stores(kind: str, path: str) -> tuple[Any, Any]:
+    from bases.orchestrix.banking_demo.models import banking_serializer
+    from orchestrix.core.execution import InMemoryCheckpointStore
+    from orchestrix.infrastructure.memory.store import InMemoryEventStore
+
+    if kind == "memory":
+        return InMemoryEventStore(), InMemoryCheckpointStore()
+    file_store, file_checkpoints = require(
+        "orchestrix.infrastructure.file", "FileEventStore", "FileCheckpointStore"
+    )
+    store = file_store(os.path.join(path, "store"), banking_serializer(), sync=True)
+    return store, file_checkpoints(os.path.join(path, "checkpoints.json"))
+
+
+def transfers(n: int = 2_000, in_flight: int = 32, store: str = "file") -> dict[str, Any]:
+    """Completed transfers per second: ``in_flight`` clients each start a transfer and wait for its end.
+
+    Each client moves 1.00 back and forth between its own two accounts, so clients do not
+    contend on accounts; the SagaRunner (asyncio, ``max_concurrency=in_flight``) drives every
+    saga, and a subscriber sees TransferCompleted/TransferFailed and releases the client.
+    """
+    try:
+        from bases.orchestrix.banking_demo.handlers import BankingCommandHandlers
+        from bases.orchestrix.banking_demo.models import (
+            OpenAccount,
+            TransferCompleted,
+            TransferFailed,
+            TransferMoney,
+        )
+        from bases.orchestrix.banking_demo.saga import TransferSaga
+        from orchestrix.core.eventsourcing.aggregate import AggregateRepository
+        from orchestrix.core.execution import SagaRunner, subscribe_async
+    except ImportError as exc:
+        from workloads.common import NotLanded
+
+        raise NotLanded(str(exc)) from None
+
+    with temp_dir() as path:
+        es, checkpoints = _stores(store, path)
+        bank = BankingCommandHandlers(AggregateRepository(es))
+        accounts = [f"acc-{i:03d}" for i in range(2 * in_flight)]
+        for account in accounts:
+            bank.open_account(OpenAccount(account, account.upper(), OPENING))
+        runner = SagaRunner(es, [TransferSaga], bank, checkpoints, max_concurrency=in_flight)
+        runner.run_until_idle()  # past the account openings, outside the timing
+        after = es.last_position()
+        outcomes: collections.Counter[str] = collections.Counter()
+
+        async def main() -> float:
+            loop = asyncio.get_running_loop()
+            waiting: dict[str, asyncio.Future[str]] = {}
+            stop = asyncio.Event()
+
+            async def watch() -> None:
+                async for recorded in subscribe_async(es, after, idle_timeout=0.05):
+                    event = recorded.event
+                    if isinstance(event, TransferCompleted | TransferFailed):
+                        future = waiting.get(event.transfer_id)
+                        if future is not None and not future.done():
+                            future.set_result(type(event).__name__)
+
+            numbers = iter(range(n))
+
+            async def client(i: int) -> None:
+                here, there = accounts[2 * i], accounts[2 * i + 1]
+                for turn in itertools.count():
+                    k = next(numbers, None)
+                    if k is None:
+                        return
+                    transfer_id = f"t{k:07d}"
+                    source, target = (here, there) if turn % 2 == 0 else (there, here)
+                    waiting[transfer_id] = loop.create_future()
+                    command = TransferMoney(transfer_id, source, target, Decimal("1.00"))
+                    await bank.transfer_money_async(command)
+                    outcomes[await waiting[transfer_id]] += 1
+
+            watcher = asyncio.create_task(watch())
+            driver = asyncio.create_task(runner.run_forever_async(stop, idle_timeout=0.05))
+            start = clock()
+            await asyncio.gather(*(client(i) for i in range(in_flight)))
+            seconds = clock() - start
+            stop.set()
+            watcher.cancel()
+            await asyncio.wait_for(driver, timeout=30)
+            await asyncio.gather(watcher, return_exceptions=True)
+            return seconds
+
+        seconds = asyncio.run(main())
+        total = sum(bank.get_account(a).balance for a in accounts)
+        events = es.last_position() - after
+        es.close()
+    assert outcomes["TransferCompleted"] == n, outcomes
+    assert total == OPENING * len(accounts), total
+    return {
+        "value": n / seconds,
+        "transfers": n,
+        "seconds": seconds,
+        "events_per_transfer": events / n,
+        "outcomes": dict(outcomes),
+        "unmatched": runner.stats.unmatched,
+    }
