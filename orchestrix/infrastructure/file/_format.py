@@ -1,0 +1,333 @@
+"""The on-disk format of the file store: file names, headers, record framing and checksums.
+
+Everything here is pure byte work, no file handles; ``docs/file-format.md`` describes the same
+layout for readers in other languages. All integers are little-endian.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
+
+from orchestrix.core.messaging.messages import RecordedEvent
+
+FORMAT_VERSION = 1
+
+STORE_FILE = "STORE"
+LOCK_FILE = "LOCK"
+HEAD_FILE = "HEAD"
+INDEX_FILE = "index.sqlite3"
+SEGMENT_PREFIX = "segment-"
+SEGMENT_SUFFIX = ".log"
+
+STORE_MAGIC = b"\x89ORXSTO\n"
+SEGMENT_MAGIC = b"\x89ORXSEG\n"
+HEAD_MAGIC = b"\x89ORXHED\n"
+RECORD_MAGIC = b"\xfeORX"
+
+# magic, format version, flags, store id, reserved, crc32 of the 36 bytes before it
+STORE_STRUCT = struct.Struct("<8sII16s4xI")
+# magic, format version, segment number, store id, base position, reserved, crc32 of bytes 0..44
+SEGMENT_STRUCT = struct.Struct("<8sII16sQ4xI")
+SEGMENT_HEADER_SIZE = SEGMENT_STRUCT.size
+# magic, last committed position, end offset, segment number, crc32 of bytes 0..28
+HEAD_STRUCT = struct.Struct("<8sQQII")
+# record frame: magic, crc32 of bytes 8..end, body length (bytes after this field)
+FRAME = struct.Struct("<4sII")
+FRAME_SIZE = FRAME.size
+# record body start: group offset, first position, first version, recorded_at (µs), count, name length
+BODY = struct.Struct("<QQQqIH")
+EVENT_HEAD = struct.Struct("<16sB")
+U16 = struct.Struct("<H")
+U32 = struct.Struct("<I")
+
+HAS_CORRELATION = 1
+HAS_CAUSATION = 2
+MAX_BODY = 1 << 30
+"""Largest record body accepted on write and believed on read (1 GiB)."""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_crc32 = zlib.crc32
+
+
+class FormatProblem(Exception):
+    """Raised by the parsers here; the store turns it into CorruptionError or StoreFormatError."""
+
+
+def segment_name(number: int) -> str:
+    """The file name of segment ``number`` (1-based)."""
+    return f"{SEGMENT_PREFIX}{number:08d}{SEGMENT_SUFFIX}"
+
+
+def segment_number(name: str) -> int | None:
+    """The segment number a file name stands for, or None if it is not a segment file."""
+    if not (name.startswith(SEGMENT_PREFIX) and name.endswith(SEGMENT_SUFFIX)):
+        return None
+    digits = name[len(SEGMENT_PREFIX) : -len(SEGMENT_SUFFIX)]
+    if len(digits) != 8 or not digits.isdigit() or int(digits) == 0:
+        return None
+    return int(digits)
+
+
+# -- STORE, segment header and HEAD --------------------------------------------------------------
+
+
+def pack_store(store_id: bytes) -> bytes:
+    """The STORE file's bytes."""
+    raw = STORE_STRUCT.pack(STORE_MAGIC, FORMAT_VERSION, 0, store_id, 0)
+    return raw[:-4] + U32.pack(_crc32(raw[:-4]))
+
+
+def unpack_store(data: bytes) -> bytes:
+    """The store id in a STORE file; FormatProblem if it is not one we can read."""
+    if len(data) < 12 or data[:8] != STORE_MAGIC:
+        raise FormatProblem("not an orchestrix file store (bad STORE magic)")
+    version = U32.unpack_from(data, 8)[0]
+    if version > FORMAT_VERSION:
+        raise FormatProblem(f"written by a newer format version {version} (this code reads {FORMAT_VERSION})")
+    if len(data) != STORE_STRUCT.size:
+        raise FormatProblem(f"STORE file has {len(data)} bytes, expected {STORE_STRUCT.size}")
+    _, _, _, store_id, crc = STORE_STRUCT.unpack(data)
+    if _crc32(data[:-4]) != crc:
+        raise FormatProblem("STORE file checksum mismatch")
+    return store_id
+
+
+def pack_segment_header(number: int, store_id: bytes, base: int) -> bytes:
+    """A segment file's header: it holds events with positions greater than ``base``."""
+    raw = SEGMENT_STRUCT.pack(SEGMENT_MAGIC, FORMAT_VERSION, number, store_id, base, 0)
+    return raw[:-4] + U32.pack(_crc32(raw[:-4]))
+
+
+def unpack_segment_header(data: bytes) -> tuple[int, int, bytes, int]:
+    """(format version, segment number, store id, base position) of a segment header."""
+    if len(data) < SEGMENT_HEADER_SIZE:
+        raise FormatProblem(f"segment header has {len(data)} bytes, expected {SEGMENT_HEADER_SIZE}")
+    magic, version, number, store_id, base, crc = SEGMENT_STRUCT.unpack_from(data)
+    if magic != SEGMENT_MAGIC:
+        raise FormatProblem("bad segment magic")
+    if version > FORMAT_VERSION:
+        raise FormatProblem(f"written by a newer format version {version} (this code reads {FORMAT_VERSION})")
+    if _crc32(data[: SEGMENT_HEADER_SIZE - 4]) != crc:
+        raise FormatProblem("segment header checksum mismatch")
+    return version, number, store_id, base
+
+
+class Head(NamedTuple):
+    """The committed end of the log as the last writer published it."""
+
+    position: int
+    segment: int
+    offset: int
+
+
+def pack_head(head: Head) -> bytes:
+    """The HEAD file's bytes."""
+    raw = HEAD_STRUCT.pack(HEAD_MAGIC, head.position, head.offset, head.segment, 0)
+    return raw[:-4] + U32.pack(_crc32(raw[:-4]))
+
+
+def unpack_head(data: bytes) -> Head | None:
+    """The head in a HEAD file, or None if it is missing, short or torn."""
+    if len(data) < HEAD_STRUCT.size:
+        return None
+    magic, position, offset, segment, crc = HEAD_STRUCT.unpack_from(data)
+    if magic != HEAD_MAGIC or _crc32(data[: HEAD_STRUCT.size - 4]) != crc:
+        return None
+    return Head(position, segment, offset)
+
+
+# -- records -------------------------------------------------------------------------------------
+
+
+class PreparedEvent(NamedTuple):
+    """One event's fields, already encoded to bytes."""
+
+    event_id: bytes
+    correlation_id: bytes | None
+    causation_id: bytes | None
+    type_name: bytes
+    payload: bytes
+
+
+def pack_record_tail(
+    position: int, version: int, recorded_us: int, stream: bytes, events: Sequence[PreparedEvent]
+) -> bytes:
+    """A record's body after the group offset; :func:`frame_record` completes it."""
+    parts = [BODY.pack(0, position, version, recorded_us, len(events), len(stream))[8:], stream]
+    append = parts.append
+    for e in events:
+        flags = (HAS_CORRELATION if e.correlation_id is not None else 0) | (
+            HAS_CAUSATION if e.causation_id is not None else 0
+        )
+        append(EVENT_HEAD.pack(e.event_id, flags))
+        if e.correlation_id is not None:
+            append(e.correlation_id)
+        if e.causation_id is not None:
+            append(e.causation_id)
+        append(U16.pack(len(e.type_name)))
+        append(e.type_name)
+        append(U32.pack(len(e.payload)))
+        append(e.payload)
+    return b"".join(parts)
+
+
+def frame_record(group_offset: int, tail: bytes) -> bytes:
+    """The complete record: frame, checksum and body, for a commit group starting at ``group_offset``."""
+    covered = U32.pack(8 + len(tail)) + group_offset.to_bytes(8, "little") + tail
+    return RECORD_MAGIC + U32.pack(_crc32(covered)) + covered
+
+
+def record_size(tail: bytes) -> int:
+    """The size on disk of the record :func:`frame_record` makes from ``tail``."""
+    return FRAME_SIZE + 8 + len(tail)
+
+
+class RecordInfo(NamedTuple):
+    """What the indexes need to know about one record, without its payloads."""
+
+    offset: int
+    size: int
+    crc: int
+    group: int
+    position: int
+    version: int
+    count: int
+    stream: str
+    ids: tuple[bytes, ...]
+
+
+def check_frame(buf: bytes | memoryview, at: int, available: int) -> tuple[int, int] | str:
+    """(body length, crc) of a whole, intact record at ``buf[at:]``, else the reason it is not one.
+
+    ``available`` is how many bytes of the file follow ``at`` (the record may not extend past them).
+    """
+    if available < FRAME_SIZE or len(buf) - at < FRAME_SIZE:
+        return "incomplete record frame"
+    magic, crc, length = FRAME.unpack_from(buf, at)
+    if magic != RECORD_MAGIC:
+        return "bad record magic"
+    if length < BODY.size or length > MAX_BODY:
+        return f"impossible record length {length}"
+    if FRAME_SIZE + length > available:
+        return "incomplete record"
+    if len(buf) - at < FRAME_SIZE + length:
+        return "short buffer"  # the caller reads more and asks again
+    if _crc32(memoryview(buf)[at + 8 : at + FRAME_SIZE + length]) != crc:
+        return "record checksum mismatch"
+    return length, crc
+
+
+def parse_info(buf: bytes | memoryview, at: int, length: int, crc: int, offset: int) -> RecordInfo:
+    """The index facts of the intact record at ``buf[at:]``, which lies at ``offset`` in its file."""
+    end = at + FRAME_SIZE + length
+    group, position, version, _, count, name_len = BODY.unpack_from(buf, at + FRAME_SIZE)
+    p = at + FRAME_SIZE + BODY.size
+    try:
+        stream = bytes(buf[p : p + name_len]).decode()
+    except UnicodeDecodeError as exc:
+        raise FormatProblem(f"stream name is not UTF-8: {exc}") from None
+    p += name_len
+    ids = []
+    for _ in range(count):
+        if p + 17 > end:
+            raise FormatProblem("record body ends inside an event")
+        event_id, flags = EVENT_HEAD.unpack_from(buf, p)
+        ids.append(event_id)
+        p += 17 + (16 if flags & HAS_CORRELATION else 0) + (16 if flags & HAS_CAUSATION else 0)
+        p += 2 + U16.unpack_from(buf, p)[0]
+        p += 4 + U32.unpack_from(buf, p)[0]
+    if p != end or count == 0:
+        raise FormatProblem("record body length does not match its events")
+    return RecordInfo(offset, FRAME_SIZE + length, crc, group, position, version, count, stream, tuple(ids))
+
+
+def timestamp(recorded_us: int) -> datetime:
+    """The UTC datetime for microseconds since the Unix epoch, exactly."""
+    return _EPOCH + timedelta(microseconds=recorded_us)
+
+
+def _uuid_factory() -> Callable[[bytes], uuid.UUID]:
+    """A fast UUID-from-16-bytes constructor, checked against the standard one at import."""
+    new, setattr_, from_bytes, safe = (
+        object.__new__,
+        object.__setattr__,
+        int.from_bytes,
+        uuid.SafeUUID.unknown,
+    )
+    uuid_cls = uuid.UUID
+
+    def fast(raw: bytes) -> uuid.UUID:
+        u = new(uuid_cls)
+        setattr_(u, "int", from_bytes(raw))
+        setattr_(u, "is_safe", safe)
+        return u
+
+    try:
+        probe = uuid.uuid4()
+        made = fast(probe.bytes)
+        if made == probe and hash(made) == hash(probe) and str(made) == str(probe):
+            return fast
+    except Exception:  # a Python whose UUID internals differ: use the public constructor
+        pass
+    return lambda raw: uuid_cls(bytes=raw)
+
+
+uuid_from_bytes = _uuid_factory()
+
+
+def decode_events(
+    buf: bytes | memoryview,
+    at: int,
+    decode: Callable[[str, bytes], Any],
+    min_version: int = 0,
+    min_position: int = 0,
+) -> Iterator[RecordedEvent]:
+    """Yield the events of the intact record at ``buf[at:]`` with version and position at least the minima.
+
+    Payloads are decoded one event at a time, as the caller advances.
+    """
+    _, position, version, recorded_us, count, name_len = BODY.unpack_from(buf, at + FRAME_SIZE)
+    p = at + FRAME_SIZE + BODY.size
+    stream = bytes(buf[p : p + name_len]).decode()
+    p += name_len
+    recorded_at = timestamp(recorded_us)
+    type_names: dict[bytes, str] = {}
+    for i in range(count):
+        event_id, flags = EVENT_HEAD.unpack_from(buf, p)
+        p += 17
+        correlation = causation = None
+        if flags & HAS_CORRELATION:
+            correlation = uuid_from_bytes(bytes(buf[p : p + 16]))
+            p += 16
+        if flags & HAS_CAUSATION:
+            causation = uuid_from_bytes(bytes(buf[p : p + 16]))
+            p += 16
+        type_len = U16.unpack_from(buf, p)[0]
+        raw_type = bytes(buf[p + 2 : p + 2 + type_len])
+        p += 2 + type_len
+        payload_len = U32.unpack_from(buf, p)[0]
+        p += 4
+        if version + i < min_version or position + i < min_position:
+            p += payload_len
+            continue
+        payload = bytes(buf[p : p + payload_len])
+        p += payload_len
+        type_name = type_names.get(raw_type)
+        if type_name is None:
+            type_name = type_names[raw_type] = raw_type.decode()
+        yield RecordedEvent(
+            uuid_from_bytes(event_id),
+            stream,
+            version + i,
+            position + i,
+            recorded_at,
+            type_name,
+            decode(type_name, payload),
+            correlation,
+            causation,
+        )

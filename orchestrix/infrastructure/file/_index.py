@@ -1,0 +1,281 @@
+"""The persisted index: where each stream's records are, which event ids exist, and position marks.
+
+It lives in an SQLite database beside the log, written without fsync and rebuilt from the log
+whenever it is missing, damaged or does not match the log. It covers the log up to a
+*covered* position; records after that are scanned from the log when a store opens. The log
+stays the only truth: nothing here is ever needed to recover an event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
+from typing import NamedTuple
+
+from orchestrix.infrastructure.file._format import SEGMENT_HEADER_SIZE, Head
+
+INDEX_VERSION = 1
+CHUNK = 512
+"""Record locations per stored chunk of one stream."""
+MARK_EVERY = 128
+"""Positions between two marks, the entry points of ``read_all``."""
+_OFFSET_BITS = 40
+_OFFSET_MASK = (1 << _OFFSET_BITS) - 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chunks(
+    stream TEXT NOT NULL, first_version INTEGER NOT NULL, entries BLOB NOT NULL,
+    PRIMARY KEY (stream, first_version)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ids(id BLOB PRIMARY KEY, position INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS marks(
+    position INTEGER PRIMARY KEY, segment INTEGER NOT NULL, "offset" INTEGER NOT NULL);
+"""
+
+
+class Entry(NamedTuple):
+    """One record as the indexes see it: where it is and what it holds."""
+
+    position: int
+    count: int
+    version: int
+    stream: str
+    segment: int
+    offset: int
+    size: int
+    crc: int
+    ids: tuple[bytes, ...]
+
+
+class Covered(NamedTuple):
+    """How far the index reaches, and the last record it covers (to check it against the log)."""
+
+    end: Head
+    record_offset: int
+    record_crc: int
+
+
+EMPTY = Covered(Head(0, 1, SEGMENT_HEADER_SIZE), 0, 0)
+
+
+class IndexDamaged(Exception):
+    """The index database cannot be used; the store deletes it and rebuilds from the log."""
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=60.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+class Index:
+    """The SQLite index of one store. Thread-safe; safe to share between processes."""
+
+    def __init__(self, path: str, store_id: bytes) -> None:
+        self.path = path
+        self._store_id = store_id
+        try:
+            self._read = _connect(path)
+            self._write = _connect(path)
+            self._write.executescript(_SCHEMA)
+            meta = dict(self._read.execute("SELECT key, value FROM meta"))
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise IndexDamaged(str(exc)) from exc
+        if meta and (meta.get("version") != INDEX_VERSION or meta.get("store_id") != store_id):
+            self.close()
+            raise IndexDamaged("index belongs to another store or another index version")
+        self._read_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+
+    @staticmethod
+    def remove(path: str) -> None:
+        """Delete an index database and its WAL files."""
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path + suffix)
+
+    def close(self) -> None:
+        """Close both connections."""
+        for name in ("_read", "_write"):
+            conn = getattr(self, name, None)
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+                setattr(self, name, None)
+
+    # -- coverage --------------------------------------------------------------------------
+
+    def covered(self) -> Covered:
+        """How far the index reaches (EMPTY for a new index)."""
+        with self._read_lock:
+            meta = dict(self._read.execute("SELECT key, value FROM meta"))
+        if "position" not in meta:
+            return EMPTY
+        return Covered(
+            Head(meta["position"], meta["segment"], meta["offset"]), meta["record_offset"], meta["record_crc"]
+        )
+
+    def reset(self) -> None:
+        """Forget everything: the index no longer matches the log."""
+        with self._write_lock:
+            self._write.execute("BEGIN IMMEDIATE")
+            try:
+                for table in ("meta", "chunks", "ids", "marks"):
+                    self._write.execute(f"DELETE FROM {table}")  # fixed table names, no data
+                self._write.execute("COMMIT")
+            except BaseException:
+                self._write.execute("ROLLBACK")
+                raise
+
+    # -- adding ----------------------------------------------------------------------------
+
+    def add(self, entries: Sequence[Entry]) -> int:
+        """Index ``entries`` (consecutive records) beyond what is covered; returns the new covered position.
+
+        Several processes may add the same records: each adds only what the index lacks.
+        """
+        with self._write_lock:
+            conn = self._write
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                meta = dict(conn.execute("SELECT key, value FROM meta"))
+                covered = meta.get("position", 0)
+                fresh = [e for e in entries if e.position > covered]
+                if not fresh or fresh[0].position != covered + 1:
+                    conn.execute("COMMIT")
+                    return covered
+                self._add(conn, fresh, meta.get("last_mark", -MARK_EVERY))
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+        return fresh[-1].position + fresh[-1].count - 1
+
+    def _add(self, conn: sqlite3.Connection, entries: list[Entry], last_mark: int) -> None:
+        conn.executemany(
+            "INSERT OR IGNORE INTO ids(id, position) VALUES (?, ?)",
+            [(event_id, e.position + i) for e in entries for i, event_id in enumerate(e.ids)],
+        )
+        by_stream: dict[str, list[Entry]] = {}
+        for e in entries:
+            by_stream.setdefault(e.stream, []).append(e)
+        for stream, mine in by_stream.items():
+            self._extend_stream(conn, stream, mine)
+        marks = []
+        for e in entries:
+            if e.position >= last_mark + MARK_EVERY or e.offset == SEGMENT_HEADER_SIZE:
+                marks.append((e.position, e.segment, e.offset))
+                last_mark = e.position
+        conn.executemany('INSERT OR REPLACE INTO marks(position, segment, "offset") VALUES (?, ?, ?)', marks)
+        last = entries[-1]
+        meta = {
+            "version": INDEX_VERSION,
+            "store_id": self._store_id,
+            "position": last.position + last.count - 1,
+            "segment": last.segment,
+            "offset": last.offset + last.size,
+            "record_offset": last.offset,
+            "record_crc": last.crc,
+            "last_mark": last_mark,
+        }
+        conn.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", meta.items())
+
+    def _extend_stream(self, conn: sqlite3.Connection, stream: str, entries: list[Entry]) -> None:
+        row = conn.execute(
+            "SELECT first_version, entries FROM chunks WHERE stream = ? ORDER BY first_version DESC LIMIT 1",
+            (stream,),
+        ).fetchone()
+        if row is not None and len(row[1]) < CHUNK * 32:
+            first_version, chunk = row[0], array("q", row[1])
+        else:
+            first_version, chunk = entries[0].version, array("q")
+        for e in entries:
+            if len(chunk) >= CHUNK * 4:
+                _store_chunk(conn, stream, first_version, chunk)
+                first_version, chunk = e.version, array("q")
+            chunk.extend((e.version, e.count, e.position, (e.segment << _OFFSET_BITS) | e.offset))
+        _store_chunk(conn, stream, first_version, chunk)
+
+    # -- looking up ------------------------------------------------------------------------
+
+    def stream_version(self, stream: str, bound: int) -> int | None:
+        """The stream's last version among records at positions <= ``bound``; None if it has none."""
+        with self._read_lock:
+            rows = self._read.execute(
+                "SELECT entries FROM chunks WHERE stream = ? ORDER BY first_version DESC", (stream,)
+            )
+            try:
+                for (blob,) in rows:
+                    chunk = array("q", blob)
+                    for k in range(len(chunk) - 4, -1, -4):
+                        if chunk[k + 2] <= bound:
+                            return chunk[k] + chunk[k + 1] - 1
+            finally:
+                rows.close()
+        return None
+
+    def stream_records(
+        self, stream: str, from_version: int, bound: int
+    ) -> Iterator[tuple[int, int, int, int, int]]:
+        """(first version, count, position, segment, offset) of the stream's records up to ``bound``.
+
+        Only records holding versions >= ``from_version`` are yielded, a few chunks at a time.
+        """
+        with self._read_lock:
+            row = self._read.execute(
+                "SELECT MAX(first_version) FROM chunks WHERE stream = ? AND first_version <= ?",
+                (stream, from_version),
+            ).fetchone()
+        after = -1 if row is None or row[0] is None else row[0] - 1
+        while True:
+            with self._read_lock:
+                page = self._read.execute(
+                    "SELECT first_version, entries FROM chunks WHERE stream = ? AND first_version > ? "
+                    "ORDER BY first_version LIMIT 8",
+                    (stream, after),
+                ).fetchall()
+            for first_version, blob in page:
+                after = first_version
+                chunk = array("q", blob)
+                for k in range(0, len(chunk), 4):
+                    version, count, position, place = chunk[k : k + 4]
+                    if position > bound:
+                        return
+                    if version + count > from_version:
+                        yield version, count, position, place >> _OFFSET_BITS, place & _OFFSET_MASK
+            if len(page) < 8:
+                return
+
+    def positions_of(self, ids: Iterable[bytes]) -> dict[bytes, int]:
+        """The positions of those ``ids`` the index knows."""
+        wanted = list(ids)
+        found: dict[bytes, int] = {}
+        with self._read_lock:
+            for k in range(0, len(wanted), 500):
+                part = wanted[k : k + 500]
+                marks = ",".join("?" * len(part))
+                found.update(self._read.execute(f"SELECT id, position FROM ids WHERE id IN ({marks})", part))
+        return found
+
+    def mark_before(self, position: int) -> tuple[int, int, int] | None:
+        """(position, segment, offset) of the last marked record starting at or before ``position``."""
+        with self._read_lock:
+            return self._read.execute(
+                'SELECT position, segment, "offset" FROM marks WHERE position <= ? '
+                "ORDER BY position DESC LIMIT 1",
+                (position,),
+            ).fetchone()
+
+
+def _store_chunk(conn: sqlite3.Connection, stream: str, first_version: int, chunk: array) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO chunks(stream, first_version, entries) VALUES (?, ?, ?)",
+        (stream, first_version, chunk.tobytes()),
+    )

@@ -1,0 +1,487 @@
+"""The log: the store directory, its segment files, the HEAD hint, scanning and crash recovery.
+
+The segment files are the truth. Everything here works on bytes and file descriptors; the
+store above decides what the records mean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import mmap
+import os
+import struct
+import uuid
+from collections.abc import Iterator
+
+from orchestrix.core.errors import CorruptionError, StoreError, StoreFormatError
+from orchestrix.infrastructure.file._format import (
+    FRAME,
+    FRAME_SIZE,
+    HEAD_FILE,
+    HEAD_STRUCT,
+    LOCK_FILE,
+    RECORD_MAGIC,
+    SEGMENT_HEADER_SIZE,
+    STORE_FILE,
+    FormatProblem,
+    Head,
+    RecordInfo,
+    check_frame,
+    pack_head,
+    pack_segment_header,
+    pack_store,
+    parse_info,
+    segment_name,
+    segment_number,
+    unpack_head,
+    unpack_segment_header,
+    unpack_store,
+)
+from orchestrix.infrastructure.file._lock import WriterLock
+
+log = logging.getLogger("orchestrix.infrastructure.file")
+
+STORE_TMP = STORE_FILE + ".tmp"
+WINDOW = 256 * 1024
+HEAD_MAP_SIZE = 4096
+_FLAGS = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
+
+
+def fsync_directory(path: str) -> None:
+    """Make a directory's entries (a created, renamed or removed file) durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def pread_full(fd: int, size: int, offset: int) -> bytes:
+    """Up to ``size`` bytes at ``offset``; fewer only at the end of the file."""
+    data = os.pread(fd, size, offset)
+    if len(data) == size or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < size:
+        more = os.pread(fd, size - got, offset + got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+class Window:
+    """A read buffer over one file, refilled around the offset asked for."""
+
+    __slots__ = ("buf", "fd", "size", "start")
+
+    def __init__(self, fd: int, size: int = WINDOW) -> None:
+        self.fd = fd
+        self.size = size
+        self.buf = b""
+        self.start = 0
+
+    def get(self, offset: int, length: int) -> tuple[bytes, int]:
+        """(buffer, index): ``buffer[index:index + length]`` is the file's data there (shorter at EOF)."""
+        start = self.start
+        if start <= offset and offset + length <= start + len(self.buf):
+            return self.buf, offset - start
+        self.buf = pread_full(self.fd, max(length, self.size), offset)
+        self.start = offset
+        return self.buf, 0
+
+
+def read_frame(window: Window, offset: int, end: int) -> tuple[bytes, int, int, int] | str:
+    """(buffer, index, body length, crc) of the intact record at ``offset``, or why there is none.
+
+    ``end`` is where the readable data of the file stops.
+    """
+    buf, i = window.get(offset, FRAME_SIZE)
+    result = check_frame(buf, i, end - offset)
+    if result == "short buffer":
+        length = FRAME.unpack_from(buf, i)[2]
+        buf, i = window.get(offset, FRAME_SIZE + length)
+        result = check_frame(buf, i, min(end - offset, len(buf) - i))
+    if isinstance(result, str):
+        return result
+    return buf, i, result[0], result[1]
+
+
+class Segment:
+    """One open segment file."""
+
+    __slots__ = ("base", "fd", "number", "path")
+
+    def __init__(self, number: int, path: str, fd: int, base: int) -> None:
+        self.number = number
+        self.path = path
+        self.fd = fd
+        self.base = base
+
+
+class Log:
+    """The files of one store directory. Create it with :meth:`open`."""
+
+    def __init__(self, path: str, store_id: bytes, lock_fd: int, head_fd: int, sync: bool) -> None:
+        self.path = path
+        self.store_id = store_id
+        self.sync = sync
+        self.lock = WriterLock(lock_fd)
+        self._lock_fd = lock_fd
+        self._head_fd = head_fd
+        # HEAD is read on every operation and written on every commit: a shared mapping makes
+        # both plain memory accesses, coherent across processes through the page cache.
+        self._head = mmap.mmap(head_fd, HEAD_MAP_SIZE)
+        self._segments: dict[int, Segment] = {}
+        self.recovered = Head(0, 1, SEGMENT_HEADER_SIZE)
+
+    # -- opening and creating ------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str, sync: bool) -> Log:
+        """Open the store at ``path``, creating it if the directory is missing or empty.
+
+        Anything that is not a store (a file, a foreign directory, a newer format) is refused
+        before a single byte is written.
+        """
+        try:
+            if os.path.lexists(path) and not os.path.isdir(path):
+                raise StoreFormatError(path, "exists and is not a directory")
+            os.makedirs(path, exist_ok=True)
+            names = set(os.listdir(path))
+            if STORE_FILE in names:
+                _read_store_id(path)  # refuses a newer format before LOCK is touched
+            elif names - {LOCK_FILE, STORE_TMP}:
+                raise StoreFormatError(
+                    path, "not an orchestrix file store (no STORE file) and the directory is not empty"
+                )
+            lock_fd = os.open(os.path.join(path, LOCK_FILE), _FLAGS | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"cannot open file store at {path}: {exc.strerror or exc}") from exc
+        head_fd = -1
+        try:
+            with WriterLock(lock_fd):
+                if not os.path.exists(os.path.join(path, STORE_FILE)):
+                    _create_store_file(path)
+                store_id = _read_store_id(path)
+                head_fd = os.open(os.path.join(path, HEAD_FILE), _FLAGS | os.O_CREAT, 0o644)
+                if os.fstat(head_fd).st_size < HEAD_MAP_SIZE:
+                    os.ftruncate(head_fd, HEAD_MAP_SIZE)
+        except OSError as exc:
+            _close_quietly(lock_fd, head_fd)
+            raise StoreError(f"cannot open file store at {path}: {exc.strerror or exc}") from exc
+        except BaseException:
+            _close_quietly(lock_fd, head_fd)
+            raise
+        return cls(path, store_id, lock_fd, head_fd, sync)
+
+    def close(self) -> None:
+        """Close every file descriptor."""
+        for segment in self._segments.values():
+            _close_quietly(segment.fd)
+        self._segments.clear()
+        with contextlib.suppress(BufferError, ValueError):
+            self._head.close()
+        _close_quietly(self._head_fd, self._lock_fd)
+
+    # -- segments --------------------------------------------------------------------------------
+
+    def segment_numbers(self) -> list[int]:
+        """The segment numbers present on disk, checked to run 1, 2, … without gaps."""
+        numbers = sorted(n for n in map(segment_number, os.listdir(self.path)) if n is not None)
+        if numbers and numbers != list(range(1, len(numbers) + 1)):
+            missing = sorted(set(range(1, numbers[-1] + 1)) - set(numbers))
+            raise CorruptionError(
+                os.path.join(self.path, segment_name(missing[0])), 0, "segment file missing from the log"
+            )
+        return numbers
+
+    def segment(self, number: int) -> Segment:
+        """The open segment ``number``; its header is checked when it is first opened."""
+        segment = self._segments.get(number)
+        if segment is not None:
+            return segment
+        path = os.path.join(self.path, segment_name(number))
+        fd = os.open(path, _FLAGS)
+        try:
+            base = self._check_header(path, fd, number)
+        except BaseException:
+            os.close(fd)
+            raise
+        segment = self._segments.setdefault(number, Segment(number, path, fd, base))
+        if segment.fd != fd:
+            os.close(fd)
+        return segment
+
+    def _check_header(self, path: str, fd: int, number: int) -> int:
+        try:
+            _, found, store_id, base = unpack_segment_header(pread_full(fd, SEGMENT_HEADER_SIZE, 0))
+        except FormatProblem as exc:
+            if "newer format" in str(exc):
+                raise StoreFormatError(path, str(exc)) from None
+            raise CorruptionError(path, 0, str(exc)) from None
+        if found != number:
+            raise CorruptionError(path, 0, f"header names segment {found}")
+        if store_id != self.store_id:
+            raise CorruptionError(path, 0, "segment belongs to another store")
+        return base
+
+    def create_segment(self, number: int, base: int) -> Segment:
+        """Create segment ``number`` holding positions after ``base``; durable before it is used."""
+        path = os.path.join(self.path, segment_name(number))
+        try:
+            fd = os.open(path, _FLAGS | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            # A writer died between creating it and using it: it may hold no record.
+            fd = os.open(path, _FLAGS)
+            if os.fstat(fd).st_size > SEGMENT_HEADER_SIZE:
+                os.close(fd)
+                raise CorruptionError(
+                    path, SEGMENT_HEADER_SIZE, "segment exists beyond the log's end"
+                ) from None
+        try:
+            header = pack_segment_header(number, self.store_id, base)
+            os.pwrite(fd, header, 0)
+            os.ftruncate(fd, SEGMENT_HEADER_SIZE)
+            os.fsync(fd)
+            fsync_directory(self.path)
+        except BaseException:
+            os.close(fd)
+            raise
+        old = self._segments.pop(number, None)
+        if old is not None:
+            _close_quietly(old.fd)
+        segment = self._segments[number] = Segment(number, path, fd, base)
+        return segment
+
+    def size(self, number: int) -> int:
+        """The current size of segment ``number``'s file."""
+        return os.fstat(self.segment(number).fd).st_size
+
+    # -- HEAD ------------------------------------------------------------------------------------
+
+    def read_head(self) -> Head | None:
+        """The published committed end, or None if HEAD is missing or unreadable."""
+        for _ in range(3):
+            head = unpack_head(self._head[: HEAD_STRUCT.size])
+            if head is not None:
+                return head
+        return None
+
+    def write_head(self, head: Head) -> None:
+        """Publish the committed end to readers in other processes (a hint: not fsynced)."""
+        self._head[: HEAD_STRUCT.size] = pack_head(head)
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def write(self, segment: Segment, offset: int, data: bytes) -> None:
+        """Write ``data`` at ``offset`` and, unless in unsafe mode, fdatasync it."""
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(segment.fd, view, offset)
+            if written <= 0:
+                raise OSError(errno.EIO, "short write")
+            view = view[written:]
+            offset += written
+        if self.sync:
+            os.fdatasync(segment.fd)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def frames(
+        self, number: int, offset: int, stop: Head, window_size: int = WINDOW
+    ) -> Iterator[tuple[Segment, int, bytes, int, int, int]]:
+        """The committed records from ``offset`` in segment ``number`` up to ``stop``, in log order.
+
+        Yields (segment, offset, buffer, index in buffer, body length, crc); any damage is corruption.
+        """
+        while True:
+            segment = self.segment(number)
+            end = stop.offset if number == stop.segment else os.fstat(segment.fd).st_size
+            window = Window(segment.fd, window_size)
+            while offset < end:
+                frame = read_frame(window, offset, end)
+                if isinstance(frame, str):
+                    raise CorruptionError(segment.path, offset, frame)
+                buf, i, length, crc = frame
+                yield segment, offset, buf, i, length, crc
+                offset += FRAME_SIZE + length
+            if number >= stop.segment:
+                return
+            number += 1
+            offset = SEGMENT_HEADER_SIZE
+
+    def scan(self, start: Head, stop: Head) -> Iterator[tuple[int, RecordInfo]]:
+        """Yield (segment number, record) for the committed records after ``start`` up to ``stop``.
+
+        Any damage is corruption.
+        """
+        position, number, offset = start.position, start.segment, start.offset
+        for segment, offset, buf, i, length, crc in self.frames(start.segment, start.offset, stop):
+            if segment.number != number:
+                number = segment.number
+                if segment.base != position:
+                    raise CorruptionError(
+                        segment.path, 0, f"segment starts after {segment.base}, not {position}"
+                    )
+            try:
+                info = parse_info(buf, i, length, crc, offset)
+            except (FormatProblem, struct.error) as exc:
+                raise CorruptionError(segment.path, offset, f"malformed record body: {exc}") from None
+            if info.position != position + 1:
+                raise CorruptionError(
+                    segment.path, offset, f"record starts at position {info.position}, not {position + 1}"
+                )
+            yield number, info
+            position += info.count
+        if position != stop.position:
+            raise CorruptionError(
+                self.segment(stop.segment).path,
+                stop.offset,
+                f"HEAD says the log ends at position {stop.position}; the records end at {position}",
+            )
+
+    def _info_at(self, segment: Segment, window: Window, offset: int, end: int) -> RecordInfo | str:
+        frame = read_frame(window, offset, end)
+        if isinstance(frame, str):
+            return frame
+        buf, i, length, crc = frame
+        try:
+            return parse_info(buf, i, length, crc, offset)
+        except (FormatProblem, struct.error) as exc:
+            return f"malformed record body: {exc}"
+
+    # -- recovery (the caller holds the writer lock) -------------------------------------------
+
+    def recover(self, start: Head) -> Iterator[tuple[int, RecordInfo]]:
+        """Yield (segment number, record) for every intact record after ``start``; repair a torn tail.
+
+        A damaged record with nothing valid after it is a write that never finished: the file is
+        cut there, with a warning. A damaged record followed by a record of a later commit group
+        (or in a segment that is not the last) is corruption and raises CorruptionError. When
+        the iterator is exhausted, :attr:`recovered` holds the end of the log.
+        """
+        numbers = self.segment_numbers()
+        if not numbers:
+            self.create_segment(1, 0)
+            numbers = [1]
+        numbers = [n for n in numbers if n >= start.segment]
+        if not numbers or numbers[0] != start.segment:
+            raise CorruptionError(
+                os.path.join(self.path, segment_name(start.segment)), 0, "segment file missing from the log"
+            )
+        number, offset, position = start.segment, start.offset, start.position
+        for k, n in enumerate(numbers):
+            last = k == len(numbers) - 1
+            if not self._open_checked(n, last and (n != start.segment or offset == SEGMENT_HEADER_SIZE)):
+                if n == 1:
+                    self.create_segment(1, 0)
+                    number, offset = 1, SEGMENT_HEADER_SIZE
+                break
+            if n != start.segment:
+                segment = self.segment(n)
+                if segment.base != position:
+                    raise CorruptionError(
+                        segment.path, 0, f"segment starts after {segment.base}, not {position}"
+                    )
+                number, offset = n, SEGMENT_HEADER_SIZE
+            segment = self.segment(n)
+            end = os.fstat(segment.fd).st_size
+            window = Window(segment.fd)
+            while offset < end:
+                info = self._info_at(segment, window, offset, end)
+                if isinstance(info, RecordInfo) and info.position != position + 1:
+                    raise CorruptionError(
+                        segment.path, offset, f"record starts at position {info.position}, not {position + 1}"
+                    )
+                if isinstance(info, str):
+                    if not last:
+                        raise CorruptionError(segment.path, offset, info + " (a later segment follows)")
+                    later = self._later_group(segment, offset, end)
+                    if later is not None:
+                        raise CorruptionError(
+                            segment.path, offset, f"{info}, but a later commit starts at offset {later}"
+                        )
+                    log.warning(
+                        "%s: dropping %d bytes of an unfinished write at offset %d (%s)",
+                        segment.path,
+                        end - offset,
+                        offset,
+                        info,
+                    )
+                    os.ftruncate(segment.fd, offset)
+                    os.fsync(segment.fd)
+                    break
+                yield n, info
+                position += info.count
+                offset += info.size
+        self.recovered = Head(position, number, offset)
+
+    def _open_checked(self, number: int, may_be_torn: bool) -> bool:
+        """Open segment ``number`` during recovery; False if it was a torn creation (now removed)."""
+        path = os.path.join(self.path, segment_name(number))
+        try:
+            self.segment(number)
+            return True
+        except CorruptionError:
+            if not may_be_torn or os.path.getsize(path) > SEGMENT_HEADER_SIZE:
+                raise
+        log.warning("%s: removing a segment whose creation never finished", path)
+        os.unlink(path)
+        fsync_directory(self.path)
+        return False
+
+    def _later_group(self, segment: Segment, bad: int, end: int) -> int | None:
+        """The offset of an intact record of a commit group that began after ``bad``, if any."""
+        window = Window(segment.fd)
+        at = bad + 1
+        while at < end:
+            chunk = os.pread(segment.fd, WINDOW, at)
+            if len(chunk) < len(RECORD_MAGIC):
+                return None
+            j = chunk.find(RECORD_MAGIC)
+            while j >= 0:
+                info = self._info_at(segment, window, at + j, end)
+                if isinstance(info, RecordInfo) and bad < info.group <= info.offset:
+                    return info.offset
+                j = chunk.find(RECORD_MAGIC, j + 1)
+            at += len(chunk) - len(RECORD_MAGIC) + 1
+        return None
+
+    def truncate(self, segment: Segment, offset: int) -> None:
+        """Cut a segment at ``offset`` and make the cut durable."""
+        os.ftruncate(segment.fd, offset)
+        os.fsync(segment.fd)
+
+
+def _read_store_id(path: str) -> bytes:
+    store_file = os.path.join(path, STORE_FILE)
+    with open(store_file, "rb") as f:
+        data = f.read(4096)
+    try:
+        return unpack_store(data)
+    except FormatProblem as exc:
+        raise StoreFormatError(store_file, str(exc)) from None
+
+
+def _create_store_file(path: str) -> None:
+    tmp = os.path.join(path, STORE_TMP)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        os.write(fd, pack_store(uuid.uuid4().bytes))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, os.path.join(path, STORE_FILE))
+    fsync_directory(path)
+
+
+def _close_quietly(*fds: int) -> None:
+    for fd in fds:
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)

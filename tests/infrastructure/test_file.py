@@ -1,0 +1,645 @@
+"""The file store: the contract suite, plus what only a durable, multi-process store promises."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrix.core.errors import (
+    ConcurrencyError,
+    CorruptionError,
+    DuplicateEventIdError,
+    StoreClosedError,
+    StoreError,
+    StoreFailedError,
+    StoreFormatError,
+)
+from orchestrix.core.eventsourcing.store import ANY, NO_STREAM, EventStore
+from orchestrix.core.messaging.messages import NewEvent
+from orchestrix.infrastructure.file import FileEventStore
+from orchestrix.infrastructure.file import store as file_store
+from orchestrix.infrastructure.file._format import FORMAT_VERSION, SEGMENT_HEADER_SIZE
+from orchestrix.infrastructure.file.errors import BatchTooLargeError
+from orchestrix.testing import ContractEvent, EventStoreContract, contract_serializer
+from tests.infrastructure import file_workers
+
+
+class TestFileEventStore(EventStoreContract):
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> Iterator[FileEventStore]:
+        self.opened = [FileEventStore(tmp_path / "store", contract_serializer())]
+        yield self.opened[0]
+        for store in self.opened:
+            store.close()
+
+    def reopen(self, store: EventStore) -> EventStore:
+        assert isinstance(store, FileEventStore)
+        store.close()
+        again = FileEventStore(store.path, contract_serializer())
+        self.opened.append(again)
+        return again
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def _open(path: Path, **options: object) -> FileEventStore:
+    return FileEventStore(path, contract_serializer(), **options)  # type: ignore[arg-type]
+
+
+def _events(*numbers: int) -> list[NewEvent]:
+    return [NewEvent(ContractEvent(n)) for n in numbers]
+
+
+def _numbers(store: FileEventStore, stream: str | None = None) -> list[int]:
+    records = store.read_all() if stream is None else store.read_stream(stream)
+    return [r.event.n for r in records]
+
+
+def _snapshot(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir()) if p.is_file()}
+
+
+def _segments(path: Path) -> list[Path]:
+    return sorted(path.glob("segment-*.log"))
+
+
+def _record_offsets(segment: Path) -> list[int]:
+    """Where each record of a segment starts (walking the frames as docs/file-format.md says)."""
+    data = segment.read_bytes()
+    offsets, at = [], SEGMENT_HEADER_SIZE
+    while at < len(data):
+        offsets.append(at)
+        at += 12 + int.from_bytes(data[at + 8 : at + 12], "little")
+    return offsets
+
+
+# -- bad inputs -----------------------------------------------------------------------------------
+
+
+def test_a_path_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "store"
+    target.write_bytes(b"not a directory")
+    with pytest.raises(StoreFormatError, match="not a directory"):
+        _open(target)
+    assert target.read_bytes() == b"not a directory"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
+
+
+def test_a_directory_that_is_not_a_store_is_refused_and_left_alone(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(StoreFormatError, match="not an orchestrix file store"):
+        _open(tmp_path)
+    assert _snapshot(tmp_path) == {"notes.txt": b"mine"}
+
+
+def test_a_store_of_a_newer_format_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    with _open(path) as store:
+        store.append("s-1", _events(1))
+    marker = bytearray((path / "STORE").read_bytes())
+    marker[8:12] = (FORMAT_VERSION + 1).to_bytes(4, "little")
+    (path / "STORE").write_bytes(bytes(marker))
+    before = _snapshot(path)
+    with pytest.raises(StoreFormatError, match="newer format version 2"):
+        _open(path)
+    assert _snapshot(path) == before
+
+
+def test_a_segment_of_a_newer_format_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    with _open(path) as store:
+        store.append("s-1", _events(1))
+    (segment,) = _segments(path)
+    data = bytearray(segment.read_bytes())
+    data[8:12] = (FORMAT_VERSION + 1).to_bytes(4, "little")
+    segment.write_bytes(bytes(data))
+    (path / "index.sqlite3").unlink()
+    with pytest.raises(StoreFormatError, match="newer format"):
+        _open(path)
+
+
+def test_a_damaged_store_marker_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    _open(path).close()
+    (path / "STORE").write_bytes(b"garbage")
+    with pytest.raises(StoreFormatError, match="not an orchestrix file store"):
+        _open(path)
+
+
+def _try_open_as(user: int, path: Path) -> subprocess.CompletedProcess[str]:
+    code = (
+        "import os, sys\n"
+        "from orchestrix.core.errors import StoreError\n"
+        "from orchestrix.infrastructure.file import FileEventStore\n"
+        "from orchestrix.testing import contract_serializer\n"
+        "serializer = contract_serializer()\n"
+        f"os.setgid({user}); os.setuid({user})\n"
+        "try:\n"
+        "    FileEventStore(sys.argv[1], serializer)\n"
+        "except StoreError as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+        "    sys.exit(0)\n"
+        "sys.exit(1)\n"
+    )
+    return subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new store", "existing store"])
+def test_no_permission_is_a_store_error_and_nothing_is_written(tmp_path: Path, existing: bool) -> None:
+    # Root ignores file modes, so as root the attempt runs in a child that drops to "nobody".
+    base = Path(tempfile.mkdtemp(prefix="orx-perm-"))
+    try:
+        base.chmod(0o755)
+        path = base / "store"
+        if existing:
+            with _open(path) as store:
+                store.append("s-1", _events(1))
+            path.chmod(0o555)
+            for f in path.iterdir():
+                f.chmod(0o444)
+        else:
+            base.chmod(0o555)
+        before = _snapshot(path) if existing else None
+        if os.geteuid() == 0:
+            result = _try_open_as(65534, path)
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert result.stdout.startswith("StoreError") and "ermission denied" in result.stdout
+        else:
+            with pytest.raises(StoreError, match="ermission denied"):
+                _open(path)
+        if existing:
+            assert _snapshot(path) == before
+        else:
+            assert not path.exists()
+    finally:
+        base.chmod(0o755)
+        if (base / "store").exists():
+            (base / "store").chmod(0o755)
+        shutil.rmtree(base)
+
+
+def test_an_os_error_while_opening_is_a_store_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_open = os.open
+
+    def refusing_open(name: str, *args: object, **kwargs: object) -> int:
+        if str(name).endswith("LOCK"):
+            raise PermissionError(13, "Permission denied", name)
+        return real_open(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    with pytest.raises(StoreError, match="Permission denied"):
+        _open(tmp_path / "store")
+
+
+# -- reopening, segments, the index --------------------------------------------------------------
+
+
+def test_reopening_continues_from_the_stored_state(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    with _open(path) as store:
+        first = store.append("s-1", _events(0, 1), NO_STREAM)
+    with _open(path) as store:
+        assert store.append("s-1", first and _events(2), 1).positions == (3,)
+        assert _numbers(store) == [0, 1, 2]
+
+
+def test_segments_roll_over_and_everything_reads_back(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    with _open(path, segment_size=1024, checkpoint_events=7) as store:
+        for i in range(120):
+            store.append(f"s-{i % 3}", _events(i), ANY)
+        assert len(_segments(path)) > 10
+        assert _numbers(store) == list(range(120))
+        assert _numbers(store, "s-1") == list(range(1, 120, 3))
+        assert [r.event.n for r in store.read_all(57, limit=5)] == [57, 58, 59, 60, 61]
+    with _open(path, segment_size=1024) as store:
+        assert _numbers(store) == list(range(120))
+        assert [r.version for r in store.read_stream("s-2", 30)] == list(range(30, 40))
+        assert store.verify() == 120
+        assert store.append("s-0", _events(120), 39).positions == (121,)
+
+
+def test_reads_come_from_index_and_memory_alike(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    with _open(path, checkpoint_events=10) as store:
+        batches = [store.append(f"s-{i % 4}", _events(i, i + 1000), ANY) for i in range(100)]
+        _wait_for_index(store)
+        assert _numbers(store, "s-3") == [n for i in range(3, 100, 4) for n in (i, i + 1000)]
+        assert [r.version for r in store.read_stream("s-0", 17)] == list(range(17, 50))
+        assert [r.position for r in store.read_all(101, limit=3)] == [102, 103, 104]
+        assert store.stream_version("s-2") == 49
+    with _open(path) as store:
+        assert [r.position for r in store.read_all()] == list(range(1, 201))
+        assert store.append("s-0", _events(7), 49).versions == (50,)
+        assert [b.positions for b in batches[:3]] == [(1, 2), (3, 4), (5, 6)]
+
+
+def _wait_for_index(store: FileEventStore) -> None:
+    """Let the background checkpoint catch up (the test checks reads from the index)."""
+    store._flush()
+
+
+def test_idempotent_appends_hold_across_restarts_from_the_index(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    old = _events(1, 2)
+    with _open(path, checkpoint_events=1) as store:
+        first = store.append("s-1", old, NO_STREAM)
+        for i in range(50):
+            store.append(f"other-{i}", _events(i), NO_STREAM)
+    with _open(path) as store:
+        assert store._tail.bound == 52, "the old batch is only in the index"
+        assert store.append("s-1", old, NO_STREAM) == first
+        with pytest.raises(DuplicateEventIdError):
+            store.append("s-2", old[:1], NO_STREAM)
+        with pytest.raises(DuplicateEventIdError):
+            store.append("s-1", [old[0], *_events(3)], ANY)
+        assert store.last_position() == 52
+
+
+def test_a_missing_index_is_rebuilt_from_the_log(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    with _open(path, checkpoint_events=5) as store:
+        batch = _events(0)
+        first = store.append("s-1", batch, NO_STREAM)
+        for i in range(1, 40):
+            store.append(f"s-{i % 3}", _events(i), ANY)
+    for name in ("index.sqlite3", "index.sqlite3-wal", "index.sqlite3-shm"):
+        (path / name).unlink(missing_ok=True)
+    with _open(path, checkpoint_events=5) as store:
+        assert _numbers(store) == list(range(40))
+        assert store.append("s-1", batch, NO_STREAM) == first
+        assert store.stream_version("s-2") == 12
+    assert (path / "index.sqlite3").exists()
+
+
+def test_a_stale_index_is_completed_from_the_log(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    with _open(path) as store:
+        store.append("s-1", _events(0, 1), NO_STREAM)
+    old_index = (path / "index.sqlite3").read_bytes()
+    with _open(path) as store:
+        late = _events(2)
+        store.append("s-1", late, 1)
+        store.append("s-2", _events(3), NO_STREAM)
+    (path / "index.sqlite3").write_bytes(old_index)
+    with _open(path) as store:
+        assert _numbers(store) == [0, 1, 2, 3]
+        assert store.stream_version("s-1") == 2
+        assert store.append("s-1", late, 1).positions == (3,)
+
+
+def test_an_index_ahead_of_the_log_or_damaged_is_rebuilt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "store"
+    with _open(path) as store:
+        store.append("s-1", _events(0), NO_STREAM)
+    copy = tmp_path / "copy"
+    shutil.copytree(path, copy)
+    with _open(path) as store:
+        store.append("s-1", _events(1), 0)
+    # the log of the first state with the index of the second: the index describes a record the log lacks
+    shutil.copy(path / "index.sqlite3", copy / "index.sqlite3")
+    with caplog.at_level(logging.WARNING), _open(copy) as store:
+        assert _numbers(store) == [0]
+        assert store.append("s-1", _events(5), 0).versions == (1,)
+    assert "does not match the log" in caplog.text
+    (copy / "index.sqlite3").write_bytes(b"this is not an sqlite database" * 100)
+    with _open(copy) as store:
+        assert _numbers(store) == [0, 5]
+
+
+# -- torn tails and corruption -------------------------------------------------------------------
+
+
+def _build_with_tail(path: Path) -> tuple[int, list[int]]:
+    """A store whose last three appends are small; returns where they start and the survivors' numbers."""
+    with _open(path) as store:
+        store.append("s-1", _events(0, 1), NO_STREAM)
+        store.append("s-2", _events(2), NO_STREAM)
+        store.append("s-1", _events(3, 4), 1)
+        store.append("s-2", _events(5), 0)
+        store.append("s-3", _events(6), NO_STREAM)
+    (segment,) = _segments(path)
+    return _record_offsets(segment)[2], [0, 1, 2]
+
+
+def test_a_torn_tail_at_every_offset_opens_to_a_consistent_prefix(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "store"
+    tail_start, _ = _build_with_tail(path)
+    (segment,) = _segments(path)
+    full = segment.read_bytes()
+    offsets = _record_offsets(segment)
+    survivors = {offsets[2]: [0, 1, 2], offsets[3]: [0, 1, 2, 3, 4], offsets[4]: [0, 1, 2, 3, 4, 5]}
+    for name in ("index.sqlite3", "index.sqlite3-wal", "index.sqlite3-shm"):
+        (path / name).unlink(missing_ok=True)
+    pristine = _snapshot(path)
+    for cut in range(tail_start, len(full)):
+        for name, data in pristine.items():
+            (path / name).write_bytes(data)
+        (path / "index.sqlite3").unlink(missing_ok=True)
+        segment.write_bytes(full[:cut])
+        expected = survivors[max(o for o in survivors if o <= cut)]
+        caplog.clear()
+        with caplog.at_level(logging.WARNING), _open(path, sync=False) as store:
+            assert _numbers(store) == expected, f"cut at {cut}"
+            assert store.last_position() == len(expected)
+        if cut not in survivors:
+            assert f"at offset {max(o for o in survivors if o <= cut)}" in caplog.text
+        assert segment.stat().st_size == max(o for o in survivors if o <= cut)
+        if cut % 10 == 0 or cut in survivors:
+            with _open(path) as store:  # a second open finds nothing to repair; the store is writable
+                assert _numbers(store) == expected
+                store.append("s-9", _events(99), NO_STREAM)
+                assert _numbers(store)[-1] == 99
+
+
+def test_a_zero_filled_tail_is_cut_off(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    _build_with_tail(path)
+    (segment,) = _segments(path)
+    offsets = _record_offsets(segment)
+    data = bytearray(segment.read_bytes())
+    data[offsets[4] :] = bytes(len(data) - offsets[4])
+    segment.write_bytes(bytes(data))
+    (path / "index.sqlite3").unlink()
+    with _open(path) as store:
+        assert _numbers(store) == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_bit_flip_in_the_middle_is_corruption_naming_file_and_offset(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    _build_with_tail(path)
+    (segment,) = _segments(path)
+    offsets = _record_offsets(segment)
+    data = bytearray(segment.read_bytes())
+    data[offsets[2] + 40] ^= 0x10
+    segment.write_bytes(bytes(data))
+    # the index covers the damaged record: reading it (or verify) finds the damage
+    with _open(path) as store:
+        with pytest.raises(CorruptionError) as raised:
+            list(store.read_all())
+        assert (raised.value.path, raised.value.offset) == (str(segment), offsets[2])
+        assert "checksum" in str(raised.value) and str(segment) in str(raised.value)
+        assert _numbers(store, "s-2") == [2, 5]  # streams without the damaged record still read
+        with pytest.raises(CorruptionError):
+            store.verify()
+    # without the index, opening scans the log and refuses it; nothing is cut off
+    (path / "index.sqlite3").unlink()
+    with pytest.raises(CorruptionError) as raised:
+        _open(path)
+    assert (raised.value.path, raised.value.offset) == (str(segment), offsets[2])
+    assert "later commit" in raised.value.reason
+    assert segment.read_bytes() == bytes(data)
+
+
+def test_a_damaged_segment_header_is_corruption(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    with _open(path, segment_size=512) as store:
+        for i in range(20):
+            store.append("s", _events(i))
+    first = _segments(path)[0]
+    data = bytearray(first.read_bytes())
+    data[20] ^= 1
+    first.write_bytes(bytes(data))
+    (path / "index.sqlite3").unlink()
+    with pytest.raises(CorruptionError) as raised:
+        _open(path, segment_size=512)
+    assert (raised.value.path, raised.value.offset) == (str(first), 0)
+
+
+def test_a_segment_whose_creation_was_torn_is_removed(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    with _open(path) as store:
+        store.append("s", _events(1))
+    (path / "segment-00000002.log").write_bytes(b"\x89ORX")
+    with _open(path) as store:
+        assert _numbers(store) == [1]
+        store.append("s", _events(2))
+    assert [p.name for p in _segments(path)] == ["segment-00000001.log"]
+
+
+def test_a_missing_segment_is_corruption(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    with _open(path, segment_size=512) as store:
+        for i in range(20):
+            store.append("s", _events(i))
+    _segments(path)[1].unlink()
+    with pytest.raises(CorruptionError, match="missing"):
+        _open(path, segment_size=512)
+
+
+# -- durability and failure ----------------------------------------------------------------------
+
+
+def test_a_failed_fsync_poisons_the_store_until_reopened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "store"
+    store = _open(path)
+    store.append("s-1", _events(0), NO_STREAM)
+    real = os.fdatasync
+    calls = []
+
+    def failing(fd: int) -> None:
+        calls.append(fd)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    with pytest.raises(StoreFailedError, match="failed to write"):
+        store.append("s-1", _events(1), 0)
+    monkeypatch.setattr(os, "fdatasync", real)
+    with pytest.raises(StoreFailedError):
+        store.append("s-1", _events(2), ANY)  # never retry an fsync and carry on
+    assert len(calls) == 1
+    assert _numbers(store, "s-1") == [0]  # reads still work, and never show the unsynced record
+    store.close()
+    with _open(path) as store:
+        numbers = _numbers(store, "s-1")
+        assert numbers in ([0], [0, 1])  # the failed append's outcome is unknown, never partial
+        assert store.append("s-1", _events(3), len(numbers) - 1).versions == (len(numbers),)
+
+
+def test_concurrent_appends_share_fsyncs_and_return_only_when_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "store"
+    store = _open(path)
+    real = os.fdatasync
+    durable = {"size": 0}
+    syncs = []
+
+    def slow_sync(fd: int) -> None:
+        size = os.fstat(fd).st_size
+        time.sleep(0.004)
+        real(fd)
+        durable["size"] = size
+        syncs.append(size)
+
+    monkeypatch.setattr(os, "fdatasync", slow_sync)
+    problems: list[str] = []
+
+    def writer(me: int) -> None:
+        for i in range(25):
+            result = store.append(f"w-{me}", _events(i), ANY)
+            entry = store._tail.entry_at(result.positions[0])
+            if entry is None or entry.offset + entry.size > durable["size"]:
+                problems.append(f"writer {me} returned before its record was synced")
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    store.close()
+    assert problems == []
+    assert len(syncs) < 200 / 2, f"{len(syncs)} fsyncs for 200 appends: no group commit"
+    with _open(path) as again:
+        assert again.last_position() == 200
+
+
+def test_unsafe_mode_appends_and_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    monkeypatch.setattr(os, "fdatasync", lambda fd: calls.append(fd))
+    with _open(tmp_path / "store", sync=False) as store:
+        for i in range(10):
+            store.append("s", _events(i))
+        assert _numbers(store) == list(range(10))
+    assert calls == []
+
+
+def test_a_closed_store_refuses_work(tmp_path: Path) -> None:
+    store = _open(tmp_path / "store")
+    store.append("s", _events(1))
+    store.close()
+    store.close()
+    with pytest.raises(StoreClosedError):
+        store.append("s", _events(2))
+    with pytest.raises(StoreClosedError):
+        list(store.read_stream("s"))
+    with pytest.raises(StoreClosedError):
+        store.read_all()
+    assert store.wait_for_events(0, 0.01) is True
+    assert store.wait_for_events(5, 0.01) is False
+
+
+def test_a_batch_bigger_than_a_record_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(file_store, "MAX_BODY", 1000)
+    with _open(tmp_path / "store") as store:
+        with pytest.raises(BatchTooLargeError):
+            store.append("s", [ContractEvent(1, "x" * 2000)])
+        assert store.last_position() == 0
+        store.append("s", _events(1))
+        assert _numbers(store) == [1]
+
+
+# -- streaming -----------------------------------------------------------------------------------
+
+
+def test_reading_a_long_stream_keeps_memory_flat(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    with _open(path, sync=False) as store:
+        for k in range(40):
+            store.append("long", _events(*range(k * 500, k * 500 + 500)), ANY)
+    with _open(path) as store:
+        tracemalloc.start()
+        try:
+            count = 0
+            for recorded in store.read_stream("long"):
+                count += recorded.event.n >= 0
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert count == 20_000
+    assert peak < 3_000_000, f"peak {peak} bytes while streaming 20,000 events"
+
+
+# -- several processes ---------------------------------------------------------------------------
+
+
+def test_two_processes_racing_on_expected_versions_have_one_winner_per_round(tmp_path: Path) -> None:
+    path = str(tmp_path / "store")
+    _open(Path(path)).close()
+    ctx = multiprocessing.get_context("spawn")
+    rounds = 30
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    racers = [
+        ctx.Process(target=file_workers.race, args=(path, me, rounds, barrier, results)) for me in (0, 1)
+    ]
+    for p in racers:
+        p.start()
+    won = dict(results.get(timeout=120) for _ in racers)
+    for p in racers:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert sorted(won[0] + won[1]) == list(range(rounds)), "exactly one winner per round"
+    with FileEventStore(path, file_workers.serializer()) as store:
+        stored = [r.event.batch for r in store.read_stream("race")]
+    winners = {r: me for me in (0, 1) for r in won[me]}
+    assert stored == [f"{winners[r]}:{r}" for r in range(rounds)]
+
+
+def test_readers_see_and_wait_for_another_process_appends(tmp_path: Path) -> None:
+    path = str(tmp_path / "store")
+    reader = FileEventStore(path, file_workers.serializer())
+    try:
+        assert reader.last_position() == 0
+        ctx = multiprocessing.get_context("spawn")
+        writer = ctx.Process(target=file_workers.write_events, args=(path, "elsewhere", 5))
+        writer.start()
+        assert reader.wait_for_events(0, 60.0) is True
+        writer.join(timeout=60)
+        assert writer.exitcode == 0
+        assert [r.event.batch for r in reader.read_all()] == [f"w:{i}" for i in range(5)]
+        assert reader.stream_version("elsewhere") == 4
+        reader.append("elsewhere", [file_workers.Appended("mine", 0, 1, 1)], 4)
+
+        async def wait_async() -> bool:
+            return await reader.wait_for_events_async(6, 60.0)
+
+        writer = ctx.Process(target=file_workers.write_events, args=(path, "again", 1))
+        writer.start()
+        assert asyncio.run(wait_async()) is True
+        writer.join(timeout=60)
+        assert [r.stream for r in reader.read_all(6)] == ["again"]
+    finally:
+        reader.close()
+
+
+def test_two_stores_in_one_process_share_a_directory(tmp_path: Path) -> None:
+    with _open(tmp_path / "s") as one, _open(tmp_path / "s") as two:
+        one.append("a", _events(1), NO_STREAM)
+        with pytest.raises(ConcurrencyError):
+            two.append("a", _events(2), NO_STREAM)
+        two.append("a", _events(2), 0)
+        assert _numbers(one, "a") == [1, 2]
+        assert one.wait_for_events(1, 5.0) is True
+
+
+def test_async_waiters_wake_on_an_append_in_this_process(tmp_path: Path) -> None:
+    with _open(tmp_path / "store") as store:
+
+        async def scenario() -> bool:
+            waiting = asyncio.create_task(store.wait_for_events_async(0, 30.0))
+            await asyncio.sleep(0.01)
+            await store.append_async("s", _events(1))
+            return await waiting
+
+        assert asyncio.run(scenario()) is True
