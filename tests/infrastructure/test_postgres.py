@@ -91,6 +91,16 @@ class TestPostgresSpecifics:
         with pytest.raises(StoreFormatError, match="newer"):
             open_store(store.schema)
 
+    def test_events_restored_into_a_younger_cluster_are_refused(self, store: PostgresEventStore) -> None:
+        store.append("s", _events(1), NO_STREAM)
+        sql_execute(
+            DSN,
+            f'UPDATE "{store.schema}".events SET position = '
+            "(pg_snapshot_xmax(pg_current_snapshot())::text::bigint + 1000000) * 1048576",
+        )
+        with pytest.raises(StoreFormatError, match="restored into another cluster"):
+            open_store(store.schema)
+
     def test_without_create_schema_a_missing_schema_is_refused(self, schema: str) -> None:
         with pytest.raises(StoreFormatError, match="create_schema"):
             open_store(schema, create_schema=False)

@@ -160,18 +160,25 @@ class Database:
 
     def call(self, operation: str, function: Callable[[psycopg.Connection], T]) -> T:
         """Call ``function`` with a pooled connection, retrying lost connections within the budget."""
-        retry = Retry(operation, self.retry_timeout)
+        retry: Retry | None = None
+        timeout = self.retry_timeout
         while True:
+            if self._closed:
+                raise StoreClosedError("the store is closed")
             try:
-                with self.connection(retry.remaining()) as conn:
+                with self._pool.connection(timeout=timeout) as conn:
                     return function(conn)
+            except PoolClosed:
+                raise StoreClosedError("the store is closed") from None
             except psycopg.Error as exc:
                 if not is_retryable(exc):
                     raise database_error(operation, exc) from exc
-                delay = retry.failed(exc)
-                if retry.attempts == 1 and self._owns_pool:
-                    self._drop_broken_connections()
-                time.sleep(delay)
+                if retry is None:  # made only on failure: the hot path stays lean
+                    retry = Retry(operation, self.retry_timeout)
+                    if self._owns_pool:
+                        self._drop_broken_connections()
+                time.sleep(retry.failed(exc))
+                timeout = retry.remaining()
 
     def _drop_broken_connections(self) -> None:
         # After a server restart every idle connection is dead; check them all at once

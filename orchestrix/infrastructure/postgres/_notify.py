@@ -46,7 +46,8 @@ class Notifier:
                 if self._thread is None and not self._stop.is_set():
                     self._thread = threading.Thread(target=self._run, name="orchestrix-notify", daemon=True)
                     self._thread.start()
-        self._wanted.set()
+        if not self._wanted.is_set():  # under load it usually is: skip the Condition round trip
+            self._wanted.set()
 
     def close(self) -> None:
         """Send a last pending notification, then stop."""

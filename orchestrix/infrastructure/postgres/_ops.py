@@ -93,18 +93,31 @@ def append_op(
     st: Statements, stream: str, encoded: EncodedBatch, expected: int
 ) -> Op[tuple[AppendResult, bool]]:
     """Append a batch; returns the result and whether anything was written (False for a replay)."""
-    params = {
-        "stream": stream,
-        "expected": expected,
-        "ids": encoded.ids,
-        "types": encoded.types,
-        "data": encoded.data,
-        "corr": encoded.correlation,
-        "caus": encoded.causation,
-    }
+    if len(encoded.ids) == 1:
+        statement = st.append_one
+        params: dict[str, Any] = {
+            "stream": stream,
+            "expected": expected,
+            "id": encoded.ids[0],
+            "type": encoded.types[0],
+            "data": encoded.data[0],
+            "corr": encoded.correlation[0],
+            "caus": encoded.causation[0],
+        }
+    else:
+        statement = st.append_many
+        params = {
+            "stream": stream,
+            "expected": expected,
+            "ids": encoded.ids,
+            "types": encoded.types,
+            "data": encoded.data,
+            "corr": encoded.correlation,
+            "caus": encoded.causation,
+        }
     for _ in range(_MAX_RACES):
         try:
-            rows = yield Query(st.append, params)
+            rows = yield Query(statement, params)
         except pg_errors.UniqueViolation as exc:
             # Either an id is stored already (a retry of this batch, or a misuse of the id), or
             # another writer took the version this statement read as free.
@@ -115,18 +128,30 @@ def append_op(
                 continue
             actual = yield from stream_version_op(st, stream)
             raise ConcurrencyError(stream, expected, actual) from None
-        current, first_position, count = rows[0]
-        if count:
-            versions = tuple(range(current + 1, current + 1 + count))
-            positions = tuple(range(first_position, first_position + count))
+        if rows:
+            # Both are consecutive runs (base + index, current + index); RETURNING order is not
+            # promised, so sort.
+            positions = tuple(sorted(row[0] for row in rows))
+            versions = tuple(sorted(row[1] for row in rows))
             return AppendResult(stream, versions, positions), True
         # The expected version did not match; a stored batch is still a replay, not a conflict.
         replayed = yield from _replayed_op(st, stream, encoded.batch)
         if replayed is not None:
             return replayed, False
-        raise ConcurrencyError(stream, expected, current)
+        actual = yield from stream_version_op(st, stream)
+        if _satisfies(expected, actual):
+            continue  # the stream moved between the statement and this check; try again
+        raise ConcurrencyError(stream, expected, actual)
     actual = yield from stream_version_op(st, stream)
     raise ConcurrencyError(stream, expected, actual)
+
+
+def _satisfies(expected: int, actual: int) -> bool:
+    if expected == ANY:
+        return True
+    if expected == STREAM_EXISTS:
+        return actual >= 0
+    return expected == actual
 
 
 def _replayed_op(st: Statements, stream: str, batch: Sequence[NewEvent]) -> Op[AppendResult | None]:
