@@ -1,0 +1,75 @@
+"""Run the shop: three orders; one is confirmed, one is declined, one finds a product out of stock.
+
+From the repository root: ``python -m bases.orchestrix.ecommerce_demo.main``
+"""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+from bases.orchestrix.ecommerce_demo.handlers import ShopHandlers
+from bases.orchestrix.ecommerce_demo.models import (
+    AddProduct,
+    OpenWallet,
+    OrderLine,
+    PlaceOrder,
+    shop_serializer,
+)
+from bases.orchestrix.ecommerce_demo.saga import OrderSaga
+from orchestrix.core.eventsourcing.aggregate import AggregateRepository
+from orchestrix.core.execution import InMemoryCheckpointStore, SagaRunner
+from orchestrix.infrastructure.memory.store import InMemoryEventStore
+
+TEA, MUG, LAMP = Decimal("4.50"), Decimal("12.00"), Decimal("30.00")
+
+ORDERS = [
+    PlaceOrder("o-1", "ada", (OrderLine("tea", 2, TEA), OrderLine("mug", 1, MUG))),
+    PlaceOrder("o-2", "bob", (OrderLine("tea", 1, TEA), OrderLine("mug", 1, MUG))),
+    PlaceOrder("o-3", "ada", (OrderLine("mug", 1, MUG), OrderLine("lamp", 1, LAMP))),
+]
+
+
+async def run_shop() -> None:
+    """Stock the shop, place the orders, let the order sagas run, and print the outcome."""
+    # The composition root: the one place that picks a store and wires handlers to the runner.
+    store = InMemoryEventStore(serializer=shop_serializer())
+    shop = ShopHandlers(AggregateRepository(store))
+    bus = shop.bus()
+    runner = SagaRunner(store, [OrderSaga], bus, InMemoryCheckpointStore(), name="orders")
+
+    for command in (
+        AddProduct("tea", "Green tea", 10),
+        AddProduct("mug", "Mug", 5),
+        AddProduct("lamp", "Lamp"),
+    ):
+        await bus.handle_async(command)
+    for customer, balance in (("ada", "50.00"), ("bob", "5.00")):
+        await bus.handle_async(OpenWallet(customer, Decimal(balance)))
+
+    for command in ORDERS:
+        order = await bus.handle_async(command)
+        lines = ", ".join(f"{line.quantity} x {line.sku}" for line in order.lines)
+        print(f"Placed {order.id} ({order.customer_id}): {lines} = {order.total}")
+
+    await runner.run_until_idle_async()
+
+    print()
+    for command in ORDERS:
+        order = shop.get_order(command.order_id)
+        print(f"{order.id} {order.state}" + (f": {order.reason}" if order.reason else ""))
+    print()
+    print(f"{'Stock':<8}{'available':>10}{'reserved':>10}{'sold':>6}")
+    for sku in ("tea", "mug", "lamp"):
+        product = shop.get_product(sku)
+        print(f"{sku:<8}{product.available:>10}{sum(product.reserved.values()):>10}{product.sold:>6}")
+    print(f"Wallets: ada {shop.get_wallet('ada').balance}, bob {shop.get_wallet('bob').balance}")
+
+
+def main() -> None:
+    """Run the demo."""
+    asyncio.run(run_shop())
+
+
+if __name__ == "__main__":
+    main()
