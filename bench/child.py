@@ -11,10 +11,12 @@ import os
 import sys
 import traceback
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The code under test: the checkout, or the tree run.py exported with --rev.
+_BENCH = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, _BENCH)
+sys.path.insert(1, os.environ.get("ORCHESTRIX_BENCH_CODE") or os.path.dirname(_BENCH))
 
-from workloads.common import NotLanded
+from workloads.common import NotLanded  # noqa: E402
 
 EXIT_NOT_LANDED = 3
 

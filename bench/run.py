@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """orchestrix benchmark harness: orchestrix and eventsourcing 9.5.6 measured in the same run.
 
-    python3 bench/run.py [SUITE ...] [--reps N] [--json OUT.json] [--quick]
+    python3 bench/run.py [SUITE ...] [--reps N] [--json OUT.json] [--quick] [--rev REV]
 
 Suites: memory, file, postgres, saga (default: all). Every workload runs in a fresh child
 process per repetition, with a fresh store; repetitions are interleaved across workloads so
@@ -358,10 +358,24 @@ def git_commit() -> str:
 # -- running -------------------------------------------------------------------------------
 
 
+CODE = {"root": ROOT}
+
+
+def export_rev(rev: str) -> str:
+    """Export orchestrix/ and bases/ at ``rev`` into a temp dir (read-only use of git); return it."""
+    path = tempfile.mkdtemp(prefix="orxbench-code-")
+    archive = subprocess.run(
+        ["git", "-C", ROOT, "archive", rev, "orchestrix", "bases"], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", path], input=archive, check=True)
+    return path
+
+
 def run_child(workload: str, params: dict[str, Any]) -> dict[str, Any]:
     """Run one workload in a fresh process; return its JSON result (or an error/not_landed dict)."""
     args = [VENV_PY, os.path.join(BENCH, "child.py"), workload, *(f"{k}={v}" for k, v in params.items())]
-    env = dict(os.environ, PYTHONPATH=ROOT, PYTHONDONTWRITEBYTECODE="1")
+    code = CODE["root"]
+    env = dict(os.environ, PYTHONPATH=code, ORCHESTRIX_BENCH_CODE=code, PYTHONDONTWRITEBYTECODE="1")
     load_before = os.getloadavg()[0]
     try:
         proc = subprocess.run(args, capture_output=True, text=True, timeout=CHILD_TIMEOUT, env=env, cwd=ROOT)
@@ -554,16 +568,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=5, help="repetitions per workload (default 5)")
     parser.add_argument("--json", dest="json_path", help="where to write the JSON results")
     parser.add_argument("--quick", action="store_true", help="event counts / 10, for a smoke run")
+    parser.add_argument(
+        "--rev", help="measure orchestrix as committed at this git revision (default: the working tree)"
+    )
     args = parser.parse_args(argv)
     suites = args.suites or list(SUITES)
     unknown = [s for s in suites if s not in SUITES]
     if unknown:
         parser.error(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(SUITES)}")
     ensure_venv()
+    if args.rev:
+        CODE["root"] = export_rev(args.rev)
     meta = {
         "command": " ".join(["python3", "bench/run.py", *(argv if argv is not None else sys.argv[1:])]),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "git": git_commit(),
+        "code": f"git archive {args.rev} ({_rev(args.rev)})" if args.rev else "working tree",
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
@@ -588,7 +608,15 @@ def main(argv: list[str] | None = None) -> int:
     with open(path, "w") as f:
         json.dump(out, f, indent=1)
     print(f"\nJSON: {path}")
+    if args.rev:
+        subprocess.run(["rm", "-rf", CODE["root"]], check=False)
     return 0
+
+
+def _rev(rev: str) -> str:
+    return subprocess.run(
+        ["git", "-C", ROOT, "rev-parse", "--short", rev], capture_output=True, text=True, check=False
+    ).stdout.strip()
 
 
 def _cpu_model() -> str:

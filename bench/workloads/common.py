@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import os
-import resource
 import shutil
 import tempfile
 import time
@@ -41,25 +40,48 @@ def duration(seconds: float, **extra: Any) -> dict[str, Any]:
     return {"value": seconds, "seconds": seconds, **extra}
 
 
-def maxrss_bytes() -> int:
-    """Peak resident set size of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def current_rss_bytes() -> int:
-    """Current resident set size, from /proc."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _reset_peak() -> None:
+    # Linux >= 4.0: writing 5 resets VmHWM (the peak RSS) to the current RSS.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
-def peak_rss_during(action: Callable[[], Any]) -> tuple[int, int, float]:
-    """Run ``action``; return (peak RSS growth in bytes, baseline RSS, seconds)."""
+def peak_rss(open_store: Callable[[], Any], load: Callable[[Any], Any]) -> dict[str, Any]:
+    """Peak RSS growth over the post-import baseline while opening a store and loading from it.
+
+    Returns ``value`` (bytes: the highest RSS seen during open + load, minus the RSS before the
+    open), ``load_growth`` (peak during the load alone over the RSS just before it), timings,
+    and ``loaded`` is dropped so that it does not outlive the measurement.
+    """
     gc.collect()
-    baseline = maxrss_bytes()
+    baseline = _status_kib("VmRSS")
+    _reset_peak()
     start = clock()
-    action()
-    seconds = clock() - start
-    return maxrss_bytes() - baseline, current_rss_bytes(), seconds
+    handle = open_store()
+    opened = clock()
+    peak_open = _status_kib("VmHWM")
+    before_load = _status_kib("VmRSS")
+    _reset_peak()
+    load(handle)
+    loaded = clock()
+    peak_load = _status_kib("VmHWM")
+    return {
+        "value": (max(peak_open, peak_load) - baseline) * 1024,
+        "load_growth": (peak_load - before_load) * 1024,
+        "open_growth": (peak_open - baseline) * 1024,
+        "baseline_rss": baseline * 1024,
+        "open_seconds": opened - start,
+        "load_seconds": loaded - opened,
+        "handle": handle,
+    }
 
 
 @contextmanager

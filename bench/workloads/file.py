@@ -9,7 +9,7 @@ import threading
 import uuid
 from typing import Any
 
-from workloads.common import clock, duration, payload, peak_rss_during, rate, require, temp_dir
+from workloads.common import clock, duration, payload, peak_rss, rate, require, temp_dir
 
 RAW_RECORD_BYTES = 256
 
@@ -212,20 +212,16 @@ def _build_in_child(name: str, dir: str, n: int) -> dict[str, Any]:
     return result
 
 
-def _orx_load(path: str, n: int) -> tuple[Any, Any, Any]:
-    from workloads.orx_model import Note
-
-    _build_in_child("orx_build_stream", path, n)
-    store, repo = _orx(path)
-    return store, repo, Note
-
-
 def orx_load(n: int = 10_000) -> dict[str, Any]:
     """orchestrix: open the store, then time loading one aggregate of ``n`` events."""
+    from workloads.orx_model import Note
+
     with temp_dir() as path:
-        store, repo, note_cls = _orx_load(os.path.join(path, "store"), n)
+        store_path = os.path.join(path, "store")
+        _build_in_child("orx_build_stream", store_path, n)
+        store, repo = _orx(store_path)
         start = clock()
-        note = repo.load(note_cls, NOTE_ID)
+        note = repo.load(Note, NOTE_ID)
         seconds = clock() - start
         assert note.version == n - 1 and note.text == payload(n - 1)
         store.close()
@@ -248,29 +244,45 @@ def es_load(n: int = 10_000) -> dict[str, Any]:
 
 
 def orx_rss(n: int = 100_000) -> dict[str, Any]:
-    """orchestrix: peak RSS growth (bytes) while loading one aggregate of ``n`` events."""
+    """orchestrix: peak RSS growth (bytes) while opening the store and loading one ``n``-event aggregate."""
+    from workloads.orx_model import Note
+
     with temp_dir() as path:
-        store, repo, note_cls = _orx_load(os.path.join(path, "store"), n)
-        loaded: list[Any] = []
-        growth, rss_after, seconds = peak_rss_during(lambda: loaded.append(repo.load(note_cls, NOTE_ID)))
-        assert loaded[0].version == n - 1
-        store.close()
-    return {"value": growth, "bytes_per_event": growth / n, "seconds": seconds, "rss_after": rss_after}
+        store_path = os.path.join(path, "store")
+        _build_in_child("orx_build_stream", store_path, n)
+        versions: list[int] = []
+
+        def open_store() -> Any:
+            return _orx(store_path)
+
+        def load(handle: Any) -> None:
+            versions.append(handle[1].load(Note, NOTE_ID).version)
+
+        result = peak_rss(open_store, load)
+        result.pop("handle")[0].close()
+    assert versions == [n - 1], versions
+    return {**result, "bytes_per_event": result["value"] / n}
 
 
 def es_rss(n: int = 100_000) -> dict[str, Any]:
-    """eventsourcing SQLite: peak RSS growth (bytes) while loading one aggregate of ``n`` events."""
+    """eventsourcing SQLite: the same measure for the peer's application."""
     from workloads.es_model import sqlite_app
 
     with temp_dir() as path:
         built = _build_in_child("es_build_stream", path, n)
-        app = sqlite_app(os.path.join(path, "es.sqlite"))
-        loaded: list[Any] = []
         note_id = uuid.UUID(built["note_id"])
-        growth, rss_after, seconds = peak_rss_during(lambda: loaded.append(app.repository.get(note_id)))
-        assert loaded[0].version == n
-        app.close()
-    return {"value": growth, "bytes_per_event": growth / n, "seconds": seconds, "rss_after": rss_after}
+        versions: list[int] = []
+
+        def open_store() -> Any:
+            return sqlite_app(os.path.join(path, "es.sqlite"))
+
+        def load(app: Any) -> None:
+            versions.append(app.repository.get(note_id).version)
+
+        result = peak_rss(open_store, load)
+        result.pop("handle").close()
+    assert versions == [n], versions
+    return {**result, "bytes_per_event": result["value"] / n}
 
 
 # -- opening a big store -------------------------------------------------------------------
