@@ -9,8 +9,9 @@ The rules (also stated in docs/writing-docs.md):
 - A ```sh block holding one ``python -m MODULE ...`` or ``python FILE ...`` command and followed by a
   ```text block is run (with this interpreter) and its stdout compared.
 - An HTML comment right before a block changes what happens to it:
-  - ``<!-- docs-file: PATH -->``: the block is PATH's content (or one part of it: the parts of one
-    file, joined by two blank lines, must equal the file). It is not executed; the file is imported.
+  - ``<!-- docs-file: PATH -->``: the block is PATH's content, or one part of it: the parts of one
+    file, in order and with only blank lines between them, make up the whole file. It is not
+    executed; the file is imported.
   - ``<!-- docs-excerpt: PATH -->``: the block appears verbatim in PATH. It is not executed.
   - ``<!-- docs-test: pytest -->``: the block is a test module; it is written to a temporary file
     and pytest must pass on it.
@@ -293,9 +294,10 @@ def excerpts() -> list[Block]:
     return [b for page in pages() for b in parse(page) if b.marker("excerpt") is not None]
 
 
-def joined(parts: list[Block]) -> str:
-    """The file the parts show: joined by two blank lines, as top-level code is."""
-    return "\n\n\n".join(p.code.strip("\n") for p in parts) + "\n"
+def shows_file(parts: list[Block], text: str) -> bool:
+    """Whether the parts, in order and with only blank lines between them, make up exactly ``text``."""
+    pattern = r"\n+".join(re.escape(p.code.strip("\n")) for p in parts)
+    return re.fullmatch(pattern + r"\n", text) is not None
 
 
 def module_name(path: str) -> str | None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.docs.blocks import DocsError, outputs_match, parse, run_page
+from tests.docs.blocks import DocsError, outputs_match, parse, run_page, shows_file
 
 
 def page(tmp_path: Path, text: str) -> Path:
@@ -118,3 +118,27 @@ def test_a_pytest_block_must_pass(tmp_path: Path) -> None:
     bad = page(tmp_path, "<!-- docs-test: pytest -->\n```python\ndef test_no():\n    assert False\n```\n")
     with pytest.raises(DocsError, match="pytest failed"):
         run_page(bad, tmp_path)
+
+
+def test_the_parts_of_a_file_must_make_up_the_whole_file(tmp_path: Path) -> None:
+    md = page(
+        tmp_path,
+        """
+        <!-- docs-file: pyproject.toml -->
+        ```python
+        a = 1
+        ```
+
+        <!-- docs-file: pyproject.toml -->
+        ```python
+        def f():
+            return a
+        ```
+        """,
+    )
+    parts = parse(md)
+    assert shows_file(parts, "a = 1\n\n\ndef f():\n    return a\n")
+    assert shows_file(parts, "a = 1\ndef f():\n    return a\n")
+    assert not shows_file(parts, "a = 1\nb = 2\n\ndef f():\n    return a\n")
+    assert not shows_file(parts[::-1], "a = 1\n\n\ndef f():\n    return a\n")
+    assert not shows_file(parts, "a = 1\n\n\ndef f():\n    return a\n# more\n")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.docs.blocks import DOCS, ROOT, excerpts, file_parts, joined, module_name, pages, run_page
+from tests.docs.blocks import DOCS, ROOT, excerpts, file_parts, module_name, pages, run_page, shows_file
 
 
 def test_the_site_builds_strictly(tmp_path: Path) -> None:
@@ -43,8 +43,7 @@ def test_the_examples_of_the_page_run_and_print_what_it_shows(page: Path, tmp_pa
 def test_a_file_shown_in_the_docs_is_exactly_the_file(path: str) -> None:
     parts = file_parts()[path]
     where = ", ".join(p.where for p in parts)
-    shown, actual = joined(parts), (ROOT / path).read_text()
-    assert shown == actual, f"{path} differs from what {where} shows"
+    assert shows_file(parts, (ROOT / path).read_text()), f"{path} differs from what {where} shows"
     name = module_name(path)
     if name is not None:
         importlib.import_module(name)

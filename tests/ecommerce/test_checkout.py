@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bases.orchestrix.ecommerce_demo.errors import UnknownProduct
 from bases.orchestrix.ecommerce_demo.handlers import ShopHandlers
+from bases.orchestrix.ecommerce_demo.main import main, run_shop
 from bases.orchestrix.ecommerce_demo.models import (
     AddProduct,
     ChargeWallet,
@@ -22,6 +24,7 @@ from bases.orchestrix.ecommerce_demo.models import (
 from bases.orchestrix.ecommerce_demo.saga import OrderSaga
 from orchestrix.core.eventsourcing import AggregateRepository
 from orchestrix.core.execution import CommandBus, InMemoryCheckpointStore, SagaRunner
+from orchestrix.infrastructure.file import FileCheckpointStore, FileEventStore
 from orchestrix.infrastructure.memory.store import InMemoryEventStore
 
 
@@ -159,3 +162,17 @@ def test_concurrent_orders_never_sell_more_than_the_stock() -> None:
     assert states.count("CONFIRMED") == 2
     assert states.count("CANCELLED") == 10
     assert shop.stock("mug") == (0, 0, 2)
+
+
+def test_the_demo_prints_the_same_on_the_file_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main()
+    on_memory = capsys.readouterr().out
+    store = FileEventStore(tmp_path / "events", shop_serializer(), sync=False)
+    try:
+        asyncio.run(run_shop(store, FileCheckpointStore(tmp_path / "checkpoints.json")))
+    finally:
+        store.close()
+    assert capsys.readouterr().out == on_memory
+    assert "o-2 CANCELLED: payment declined" in on_memory

@@ -18,7 +18,8 @@ from bases.orchestrix.ecommerce_demo.models import (
 )
 from bases.orchestrix.ecommerce_demo.saga import OrderSaga
 from orchestrix.core.eventsourcing.aggregate import AggregateRepository
-from orchestrix.core.execution import InMemoryCheckpointStore, SagaRunner
+from orchestrix.core.eventsourcing.store import EventStore
+from orchestrix.core.execution import CheckpointStore, InMemoryCheckpointStore, SagaRunner
 from orchestrix.infrastructure.memory.store import InMemoryEventStore
 
 TEA, MUG, LAMP = Decimal("4.50"), Decimal("12.00"), Decimal("30.00")
@@ -30,13 +31,11 @@ ORDERS = [
 ]
 
 
-async def run_shop() -> None:
+async def run_shop(store: EventStore, checkpoints: CheckpointStore) -> None:
     """Stock the shop, place the orders, let the order sagas run, and print the outcome."""
-    # The composition root: the one place that picks a store and wires handlers to the runner.
-    store = InMemoryEventStore(serializer=shop_serializer())
     shop = ShopHandlers(AggregateRepository(store))
     bus = shop.bus()
-    runner = SagaRunner(store, [OrderSaga], bus, InMemoryCheckpointStore(), name="orders")
+    runner = SagaRunner(store, [OrderSaga], bus, checkpoints, name="orders")
 
     for command in (
         AddProduct("tea", "Green tea", 10),
@@ -67,8 +66,9 @@ async def run_shop() -> None:
 
 
 def main() -> None:
-    """Run the demo."""
-    asyncio.run(run_shop())
+    """Run the demo on the in-memory store: the one place that picks a store."""
+    store = InMemoryEventStore(serializer=shop_serializer())
+    asyncio.run(run_shop(store, InMemoryCheckpointStore()))
 
 
 if __name__ == "__main__":
