@@ -10,7 +10,8 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from hypothesis import given, settings
+import pytest
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from bases.orchestrix.ecommerce_demo.errors import ShopError
@@ -18,13 +19,14 @@ from bases.orchestrix.ecommerce_demo.handlers import ShopHandlers
 from bases.orchestrix.ecommerce_demo.models import (
     AddProduct,
     OpenWallet,
+    OrderCancelled,
     OrderLine,
     PlaceOrder,
     shop_serializer,
 )
 from bases.orchestrix.ecommerce_demo.saga import OrderSaga
 from orchestrix.core.eventsourcing import AggregateRepository
-from orchestrix.core.execution import InMemoryCheckpointStore, SagaRunner
+from orchestrix.core.execution import InMemoryCheckpointStore, SagaRunner, SagaStep
 from orchestrix.infrastructure.memory.store import InMemoryEventStore
 from orchestrix.testing import money
 
@@ -70,14 +72,7 @@ def assert_stock_conserved(shop: ShopHandlers, initial: dict[str, int]) -> None:
         assert all(quantity > 0 for quantity in product.reserved.values())
 
 
-@settings(max_examples=150)
-@given(
-    initial=st.fixed_dictionaries({sku: st.integers(0, 6) for sku in SKUS}),
-    balances=st.fixed_dictionaries({c: money("0.00", "60.00") for c in CUSTOMERS}),
-    placed=orders,
-    crash_at=st.integers(1, 40),
-)
-def test_stock_and_money_are_conserved_whatever_happens(
+def run_and_check(
     initial: dict[str, int],
     balances: dict[str, Decimal],
     placed: list[tuple[str, tuple[OrderLine, ...]]],
@@ -115,3 +110,28 @@ def test_stock_and_money_are_conserved_whatever_happens(
     for customer in CUSTOMERS:
         spent = sum((o.total for o in confirmed if o.customer_id == customer), Decimal("0"))
         assert shop.get_wallet(customer).balance == balances[customer] - spent >= 0
+
+
+worlds = {
+    "initial": st.fixed_dictionaries({sku: st.integers(0, 6) for sku in SKUS}),
+    "balances": st.fixed_dictionaries({c: money("0.00", "60.00") for c in CUSTOMERS}),
+    "placed": orders,
+    "crash_at": st.integers(1, 40),
+}
+
+
+@settings(max_examples=150)
+@given(**worlds)
+def test_stock_and_money_are_conserved_whatever_happens(**world: Any) -> None:
+    run_and_check(**world)
+
+
+def test_without_the_compensation_the_property_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    def cancel_without_releasing(saga: OrderSaga) -> SagaStep:
+        saga.raise_event(OrderCancelled(saga.id or "", saga.reason))
+        yield from ()
+
+    monkeypatch.setattr(OrderSaga, "_release", cancel_without_releasing)
+    check = settings(max_examples=150, phases=[Phase.generate])(given(**worlds)(run_and_check))
+    with pytest.raises(AssertionError):
+        check()
