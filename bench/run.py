@@ -280,14 +280,14 @@ SUITES: dict[str, tuple[list[Row], list[Check]]] = {
         [
             Row(
                 "saga_file",
-                "TransferSaga on FileEventStore, 32 in flight",
+                "TransferSaga on FileEventStore (sync), 32 in flight, 1,024 accounts",
                 "saga.transfers",
                 "transfers/s",
                 params={"n": 2_000, "in_flight": 32, "store": "file"},
             ),
             Row(
                 "saga_memory",
-                "TransferSaga on InMemoryEventStore, 32 in flight",
+                "TransferSaga on InMemoryEventStore, 32 in flight, 1,024 accounts",
                 "saga.transfers",
                 "transfers/s",
                 params={"n": 2_000, "in_flight": 32, "store": "memory"},

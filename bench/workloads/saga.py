@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import itertools
 import os
 from decimal import Decimal
@@ -28,12 +29,17 @@ def _stores(kind: str, path: str) -> tuple[Any, Any]:
     return store, file_checkpoints(os.path.join(path, "checkpoints.json"))
 
 
-def transfers(n: int = 2_000, in_flight: int = 32, store: str = "file") -> dict[str, Any]:
+def transfers(
+    n: int = 2_000, in_flight: int = 32, store: str = "file", accounts_per_client: int = 32, workers: int = 0
+) -> dict[str, Any]:
     """Completed transfers per second: ``in_flight`` clients each start a transfer and wait for its end.
 
-    Each client moves 1.00 back and forth between its own two accounts, so clients do not
-    contend on accounts; the SagaRunner (asyncio, ``max_concurrency=in_flight``) drives every
-    saga, and a subscriber sees TransferCompleted/TransferFailed and releases the client.
+    Each client moves 1.00 round a ring of its own ``accounts_per_client`` accounts (1,024 in
+    all by default), so clients do not contend on accounts and account histories stay short
+    (a transfer's cost grows with the length of the accounts it replays: no snapshots yet).
+    The SagaRunner (asyncio, ``max_concurrency=in_flight``) drives every saga; a subscriber
+    sees TransferCompleted/TransferFailed and releases the waiting client. ``workers`` sizes
+    the loop's default thread pool (0: asyncio's default).
     """
     try:
         from bases.orchestrix.banking_demo.handlers import BankingCommandHandlers
@@ -54,7 +60,7 @@ def transfers(n: int = 2_000, in_flight: int = 32, store: str = "file") -> dict[
     with temp_dir() as path:
         es, checkpoints = _stores(store, path)
         bank = BankingCommandHandlers(AggregateRepository(es))
-        accounts = [f"acc-{i:03d}" for i in range(2 * in_flight)]
+        accounts = [f"acc-{i:05d}" for i in range(accounts_per_client * in_flight)]
         for account in accounts:
             bank.open_account(OpenAccount(account, account.upper(), OPENING))
         runner = SagaRunner(es, [TransferSaga], bank, checkpoints, max_concurrency=in_flight)
@@ -64,6 +70,8 @@ def transfers(n: int = 2_000, in_flight: int = 32, store: str = "file") -> dict[
 
         async def main() -> float:
             loop = asyncio.get_running_loop()
+            if workers:
+                loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(workers))
             waiting: dict[str, asyncio.Future[str]] = {}
             stop = asyncio.Event()
 
@@ -78,13 +86,13 @@ def transfers(n: int = 2_000, in_flight: int = 32, store: str = "file") -> dict[
             numbers = iter(range(n))
 
             async def client(i: int) -> None:
-                here, there = accounts[2 * i], accounts[2 * i + 1]
+                ring = accounts[i * accounts_per_client : (i + 1) * accounts_per_client]
                 for turn in itertools.count():
                     k = next(numbers, None)
                     if k is None:
                         return
                     transfer_id = f"t{k:07d}"
-                    source, target = (here, there) if turn % 2 == 0 else (there, here)
+                    source, target = ring[turn % len(ring)], ring[(turn + 1) % len(ring)]
                     waiting[transfer_id] = loop.create_future()
                     command = TransferMoney(transfer_id, source, target, Decimal("1.00"))
                     await bank.transfer_money_async(command)
@@ -114,4 +122,5 @@ def transfers(n: int = 2_000, in_flight: int = 32, store: str = "file") -> dict[
         "events_per_transfer": events / n,
         "outcomes": dict(outcomes),
         "unmatched": runner.stats.unmatched,
+        "accounts": len(accounts),
     }
