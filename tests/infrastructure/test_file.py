@@ -82,7 +82,7 @@ def _record_offsets(segment: Path) -> list[int]:
     """Where each record of a segment starts (walking the frames as docs/file-format.md says)."""
     data = segment.read_bytes()
     offsets, at = [], SEGMENT_HEADER_SIZE
-    while at < len(data):
+    while at < len(data) and data[at : at + 4] != bytes(4):  # zeros: preallocated, no record yet
         offsets.append(at)
         at += 12 + int.from_bytes(data[at + 8 : at + 12], "little")
     return offsets
@@ -345,8 +345,9 @@ def test_a_torn_tail_at_every_offset_opens_to_a_consistent_prefix(
     path = tmp_path / "store"
     tail_start, _ = _build_with_tail(path)
     (segment,) = _segments(path)
-    full = segment.read_bytes()
     offsets = _record_offsets(segment)
+    full = segment.read_bytes()
+    full = full[: offsets[-1] + 12 + int.from_bytes(full[offsets[-1] + 8 : offsets[-1] + 12], "little")]
     survivors = {offsets[2]: [0, 1, 2], offsets[3]: [0, 1, 2, 3, 4], offsets[4]: [0, 1, 2, 3, 4, 5]}
     for name in ("index.sqlite3", "index.sqlite3-wal", "index.sqlite3-shm"):
         (path / name).unlink(missing_ok=True)
@@ -643,3 +644,33 @@ def test_async_waiters_wake_on_an_append_in_this_process(tmp_path: Path) -> None
             return await waiting
 
         assert asyncio.run(scenario()) is True
+
+
+# -- starting afresh, checkpoints beside the log ----------------------------------------------------
+
+
+def test_destroy_removes_a_store_so_the_next_open_starts_fresh(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    with _open(path, segment_size=512) as store:
+        for i in range(20):
+            store.append("s", _events(i))
+        store.checkpoints().save("runner", 20)
+    FileEventStore.destroy(path)
+    assert not path.exists()
+    with _open(path) as store:
+        assert store.last_position() == 0
+        assert store.checkpoints().load("runner") == 0
+
+
+def test_destroy_refuses_what_is_not_a_store(tmp_path: Path) -> None:
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(StoreFormatError, match="not deleting"):
+        FileEventStore.destroy(tmp_path)
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_checkpoints_live_beside_the_log(tmp_path: Path) -> None:
+    with _open(tmp_path / "store") as store:
+        store.checkpoints().save("runner", 3)
+    with _open(tmp_path / "store") as store:
+        assert store.checkpoints().load("runner") == 3

@@ -41,6 +41,7 @@ FRAME = struct.Struct("<4sII")
 FRAME_SIZE = FRAME.size
 # record body start: group offset, first position, first version, recorded_at (µs), count, name length
 BODY = struct.Struct("<QQQqIH")
+SEAL = struct.Struct("<QQQq")  # the first four body fields, written at commit
 EVENT_HEAD = struct.Struct("<16sB")
 U16 = struct.Struct("<H")
 U32 = struct.Struct("<I")
@@ -176,15 +177,18 @@ def pack_record_tail(
     return b"".join(parts)
 
 
-def frame_record(group_offset: int, tail: bytes) -> bytes:
-    """The complete record: frame, checksum and body, for a commit group starting at ``group_offset``."""
-    covered = U32.pack(8 + len(tail)) + group_offset.to_bytes(8, "little") + tail
-    return RECORD_MAGIC + U32.pack(_crc32(covered)) + covered
+def prepare_record(stream: bytes, events: Sequence[PreparedEvent]) -> bytearray:
+    """A whole record except the fields known only at commit; :func:`seal_record` fills them in."""
+    tail = pack_record_tail(0, 0, 0, stream, events)
+    return bytearray(RECORD_MAGIC + bytes(4) + U32.pack(8 + len(tail)) + bytes(8) + tail)
 
 
-def record_size(tail: bytes) -> int:
-    """The size on disk of the record :func:`frame_record` makes from ``tail``."""
-    return FRAME_SIZE + 8 + len(tail)
+def seal_record(record: bytearray, group_offset: int, position: int, version: int, recorded_us: int) -> int:
+    """Fill in the commit-time fields of a prepared record and its checksum; returns the checksum."""
+    SEAL.pack_into(record, FRAME_SIZE, group_offset, position, version, recorded_us)
+    crc = _crc32(memoryview(record)[8:])
+    U32.pack_into(record, 4, crc)
+    return crc
 
 
 class RecordInfo(NamedTuple):

@@ -66,22 +66,23 @@ class IndexDamaged(Exception):
     """The index database cannot be used; the store deletes it and rebuilds from the log."""
 
 
-def _connect(path: str) -> sqlite3.Connection:
+def _connect(path: str, sync: bool) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=60.0, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
+    # NORMAL never corrupts a WAL database (it may lose the last commits: the log has them)
+    conn.execute("PRAGMA synchronous=NORMAL" if sync else "PRAGMA synchronous=OFF")
     return conn
 
 
 class Index:
     """The SQLite index of one store. Thread-safe; safe to share between processes."""
 
-    def __init__(self, path: str, store_id: bytes) -> None:
+    def __init__(self, path: str, store_id: bytes, sync: bool = True) -> None:
         self.path = path
         self._store_id = store_id
         try:
-            self._read = _connect(path)
-            self._write = _connect(path)
+            self._read = _connect(path, sync)
+            self._write = _connect(path, sync)
             self._write.executescript(_SCHEMA)
             meta = dict(self._read.execute("SELECT key, value FROM meta"))
         except sqlite3.DatabaseError as exc:

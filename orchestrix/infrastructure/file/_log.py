@@ -45,6 +45,7 @@ log = logging.getLogger("orchestrix.infrastructure.file")
 
 STORE_TMP = STORE_FILE + ".tmp"
 WINDOW = 256 * 1024
+PREALLOCATE = 4 * 1024 * 1024
 HEAD_MAP_SIZE = 4096
 _FLAGS = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
 
@@ -114,13 +115,14 @@ def read_frame(window: Window, offset: int, end: int) -> tuple[bytes, int, int, 
 class Segment:
     """One open segment file."""
 
-    __slots__ = ("base", "fd", "number", "path")
+    __slots__ = ("allocated", "base", "fd", "number", "path")
 
     def __init__(self, number: int, path: str, fd: int, base: int) -> None:
         self.number = number
         self.path = path
         self.fd = fd
         self.base = base
+        self.allocated = 0
 
 
 class Log:
@@ -130,6 +132,8 @@ class Log:
         self.path = path
         self.store_id = store_id
         self.sync = sync
+        self.segment_size = 1 << 62
+        self._preallocating = hasattr(os, "posix_fallocate")
         self.lock = WriterLock(lock_fd)
         self._lock_fd = lock_fd
         self._head_fd = head_fd
@@ -238,7 +242,8 @@ class Log:
         except FileExistsError:
             # A writer died between creating it and using it: it may hold no record.
             fd = os.open(path, _FLAGS)
-            if os.fstat(fd).st_size > SEGMENT_HEADER_SIZE:
+            leftover = Segment(number, path, fd, base)
+            if not self.is_free(leftover, SEGMENT_HEADER_SIZE, os.fstat(fd).st_size):
                 os.close(fd)
                 raise CorruptionError(
                     path, SEGMENT_HEADER_SIZE, "segment exists beyond the log's end"
@@ -247,8 +252,8 @@ class Log:
             header = pack_segment_header(number, self.store_id, base)
             os.pwrite(fd, header, 0)
             os.ftruncate(fd, SEGMENT_HEADER_SIZE)
-            os.fsync(fd)
-            fsync_directory(self.path)
+            self._fsync(fd)
+            self._fsync_directory()
         except BaseException:
             os.close(fd)
             raise
@@ -261,6 +266,14 @@ class Log:
     def size(self, number: int) -> int:
         """The current size of segment ``number``'s file."""
         return os.fstat(self.segment(number).fd).st_size
+
+    def _fsync(self, fd: int) -> None:
+        if self.sync:
+            os.fsync(fd)
+
+    def _fsync_directory(self) -> None:
+        if self.sync:
+            fsync_directory(self.path)
 
     # -- HEAD ------------------------------------------------------------------------------------
 
@@ -280,6 +293,9 @@ class Log:
 
     def write(self, segment: Segment, offset: int, data: bytes) -> None:
         """Write ``data`` at ``offset`` and, unless in unsafe mode, fdatasync it."""
+        end = offset + len(data)
+        if self._preallocating and end > segment.allocated:
+            self._preallocate(segment, end)
         view = memoryview(data)
         while view:
             written = os.pwrite(segment.fd, view, offset)
@@ -289,6 +305,42 @@ class Log:
             offset += written
         if self.sync:
             os.fdatasync(segment.fd)
+
+    def _preallocate(self, segment: Segment, end: int) -> None:
+        # Writing into allocated space spares each fdatasync the journal commit that growing
+        # the file costs (about a third of its time on ext4). The space reads as zeros, which
+        # readers and recovery take for "no record yet".
+        size = os.fstat(segment.fd).st_size
+        target = max(end, min(size + PREALLOCATE, self.segment_size))
+        if target > size:
+            try:
+                os.posix_fallocate(segment.fd, size, target - size)
+            except OSError:
+                self._preallocating = False  # not supported here: files simply grow
+                return
+        segment.allocated = max(target, size)
+
+    def seal(self, segment: Segment, end: int) -> None:
+        """Cut a full segment at its last record (dropping preallocated space) before the next one starts."""
+        if os.fstat(segment.fd).st_size > end:
+            os.ftruncate(segment.fd, end)
+        self._fsync(segment.fd)
+        segment.allocated = end
+
+    def has_data_at(self, segment: Segment, offset: int) -> bool:
+        """Whether anything but preallocated zeros lies at ``offset`` (a dead writer's leftovers)."""
+        return bool(os.pread(segment.fd, FRAME_SIZE, offset).strip(b"\0"))
+
+    def is_free(self, segment: Segment, offset: int, end: int) -> bool:
+        """Whether ``[offset, end)`` holds only zeros: preallocated space, not a torn write."""
+        while offset < end:
+            chunk = os.pread(segment.fd, min(WINDOW, end - offset), offset)
+            if not chunk:
+                return True
+            if chunk.strip(b"\0"):
+                return False
+            offset += len(chunk)
+        return True
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -398,6 +450,8 @@ class Log:
                     raise CorruptionError(
                         segment.path, offset, f"record starts at position {info.position}, not {position + 1}"
                     )
+                if isinstance(info, str) and self.is_free(segment, offset, end):
+                    break  # preallocated space: the log ends here
                 if isinstance(info, str):
                     if not last:
                         raise CorruptionError(segment.path, offset, info + " (a later segment follows)")
@@ -414,7 +468,8 @@ class Log:
                         info,
                     )
                     os.ftruncate(segment.fd, offset)
-                    os.fsync(segment.fd)
+                    self._fsync(segment.fd)
+                    segment.allocated = offset
                     break
                 yield n, info
                 position += info.count
@@ -432,7 +487,7 @@ class Log:
                 raise
         log.warning("%s: removing a segment whose creation never finished", path)
         os.unlink(path)
-        fsync_directory(self.path)
+        self._fsync_directory()
         return False
 
     def _later_group(self, segment: Segment, bad: int, end: int) -> int | None:
@@ -451,11 +506,6 @@ class Log:
                 j = chunk.find(RECORD_MAGIC, j + 1)
             at += len(chunk) - len(RECORD_MAGIC) + 1
         return None
-
-    def truncate(self, segment: Segment, offset: int) -> None:
-        """Cut a segment at ``offset`` and make the cut durable."""
-        os.ftruncate(segment.fd, offset)
-        os.fsync(segment.fd)
 
 
 def _read_store_id(path: str) -> bytes:
