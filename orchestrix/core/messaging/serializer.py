@@ -32,6 +32,8 @@ __all__ = ["Serializer"]
 _Encoder = Callable[[Any], Any]
 _Decoder = Callable[[Any], Any]
 _NATIVE = (str, int, float, bool)
+# Built once: json.dumps with non-default options constructs a new encoder on every call.
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 class Serializer:
@@ -109,7 +111,7 @@ class Serializer:
         """Encode ``obj`` to its type name and compact UTF-8 JSON."""
         type_name, data = self.to_dict(obj)
         try:
-            text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+            text = _JSON.encode(data)
         except (TypeError, ValueError) as exc:
             raise SerializationError(type_name, f"cannot encode: {exc}") from exc
         return type_name, text.encode()
