@@ -42,10 +42,12 @@ FRAME_SIZE = FRAME.size
 # record body start: group offset, first position, first version, recorded_at (µs), count, name length
 BODY = struct.Struct("<QQQqIH")
 SEAL = struct.Struct("<QQQq")  # the first four body fields, written at commit
+COUNTS = struct.Struct("<IH")  # the last two: event count, stream name length
 EVENT_HEAD = struct.Struct("<16sB")
 U16 = struct.Struct("<H")
 U32 = struct.Struct("<I")
 
+_PREFIX = RECORD_MAGIC + bytes(8)
 HAS_CORRELATION = 1
 HAS_CAUSATION = 2
 MAX_BODY = 1 << 30
@@ -146,41 +148,43 @@ def unpack_head(data: bytes) -> Head | None:
 
 
 class PreparedEvent(NamedTuple):
-    """One event's fields, already encoded to bytes."""
+    """One event's fields, already encoded to bytes (built as a plain tuple on the hot path)."""
 
     event_id: bytes
     correlation_id: bytes | None
     causation_id: bytes | None
-    type_name: bytes
+    type_field: bytes
+    """The type name's length (u16) followed by its UTF-8 bytes."""
     payload: bytes
 
 
-def pack_record_tail(
-    position: int, version: int, recorded_us: int, stream: bytes, events: Sequence[PreparedEvent]
-) -> bytes:
-    """A record's body after the group offset; :func:`frame_record` completes it."""
-    parts = [BODY.pack(0, position, version, recorded_us, len(events), len(stream))[8:], stream]
-    append = parts.append
-    for e in events:
-        flags = (HAS_CORRELATION if e.correlation_id is not None else 0) | (
-            HAS_CAUSATION if e.causation_id is not None else 0
-        )
-        append(EVENT_HEAD.pack(e.event_id, flags))
-        if e.correlation_id is not None:
-            append(e.correlation_id)
-        if e.causation_id is not None:
-            append(e.causation_id)
-        append(U16.pack(len(e.type_name)))
-        append(e.type_name)
-        append(U32.pack(len(e.payload)))
-        append(e.payload)
-    return b"".join(parts)
+def type_field(type_name: str) -> bytes:
+    """The length-prefixed type name as it is stored."""
+    raw = type_name.encode()
+    if len(raw) > 0xFFFF:
+        raise FormatProblem(f"type name {type_name[:60]!r}… is longer than 65535 bytes")
+    return U16.pack(len(raw)) + raw
 
 
-def prepare_record(stream: bytes, events: Sequence[PreparedEvent]) -> bytearray:
+def prepare_record(stream: bytes, events: Sequence[PreparedEvent | tuple[Any, ...]]) -> bytearray:
     """A whole record except the fields known only at commit; :func:`seal_record` fills them in."""
-    tail = pack_record_tail(0, 0, 0, stream, events)
-    return bytearray(RECORD_MAGIC + bytes(4) + U32.pack(8 + len(tail)) + bytes(8) + tail)
+    parts = [b"", stream]
+    append = parts.append
+    pack_u32 = U32.pack
+    for event_id, correlation, causation, type_name, payload in events:
+        if correlation is None and causation is None:
+            append(event_id + b"\0" + type_name + pack_u32(len(payload)))
+        else:
+            flags = (HAS_CORRELATION if correlation is not None else 0) | (
+                HAS_CAUSATION if causation is not None else 0
+            )
+            append(EVENT_HEAD.pack(event_id, flags) + (correlation or b"") + (causation or b""))
+            append(type_name + pack_u32(len(payload)))
+        append(payload)
+    parts[0] = _PREFIX + bytes(32) + COUNTS.pack(len(events), len(stream))
+    record = bytearray(b"".join(parts))
+    U32.pack_into(record, 8, len(record) - FRAME_SIZE)
+    return record
 
 
 def seal_record(record: bytearray, group_offset: int, position: int, version: int, recorded_us: int) -> int:

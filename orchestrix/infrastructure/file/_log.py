@@ -140,6 +140,8 @@ class Log:
         # HEAD is read on every operation and written on every commit: a shared mapping makes
         # both plain memory accesses, coherent across processes through the page cache.
         self._head = mmap.mmap(head_fd, HEAD_MAP_SIZE)
+        self._head_raw = b""
+        self._head_seen: Head | None = None
         self._segments: dict[int, Segment] = {}
         self.recovered = Head(0, 1, SEGMENT_HEADER_SIZE)
 
@@ -210,7 +212,10 @@ class Log:
         if segment is not None:
             return segment
         path = os.path.join(self.path, segment_name(number))
-        fd = os.open(path, _FLAGS)
+        try:
+            fd = os.open(path, _FLAGS)
+        except FileNotFoundError:
+            raise CorruptionError(path, 0, "segment file missing from the log") from None
         try:
             base = self._check_header(path, fd, number)
         except BaseException:
@@ -280,14 +285,20 @@ class Log:
     def read_head(self) -> Head | None:
         """The published committed end, or None if HEAD is missing or unreadable."""
         for _ in range(3):
-            head = unpack_head(self._head[: HEAD_STRUCT.size])
+            raw = self._head[: HEAD_STRUCT.size]
+            if raw == self._head_raw:
+                return self._head_seen  # unchanged since last time: the common case, made cheap
+            head = unpack_head(raw)
             if head is not None:
+                self._head_raw, self._head_seen = raw, head
                 return head
         return None
 
     def write_head(self, head: Head) -> None:
         """Publish the committed end to readers in other processes (a hint: not fsynced)."""
-        self._head[: HEAD_STRUCT.size] = pack_head(head)
+        raw = pack_head(head)
+        self._head[: HEAD_STRUCT.size] = raw
+        self._head_raw, self._head_seen = raw, head
 
     # -- writing ---------------------------------------------------------------------------------
 

@@ -59,13 +59,13 @@ from orchestrix.infrastructure.file._format import (
     STORE_FILE,
     FormatProblem,
     Head,
-    PreparedEvent,
     RecordInfo,
     decode_events,
     parse_info,
     prepare_record,
     seal_record,
     segment_number,
+    type_field,
 )
 from orchestrix.infrastructure.file._index import EMPTY, Covered, Entry, Index, IndexDamaged
 from orchestrix.infrastructure.file._log import Log, Window, read_frame
@@ -128,9 +128,10 @@ class FileEventStore(AsyncStoreMixin):
         self._serializer = serializer
         self._segment_size = segment_size
         self._checkpoint_events = max(1, checkpoint_events)
-        self._type_names: dict[str, bytes] = {}
+        self._type_fields: dict[str, bytes] = {}
         self._state = threading.RLock()
         self._changed = threading.Condition(self._state)
+        self._sync_waiters = 0
         self._queue: list[_Request] = []
         self._queue_cond = threading.Condition(threading.Lock())
         self._leading = False
@@ -231,30 +232,30 @@ class FileEventStore(AsyncStoreMixin):
         validate_expected_version(expected_version)
         batch = to_new_events(stream, events)
         encode = self._serializer.encode
-        type_names = self._type_names
+        type_fields = self._type_fields
         prepared = []
         for new in batch:
             type_name, payload = encode(new.event)
-            raw_type = type_names.get(type_name)
-            if raw_type is None:
-                raw_type = type_name.encode()
-                if len(raw_type) > 0xFFFF:
-                    raise SerializationError(type_name, "type name longer than 65535 bytes")
-                type_names[type_name] = raw_type
+            field = type_fields.get(type_name)
+            if field is None:
+                try:
+                    field = type_fields[type_name] = type_field(type_name)
+                except FormatProblem as exc:
+                    raise SerializationError(type_name, str(exc)) from None
             correlation, causation = new.correlation_id, new.causation_id
             prepared.append(
-                PreparedEvent(
+                (
                     new.event_id.bytes,
                     None if correlation is None else correlation.bytes,
                     None if causation is None else causation.bytes,
-                    raw_type,
+                    field,
                     payload,
                 )
             )
         record = prepare_record(stream.encode(), prepared)
         if len(record) - FRAME_SIZE > MAX_BODY:
             raise BatchTooLargeError(stream, len(record), MAX_BODY + FRAME_SIZE)
-        return _Request(stream, batch, tuple(p.event_id for p in prepared), record, expected_version)
+        return _Request(stream, batch, tuple([p[0] for p in prepared]), record, expected_version)
 
     def _submit(self, request: _Request) -> None:
         """Queue ``request``; lead commits if nobody is, else wait until a leader finished it.
@@ -341,6 +342,7 @@ class FileEventStore(AsyncStoreMixin):
         pending_versions: dict[str, int] = {}
         position = self._end.position
         planned = []
+        several = len(group) > 1
 
         def place(event_id: uuid.UUID) -> tuple[str, int, int] | None:
             raw = event_id.bytes
@@ -353,10 +355,8 @@ class FileEventStore(AsyncStoreMixin):
             stream = r.stream
             try:
                 for i in r.ids:
-                    if i in tail_ids or i in pending_ids or i in indexed:
-                        replayed = find_replayed_append(stream, r.batch, place)
-                        if replayed is not None:
-                            r.result = replayed
+                    if i in tail_ids or i in pending_ids or i in indexed:  # perhaps a retry
+                        r.result = find_replayed_append(stream, r.batch, place)
                         break
                 if r.result is not None:
                     continue
@@ -373,7 +373,7 @@ class FileEventStore(AsyncStoreMixin):
                 tuple(range(current + 1, current + 1 + n)),
                 tuple(range(position + 1, position + 1 + n)),
             )
-            if len(group) > 1:
+            if several:
                 for k, i in enumerate(r.ids):
                     pending_ids[i] = (stream, current + 1 + k, position + 1 + k)
                 pending_versions[stream] = current + n
@@ -386,10 +386,8 @@ class FileEventStore(AsyncStoreMixin):
         end = self._end
         recorded_us = time.time_ns() // 1000
         try:
-            if (
-                end.offset > SEGMENT_HEADER_SIZE
-                and end.offset + sum(len(r.record) for r, _, _, _ in planned) > self._segment_size
-            ):
+            size = len(planned[0][0].record) if len(planned) == 1 else sum(len(p[0].record) for p in planned)
+            if end.offset > SEGMENT_HEADER_SIZE and end.offset + size > self._segment_size:
                 log_.seal(log_.segment(end.segment), end.offset)
                 segment = log_.create_segment(end.segment + 1, end.position)
                 end = Head(end.position, segment.number, SEGMENT_HEADER_SIZE)
@@ -436,7 +434,8 @@ class FileEventStore(AsyncStoreMixin):
             for entry in entries:
                 add(entry)
             self._end = end
-            self._changed.notify_all()
+            if self._sync_waiters:
+                self._changed.notify_all()
             wanted = self._tail.events >= self._checkpoint_events
         if self._async_waiters:
             for loop, event in list(self._async_waiters):
@@ -450,6 +449,11 @@ class FileEventStore(AsyncStoreMixin):
     def _catch_up_locked(self) -> None:
         """Take in what other processes committed; repair what a dead writer left (writer lock held)."""
         head = self._log.read_head()
+        if head is self._end:  # nobody else wrote since this process did
+            if self._log.has_data_at(self._log.segment(head.segment), head.offset):
+                with self._state:
+                    self._repair_locked()  # a writer died after writing: adopt whole records, cut a torn one
+            return
         with self._state:
             end = self._end
             if head is not None and _ahead(head, end):
@@ -653,7 +657,11 @@ class FileEventStore(AsyncStoreMixin):
                 remaining = deadline - time.monotonic()
                 if self._closed or remaining <= 0:
                     return False
-                self._changed.wait(min(remaining, POLL_INTERVAL))
+                self._sync_waiters += 1
+                try:
+                    self._changed.wait(min(remaining, POLL_INTERVAL))
+                finally:
+                    self._sync_waiters -= 1
 
     async def wait_for_events_async(self, after: int, timeout: float) -> bool:
         """Asyncio form of :meth:`wait_for_events`; holds no thread while it waits."""
@@ -716,9 +724,9 @@ class FileEventStore(AsyncStoreMixin):
         with self._queue_cond:
             if self._closed:
                 return
+            self._closed = True  # refuse new appends; the ones already queued are still written
             while self._leading:
                 self._queue_cond.wait()
-            self._closed = True
         with self._flush_cond:
             self._flush_cond.notify_all()
         self._flusher.join()
