@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import psycopg
@@ -142,17 +142,6 @@ class Database:
         return psycopg.Connection.connect(self.conninfo, autocommit=True, **kwargs)
 
     # -- sync ---------------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def connection(self, timeout: float) -> Iterator[psycopg.Connection]:
-        """A pooled connection; wraps a closed pool as StoreClosedError."""
-        if self._closed:
-            raise StoreClosedError("the store is closed")
-        try:
-            with self._pool.connection(timeout=timeout) as conn:
-                yield conn
-        except PoolClosed:
-            raise StoreClosedError("the store is closed") from None
 
     def run(self, operation: str, make_op: Callable[[], Op[T]]) -> T:
         """Run an operation on a pooled connection, retrying lost connections within the budget."""

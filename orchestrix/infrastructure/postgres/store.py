@@ -72,7 +72,7 @@ class PostgresEventStore:
         async_pool: AsyncConnectionPool | None = None,
         retry_timeout: float = 15.0,
         poll_interval: float = 1.0,
-        notify_interval: float = 0.02,
+        notify_interval: float = 0.05,
         visibility_timeout: float = 5.0,
     ) -> None:
         self._serializer = serializer
