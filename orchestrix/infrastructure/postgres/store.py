@@ -59,7 +59,7 @@ class PostgresEventStore:
     can hold it back).
     """
 
-    page_size = 500
+    page_size = 1000
 
     def __init__(
         self,
