@@ -29,6 +29,7 @@ its legs match its outcome, nothing is held, and no saga is stuck.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -66,6 +67,7 @@ __all__ = ["Backend", "banking_machine"]
 ACCOUNTS = ("a0", "a1", "a2", "a3")
 GHOST = "ghost"  # never opened: a transfer to it fails at the credit and is compensated
 ZERO = Decimal("0")
+RUNS = ("sync", "async", "threads")  # the runner's forms: sync, asyncio, asyncio with steps in threads
 
 
 class Backend(Protocol):
@@ -277,12 +279,9 @@ class BankingMachine(RuleBasedStateMachine):
 
     # -- the runner, redeliveries, crashes ------------------------------------------------------
 
-    @rule(pages=st.integers(1, 3), use_async=st.booleans())
-    def run_runner(self, pages: int, use_async: bool) -> None:
-        if use_async:
-            asyncio.run(self.runner.run_until_idle_async(max_pages=pages))
-        else:
-            self.runner.run_until_idle(max_pages=pages)
+    @rule(pages=st.integers(1, 3), how=st.sampled_from(RUNS))
+    def run_runner(self, pages: int, how: str) -> None:
+        _run(self.runner, how, max_pages=pages)
 
     @rule(pick=st.integers(0, 10_000), use_async=st.booleans())
     def redeliver(self, pick: int, use_async: bool) -> None:
@@ -300,18 +299,12 @@ class BankingMachine(RuleBasedStateMachine):
         self.backend.crash()
         self._connect()
 
-    @rule(at=st.integers(0, 6), use_async=st.booleans())
-    def crash_in_a_step(self, at: int, use_async: bool) -> None:
+    @rule(at=st.integers(0, 6), how=st.sampled_from(RUNS))
+    def crash_in_a_step(self, at: int, how: str) -> None:
         # "Before append k+1" leaves the same durable state as "after append k", so after is enough.
         crashing = CrashingStore(self.store, crash_at=at, when="after")
-        runner = self._runner(crashing)
-        try:
-            if use_async:
-                asyncio.run(runner.run_until_idle_async())
-            else:
-                runner.run_until_idle()
-        except SimulatedCrash:
-            pass
+        with contextlib.suppress(SimulatedCrash):
+            _run(self._runner(crashing), how)
         self.crash()
 
     @rule()
@@ -363,6 +356,15 @@ class BankingMachine(RuleBasedStateMachine):
         if self._cached is None or self._cached[0] != key:
             self._cached = (key, Ledger(self.store, self.transfers))
         return self._cached[1]
+
+
+def _run(runner: SagaRunner, how: str, max_pages: int | None = None) -> None:
+    """Run the runner in one of its forms: sync, asyncio, or asyncio with steps in threads."""
+    if how == "sync":
+        runner.run_until_idle(max_pages=max_pages)
+        return
+    runner.step_threads = how == "threads"
+    asyncio.run(runner.run_until_idle_async(max_pages=max_pages))
 
 
 class Ledger:

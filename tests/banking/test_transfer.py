@@ -77,7 +77,7 @@ class World:
         return SagaRunner(store, [TransferSaga], bank, self.checkpoints, **options)
 
     def drain(self, mode: str = "sync", **options: Any) -> SagaRunner:
-        runner = self.runner(**options)
+        runner = self.runner(step_threads=mode == "threads", **options)
         if mode == "sync":
             runner.run_until_idle()
         else:
@@ -118,8 +118,9 @@ def world() -> World:
     return w
 
 
-@pytest.fixture(params=["sync", "async"])
+@pytest.fixture(params=["sync", "async", "threads"])
 def mode(request: pytest.FixtureRequest) -> str:
+    """How the runner runs: sync, asyncio, or asyncio with each step in a worker thread."""
     return request.param
 
 

@@ -38,14 +38,16 @@ from tests.core.test_saga_support import (
 )
 
 
-@pytest.fixture(params=["sync", "async"])
+@pytest.fixture(params=["sync", "async", "threads"])
 def mode(request: pytest.FixtureRequest) -> str:
+    """How the runner runs: sync, asyncio, or asyncio with each step in a worker thread."""
     return request.param
 
 
 def drain(runner: SagaRunner, mode: str) -> int:
     if mode == "sync":
         return runner.run_until_idle()
+    runner.step_threads = mode == "threads"
     return asyncio.run(runner.run_until_idle_async())
 
 

@@ -131,6 +131,13 @@ class SagaRunner:
 
     On start the runner reads the history before its checkpoint once, to know which sagas are
     still open (for :meth:`stuck`); pass ``index_history=False`` to skip that on a huge store.
+
+    ``step_threads=True`` makes the asyncio form run each saga step's *sync* code (sync store
+    calls, ``dispatcher.handle``) in a worker thread of the loop's default executor: one thread
+    hop per step instead of one per store call. Use it with stores whose asyncio forms run in
+    threads anyway (memory, file) and a dispatcher whose ``handle`` does what ``handle_async``
+    does; size the executor (``loop.set_default_executor``) to ``max_concurrency`` for stores
+    that batch concurrent appends (the file store's group commit).
     """
 
     def __init__(
@@ -149,6 +156,7 @@ class SagaRunner:
         clock: Callable[[], datetime] = _utcnow,
         index_history: bool = True,
         unmatched_kept: int = 1000,
+        step_threads: bool = False,
     ) -> None:
         index, count = partition
         if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
@@ -172,6 +180,7 @@ class SagaRunner:
         self.attempts = attempts
         self.clock = clock
         self.index_history = index_history
+        self.step_threads = step_threads
         self.repository = AggregateRepository(store)
         self.stats = RunnerStats()
         self._unmatched: collections.deque[UnmatchedEvent] = collections.deque(maxlen=unmatched_kept)
@@ -179,6 +188,7 @@ class SagaRunner:
         self._open: dict[_Key, None] = {}
         self._completed: collections.OrderedDict[_Key, None] = collections.OrderedDict()
         self._thread_locks = _KeyedLocks()
+        self._books = threading.RLock()  # guards stats and the open/completed sets (step_threads)
         self._async_locks = _KeyedAsyncLocks()
 
     # -- state ------------------------------------------------------------------------------
@@ -264,7 +274,8 @@ class SagaRunner:
         cls, _spec, saga_id = target
         key = (cls, saga_id)
         if key in self._completed:
-            self.stats.ignored += 1
+            with self._books:
+                self.stats.ignored += 1
             return
         with self._thread_locks.hold(key):
             try:
@@ -334,7 +345,10 @@ class SagaRunner:
             async def lane(items: list[tuple[_Target, RecordedEvent]]) -> None:
                 async with limit:
                     for target, recorded in items:
-                        await self._deliver_async(target, recorded)
+                        if self.step_threads:
+                            await asyncio.to_thread(self._deliver, target, recorded)
+                        else:
+                            await self._deliver_async(target, recorded)
 
             results = await asyncio.gather(*(lane(items) for items in lanes.values()), return_exceptions=True)
             for result in results:
@@ -368,6 +382,9 @@ class SagaRunner:
 
     async def handle_async(self, recorded: RecordedEvent) -> None:
         """Asyncio form of :meth:`handle`."""
+        if self.step_threads:
+            await asyncio.to_thread(self.handle, recorded)
+            return
         await self._start_async()
         self._observe(recorded)
         for target in self._targets(recorded):
@@ -488,6 +505,8 @@ class SagaRunner:
 
     async def retry_async(self, saga_type: type[Saga], saga_id: str) -> Saga:
         """Asyncio form of :meth:`retry`."""
+        if self.step_threads:
+            return await asyncio.to_thread(self.retry, saga_type, saga_id)
         await self._start_async()
         key = (saga_type, saga_id)
         async with self._async_locks.hold(key):
@@ -527,14 +546,15 @@ class SagaRunner:
         position = saga.stuck_event_position
         if saga.stuck_reason is not None:
             saga.raise_event(SagaRetried(saga.id or "", self.clock()))
-            self._open[(type(saga), saga.id or "")] = None
+            self._saved(saga)
         outcome = saga.resume()
         cause = None
         if outcome is None and position:
             trigger = read_at(position)
             spec = type(saga).handlers.get(type(trigger.event)) if trigger is not None else None
             if trigger is not None and spec is not None:
-                self.stats.deliveries += 1
+                with self._books:
+                    self.stats.deliveries += 1
                 outcome = spec.method(saga, trigger.event)
                 cause = trigger.event_id
         return outcome, cause
@@ -615,6 +635,10 @@ class SagaRunner:
 
     def _observe(self, recorded: RecordedEvent) -> None:
         """Track which sagas are open from the events of their own streams."""
+        with self._books:
+            self._observe_locked(recorded)
+
+    def _observe_locked(self, recorded: RecordedEvent) -> None:
         for cls in self.sagas:
             prefix = cls.category + "-"
             if not recorded.stream.startswith(prefix):
@@ -630,12 +654,17 @@ class SagaRunner:
                 self._open[key] = None
 
     def _remember_completed(self, key: _Key) -> None:
-        self._completed[key] = None
-        if len(self._completed) > 10_000:
-            self._completed.popitem(last=False)
+        with self._books:
+            self._completed[key] = None
+            if len(self._completed) > 10_000:
+                self._completed.popitem(last=False)
 
     def _admit(self, saga: Saga | None, target: _Target, recorded: RecordedEvent) -> Saga | None:
         """The saga to run the handler on, or None (and the reason counted) if it must not run."""
+        with self._books:
+            return self._admit_locked(saga, target, recorded)
+
+    def _admit_locked(self, saga: Saga | None, target: _Target, recorded: RecordedEvent) -> Saga | None:
         cls, spec, saga_id = target
         if saga is None:
             if not spec.start:
@@ -654,21 +683,24 @@ class SagaRunner:
 
     def _saved(self, saga: Saga) -> None:
         if not saga.completed:
-            self._open[(type(saga), saga.id or "")] = None
+            with self._books:
+                self._open[(type(saga), saga.id or "")] = None
 
     def _after_step(self, saga: Saga) -> None:
         key = (type(saga), saga.id or "")
         if saga.version < 0:
             raise SagaError(f"{type(saga).__name__} {saga.id!r}: a start handler must raise an event")
-        if saga.completed:
-            self._open.pop(key, None)
-            self._remember_completed(key)
-        else:
-            self._open[key] = None
+        with self._books:
+            if saga.completed:
+                self._open.pop(key, None)
+                self._remember_completed(key)
+            else:
+                self._open[key] = None
 
     def _report_unmatched(self, target: _Target, recorded: RecordedEvent) -> None:
         cls, _spec, saga_id = target
-        self.stats.unmatched += 1
+        with self._books:
+            self.stats.unmatched += 1
         entry = UnmatchedEvent(
             cls.category, saga_id, recorded.event_type, recorded.stream, recorded.position, recorded.event_id
         )
@@ -683,7 +715,8 @@ class SagaRunner:
         )
 
     def _log_failure(self, key: _Key, recorded: RecordedEvent, exc: Exception) -> None:
-        self.stats.failed += 1
+        with self._books:
+            self.stats.failed += 1
         cls, saga_id = key
         log.error(
             "%s %r is stuck: step for %s at position %d raised %s: %s",
@@ -704,7 +737,7 @@ class SagaRunner:
             reason = f"still conflicting after {self.attempts} attempts: {exc}"
         position = recorded.position if recorded.version >= 0 else saga.stuck_event_position
         saga.raise_event(SagaStuck(saga.id or "", reason, recorded.event_type, position, self.clock()))
-        self._open[(type(saga), saga.id or "")] = None
+        self._saved(saga)
         return True
 
 
