@@ -102,6 +102,33 @@ def test_the_demo_on_the_file_store_continues_from_its_stored_state(tmp_path: Pa
     check_first_run(fresh.stdout)
 
 
+def test_a_run_that_dies_mid_transfer_is_resumed_by_the_next_run(tmp_path: Path) -> None:
+    """A real crash (the process exits at once after a debit): the next process finishes the transfer."""
+    data = tmp_path / "data"
+    crashed = demo("--data", str(data), "--crash-after-debit")
+    assert crashed.returncode == 3, crashed.stderr
+    assert crashed.stdout.rstrip().endswith(
+        "** crash: the process dies right after the rent transfer's debit, before its credit **"
+    )
+    assert "Conservation" not in crashed.stdout
+
+    resumed = demo("--data", str(data))
+    assert resumed.returncode == 0, resumed.stderr
+    out = resumed.stdout
+    assert "run 2," in out
+    found = out.split("== Unfinished transfers found in the store (an earlier run stopped mid-way)\n")[1]
+    assert re.match(r"  r1-rent +alice -> bob +250\.00  INITIATED, 250\.00 debited and held\n", found)
+    assert (
+        "held by unfinished transfers: 250.00; accounts + held = 1,950.00 = money in - money out = 1,950.00"
+        in out
+    )
+    assert re.search(r"^  alice +Alice Anderson +already open, balance 950\.00$", out, re.M)
+    finished = out.split("== Transfers left unfinished by an earlier run, resumed by this run's runner\n")[1]
+    assert re.match(r"  r1-rent +alice -> bob +250\.00  COMPLETED\n", finished)
+    assert "held by unfinished transfers 0.00" in out
+    assert out.rstrip().endswith("no key applied twice")
+
+
 def test_the_demo_refuses_to_wipe_a_folder_that_is_not_a_store(tmp_path: Path) -> None:
     (tmp_path / "precious.txt").write_text("keep me")
     result = demo("--data", str(tmp_path), "--fresh")
@@ -137,3 +164,11 @@ def test_bad_arguments_are_refused(args: list[str]) -> None:
     result = demo(*args)
     assert result.returncode == 2
     assert "usage:" in result.stderr
+
+
+def test_the_readme_shows_the_output_of_a_real_first_run() -> None:
+    readme = (ROOT / "bases" / "orchestrix" / "banking_demo" / "README.md").read_text()
+    match = re.search(r"<!-- demo-output: first run -->\n```text\n(.*?)```", readme, re.S)
+    assert match, "README.md lost its demo output block"
+    assert "on the file store in orchestrix-data" in match.group(1)
+    check_first_run(match.group(1))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -71,6 +72,7 @@ class Audit:
     deposits: Decimal = attrs.field(factory=Decimal)
     withdrawals: Decimal = attrs.field(factory=Decimal)
     held: Decimal = attrs.field(factory=Decimal)
+    held_by: dict[str, Decimal] = attrs.Factory(dict)
     transfers: dict[str, str] = attrs.Factory(dict)
     keys_applied_twice: list[str] = attrs.Factory(list)
 
@@ -118,7 +120,9 @@ async def audit(store: EventStore, bank: BankingCommandHandlers) -> Audit:
             deposit = isinstance(event, MoneyDeposited)
             if event.transfer_id is not None:
                 # A transfer leg: a debit is held until it is credited or reversed.
-                result.held += -event.amount if deposit else event.amount
+                leg = -event.amount if deposit else event.amount
+                result.held += leg
+                result.held_by[event.transfer_id] = result.held_by.get(event.transfer_id, D("0")) + leg
             elif deposit:
                 result.deposits += event.amount
             else:
@@ -155,14 +159,19 @@ def open_stores(kind: str, data: Path, fresh: bool) -> tuple[EventStore, Checkpo
 class Demo:
     """One run of the demo: writes what happens to ``out``."""
 
-    def __init__(self, store: EventStore, checkpoints: CheckpointStore, out: TextIO) -> None:
+    def __init__(
+        self, store: EventStore, checkpoints: CheckpointStore, out: TextIO, crash_after_debit: bool = False
+    ) -> None:
         self.store = store
         self.out = out
         self.bank = BankingCommandHandlers(AggregateRepository(store))
+        self.crash_after_debit = crash_after_debit
+        self.run_number = 0
+        self.dispatcher = _CrashAfterDebit(self) if crash_after_debit else self.bank
         self.runner = SagaRunner(
             store,
             [TransferSaga],
-            self.bank,
+            self.dispatcher,
             checkpoints,
             name="banking-demo",
             stuck_after=timedelta(seconds=30),
@@ -176,16 +185,41 @@ class Demo:
         self.say(f"== {text}")
 
     async def run(self, description: str) -> int:
-        run = await self._run_number()
+        self.run_number = run = await self._run_number()
         self.say(f"orchestrix banking demo, run {run}, on {description}")
+        earlier = await self._unfinished()
         stop = asyncio.Event()
         runner = asyncio.create_task(self.runner.run_forever_async(stop, idle_timeout=0.05))
         try:
             await self._story(run)
+            if earlier:
+                self.heading("Transfers left unfinished by an earlier run, resumed by this run's runner")
+                for transfer in (await self._wait(earlier)).values():
+                    self._print_transfer(_command_of(transfer), transfer)
         finally:
             stop.set()
             await runner
         return await self._report(run)
+
+    async def _unfinished(self) -> list[str]:
+        """Transfers an earlier run left unfinished (it crashed): shown now, finished by the runner."""
+        before = await audit(self.store, self.bank)
+        unfinished = [t for t, status in before.transfers.items() if status not in ("COMPLETED", "FAILED")]
+        if unfinished:
+            self.heading("Unfinished transfers found in the store (an earlier run stopped mid-way)")
+            for transfer_id in unfinished:
+                transfer = await self.bank.get_transfer_async(transfer_id)
+                held = before.held_by.get(transfer_id, D("0"))
+                route = f"{transfer.from_account_id} -> {transfer.to_account_id}"
+                self.say(
+                    f"  {transfer_id:<12} {route:<17} {_money(transfer.amount):>10}  {transfer.state}"
+                    + (f", {_money(held)} debited and held" if held else ", nothing debited yet")
+                )
+            self.say(
+                f"  held by unfinished transfers: {_money(before.held)}; "
+                f"accounts + held = {_money(before.total)} = money in - money out = {_money(before.expected)}"
+            )
+        return unfinished
 
     async def _run_number(self) -> int:
         run = 1
@@ -338,12 +372,53 @@ class Demo:
             self.say("  (no money movements)")
 
 
-async def run_demo(store_kind: str, data: Path, fresh: bool, out: TextIO = sys.stdout) -> int:
+def _command_of(transfer: TransferSaga) -> TransferMoney:
+    return TransferMoney(
+        transfer.id or "",
+        transfer.from_account_id,
+        transfer.to_account_id,
+        transfer.amount,
+        transfer.description,
+    )
+
+
+class _CrashAfterDebit:
+    """The bank, except that the process dies right after this run's rent transfer is debited.
+
+    ``os._exit`` skips every cleanup, as a power cut or ``kill -9`` would: the debit is stored,
+    the saga has not recorded it, the credit has not happened. The next run resumes it.
+    """
+
+    def __init__(self, demo: Demo) -> None:
+        self.demo = demo
+
+    def handle(self, command: object) -> object:
+        result = self.demo.bank.handle(command)
+        self._maybe_crash(command)
+        return result
+
+    async def handle_async(self, command: object) -> object:
+        result = await self.demo.bank.handle_async(command)
+        self._maybe_crash(command)
+        return result
+
+    def _maybe_crash(self, command: object) -> None:
+        if getattr(command, "idempotency_key", None) == f"r{self.demo.run_number}-rent:debit":
+            self.demo.say(
+                "  ** crash: the process dies right after the rent transfer's debit, before its credit **"
+            )
+            self.demo.out.flush()
+            os._exit(3)
+
+
+async def run_demo(
+    store_kind: str, data: Path, fresh: bool, out: TextIO = sys.stdout, crash_after_debit: bool = False
+) -> int:
     """Run the demo once; returns the exit status (0 when the conservation check holds)."""
     store, checkpoints = open_stores(store_kind, data, fresh)
     where = "the in-memory store" if store_kind == "memory" else f"the file store in {data}"
     try:
-        return await Demo(store, checkpoints, out).run(where)
+        return await Demo(store, checkpoints, out, crash_after_debit).run(where)
     finally:
         store.close()
         close = getattr(checkpoints, "close", None)
@@ -366,9 +441,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="file store folder (default: ./orchestrix-data)",
     )
     parser.add_argument("--fresh", action="store_true", help="forget what earlier runs stored in --data")
+    parser.add_argument(
+        "--crash-after-debit",
+        action="store_true",
+        help="die (exit status 3) right after the rent transfer's debit, to let the next run resume it",
+    )
     args = parser.parse_args(argv)
     try:
-        return asyncio.run(run_demo(args.store, args.data, args.fresh))
+        return asyncio.run(
+            run_demo(args.store, args.data, args.fresh, crash_after_debit=args.crash_after_debit)
+        )
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
