@@ -31,7 +31,7 @@ from orchestrix.core.errors import (
 from orchestrix.core.eventsourcing.store import ANY, NO_STREAM, EventStore
 from orchestrix.core.messaging.messages import NewEvent
 from orchestrix.infrastructure.file import FileEventStore
-from orchestrix.infrastructure.file import store as file_store
+from orchestrix.infrastructure.file import _commit as file_commit
 from orchestrix.infrastructure.file._format import FORMAT_VERSION, SEGMENT_HEADER_SIZE
 from orchestrix.infrastructure.file.errors import BatchTooLargeError
 from orchestrix.testing import ContractEvent, EventStoreContract, contract_serializer
@@ -251,7 +251,7 @@ def test_reads_come_from_index_and_memory_alike(tmp_path: Path) -> None:
 
 def _wait_for_index(store: FileEventStore) -> None:
     """Let the background checkpoint catch up (the test checks reads from the index)."""
-    store._flush()
+    store._view.flush()
 
 
 def test_idempotent_appends_hold_across_restarts_from_the_index(tmp_path: Path) -> None:
@@ -262,7 +262,7 @@ def test_idempotent_appends_hold_across_restarts_from_the_index(tmp_path: Path) 
         for i in range(50):
             store.append(f"other-{i}", _events(i), NO_STREAM)
     with _open(path) as store:
-        assert store._tail.bound == 52, "the old batch is only in the index"
+        assert store._view.tail.bound == 52, "the old batch is only in the index"
         assert store.append("s-1", old, NO_STREAM) == first
         with pytest.raises(DuplicateEventIdError):
             store.append("s-2", old[:1], NO_STREAM)
@@ -500,7 +500,7 @@ def test_concurrent_appends_share_fsyncs_and_return_only_when_durable(
     def writer(me: int) -> None:
         for i in range(25):
             result = store.append(f"w-{me}", _events(i), ANY)
-            entry = store._tail.entry_at(result.positions[0])
+            entry = store._view.tail.entry_at(result.positions[0])
             if entry is None or entry.offset + entry.size > durable["size"]:
                 problems.append(f"writer {me} returned before its record was synced")
 
@@ -542,7 +542,7 @@ def test_a_closed_store_refuses_work(tmp_path: Path) -> None:
 
 
 def test_a_batch_bigger_than_a_record_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(file_store, "MAX_BODY", 1000)
+    monkeypatch.setattr(file_commit, "MAX_BODY", 1000)
     with _open(tmp_path / "store") as store:
         with pytest.raises(BatchTooLargeError):
             store.append("s", [ContractEvent(1, "x" * 2000)])

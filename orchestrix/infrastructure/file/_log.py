@@ -22,7 +22,6 @@ from orchestrix.infrastructure.file._format import (
     HEAD_FILE,
     HEAD_STRUCT,
     LOCK_FILE,
-    RECORD_MAGIC,
     SEGMENT_HEADER_SIZE,
     STORE_FILE,
     FormatProblem,
@@ -143,7 +142,6 @@ class Log:
         self._head_raw = b""
         self._head_seen: Head | None = None
         self._segments: dict[int, Segment] = {}
-        self.recovered = Head(0, 1, SEGMENT_HEADER_SIZE)
 
     # -- opening and creating ------------------------------------------------------------------
 
@@ -257,8 +255,8 @@ class Log:
             header = pack_segment_header(number, self.store_id, base)
             os.pwrite(fd, header, 0)
             os.ftruncate(fd, SEGMENT_HEADER_SIZE)
-            self._fsync(fd)
-            self._fsync_directory()
+            self.fsync(fd)
+            self.fsync_directory()
         except BaseException:
             os.close(fd)
             raise
@@ -272,11 +270,13 @@ class Log:
         """The current size of segment ``number``'s file."""
         return os.fstat(self.segment(number).fd).st_size
 
-    def _fsync(self, fd: int) -> None:
+    def fsync(self, fd: int) -> None:
+        """fsync ``fd``, unless in unsafe mode."""
         if self.sync:
             os.fsync(fd)
 
-    def _fsync_directory(self) -> None:
+    def fsync_directory(self) -> None:
+        """fsync the store directory, unless in unsafe mode."""
         if self.sync:
             fsync_directory(self.path)
 
@@ -335,7 +335,7 @@ class Log:
         """Cut a full segment at its last record (dropping preallocated space) before the next one starts."""
         if os.fstat(segment.fd).st_size > end:
             os.ftruncate(segment.fd, end)
-        self._fsync(segment.fd)
+        self.fsync(segment.fd)
         segment.allocated = end
 
     def has_data_at(self, segment: Segment, offset: int) -> bool:
@@ -408,7 +408,8 @@ class Log:
                 f"HEAD says the log ends at position {stop.position}; the records end at {position}",
             )
 
-    def _info_at(self, segment: Segment, window: Window, offset: int, end: int) -> RecordInfo | str:
+    def info_at(self, segment: Segment, window: Window, offset: int, end: int) -> RecordInfo | str:
+        """The index facts of the intact record at ``offset``, or why there is none."""
         frame = read_frame(window, offset, end)
         if isinstance(frame, str):
             return frame
@@ -417,106 +418,6 @@ class Log:
             return parse_info(buf, i, length, crc, offset)
         except (FormatProblem, struct.error) as exc:
             return f"malformed record body: {exc}"
-
-    # -- recovery (the caller holds the writer lock) -------------------------------------------
-
-    def recover(self, start: Head) -> Iterator[tuple[int, RecordInfo]]:
-        """Yield (segment number, record) for every intact record after ``start``; repair a torn tail.
-
-        A damaged record with nothing valid after it is a write that never finished: the file is
-        cut there, with a warning. A damaged record followed by a record of a later commit group
-        (or in a segment that is not the last) is corruption and raises CorruptionError. When
-        the iterator is exhausted, :attr:`recovered` holds the end of the log.
-        """
-        numbers = self.segment_numbers()
-        if not numbers:
-            self.create_segment(1, 0)
-            numbers = [1]
-        numbers = [n for n in numbers if n >= start.segment]
-        if not numbers or numbers[0] != start.segment:
-            raise CorruptionError(
-                os.path.join(self.path, segment_name(start.segment)), 0, "segment file missing from the log"
-            )
-        number, offset, position = start.segment, start.offset, start.position
-        for k, n in enumerate(numbers):
-            last = k == len(numbers) - 1
-            if not self._open_checked(n, last and (n != start.segment or offset == SEGMENT_HEADER_SIZE)):
-                if n == 1:
-                    self.create_segment(1, 0)
-                    number, offset = 1, SEGMENT_HEADER_SIZE
-                break
-            if n != start.segment:
-                segment = self.segment(n)
-                if segment.base != position:
-                    raise CorruptionError(
-                        segment.path, 0, f"segment starts after {segment.base}, not {position}"
-                    )
-                number, offset = n, SEGMENT_HEADER_SIZE
-            segment = self.segment(n)
-            end = os.fstat(segment.fd).st_size
-            window = Window(segment.fd)
-            while offset < end:
-                info = self._info_at(segment, window, offset, end)
-                if isinstance(info, RecordInfo) and info.position != position + 1:
-                    raise CorruptionError(
-                        segment.path, offset, f"record starts at position {info.position}, not {position + 1}"
-                    )
-                if isinstance(info, str) and self.is_free(segment, offset, end):
-                    break  # preallocated space: the log ends here
-                if isinstance(info, str):
-                    if not last:
-                        raise CorruptionError(segment.path, offset, info + " (a later segment follows)")
-                    later = self._later_group(segment, offset, end)
-                    if later is not None:
-                        raise CorruptionError(
-                            segment.path, offset, f"{info}, but a later commit starts at offset {later}"
-                        )
-                    log.warning(
-                        "%s: dropping %d bytes of an unfinished write at offset %d (%s)",
-                        segment.path,
-                        end - offset,
-                        offset,
-                        info,
-                    )
-                    os.ftruncate(segment.fd, offset)
-                    self._fsync(segment.fd)
-                    segment.allocated = offset
-                    break
-                yield n, info
-                position += info.count
-                offset += info.size
-        self.recovered = Head(position, number, offset)
-
-    def _open_checked(self, number: int, may_be_torn: bool) -> bool:
-        """Open segment ``number`` during recovery; False if it was a torn creation (now removed)."""
-        path = os.path.join(self.path, segment_name(number))
-        try:
-            self.segment(number)
-            return True
-        except CorruptionError:
-            if not may_be_torn or os.path.getsize(path) > SEGMENT_HEADER_SIZE:
-                raise
-        log.warning("%s: removing a segment whose creation never finished", path)
-        os.unlink(path)
-        self._fsync_directory()
-        return False
-
-    def _later_group(self, segment: Segment, bad: int, end: int) -> int | None:
-        """The offset of an intact record of a commit group that began after ``bad``, if any."""
-        window = Window(segment.fd)
-        at = bad + 1
-        while at < end:
-            chunk = os.pread(segment.fd, WINDOW, at)
-            if len(chunk) < len(RECORD_MAGIC):
-                return None
-            j = chunk.find(RECORD_MAGIC)
-            while j >= 0:
-                info = self._info_at(segment, window, at + j, end)
-                if isinstance(info, RecordInfo) and bad < info.group <= info.offset:
-                    return info.offset
-                j = chunk.find(RECORD_MAGIC, j + 1)
-            at += len(chunk) - len(RECORD_MAGIC) + 1
-        return None
 
 
 def _read_store_id(path: str) -> bytes:
