@@ -6,6 +6,7 @@ always leaves the server running, even when it fails.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -118,6 +119,14 @@ def test_killed_pool_connections_are_replaced_and_the_call_succeeds(schema: str)
     assert kill_backends(tag) >= 1
     assert store.append("s", ticks(1), 0).versions == (1,)
     assert [r.event.n for r in store.read_all()] == [0, 1]
+
+    async def asyncio_side() -> list[int]:
+        await store.append_async("s", ticks(2), 1)
+        assert kill_backends(tag) >= 1  # the pooled and the asyncio connections
+        await store.append_async("s", ticks(3), 2)
+        return [r.event.n async for r in store.read_all_async()]
+
+    assert asyncio.run(asyncio_side()) == [0, 1, 2, 3]
     store.close()
 
 

@@ -195,15 +195,18 @@ class Database:
 
     async def run_async(self, operation: str, make_op: Callable[[], Op[T]]) -> T:
         """Asyncio form of :meth:`run`."""
-        retry = Retry(operation, self.retry_timeout)
+        retry: Retry | None = None
+        timeout = self.retry_timeout
         while True:
             try:
-                async with self.async_connection(retry.remaining()) as conn:
+                async with self.async_connection(timeout) as conn:
                     return await _drive_async(conn, make_op())
             except psycopg.Error as exc:
                 if not is_retryable(exc):
                     raise database_error(operation, exc) from exc
+                retry = retry or Retry(operation, self.retry_timeout)
                 await asyncio.sleep(retry.failed(exc))
+                timeout = retry.remaining()
 
     def _for_running_loop(self) -> _LoopConnections:
         loop = asyncio.get_running_loop()
