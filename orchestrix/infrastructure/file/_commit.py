@@ -1,18 +1,27 @@
-"""Group commit: concurrent appends of one process share one write and one fdatasync.
+"""Group commit: concurrent appends of one process share writes and fdatasyncs, pipelined.
 
-Each caller prepares its record (validation, encoding) on its own thread, then queues it. If no
-commit is running, the caller becomes the *leader*: under the writer lock it checks every queued
-batch, writes them all at once, syncs, publishes, and releases their callers. Callers that
-queued meanwhile form the next group, which the leader also commits (up to a few rounds after
-its own) before handing the lead to the oldest of them.
+Each caller prepares its record (validation, encoding) on its own thread and queues it. One
+thread at a time is the *writer*: it takes everything queued, checks it (expected versions, ids)
+and writes it with one ``pwrite`` as a *group*. It then syncs its group, while the next writer
+may already write the next group (at most ``MAX_IN_FLIGHT`` groups are written but not yet
+durable). Groups are published strictly in log order, each only once it is on disk, and only
+then are their callers released: no caller sees its append acknowledged before it is durable,
+and no reader sees a position before the ones below it. Overlapping syncs let the kernel commit
+several groups in one journal flush.
+
+The process holds the store's ``flock`` from the first write of a burst until its last group is
+published (and at most about ``LOCK_HOLD`` seconds under constant load, so that other processes
+get their turn).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
 import zlib
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,14 +45,17 @@ from orchestrix.infrastructure.file._format import (
     FormatProblem,
     Head,
     prepare_record,
+    segment_name,
     type_field,
 )
 from orchestrix.infrastructure.file._index import Entry
 from orchestrix.infrastructure.file._view import LogView
 from orchestrix.infrastructure.file.errors import BatchTooLargeError
 
-LEADER_EXTRA_ROUNDS = 2
-"""Commits a leader runs for others after its own, before handing over (throughput vs. its latency)."""
+MAX_IN_FLIGHT = 2
+"""Groups that may be written and syncing at once."""
+LOCK_HOLD = 0.05
+"""Seconds after which a busy process stops starting groups, to let other processes write."""
 
 _new: Callable[..., Any] = tuple.__new__  # builds NamedTuples without their Python-level __new__
 _crc32 = zlib.crc32
@@ -107,121 +119,172 @@ def prepare(
     return Request(stream, batch, tuple([p[0] for p in prepared]), record, expected_version)
 
 
+class _Group:
+    """Requests written together; synced and published as one."""
+
+    __slots__ = ("entries", "error", "planned", "requests", "segment", "seq", "streams")
+
+    def __init__(self, seq: int, requests: list[Request]) -> None:
+        self.seq = seq
+        self.requests = requests
+        self.planned: list[tuple[Request, int, int, AppendResult]] = []
+        self.entries: list[Entry] = []
+        self.segment: Any = None
+        self.error: StoreFailedError | None = None
+        self.streams: list[str] = []
+
+
 class GroupCommit:
-    """The append side of one store: the queue, the leader protocol, and the commit itself."""
+    """The append side of one store: the queue, the writer hand-over, and the commit itself."""
 
     def __init__(self, view: LogView, segment_size: int) -> None:
         self.view = view
         self.segment_size = segment_size
         self.failed: StoreFailedError | None = None
         self.closed = False
-        self._queue: list[Request] = []
         self._lock = threading.Lock()
-        self._idle = threading.Event()
-        self._leading = False
+        self._turn = threading.Condition(self._lock)
+        self._queue: list[Request] = []
+        self._writing = False
+        self._in_flight: deque[_Group] = deque()
+        self._locked_since: float | None = None
+        self._seq = 0
+        # what the groups written but not yet published changed, for planning the next ones
+        self._written = view.end
+        self._versions: dict[str, tuple[int, int]] = {}
+        self._ids: dict[bytes, tuple[str, int, int]] = {}
+
+    # -- the queue and who writes -------------------------------------------------------------
 
     def submit(self, request: Request) -> None:
-        """Commit ``request`` (leading, or waiting for a leader); its ``result`` or ``error`` is set."""
+        """Commit ``request``; when this returns its ``result`` or ``error`` is set."""
         with self._lock:
             if self.closed:
                 raise StoreClosedError(f"the file store at {self.view.path} is closed")
             if self.failed is not None:
                 raise self.failed
-            if self._leading:
+            self._queue.append(request)
+            writer = self._may_start()
+            if writer:
+                self._writing = True
+            else:
                 request.wake = wake = threading.Lock()
                 wake.acquire()
-                self._queue.append(request)
-                group = None
-            else:
-                self._leading = True
-                group, self._queue = [*self._queue, request], []
-        if group is None:
-            request.wake.acquire()  # type: ignore[union-attr]  # released when done, or to lead
+        if not writer:
+            request.wake.acquire()  # type: ignore[union-attr]  # released when done, or to write
             if request.done:
                 return
+        group = None
+        try:
+            group = self._write_group()
+        finally:
             with self._lock:
-                group, self._queue = self._queue, []
-        self._lead(request, group)
+                self._writing = False
+                self._hand_over()  # the next group may be written while this one syncs
+        if group is not None:
+            self._sync_and_publish(group)
 
     def close(self) -> None:
         """Refuse new appends; return once the ones already queued are written."""
         with self._lock:
             self.closed = True
-            leading = self._leading
-        if leading:
-            self._idle.wait()
+            while self._writing or self._in_flight or self._queue:
+                self._turn.wait()
 
-    def _lead(self, mine: Request, group: list[Request]) -> None:
-        rounds_after_mine = 0
-        while True:
-            try:
-                self._commit(group)
-            except BaseException as exc:  # a bug or an unexpected error: each caller sees it
-                for r in group:
-                    if r.result is None and r.error is None:
-                        r.error = exc
-            for r in group:
-                r.done = True
-                if r.wake is not None:
-                    r.wake.release()
-            if mine.done:
-                rounds_after_mine += 1
-            with self._lock:
-                if not self._queue:
-                    self._leading = False
-                    if self.closed:
-                        self._idle.set()
-                    return
-                if rounds_after_mine > LEADER_EXTRA_ROUNDS:
-                    self._queue[0].wake.release()  # type: ignore[union-attr]  # it wakes not done, and leads
-                    return
-                group, self._queue = self._queue, []
+    def _draining(self) -> bool:
+        return self._locked_since is not None and time.monotonic() - self._locked_since > LOCK_HOLD
 
-    def _commit(self, group: list[Request]) -> None:
-        """Check and write the group with one write and one fdatasync, under the writer lock."""
-        if self.failed is not None:
-            for r in group:
-                r.error = self.failed
-            return
+    def _may_start(self) -> bool:
+        return not self._writing and len(self._in_flight) < MAX_IN_FLIGHT and not self._draining()
+
+    def _hand_over(self) -> None:
+        """Wake the oldest queued caller to write the next group, if one may start (lock held)."""
+        if self._queue and self._may_start():
+            self._writing = True
+            self._queue[0].wake.release()  # type: ignore[union-attr]  # it wakes not done, and writes
+
+    # -- writing a group ------------------------------------------------------------------------
+
+    def _write_group(self) -> _Group | None:
+        """Take the queue, check it, and write it (not yet synced); the writer lock is taken if needed."""
         view = self.view
         log = view.log
-        with log.lock:
-            end = view.end
-            if log.read_head() is not end or log.has_data_at(log.segment(end.segment), end.offset):
-                view.catch_up_locked()  # another process wrote, or a writer died mid-commit
-            with view.state:
-                planned = self._plan(group)
-            if planned:
-                self._write(planned)
+        if self._locked_since is None:  # nothing in flight: this process does not hold the lock yet
+            try:
+                log.lock.__enter__()
+            except BaseException as exc:
+                self._abandon(exc)
+                return None
+            self._locked_since = time.monotonic()
+            try:
+                end = view.end
+                if (
+                    log.read_head() is not end
+                    or log.has_data_at(log.segment(end.segment), end.offset)
+                    or os.path.exists(os.path.join(log.path, segment_name(end.segment + 1)))
+                ):
+                    view.catch_up_locked()  # another process wrote, or a writer died mid-commit
+            except BaseException as exc:
+                self._locked_since = None
+                log.lock.__exit__(None, None, None)
+                self._abandon(exc)
+                return None
+            self._written = view.end
+        with self._lock:
+            self._seq += 1
+            group = _Group(self._seq, self._queue)
+            self._queue = []
+            self._in_flight.append(group)
+        try:
+            if self.failed is not None:
+                group.error = self.failed
+            else:
+                with view.state:
+                    group.planned = self._plan(group)
+                if group.planned:
+                    self._write(group)
+        except BaseException as exc:  # a bug or an unexpected error: each caller of the group sees it
+            for r in group.requests:
+                if r.result is None and r.error is None:
+                    r.error = exc
+            group.planned = []
+        return group
 
-    def _plan(self, group: list[Request]) -> list[tuple[Request, int, int, AppendResult]]:
-        """Check each request against the log and the ones before it; keep those to be written."""
+    def _abandon(self, exc: BaseException) -> None:
+        """Fail every queued request with ``exc``: the lock could not be taken, or catching up failed."""
+        with self._lock:
+            requests, self._queue = self._queue, []
+            for r in requests:
+                r.error, r.done = exc, True
+                if r.wake is not None:
+                    r.wake.release()
+            self._turn.notify_all()
+
+    def _plan(self, group: _Group) -> list[tuple[Request, int, int, AppendResult]]:
+        """Check each request against the log, the groups in flight and the ones before it."""
         view = self.view
-        tail_ids = view.tail.ids
+        tail_ids, written_ids, versions = view.tail.ids, self._ids, self._versions
         indexed: dict[bytes, int] = {}
         if view.tail.bound:
-            unknown = [i for r in group for i in r.ids if i not in tail_ids]
+            unknown = [i for r in group.requests for i in r.ids if i not in tail_ids and i not in written_ids]
             if unknown:
                 indexed = view.index.positions_of(unknown)
-        pending_ids: dict[bytes, tuple[str, int, int]] = {}
-        pending_versions: dict[str, int] = {}
-        position = view.end.position
+        position = self._written.position
+        seq = group.seq
         planned = []
-        several = len(group) > 1
-        for r in group:
+        for r in group.requests:
             stream = r.stream
             try:
                 for i in r.ids:
-                    if i in tail_ids or i in pending_ids or i in indexed:  # perhaps a retry
+                    if i in tail_ids or i in written_ids or i in indexed:  # perhaps a retry
                         r.result = find_replayed_append(
-                            stream, r.batch, lambda event_id: self._place(event_id, pending_ids, indexed)
+                            stream, r.batch, lambda event_id: self._place(event_id, indexed)
                         )
                         break
                 if r.result is not None:
                     continue
-                current = pending_versions.get(stream) if several else None
-                if current is None:
-                    current = view.version_locked(stream)
+                written = versions.get(stream)
+                current = view.version_locked(stream) if written is None else written[0]
                 check_expected_version(stream, r.expected, current)
             except OrchestrixError as exc:
                 r.error = exc
@@ -232,28 +295,26 @@ class GroupCommit:
                 (current + 1,) if n == 1 else tuple(range(current + 1, current + 1 + n)),
                 (position + 1,) if n == 1 else tuple(range(position + 1, position + 1 + n)),
             )
-            if several:
-                for k, i in enumerate(r.ids):
-                    pending_ids[i] = (stream, current + 1 + k, position + 1 + k)
-                pending_versions[stream] = current + n
+            for k, i in enumerate(r.ids):
+                written_ids[i] = (stream, current + 1 + k, position + 1 + k)
+            versions[stream] = (current + n, seq)
+            group.streams.append(stream)
             planned.append((r, position + 1, current + 1, result))
             position += n
         return planned
 
-    def _place(
-        self, event_id: uuid.UUID, pending: dict[bytes, tuple[str, int, int]], indexed: dict[bytes, int]
-    ) -> tuple[str, int, int] | None:
-        """Where an event id is stored: in this group, the tail, or (found in the log) the index."""
+    def _place(self, event_id: uuid.UUID, indexed: dict[bytes, int]) -> tuple[str, int, int] | None:
+        """Where an event id is stored: in a group in flight, the tail, or (found in the log) the index."""
         raw = event_id.bytes
-        found = pending.get(raw) or self.view.tail.ids.get(raw)
+        found = self._ids.get(raw) or self.view.tail.ids.get(raw)
         if found is None and raw in indexed:
             found = self.view.place_at(indexed[raw], raw)
         return found
 
-    def _write(self, planned: list[tuple[Request, int, int, AppendResult]]) -> None:
-        view = self.view
-        log = view.log
-        end = view.end
+    def _write(self, group: _Group) -> None:
+        log = self.view.log
+        planned = group.planned
+        end = self._written
         recorded_us = time.time_ns() // 1000
         try:
             size = len(planned[0][0].record) if len(planned) == 1 else sum(len(p[0].record) for p in planned)
@@ -261,14 +322,11 @@ class GroupCommit:
                 log.seal(log.segment(end.segment), end.offset)
                 segment = log.create_segment(end.segment + 1, end.position)
                 end = Head(end.position, segment.number, SEGMENT_HEADER_SIZE)
-                with view.state:
-                    log.write_head(end)  # readers and writers move on to the new file
-                    view.end = end
             else:
                 segment = log.segment(end.segment)
             group_offset = offset = end.offset
             number = segment.number
-            entries = []
+            entries = group.entries
             for r, position, version, _ in planned:
                 record = r.record
                 _seal_into(record, FRAME_SIZE, group_offset, position, version, recorded_us)
@@ -279,22 +337,69 @@ class GroupCommit:
                 entries.append(_new(Entry, fields))
                 offset += size
             data = planned[0][0].record if len(planned) == 1 else b"".join(p[0].record for p in planned)
-            log.write(segment, group_offset, data)
+            log.write(segment, group_offset, data, sync=False)
         except OSError as exc:
-            self.failed = StoreFailedError(
-                f"the file store at {view.path} failed to write ({exc}); nothing more is written until "
-                "it is reopened, and the last appends may or may not be stored"
-            )
-            for r, _, _, _ in planned:
-                r.error = self.failed
+            group.error = self._fail(f"failed to write ({exc})")
             return
+        group.segment = segment
         last = entries[-1]
-        new_end = _new(Head, (last.position + last.count - 1, number, offset))
-        with view.state:  # readers of this process must not scan these records before they are published
+        self._written = _new(Head, (last.position + last.count - 1, number, offset))
+
+    # -- syncing and publishing -----------------------------------------------------------------
+
+    def _sync_and_publish(self, group: _Group) -> None:
+        """Make the group durable, wait for the groups before it, then publish it and release its callers."""
+        view = self.view
+        if group.entries and group.error is None and view.log.sync:
             try:
-                log.write_head(new_end)
-            except (OSError, ValueError) as exc:  # the records are durable; only the hint for others failed
-                self.failed = StoreFailedError(f"the file store at {view.path} cannot update HEAD: {exc}")
-            view.publish(entries, new_end)
-        for r, _, _, result in planned:
-            r.result = result
+                os.fdatasync(group.segment.fd)
+            except OSError as exc:  # never retried: the kernel may have dropped the data
+                group.error = self._fail(f"failed to sync ({exc})")
+        with self._lock:
+            while self._in_flight[0] is not group:
+                self._turn.wait()
+        error = group.error or self.failed  # a group before this one failed: this one is not safe
+        if error is None and group.entries:
+            last = group.entries[-1]
+            end = _new(Head, (last.position + last.count - 1, last.segment, last.offset + last.size))
+            with view.state:  # this process's readers must not scan these records before they are published
+                try:
+                    view.log.write_head(end)
+                except (OSError, ValueError) as exc:  # the records are durable; the hint for others is not
+                    self._fail(f"cannot update HEAD ({exc})")
+                view.publish(group.entries, end)
+        for r, _, _, result in group.planned:
+            if error is None:
+                r.result = result
+            else:
+                r.error = error
+        if error is not None:
+            for r in group.requests:
+                if r.error is None:
+                    r.result, r.error = None, error  # a replay may point into the failed group
+        with self._lock:
+            self._in_flight.popleft()
+            for stream in group.streams:
+                if self._versions.get(stream, (0, -1))[1] == group.seq:
+                    del self._versions[stream]
+            for r, _, _, _ in group.planned:
+                for i in r.ids:
+                    self._ids.pop(i, None)
+            idle = not self._in_flight and not self._writing and self._locked_since is not None
+            if idle and (not self._queue or self._draining() or self.failed is not None):
+                self._locked_since = None
+                view.log.lock.__exit__(None, None, None)
+            for r in group.requests:
+                r.done = True
+                if r.wake is not None:
+                    r.wake.release()
+            self._hand_over()
+            self._turn.notify_all()
+
+    def _fail(self, what: str) -> StoreFailedError:
+        if self.failed is None:
+            self.failed = StoreFailedError(
+                f"the file store at {self.view.path} {what}; nothing more is written until it is "
+                "reopened, and the last appends may or may not be stored"
+            )
+        return self.failed

@@ -289,7 +289,7 @@ uuid_from_bytes = _uuid_factory()
 
 
 def decode_events(
-    buf: bytes | memoryview,
+    buf: bytes,
     at: int,
     decode: Callable[[str, bytes], Any],
     min_version: int = 0,
@@ -301,41 +301,82 @@ def decode_events(
     """
     _, position, version, recorded_us, count, name_len = BODY.unpack_from(buf, at + FRAME_SIZE)
     p = at + FRAME_SIZE + BODY.size
-    stream = bytes(buf[p : p + name_len]).decode()
+    stream = buf[p : p + name_len].decode()
     p += name_len
     recorded_at = timestamp(recorded_us)
-    type_names: dict[bytes, str] = {}
+    skip = max(min_version - version, min_position - position, 0)
+    head = _EVENT_START.unpack_from
+    u32 = U32.unpack_from
+    new_uuid = uuid_from_bytes
     for i in range(count):
-        event_id, flags = EVENT_HEAD.unpack_from(buf, p)
-        p += 17
+        event_id, flags, type_len = head(buf, p)
         correlation = causation = None
-        if flags & HAS_CORRELATION:
-            correlation = uuid_from_bytes(bytes(buf[p : p + 16]))
-            p += 16
-        if flags & HAS_CAUSATION:
-            causation = uuid_from_bytes(bytes(buf[p : p + 16]))
-            p += 16
-        type_len = U16.unpack_from(buf, p)[0]
-        raw_type = bytes(buf[p + 2 : p + 2 + type_len])
-        p += 2 + type_len
-        payload_len = U32.unpack_from(buf, p)[0]
-        p += 4
-        if version + i < min_version or position + i < min_position:
-            p += payload_len
+        if flags:  # the ids sit between the flags and the type name
+            q = p + 17
+            if flags & HAS_CORRELATION:
+                correlation = new_uuid(buf[q : q + 16])
+                q += 16
+            if flags & HAS_CAUSATION:
+                causation = new_uuid(buf[q : q + 16])
+                q += 16
+            type_len = U16.unpack_from(buf, q)[0]
+            p = q + 2
+        else:
+            p += 19
+        raw_type = buf[p : p + type_len]
+        p += type_len
+        payload_len = u32(buf, p)[0]
+        p += 4 + payload_len
+        if i < skip:
             continue
-        payload = bytes(buf[p : p + payload_len])
-        p += payload_len
-        type_name = type_names.get(raw_type)
+        type_name = _type_names.get(raw_type)
         if type_name is None:
-            type_name = type_names[raw_type] = raw_type.decode()
-        yield RecordedEvent(
-            uuid_from_bytes(event_id),
+            type_name = _type_names.setdefault(raw_type, raw_type.decode())
+        yield _new_recorded(
+            new_uuid(event_id),
             stream,
             version + i,
             position + i,
             recorded_at,
             type_name,
-            decode(type_name, payload),
+            decode(type_name, buf[p - payload_len : p]),
             correlation,
             causation,
         )
+
+
+_type_names: dict[bytes, str] = {}
+"""Decoded type names, shared: a store has a handful of event types."""
+_EVENT_START = struct.Struct("<16sBH")  # event id, flags, and (when flags is 0) the type name length
+
+
+def _recorded_factory() -> Callable[..., RecordedEvent]:
+    """RecordedEvent's constructor, bypassing attrs' per-field setattr where slots allow it."""
+    names = ("event_id", "stream", "version", "position", "recorded_at", "event_type", "event")
+    names += ("correlation_id", "causation_id")
+    try:
+        setters = [RecordedEvent.__dict__[name].__set__ for name in names]
+    except (KeyError, AttributeError):  # not a slots class any more: use its constructor
+        return RecordedEvent
+    s0, s1, s2, s3, s4, s5, s6, s7, s8 = setters
+    new = object.__new__
+
+    def make(a: Any, b: Any, c: Any, d: Any, e: Any, f: Any, g: Any, h: Any, i: Any) -> RecordedEvent:
+        r = new(RecordedEvent)
+        s0(r, a), s1(r, b), s2(r, c), s3(r, d), s4(r, e), s5(r, f), s6(r, g), s7(r, h), s8(r, i)
+        return r
+
+    probe = (uuid.uuid4(), "s", 0, 1, _EPOCH, "T", None, None, None)
+    if make(*probe) == RecordedEvent(*probe) and len(attrs_fields_of(RecordedEvent)) == len(names):
+        return make
+    return RecordedEvent
+
+
+def attrs_fields_of(cls: type) -> tuple[Any, ...]:
+    """The attrs fields of ``cls`` (a guard: the fast constructor must set every one)."""
+    import attrs
+
+    return tuple(attrs.fields(cls))
+
+
+_new_recorded = _recorded_factory()

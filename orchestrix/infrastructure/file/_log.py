@@ -302,8 +302,8 @@ class Log:
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def write(self, segment: Segment, offset: int, data: bytes) -> None:
-        """Write ``data`` at ``offset`` and, unless in unsafe mode, fdatasync it."""
+    def write(self, segment: Segment, offset: int, data: bytes | bytearray, sync: bool = True) -> None:
+        """Write ``data`` at ``offset`` and, if ``sync`` and not in unsafe mode, fdatasync it."""
         end = offset + len(data)
         if self._preallocating and end > segment.allocated:
             self._preallocate(segment, end)
@@ -314,7 +314,7 @@ class Log:
                 raise OSError(errno.EIO, "short write")
             view = view[written:]
             offset += written
-        if self.sync:
+        if sync and self.sync:
             os.fdatasync(segment.fd)
 
     def _preallocate(self, segment: Segment, end: int) -> None:
