@@ -478,6 +478,45 @@ def test_a_failed_fsync_poisons_the_store_until_reopened(
         assert store.append("s-1", _events(3), len(numbers) - 1).versions == (len(numbers),)
 
 
+def test_a_failed_fsync_fails_the_groups_written_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "store"
+    store = _open(path)
+    real = os.fdatasync
+    first = threading.Event()
+
+    def first_fails(fd: int) -> None:
+        if not first.is_set():
+            first.set()
+            time.sleep(0.05)  # the next group is written and synced meanwhile
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", first_fails)
+    outcomes: list[str] = []
+
+    def writer(me: int) -> None:
+        try:
+            store.append(f"w-{me}", _events(me))
+            outcomes.append("stored")
+        except StoreFailedError:
+            outcomes.append("failed")
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+        time.sleep(0.005)
+    for t in threads:
+        t.join()
+    assert outcomes == ["failed"] * 6  # nothing after a failed sync is acknowledged
+    assert store.last_position() == 0
+    store.close()
+    monkeypatch.setattr(os, "fdatasync", real)
+    with _open(path) as again:  # the records did reach the page cache: reopening may adopt them
+        assert [r.position for r in again.read_all()] == list(range(1, again.last_position() + 1))
+
+
 def test_concurrent_appends_share_fsyncs_and_return_only_when_durable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -181,6 +181,8 @@ class GroupCommit:
             with self._lock:
                 self._writing = False
                 self._hand_over()  # the next group may be written while this one syncs
+                if self.closed:
+                    self._turn.notify_all()
         if group is not None:
             self._sync_and_publish(group)
 
@@ -209,6 +211,9 @@ class GroupCommit:
         """Take the queue, check it, and write it (not yet synced); the writer lock is taken if needed."""
         view = self.view
         log = view.log
+        if self.failed is not None:  # never touch the log again: no repair, no second fsync
+            self._abandon(self.failed)
+            return None
         if self._locked_since is None:  # nothing in flight: this process does not hold the lock yet
             try:
                 log.lock.__enter__()
