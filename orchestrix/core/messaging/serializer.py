@@ -34,6 +34,7 @@ _Decoder = Callable[[Any], Any]
 _NATIVE = (str, int, float, bool)
 # Built once: json.dumps with non-default options constructs a new encoder on every call.
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_UNJSON = json.JSONDecoder()
 
 
 class Serializer:
@@ -120,7 +121,7 @@ class Serializer:
         """Decode JSON made by :meth:`encode` into the registered class ``type_name``."""
         cls = self.class_of(type_name)
         try:
-            return self._decoder(cls)(json.loads(data))
+            return self._decoder(cls)(_loads(data))
         except SerializationError:
             raise
         except (TypeError, ValueError, KeyError, AttributeError, InvalidOperation) as exc:
@@ -214,6 +215,17 @@ class Serializer:
             enc, dec = self._codec(args[1])
             return _mapping(enc), _mapping(dec)
         raise SerializationError(repr(tp), "unsupported field type")
+
+
+def _loads(data: bytes | str) -> Any:
+    """``json.loads``, minus its encoding detection for what :meth:`Serializer.encode` writes.
+
+    An object encoded by ``encode`` starts with ``{`` followed by a non-NUL byte, which
+    ``json.loads`` would detect as UTF-8 too; anything else takes the general path.
+    """
+    if type(data) is bytes and data[:1] == b"{" and data[1:2] != b"\x00":
+        return _UNJSON.decode(data.decode("utf-8", "surrogatepass"))
+    return json.loads(data)
 
 
 def _checked(tp: type) -> _Encoder | None:
