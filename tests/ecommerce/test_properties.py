@@ -120,7 +120,8 @@ worlds = {
 }
 
 
-@settings(max_examples=150)
+# 150 examples in CI; the `long` profile (HYPOTHESIS_PROFILE=long) raises it to its own count.
+@settings(max_examples=max(150, settings.default.max_examples))
 @given(**worlds)
 def test_stock_and_money_are_conserved_whatever_happens(**world: Any) -> None:
     run_and_check(**world)
