@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 import tracemalloc
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,7 +33,15 @@ from orchestrix.core.eventsourcing.store import ANY, NO_STREAM, EventStore
 from orchestrix.core.messaging.messages import NewEvent
 from orchestrix.infrastructure.file import FileEventStore
 from orchestrix.infrastructure.file import _commit as file_commit
-from orchestrix.infrastructure.file._format import FORMAT_VERSION, SEGMENT_HEADER_SIZE
+from orchestrix.infrastructure.file._format import (
+    FORMAT_VERSION,
+    SEGMENT_HEADER_SIZE,
+    pack_segment_header,
+    prepare_record,
+    seal_record,
+    type_field,
+    unpack_store,
+)
 from orchestrix.infrastructure.file.errors import BatchTooLargeError
 from orchestrix.testing import ContractEvent, EventStoreContract, contract_serializer
 from tests.infrastructure import file_workers
@@ -385,6 +394,68 @@ def test_a_zero_filled_tail_is_cut_off(tmp_path: Path) -> None:
         assert _numbers(store) == [0, 1, 2, 3, 4, 5]
 
 
+def _record(position: int, version: int, durable: int, n: int) -> bytes:
+    """A record as a writer makes it: event ``n`` at ``position``, written when ``durable`` was on disk."""
+    type_name, payload = contract_serializer().encode(ContractEvent(n))
+    event = (uuid.uuid4().bytes, None, None, type_field(type_name), payload)
+    record = prepare_record(b"s-9", [event])
+    seal_record(record, durable, position, version, 0)
+    return bytes(record)
+
+
+def _two_in_flight(path: Path, second_durable: int, across_segments: bool) -> tuple[Path, int]:
+    """Positions 1-2 stored; then records 3 and 4 written together, 3 torn (a crash image).
+
+    Returns the segment holding record 3 and its offset.
+    """
+    with _open(path) as store:
+        store.append("s-1", _events(0, 1), NO_STREAM)
+    (first,) = _segments(path)
+    at = _record_offsets(first)[-1]
+    at += 12 + int.from_bytes(first.read_bytes()[at + 8 : at + 12], "little")
+    third, fourth = _record(3, 0, 2, 3), _record(4, 1, second_durable, 4)
+    torn = third[:20] + bytes(len(third) - 40) + third[-20:]  # its middle never reached the disk
+    with open(first, "r+b") as f:
+        f.truncate(at)
+        f.seek(at)
+        f.write(torn if across_segments else torn + fourth)
+    if across_segments:
+        store_id = unpack_store((path / "STORE").read_bytes())
+        (path / "segment-00000002.log").write_bytes(pack_segment_header(2, store_id, 3) + fourth)
+    (path / "index.sqlite3").unlink()
+    return first, at
+
+
+@pytest.mark.parametrize("across_segments", [False, True], ids=["one segment", "two segments"])
+def test_two_groups_in_flight_at_a_crash_leave_a_consistent_prefix(
+    tmp_path: Path, across_segments: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The next group is written while the previous one syncs; a power cut can keep the later one
+    # and lose the earlier. The later one says it was written before position 3 was on disk.
+    path = tmp_path / "store"
+    _, at = _two_in_flight(path, second_durable=2, across_segments=across_segments)
+    with caplog.at_level(logging.WARNING), _open(path) as store:
+        assert _numbers(store) == [0, 1]
+        store.append("s-1", _events(9), 1)
+    assert f"at offset {at}" in caplog.text
+    assert [p.name for p in _segments(path)] == ["segment-00000001.log"]
+    with _open(path) as store:
+        assert _numbers(store) == [0, 1, 9]
+
+
+@pytest.mark.parametrize("across_segments", [False, True], ids=["one segment", "two segments"])
+def test_a_damaged_record_that_a_later_one_saw_on_disk_is_corruption(
+    tmp_path: Path, across_segments: bool
+) -> None:
+    path = tmp_path / "store"
+    segment, at = _two_in_flight(path, second_durable=3, across_segments=across_segments)
+    log_before = {p.name: p.read_bytes() for p in _segments(path)}
+    with pytest.raises(CorruptionError) as raised:
+        _open(path)
+    assert (raised.value.path, raised.value.offset) == (str(segment), at)
+    assert {p.name: p.read_bytes() for p in _segments(path)} == log_before  # nothing cut, nothing dropped
+
+
 def test_a_bit_flip_in_the_middle_is_corruption_naming_file_and_offset(tmp_path: Path) -> None:
     path = tmp_path / "store"
     _build_with_tail(path)
@@ -407,7 +478,7 @@ def test_a_bit_flip_in_the_middle_is_corruption_naming_file_and_offset(tmp_path:
     with pytest.raises(CorruptionError) as raised:
         _open(path)
     assert (raised.value.path, raised.value.offset) == (str(segment), offsets[2])
-    assert "later commit" in raised.value.reason
+    assert "was written after position 4 was on disk" in raised.value.reason
     assert segment.read_bytes() == bytes(data)
 
 

@@ -332,9 +332,10 @@ class GroupCommit:
             group_offset = offset = end.offset
             number = segment.number
             entries = group.entries
+            durable = self.view.end.position  # what recovery needs to tell a torn write from damage
             for r, position, version, _ in planned:
                 record = r.record
-                _seal_into(record, FRAME_SIZE, group_offset, position, version, recorded_us)
+                _seal_into(record, FRAME_SIZE, durable, position, version, recorded_us)
                 crc = _crc32(memoryview(record)[8:])
                 _u32_into(record, 4, crc)
                 size = len(record)

@@ -39,7 +39,7 @@ HEAD_STRUCT = struct.Struct("<8sQQII")
 # record frame: magic, crc32 of bytes 8..end, body length (bytes after this field)
 FRAME = struct.Struct("<4sII")
 FRAME_SIZE = FRAME.size
-# record body start: group offset, first position, first version, recorded_at (µs), count, name length
+# record body start: durable position, first position, first version, recorded_at (µs), count, name length
 BODY = struct.Struct("<QQQqIH")
 SEAL = struct.Struct("<QQQq")  # the first four body fields, written at commit
 COUNTS = struct.Struct("<IH")  # the last two: event count, stream name length
@@ -187,9 +187,9 @@ def prepare_record(stream: bytes, events: Sequence[PreparedEvent | tuple[Any, ..
     return record
 
 
-def seal_record(record: bytearray, group_offset: int, position: int, version: int, recorded_us: int) -> int:
+def seal_record(record: bytearray, durable: int, position: int, version: int, recorded_us: int) -> int:
     """Fill in the commit-time fields of a prepared record and its checksum; returns the checksum."""
-    SEAL.pack_into(record, FRAME_SIZE, group_offset, position, version, recorded_us)
+    SEAL.pack_into(record, FRAME_SIZE, durable, position, version, recorded_us)
     crc = _crc32(memoryview(record)[8:])
     U32.pack_into(record, 4, crc)
     return crc
@@ -201,7 +201,8 @@ class RecordInfo(NamedTuple):
     offset: int
     size: int
     crc: int
-    group: int
+    durable: int
+    """The last position already on disk when this record was written."""
     position: int
     version: int
     count: int
@@ -233,7 +234,7 @@ def check_frame(buf: bytes | memoryview, at: int, available: int) -> tuple[int, 
 def parse_info(buf: bytes | memoryview, at: int, length: int, crc: int, offset: int) -> RecordInfo:
     """The index facts of the intact record at ``buf[at:]``, which lies at ``offset`` in its file."""
     end = at + FRAME_SIZE + length
-    group, position, version, _, count, name_len = BODY.unpack_from(buf, at + FRAME_SIZE)
+    durable, position, version, _, count, name_len = BODY.unpack_from(buf, at + FRAME_SIZE)
     p = at + FRAME_SIZE + BODY.size
     try:
         stream = bytes(buf[p : p + name_len]).decode()
@@ -251,7 +252,7 @@ def parse_info(buf: bytes | memoryview, at: int, length: int, crc: int, offset: 
         p += 4 + U32.unpack_from(buf, p)[0]
     if p != end or count == 0:
         raise FormatProblem("record body length does not match its events")
-    return RecordInfo(offset, FRAME_SIZE + length, crc, group, position, version, count, stream, tuple(ids))
+    return RecordInfo(offset, FRAME_SIZE + length, crc, durable, position, version, count, stream, tuple(ids))
 
 
 def timestamp(recorded_us: int) -> datetime:

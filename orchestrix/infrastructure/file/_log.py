@@ -266,6 +266,12 @@ class Log:
         segment = self._segments[number] = Segment(number, path, fd, base)
         return segment
 
+    def forget_segment(self, number: int) -> None:
+        """Close segment ``number`` (recovery is about to delete it)."""
+        segment = self._segments.pop(number, None)
+        if segment is not None:
+            _close_quietly(segment.fd)
+
     def size(self, number: int) -> int:
         """The current size of segment ``number``'s file."""
         return os.fstat(self.segment(number).fd).st_size

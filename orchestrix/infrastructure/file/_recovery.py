@@ -1,8 +1,16 @@
 """Crash recovery: read the log past a known-good point, cut a torn tail, refuse real corruption.
 
-Writers append whole commit groups and fdatasync before anything later is written, so damage can
-only be an unfinished write if nothing intact of a *later* group follows it. Every record names
-where its group starts, which tells the two cases apart (see ``docs/file-format.md``).
+Every record says which position was already on disk when it was written (its *durable*
+field). Appends are acknowledged in log order and only once on disk, so when the record that
+should hold position P is damaged, the records after it tell the two cases apart:
+
+- all of them were written while P was not yet on disk (durable < P): none of them, and not P's
+  record, was ever acknowledged; the damage is a write that never finished (a torn tail), and
+  the log is cut there, with a warning;
+- one of them was written after P was on disk (durable >= P): P's record was complete and is now
+  damaged; that is corruption, and :class:`CorruptionError` names file and offset.
+
+See ``docs/file-format.md``.
 """
 
 from __future__ import annotations
@@ -27,10 +35,9 @@ log = logging.getLogger("orchestrix.infrastructure.file")
 class recover:
     """Iterate over (segment number, record) for every intact record after ``start``.
 
-    The caller holds the writer lock. A damaged record with nothing of a later commit group
-    after it is a write that never finished: the file is cut there, with a warning. A damaged
-    record followed by a later group, in a segment that is not the last, or a damaged header,
-    raises CorruptionError. Once iterated, :attr:`end` is where the log ends.
+    The caller holds the writer lock. Damage is cut off when it is a torn write, and raises
+    CorruptionError otherwise (see the module docstring). Once iterated, :attr:`end` is where
+    the log ends.
     """
 
     def __init__(self, log_: Log, start: Head) -> None:
@@ -68,38 +75,80 @@ class recover:
             window = Window(segment.fd)
             while offset < end:
                 info = log_.info_at(segment, window, offset, end)
-                if isinstance(info, RecordInfo):
-                    if info.position != position + 1:
-                        raise CorruptionError(
-                            segment.path,
-                            offset,
-                            f"record starts at position {info.position}, not {position + 1}",
-                        )
+                if isinstance(info, RecordInfo) and info.position == position + 1:
                     yield n, info
                     position += info.count
                     offset += info.size
                     continue
-                if log_.is_free(segment, offset, end):
-                    break  # preallocated space: the log ends here
-                if not last:
-                    raise CorruptionError(segment.path, offset, info + " (a later segment follows)")
-                later = _later_group(log_, segment, offset, end)
-                if later is not None:
+                if isinstance(info, RecordInfo):  # intact, but not the next position: never a torn write
                     raise CorruptionError(
-                        segment.path, offset, f"{info}, but a later commit starts at offset {later}"
+                        segment.path, offset, f"record starts at position {info.position}, not {position + 1}"
                     )
-                log.warning(
-                    "%s: dropping %d bytes of an unfinished write at offset %d (%s)",
-                    segment.path,
-                    end - offset,
-                    offset,
-                    info,
-                )
-                os.ftruncate(segment.fd, offset)
-                log_.fsync(segment.fd)
-                segment.allocated = offset
-                break
+                if last and log_.is_free(segment, offset, end):
+                    break  # preallocated space: the log ends here
+                _cut_torn_write(log_, numbers[k:], segment, offset, end, position + 1, info)
+                self.end = Head(position, n, offset)
+                return
         self.end = Head(position, number, offset)
+
+
+def _cut_torn_write(
+    log_: Log, numbers: list[int], segment: Segment, bad: int, end: int, wanted: int, reason: str
+) -> None:
+    """Cut the log at ``bad`` if that is a torn write; raise CorruptionError if it is damage."""
+    later = _written_after(log_, numbers, segment, bad, end, wanted)
+    if later is not None:
+        raise CorruptionError(
+            segment.path, bad, f"{reason}; yet {later} was written after position {wanted} was on disk"
+        )
+    log.warning(
+        "%s: dropping %d bytes of an unfinished write at offset %d (%s)", segment.path, end - bad, bad, reason
+    )
+    os.ftruncate(segment.fd, bad)
+    log_.fsync(segment.fd)
+    segment.allocated = bad
+    for n in numbers[1:]:  # later segments hold only writes that were never acknowledged
+        path = os.path.join(log_.path, segment_name(n))
+        log.warning("%s: dropping a segment of unfinished writes", path)
+        log_.forget_segment(n)
+        os.unlink(path)
+    if len(numbers) > 1:
+        log_.fsync_directory()
+
+
+def _written_after(
+    log_: Log, numbers: list[int], segment: Segment, bad: int, end: int, wanted: int
+) -> str | None:
+    """Where an intact record lies that was written after position ``wanted`` was on disk, if any."""
+    found = _scan_for(log_, segment, bad + 1, end, wanted)
+    if found is not None:
+        return f"the record at offset {found}"
+    for n in numbers[1:]:
+        try:
+            later = log_.segment(n)
+        except CorruptionError:
+            continue  # a damaged header: nothing intact in it to prove anything
+        found = _scan_for(log_, later, SEGMENT_HEADER_SIZE, os.fstat(later.fd).st_size, wanted)
+        if found is not None:
+            return f"the record at offset {found} of {later.path}"
+    return None
+
+
+def _scan_for(log_: Log, segment: Segment, at: int, end: int, wanted: int) -> int | None:
+    """The offset of an intact record in ``[at, end)`` whose durable field is at least ``wanted``."""
+    window = Window(segment.fd)
+    while at < end:
+        chunk = os.pread(segment.fd, WINDOW, at)
+        if len(chunk) < len(RECORD_MAGIC):
+            return None
+        j = chunk.find(RECORD_MAGIC)
+        while j >= 0:
+            info = log_.info_at(segment, window, at + j, end)
+            if isinstance(info, RecordInfo) and info.durable >= wanted:
+                return info.offset
+            j = chunk.find(RECORD_MAGIC, j + 1)
+        at += len(chunk) - len(RECORD_MAGIC) + 1
+    return None
 
 
 def _open_checked(log_: Log, number: int, may_be_torn: bool) -> bool:
@@ -115,21 +164,3 @@ def _open_checked(log_: Log, number: int, may_be_torn: bool) -> bool:
     os.unlink(path)
     log_.fsync_directory()
     return False
-
-
-def _later_group(log_: Log, segment: Segment, bad: int, end: int) -> int | None:
-    """The offset of an intact record of a commit group that began after ``bad``, if any."""
-    window = Window(segment.fd)
-    at = bad + 1
-    while at < end:
-        chunk = os.pread(segment.fd, WINDOW, at)
-        if len(chunk) < len(RECORD_MAGIC):
-            return None
-        j = chunk.find(RECORD_MAGIC)
-        while j >= 0:
-            info = log_.info_at(segment, window, at + j, end)
-            if isinstance(info, RecordInfo) and bad < info.group <= info.offset:
-                return info.offset
-            j = chunk.find(RECORD_MAGIC, j + 1)
-        at += len(chunk) - len(RECORD_MAGIC) + 1
-    return None
