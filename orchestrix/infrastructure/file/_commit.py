@@ -249,10 +249,11 @@ class GroupCommit:
                 if group.planned:
                     self._write(group)
         except BaseException as exc:  # a bug or an unexpected error: each caller of the group sees it
+            self._fail(f"failed unexpectedly ({exc!r})")  # what was planned may or may not be written
             for r in group.requests:
                 if r.result is None and r.error is None:
                     r.error = exc
-            group.planned = []
+            group.entries = []
         return group
 
     def _abandon(self, exc: BaseException) -> None:
@@ -365,15 +366,22 @@ class GroupCommit:
             while self._in_flight[0] is not group:
                 self._turn.wait()
         error = group.error or self.failed  # a group before this one failed: this one is not safe
-        if error is None and group.entries:
-            last = group.entries[-1]
-            end = _new(Head, (last.position + last.count - 1, last.segment, last.offset + last.size))
-            with view.state:  # this process's readers must not scan these records before they are published
-                try:
-                    view.log.write_head(end)
-                except (OSError, ValueError) as exc:  # the records are durable; the hint for others is not
-                    self._fail(f"cannot update HEAD ({exc})")
-                view.publish(group.entries, end)
+        try:
+            if error is None and group.entries:
+                last = group.entries[-1]
+                end = _new(Head, (last.position + last.count - 1, last.segment, last.offset + last.size))
+                with view.state:  # this process's readers must not see the records before they are published
+                    try:
+                        view.log.write_head(end)
+                    except (OSError, ValueError) as exc:  # durable records; only the hint failed
+                        self._fail(f"cannot update HEAD ({exc})")
+                    view.publish(group.entries, end)
+        except BaseException as exc:  # a bug: fail the group rather than leave its callers waiting
+            error = self._fail(f"failed to publish ({exc!r})")
+        self._complete(group, error)
+
+    def _complete(self, group: _Group, error: StoreFailedError | None) -> None:
+        """Give the group's callers their outcome, retire the group, and pass the writing on."""
         for r, _, _, result in group.planned:
             if error is None:
                 r.result = result
@@ -394,7 +402,7 @@ class GroupCommit:
             idle = not self._in_flight and not self._writing and self._locked_since is not None
             if idle and (not self._queue or self._draining() or self.failed is not None):
                 self._locked_since = None
-                view.log.lock.__exit__(None, None, None)
+                self.view.log.lock.__exit__(None, None, None)
             for r in group.requests:
                 r.done = True
                 if r.wake is not None:
