@@ -34,7 +34,7 @@ import os
 from collections import Counter
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Protocol
+from typing import Any, Protocol
 
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -307,6 +307,31 @@ class BankingMachine(RuleBasedStateMachine):
             _run(self._runner(crashing), how)
         self.crash()
 
+    @rule(
+        step=st.sampled_from(("debit", "credit", "reverse")),
+        nth=st.integers(1, 3),
+        how=st.sampled_from(RUNS),
+        reactivate=st.booleans(),
+    )
+    def crash_after_a_command(self, step: str, nth: int, how: str, reactivate: bool) -> None:
+        """Die right after the nth ``step`` command took effect, before its saga recorded it.
+
+        With ``reactivate``, every suspended account is reactivated while the process is down, so
+        a step run again after the restart meets a different world (a credit that was refused
+        may now succeed: only a recorded decision keeps the saga from applying both outcomes).
+        """
+        bank = BankingCommandHandlers(AggregateRepository(self.store))
+        runner = SagaRunner(
+            self.store, [TransferSaga], _CrashAfter(bank, f":{step}", nth), self.checkpoints, page_size=4
+        )
+        with contextlib.suppress(SimulatedCrash):
+            _run(runner, how)
+        self.crash()
+        if reactivate:
+            for account, status in sorted(self.status.items()):
+                if status is AccountStatus.SUSPENDED:
+                    self.reactivate(account)
+
     @rule()
     def catch_up(self) -> None:
         self.runner.run_until_idle()
@@ -356,6 +381,31 @@ class BankingMachine(RuleBasedStateMachine):
         if self._cached is None or self._cached[0] != key:
             self._cached = (key, Ledger(self.store, self.transfers))
         return self._cached[1]
+
+
+class _CrashAfter:
+    """Banking handlers that die right after the nth command (done or refused) keyed ``*suffix``."""
+
+    def __init__(self, bank: BankingCommandHandlers, suffix: str, nth: int) -> None:
+        self.bank, self.suffix, self.left = bank, suffix, nth
+
+    def handle(self, command: Any) -> Any:
+        try:
+            return self.bank.handle(command)
+        finally:
+            self._after(command)
+
+    async def handle_async(self, command: Any) -> Any:
+        try:
+            return await self.bank.handle_async(command)
+        finally:
+            self._after(command)
+
+    def _after(self, command: Any) -> None:
+        if (getattr(command, "idempotency_key", None) or "").endswith(self.suffix):
+            self.left -= 1
+            if self.left == 0:
+                raise SimulatedCrash(f"crash right after {command.idempotency_key}")
 
 
 def _run(runner: SagaRunner, how: str, max_pages: int | None = None) -> None:

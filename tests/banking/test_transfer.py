@@ -49,16 +49,25 @@ class Hooked:
     def __init__(self, bank: BankingCommandHandlers) -> None:
         self.bank = bank
         self.before: list[Callable[[Any], None]] = []
+        self.after: list[Callable[[Any], None]] = []
 
     def handle(self, command: Any) -> Any:
         for hook in list(self.before):
             hook(command)
-        return self.bank.handle(command)
+        try:
+            return self.bank.handle(command)
+        finally:
+            for hook in list(self.after):
+                hook(command)
 
     async def handle_async(self, command: Any) -> Any:
         for hook in list(self.before):
             hook(command)
-        return await self.bank.handle_async(command)
+        try:
+            return await self.bank.handle_async(command)
+        finally:
+            for hook in list(self.after):
+                hook(command)
 
 
 class World:
@@ -576,3 +585,37 @@ def test_reactivating_the_destination_after_a_failed_credit_does_not_undo_the_re
     World(world.store).runner().run_until_idle()  # everything redelivered
     assert world.transfer("t1").status is TransferStatus.FAILED
     assert (world.balance("alice"), world.balance("dora")) == (D("100"), D("0"))
+
+
+@pytest.mark.parametrize("step", ["debit", "credit", "reverse"])
+def test_a_crash_right_after_a_leg_then_a_changed_world_never_applies_a_leg_twice(
+    step: str, mode: str
+) -> None:
+    """The decision to compensate is stored before the reversal: a destination that comes back
+    between the crash and the restart is not credited on top of the reversal."""
+    w = World()
+    w.open("alice", "100")
+    w.open("dora")
+    w.bank.suspend_account(SuspendAccount("dora"))
+    w.send("t1", "alice", "dora", "40")
+
+    def crash(command: Any) -> None:
+        if getattr(command, "idempotency_key", None) == f"t1:{step}":
+            raise SimulatedCrash(step)
+
+    w.hooked.after.append(crash)
+    with pytest.raises(SimulatedCrash):
+        w.drain(mode)
+    w.bank.reactivate_account(ReactivateAccount("dora"))  # the world changes while the process is down
+    restarted = World(w.store)
+    restarted.checkpoints = w.checkpoints
+    restarted.drain(mode)
+    transfer = w.transfer("t1")
+    legs = w.keys_applied()
+    assert len(legs) == len(set(legs))
+    if step in ("debit", "credit"):  # no credit refusal was recorded yet: the credit now succeeds
+        assert (transfer.status, legs) == (TransferStatus.COMPLETED, ["t1:debit", "t1:credit"])
+        assert (w.balance("alice"), w.balance("dora")) == (D("60"), D("40"))
+    else:  # the refusal was recorded before the reversal: the transfer stays compensated
+        assert (transfer.status, legs) == (TransferStatus.FAILED, ["t1:debit", "t1:reverse"])
+        assert (w.balance("alice"), w.balance("dora")) == (D("100"), D("0"))
