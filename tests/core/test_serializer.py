@@ -175,3 +175,12 @@ def test_only_attrs_classes_can_be_registered() -> None:
 def test_damaged_stored_data_raises_a_serialization_error(data: bytes) -> None:
     with pytest.raises(SerializationError, match="Small"):
         Serializer(types=[Small]).decode("Small", data)
+
+
+def test_text_that_is_not_valid_unicode_is_refused_on_write() -> None:
+    @attrs.frozen
+    class Note:
+        text: str
+
+    with pytest.raises(SerializationError, match="Note"):
+        Serializer(types=[Note]).encode(Note("half a pair: \ud800"))

@@ -112,10 +112,10 @@ class Serializer:
         """Encode ``obj`` to its type name and compact UTF-8 JSON."""
         type_name, data = self.to_dict(obj)
         try:
-            text = _JSON.encode(data)
+            # UTF-8 refuses lone surrogates ("\ud800"), which JSON would happily escape.
+            return type_name, _JSON.encode(data).encode()
         except (TypeError, ValueError) as exc:
             raise SerializationError(type_name, f"cannot encode: {exc}") from exc
-        return type_name, text.encode()
 
     def decode(self, type_name: str, data: bytes | str) -> Any:
         """Decode JSON made by :meth:`encode` into the registered class ``type_name``."""
