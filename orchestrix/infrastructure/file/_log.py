@@ -1,4 +1,4 @@
-"""The log: the store directory, its segment files, the HEAD hint, scanning and crash recovery.
+"""The log: the store directory, its segment files, the HEAD hint, writing and scanning records.
 
 The segment files are the truth. Everything here works on bytes and file descriptors; the
 store above decides what the records mean.
@@ -139,8 +139,7 @@ class Log:
         # HEAD is read on every operation and written on every commit: a shared mapping makes
         # both plain memory accesses, coherent across processes through the page cache.
         self._head = mmap.mmap(head_fd, HEAD_MAP_SIZE)
-        self._head_raw = b""
-        self._head_seen: Head | None = None
+        self._head_cache: tuple[bytes, Head | None] = (b"", None)  # last bytes seen, and their meaning
         self._segments: dict[int, Segment] = {}
 
     # -- opening and creating ------------------------------------------------------------------
@@ -292,11 +291,12 @@ class Log:
         """The published committed end, or None if HEAD is missing or unreadable."""
         for _ in range(3):
             raw = self._head[: HEAD_STRUCT.size]
-            if raw == self._head_raw:
-                return self._head_seen  # unchanged since last time: the common case, made cheap
+            seen_raw, seen = self._head_cache
+            if raw == seen_raw:
+                return seen  # unchanged since last time: the common case, made cheap
             head = unpack_head(raw)
             if head is not None:
-                self._head_raw, self._head_seen = raw, head
+                self._head_cache = (raw, head)
                 return head
         return None
 
@@ -304,7 +304,7 @@ class Log:
         """Publish the committed end to readers in other processes (a hint: not fsynced)."""
         raw = pack_head(head)
         self._head[: HEAD_STRUCT.size] = raw
-        self._head_raw, self._head_seen = raw, head
+        self._head_cache = (raw, head)
 
     # -- writing ---------------------------------------------------------------------------------
 
