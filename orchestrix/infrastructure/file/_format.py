@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
+import attrs
+
 from orchestrix.core.messaging.messages import RecordedEvent
 
 FORMAT_VERSION = 1
@@ -364,20 +366,21 @@ def _recorded_factory() -> Callable[..., RecordedEvent]:
 
     def make(a: Any, b: Any, c: Any, d: Any, e: Any, f: Any, g: Any, h: Any, i: Any) -> RecordedEvent:
         r = new(RecordedEvent)
-        s0(r, a), s1(r, b), s2(r, c), s3(r, d), s4(r, e), s5(r, f), s6(r, g), s7(r, h), s8(r, i)
+        s0(r, a)
+        s1(r, b)
+        s2(r, c)
+        s3(r, d)
+        s4(r, e)
+        s5(r, f)
+        s6(r, g)
+        s7(r, h)
+        s8(r, i)
         return r
 
     probe = (uuid.uuid4(), "s", 0, 1, _EPOCH, "T", None, None, None)
-    if make(*probe) == RecordedEvent(*probe) and len(attrs_fields_of(RecordedEvent)) == len(names):
-        return make
+    if make(*probe) == RecordedEvent(*probe) and len(attrs.fields(RecordedEvent)) == len(names):
+        return make  # it sets every field, and builds what the constructor builds
     return RecordedEvent
-
-
-def attrs_fields_of(cls: type) -> tuple[Any, ...]:
-    """The attrs fields of ``cls`` (a guard: the fast constructor must set every one)."""
-    import attrs
-
-    return tuple(attrs.fields(cls))
 
 
 _new_recorded = _recorded_factory()
