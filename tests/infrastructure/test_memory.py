@@ -8,3 +8,20 @@ class TestInMemoryEventStore(EventStoreContract):
     @pytest.fixture
     def store(self) -> InMemoryEventStore:
         return InMemoryEventStore(serializer=contract_serializer())
+
+
+def test_an_append_wakes_an_asyncio_waiter_without_polling() -> None:
+    import asyncio
+
+    from orchestrix.testing import ContractEvent
+
+    store = InMemoryEventStore()
+
+    async def scenario() -> bool:
+        waiter = asyncio.create_task(store.wait_for_events_async(0, 30.0))
+        await asyncio.sleep(0)
+        store.append("s-1", [ContractEvent(1)])
+        return await asyncio.wait_for(waiter, 5.0)
+
+    assert asyncio.run(scenario()) is True
+    assert store._async_waiters == set()

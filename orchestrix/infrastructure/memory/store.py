@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,7 +15,6 @@ from orchestrix.core.eventsourcing.store import (
     ANY,
     NO_STREAM,
     AppendResult,
-    AsyncStoreMixin,
     check_expected_version,
     find_replayed_append,
     to_new_events,
@@ -26,7 +27,7 @@ from orchestrix.core.messaging.serializer import Serializer
 __all__ = ["InMemoryEventStore"]
 
 
-class InMemoryEventStore(AsyncStoreMixin):
+class InMemoryEventStore:
     """A thread-safe event store in memory.
 
     Events are kept as objects. Pass a ``serializer`` to have every event encoded on append
@@ -42,6 +43,7 @@ class InMemoryEventStore(AsyncStoreMixin):
         self._lock = threading.Lock()
         self._appended = threading.Condition(self._lock)
         self._closed = False
+        self._async_waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
 
     def append(
         self, stream: str, events: Sequence[NewEvent | Any], expected_version: int = ANY
@@ -86,6 +88,7 @@ class InMemoryEventStore(AsyncStoreMixin):
                 versions.append(current)
                 positions.append(position)
             self._appended.notify_all()
+            self._wake_async_waiters()
         return AppendResult(stream, tuple(versions), tuple(positions))
 
     def read_stream(self, stream: str, from_version: int = 0) -> Iterator[RecordedEvent]:
@@ -122,11 +125,57 @@ class InMemoryEventStore(AsyncStoreMixin):
                 len(self._log) > after
             )
 
+    # -- asyncio forms: nothing here waits on I/O and the lock is held for microseconds, so the
+    # calls run on the loop itself; a hop to a worker thread would cost more than the work.
+
+    async def append_async(
+        self, stream: str, events: Sequence[NewEvent | Any], expected_version: int = ANY
+    ) -> AppendResult:
+        """Asyncio form of :meth:`append`."""
+        return self.append(stream, events, expected_version)
+
+    async def read_stream_async(self, stream: str, from_version: int = 0) -> AsyncIterator[RecordedEvent]:
+        """Asyncio form of :meth:`read_stream`."""
+        for recorded in self.read_stream(stream, from_version):
+            yield recorded
+
+    async def read_all_async(self, after: int = 0, limit: int | None = None) -> AsyncIterator[RecordedEvent]:
+        """Asyncio form of :meth:`read_all`."""
+        for recorded in self.read_all(after, limit):
+            yield recorded
+
+    async def stream_version_async(self, stream: str) -> int:
+        """Asyncio form of :meth:`stream_version`."""
+        return self.stream_version(stream)
+
+    async def wait_for_events_async(self, after: int, timeout: float) -> bool:
+        """Asyncio form of :meth:`wait_for_events`; an append wakes the waiting task directly."""
+        woken = asyncio.Event()
+        waiter = (asyncio.get_running_loop(), woken)
+        with self._lock:
+            if len(self._log) > after:
+                return True
+            self._async_waiters.add(waiter)
+        try:
+            await asyncio.wait_for(woken.wait(), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            with self._lock:
+                self._async_waiters.discard(waiter)
+        return self.last_position() > after
+
+    def _wake_async_waiters(self) -> None:
+        for loop, woken in self._async_waiters:
+            with contextlib.suppress(RuntimeError):  # that loop has closed meanwhile
+                loop.call_soon_threadsafe(woken.set)
+
     def close(self) -> None:
         """Refuse further appends and wake every waiter."""
         with self._appended:
             self._closed = True
             self._appended.notify_all()
+            self._wake_async_waiters()
 
     def _encode(self, event: Any) -> tuple[str, Any]:
         if self._serializer is None:
