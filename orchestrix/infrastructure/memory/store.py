@@ -166,7 +166,16 @@ class InMemoryEventStore:
         return self.last_position() > after
 
     def _wake_async_waiters(self) -> None:
+        if not self._async_waiters:
+            return
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
         for loop, woken in self._async_waiters:
+            if loop is here:
+                woken.set()  # same thread: no need to write to the loop's wake-up pipe
+                continue
             with contextlib.suppress(RuntimeError):  # that loop has closed meanwhile
                 loop.call_soon_threadsafe(woken.set)
 
