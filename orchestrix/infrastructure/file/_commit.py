@@ -45,7 +45,6 @@ from orchestrix.infrastructure.file._format import (
     FormatProblem,
     Head,
     prepare_record,
-    segment_name,
     type_field,
 )
 from orchestrix.infrastructure.file._index import Entry
@@ -56,6 +55,8 @@ MAX_IN_FLIGHT = 2
 """Groups that may be written and syncing at once."""
 LOCK_HOLD = 0.05
 """Seconds after which a busy process stops starting groups, to let other processes write."""
+LEASE = 0.002
+"""Seconds an idle process keeps the writer lock, so back-to-back appends do not retake it."""
 
 _new: Callable[..., Any] = tuple.__new__  # builds NamedTuples without their Python-level __new__
 _crc32 = zlib.crc32
@@ -144,10 +145,14 @@ class GroupCommit:
         self.closed = False
         self._lock = threading.Lock()
         self._turn = threading.Condition(self._lock)
+        self._turn_waiters = 0
         self._queue: list[Request] = []
         self._writing = False
         self._in_flight: deque[_Group] = deque()
         self._locked_since: float | None = None
+        self._idle_since: float | None = None
+        self._lease = threading.Condition(self._lock)
+        self._keeper: threading.Thread | None = None
         self._seq = 0
         # what the groups written but not yet published changed, for planning the next ones
         self._written = view.end
@@ -191,13 +196,50 @@ class GroupCommit:
         with self._lock:
             self.closed = True
             while self._writing or self._in_flight or self._queue:
-                self._turn.wait()
+                self._wait_turn()
+            if self._locked_since is not None:
+                self._release_lock()
+            self._lease.notify_all()
+        if self._keeper is not None:
+            self._keeper.join()
+
+    def _release_lock(self) -> None:
+        """Give the writer lock back to other processes (lock held, nothing writing or in flight)."""
+        self._locked_since = self._idle_since = None
+        self.view.log.lock.__exit__(None, None, None)
+
+    def _keep_lease(self) -> None:
+        """Release the writer lock once this process has been idle for ``LEASE`` seconds."""
+        with self._lock:
+            while True:
+                if self._locked_since is None:
+                    if self.closed:
+                        return
+                    self._lease.wait()
+                    continue
+                idle_since = self._idle_since
+                if self._writing or self._in_flight or idle_since is None:
+                    self._lease.wait(LEASE)
+                    continue
+                left = LEASE - (time.monotonic() - idle_since)
+                if left <= 0:
+                    self._release_lock()
+                    self._hand_over()
+                else:
+                    self._lease.wait(left)
 
     def _draining(self) -> bool:
         return self._locked_since is not None and time.monotonic() - self._locked_since > LOCK_HOLD
 
     def _may_start(self) -> bool:
-        return not self._writing and len(self._in_flight) < MAX_IN_FLIGHT and not self._draining()
+        """Whether a new group may be written now (lock held)."""
+        if self._writing or len(self._in_flight) >= MAX_IN_FLIGHT:
+            return False
+        if self._draining():
+            if self._in_flight:
+                return False  # held long enough: finish what is in flight, then let others in
+            self._release_lock()
+        return True
 
     def _hand_over(self) -> None:
         """Wake the oldest queued caller to write the next group, if one may start (lock held)."""
@@ -220,21 +262,25 @@ class GroupCommit:
             except BaseException as exc:
                 self._abandon(exc)
                 return None
-            self._locked_since = time.monotonic()
+            with self._lock:
+                self._locked_since = time.monotonic()
+                if self._keeper is None:
+                    self._keeper = threading.Thread(
+                        target=self._keep_lease, name="orchestrix-file-lease", daemon=True
+                    )
+                    self._keeper.start()
+                self._lease.notify()
             try:
                 end = view.end
-                if (
-                    log.read_head() is not end
-                    or log.has_data_at(log.segment(end.segment), end.offset)
-                    or os.path.exists(os.path.join(log.path, segment_name(end.segment + 1)))
-                ):
+                if log.read_head() is not end or log.dangling(end):
                     view.catch_up_locked()  # another process wrote, or a writer died mid-commit
             except BaseException as exc:
-                self._locked_since = None
-                log.lock.__exit__(None, None, None)
+                with self._lock:
+                    self._release_lock()
                 self._abandon(exc)
                 return None
             self._written = view.end
+        self._idle_since = None
         with self._lock:
             self._seq += 1
             group = _Group(self._seq, self._queue)
@@ -364,7 +410,7 @@ class GroupCommit:
                 group.error = self._fail(f"failed to sync ({exc})")
         with self._lock:
             while self._in_flight[0] is not group:
-                self._turn.wait()
+                self._wait_turn()
         error = group.error or self.failed  # a group before this one failed: this one is not safe
         try:
             if error is None and group.entries:
@@ -399,16 +445,25 @@ class GroupCommit:
             for r, _, _, _ in group.planned:
                 for i in r.ids:
                     self._ids.pop(i, None)
-            idle = not self._in_flight and not self._writing and self._locked_since is not None
-            if idle and (not self._queue or self._draining() or self.failed is not None):
-                self._locked_since = None
-                self.view.log.lock.__exit__(None, None, None)
+            if not self._in_flight and not self._writing and self._locked_since is not None:
+                if self._draining() or self.failed is not None or self.closed:
+                    self._release_lock()
+                elif not self._queue:
+                    self._idle_since = time.monotonic()  # kept for LEASE: the next append may follow
             for r in group.requests:
                 r.done = True
                 if r.wake is not None:
                     r.wake.release()
             self._hand_over()
-            self._turn.notify_all()
+            if self._turn_waiters:
+                self._turn.notify_all()
+
+    def _wait_turn(self) -> None:
+        self._turn_waiters += 1
+        try:
+            self._turn.wait()
+        finally:
+            self._turn_waiters -= 1
 
     def _fail(self, what: str) -> StoreFailedError:
         if self.failed is None:

@@ -344,9 +344,17 @@ class Log:
         self.fsync(segment.fd)
         segment.allocated = end
 
-    def has_data_at(self, segment: Segment, offset: int) -> bool:
-        """Whether anything but preallocated zeros lies at ``offset`` (a dead writer's leftovers)."""
-        return bool(os.pread(segment.fd, FRAME_SIZE, offset).strip(b"\0"))
+    def dangling(self, end: Head) -> bool:
+        """Whether a writer left something after the committed ``end`` (it died mid-commit).
+
+        Either bytes other than preallocated zeros follow ``end``, or the segment stops right
+        there (it was cut for a rollover) and the next segment exists. Preallocated zeros after
+        ``end``, the common case, need no look at the directory.
+        """
+        data = os.pread(self.segment(end.segment).fd, FRAME_SIZE, end.offset)
+        if data:
+            return bool(data.strip(b"\0"))
+        return os.path.exists(os.path.join(self.path, segment_name(end.segment + 1)))
 
     def is_free(self, segment: Segment, offset: int, end: int) -> bool:
         """Whether ``[offset, end)`` holds only zeros: preallocated space, not a torn write."""

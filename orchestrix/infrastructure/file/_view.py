@@ -169,7 +169,7 @@ class LogView:
             elif head != end:
                 self.repair_locked()  # HEAD is missing, torn or behind: trust the segment files
                 return
-            if self.log.has_data_at(self.log.segment(self.end.segment), self.end.offset):
+            if self.log.dangling(self.end):
                 self.repair_locked()  # a writer died after writing: adopt whole records, cut a torn one
 
     def repair_locked(self) -> None:
