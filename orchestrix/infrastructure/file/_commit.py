@@ -9,9 +9,10 @@ then are their callers released: no caller sees its append acknowledged before i
 and no reader sees a position before the ones below it. Overlapping syncs let the kernel commit
 several groups in one journal flush.
 
-The process holds the store's ``flock`` from the first write of a burst until its last group is
-published (and at most about ``LOCK_HOLD`` seconds under constant load, so that other processes
-get their turn).
+The process holds the store's ``flock`` from the first write of a burst until ``LEASE`` after
+its last group is published (a small keeper thread gives it back), so back-to-back appends skip
+retaking it; under constant load it lets go at least every ``LOCK_HOLD`` seconds, so that other
+processes get their turn.
 """
 
 from __future__ import annotations

@@ -3,15 +3,17 @@
 How it works, in short (``docs/file-format.md`` has the bytes):
 
 * Each append batch is one record (length + CRC32 framed) in a segment file; concurrent appends
-  of this process are written together and share one ``fdatasync`` (group commit), and a caller
-  returns only once its own record is durable.
+  of this process are written in groups that share one write and one ``fdatasync``, with the
+  next group written while the last one syncs (:mod:`._commit`); a caller returns only once its
+  own record is durable.
 * Writers of every process take an ``flock`` on the LOCK file, first read the records other
   processes added, then check expected versions and assign positions 1, 2, 3… in log order.
   After syncing they publish the committed end in HEAD, which readers in other processes poll.
 * An SQLite index (rebuilt from the log when missing or stale) maps streams to their records
   and event ids to positions; records it does not cover yet are kept in memory (:mod:`._tail`).
 * On open the uncovered end of the log is scanned; a torn last write is cut off with a warning,
-  damage followed by later data raises :class:`~orchestrix.core.errors.CorruptionError`.
+  damage that later records prove was once on disk raises
+  :class:`~orchestrix.core.errors.CorruptionError` (:mod:`._recovery`).
 """
 
 from __future__ import annotations
