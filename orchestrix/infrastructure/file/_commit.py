@@ -54,6 +54,8 @@ from orchestrix.infrastructure.file.errors import BatchTooLargeError
 
 MAX_IN_FLIGHT = 2
 """Groups that may be written and syncing at once."""
+MIN_TO_OVERLAP = 3
+"""Appends that must be waiting before a group is written while another one is still syncing."""
 LOCK_HOLD = 0.05
 """Seconds after which a busy process stops starting groups, to let other processes write."""
 LEASE = 0.002
@@ -236,6 +238,8 @@ class GroupCommit:
         """Whether a new group may be written now (lock held)."""
         if self._writing or len(self._in_flight) >= MAX_IN_FLIGHT:
             return False
+        if self._in_flight and len(self._queue) < MIN_TO_OVERLAP:
+            return False  # a tiny group would only take a sync from a bigger one: wait a little
         if self._draining():
             if self._in_flight:
                 return False  # held long enough: finish what is in flight, then let others in
