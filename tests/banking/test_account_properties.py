@@ -35,7 +35,7 @@ commands = st.one_of(
 )
 
 
-@settings(max_examples=200)
+@settings(max_examples=max(200, settings.default.max_examples))
 @given(st.lists(commands, max_size=40))
 def test_balances_equal_opening_plus_deposits_minus_withdrawals(sequence: list[object]) -> None:
     store = InMemoryEventStore(serializer=banking_serializer())
