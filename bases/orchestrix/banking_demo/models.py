@@ -76,29 +76,23 @@ def validate_amount(value: object, field: str = "amount", *, allow_zero: bool = 
     return value + 0  # turns -0 into 0
 
 
-class AccountStatus(enum.Enum):
+class AccountStatus(enum.StrEnum):
     """Where an account is in its life."""
 
     ACTIVE = "ACTIVE"
     SUSPENDED = "SUSPENDED"
     CLOSED = "CLOSED"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class TransactionKind(enum.Enum):
+class TransactionKind(enum.StrEnum):
     """The kind of one money movement in an account's audit trail."""
 
     OPENING = "opening"
     DEPOSIT = "deposit"
     WITHDRAWAL = "withdrawal"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class TransferStatus(enum.Enum):
+class TransferStatus(enum.StrEnum):
     """Where a transfer is. INITIATED, DEBITED and COMPENSATING hold money; the last two end it."""
 
     INITIATED = "INITIATED"
@@ -106,9 +100,6 @@ class TransferStatus(enum.Enum):
     COMPENSATING = "COMPENSATING"
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 # -- commands ---------------------------------------------------------------------------------
