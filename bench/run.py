@@ -132,6 +132,13 @@ SUITES: dict[str, tuple[list[Row], list[Check]]] = {
                 params={"n": 16_000, "threads": 8},
             ),
             Row(
+                "orx_write8_async",
+                "orchestrix  8 asyncio writer tasks, own stream each, 1 event/append",
+                "file.orx_write8_async",
+                "ev/s",
+                params={"n": 16_000, "tasks": 8},
+            ),
+            Row(
                 "es_write8",
                 "eventsourcing SQLite  8 writer threads, same",
                 "file.es_write8",
@@ -190,6 +197,13 @@ SUITES: dict[str, tuple[list[Row], list[Check]]] = {
             Check("peer SQLite / fsync ceiling (info)", "es_write1", "raw_fsync1", None),
             Check(
                 "8 writers: orchestrix / 1-writer ceiling", "orx_write8", "raw_fsync1", 4.0, source="issue 3"
+            ),
+            Check(
+                "8 asyncio writers: orchestrix / 1-writer ceiling",
+                "orx_write8_async",
+                "raw_fsync1",
+                4.0,
+                source="issue 3",
             ),
             Check("8 writers: orchestrix vs peer 8 threads (info)", "orx_write8", "es_write8", None),
             Check(

@@ -131,6 +131,34 @@ def orx_write8(n: int = 16_000, threads: int = 8) -> dict[str, Any]:
     return rate(per_thread * threads, seconds)
 
 
+def orx_write8_async(n: int = 16_000, tasks: int = 8) -> dict[str, Any]:
+    """orchestrix: ``tasks`` asyncio tasks, each saving one event at a time to its own aggregate."""
+    import asyncio
+
+    from workloads.orx_model import Note
+
+    per_task = n // tasks
+    with temp_dir() as path:
+        store, repo = _orx(os.path.join(path, "store"))
+
+        async def work() -> None:
+            note = Note()
+            note_id = str(uuid.uuid4())
+            for k in range(per_task):
+                note.write(note_id, payload(k))
+                await repo.save_async(note)
+
+        async def main() -> float:
+            start = clock()
+            await asyncio.gather(*(work() for _ in range(tasks)))
+            return clock() - start
+
+        seconds = asyncio.run(main())
+        assert store.last_position() >= per_task * tasks
+        store.close()
+    return rate(per_task * tasks, seconds)
+
+
 def es_write8(n: int = 8_000, threads: int = 8) -> dict[str, Any]:
     """eventsourcing SQLite: ``threads`` writers, each saving one event at a time to its own aggregate."""
     from workloads.es_model import Note, sqlite_app

@@ -626,6 +626,149 @@ def test_concurrent_appends_share_fsyncs_and_return_only_when_durable(
         assert again.last_position() == 200
 
 
+def test_concurrent_asyncio_appends_share_fsyncs_and_return_only_when_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _open(tmp_path / "store")
+    real = os.fdatasync
+    durable = {"size": 0}
+    syncs = []
+
+    def slow_sync(fd: int) -> None:
+        size = os.fstat(fd).st_size
+        time.sleep(0.002)
+        real(fd)
+        durable["size"] = max(durable["size"], size)
+        syncs.append(size)
+
+    monkeypatch.setattr(os, "fdatasync", slow_sync)
+    problems: list[str] = []
+
+    async def writer(me: int) -> None:
+        for i in range(25):
+            result = await store.append_async(f"w-{me}", _events(i), i - 1)
+            entry = store._view.tail.entry_at(result.positions[0])
+            if entry is None or entry.offset + entry.size > durable["size"]:
+                problems.append(f"task {me} returned before its record was synced")
+
+    async def main() -> None:
+        await asyncio.gather(*(writer(k) for k in range(8)))
+
+    asyncio.run(main())
+    store.close()
+    assert problems == []
+    assert len(syncs) <= 200 / 4, f"{len(syncs)} fsyncs for 200 appends by 8 tasks: no group commit"
+    with _open(tmp_path / "store") as again:
+        assert again.last_position() == 200
+        assert [again.stream_version(f"w-{k}") for k in range(8)] == [24] * 8
+
+
+def test_threads_and_asyncio_tasks_append_to_one_store_together(tmp_path: Path) -> None:
+    store = _open(tmp_path / "store")
+    conflicts: list[str] = []
+
+    def thread_writer(me: int) -> None:
+        for i in range(30):
+            store.append(f"t-{me}", _events(i), i - 1)
+            try:
+                store.append("shared", _events(1000 + i), NO_STREAM)
+            except ConcurrencyError:
+                conflicts.append("thread")
+
+    async def task_writer(me: int) -> None:
+        for i in range(30):
+            await store.append_async(f"a-{me}", _events(i), i - 1)
+            try:
+                await store.append_async("shared", _events(2000 + i), NO_STREAM)
+            except ConcurrencyError:
+                conflicts.append("task")
+
+    async def tasks() -> None:
+        await asyncio.gather(*(task_writer(k) for k in range(4)))
+
+    threads = [threading.Thread(target=thread_writer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    asyncio.run(tasks())
+    for t in threads:
+        t.join()
+    assert len(conflicts) == 8 * 30 - 1  # exactly one append created "shared"
+    assert store.stream_version("shared") == 0
+    for prefix in ("t", "a"):
+        for k in range(4):
+            assert _numbers(store, f"{prefix}-{k}") == list(range(30))
+    positions = [r.position for r in store.read_all()]
+    assert positions == list(range(1, 8 * 30 + 2))
+    store.close()
+
+
+def test_an_asyncio_append_whose_task_is_cancelled_leaves_a_consistent_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _open(tmp_path / "store")
+    real = os.fdatasync
+    syncing = threading.Event()
+
+    def slow_sync(fd: int) -> None:
+        syncing.set()
+        time.sleep(0.05)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", slow_sync)
+
+    async def scenario() -> None:
+        append = asyncio.create_task(store.append_async("s", _events(1), NO_STREAM))
+        while not syncing.is_set():
+            await asyncio.sleep(0.001)
+        append.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await append
+        # the cancelled append completes on its own: it is stored, whole, at version 0
+        assert (await store.append_async("s", _events(2), 0)).versions == (1,)
+
+    asyncio.run(scenario())
+    assert _numbers(store, "s") == [1, 2]
+    store.close()
+
+
+def test_asyncio_appends_fail_like_sync_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = _open(tmp_path / "store")
+
+    async def scenario() -> None:
+        await store.append_async("s", _events(1), NO_STREAM)
+        with pytest.raises(ConcurrencyError):
+            await store.append_async("s", _events(2), NO_STREAM)
+        monkeypatch.setattr(os, "fdatasync", _failing_sync)
+        with pytest.raises(StoreFailedError, match="failed to sync"):
+            await store.append_async("s", _events(3), 0)
+        with pytest.raises(StoreFailedError):
+            await store.append_async("s", _events(4), ANY)
+
+    asyncio.run(scenario())
+    store.close()
+    with pytest.raises(StoreClosedError):
+        asyncio.run(store.append_async("s", _events(5)))
+
+
+def _failing_sync(fd: int) -> None:
+    raise OSError(errno.EIO, "Input/output error")
+
+
+def test_asyncio_reads_see_what_another_store_on_the_directory_appended(tmp_path: Path) -> None:
+    with _open(tmp_path / "s") as reader, _open(tmp_path / "s") as writer:
+
+        async def scenario() -> None:
+            assert await reader.stream_version_async("a") == NO_STREAM
+            writer.append("a", _events(1, 2), NO_STREAM)
+            assert await reader.stream_version_async("a") == 1
+            assert [r.event.n async for r in reader.read_stream_async("a")] == [1, 2]
+            writer.append("a", _events(3), 1)
+            assert [r.event.n async for r in reader.read_all_async(1)] == [2, 3]
+            assert [r.event.n async for r in reader.read_stream_async("a", 2)] == [3]
+
+        asyncio.run(scenario())
+
+
 def test_unsafe_mode_appends_and_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     monkeypatch.setattr(os, "fdatasync", lambda fd: calls.append(fd))

@@ -13,10 +13,18 @@ The process holds the store's ``flock`` from the first write of a burst until ``
 its last group is published (a small keeper thread gives it back), so back-to-back appends skip
 retaking it; under constant load it lets go at least every ``LOCK_HOLD`` seconds, so that other
 processes get their turn.
+
+Callers are threads (:meth:`GroupCommit.submit`: the caller at the head of the queue becomes the
+writer) or asyncio tasks (:meth:`GroupCommit.submit_async`: the task awaits a future, and a
+small pool of writer threads does the writing and syncing). Either way one wake-up is paid per
+group, and an asyncio caller holds no thread while its append is in flight.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import os
 import threading
 import time
@@ -70,7 +78,19 @@ _u32_into = U32.pack_into
 class Request:
     """One caller's append: its encoded record, and then its outcome."""
 
-    __slots__ = ("batch", "done", "error", "expected", "ids", "record", "result", "stream", "wake")
+    __slots__ = (
+        "batch",
+        "done",
+        "error",
+        "expected",
+        "future",
+        "ids",
+        "loop",
+        "record",
+        "result",
+        "stream",
+        "wake",
+    )
 
     def __init__(
         self, stream: str, batch: list[NewEvent], ids: tuple[bytes, ...], record: bytearray, expected: int
@@ -84,6 +104,8 @@ class Request:
         self.error: BaseException | None = None
         self.done = False
         self.wake: threading.Lock | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.future: asyncio.Future[None] | None = None
 
 
 def prepare(
@@ -156,6 +178,8 @@ class GroupCommit:
         self._idle_since: float | None = None
         self._lease = threading.Condition(self._lock)
         self._keeper: threading.Thread | None = None
+        self._writers: concurrent.futures.ThreadPoolExecutor | None = None  # for asyncio callers
+        self._kick_pending = False
         self._seq = 0
         # what the groups written but not yet published changed, for planning the next ones
         self._written = view.end
@@ -182,6 +206,39 @@ class GroupCommit:
             request.wake.acquire()  # type: ignore[union-attr]  # released when done, or to write
             if request.done:
                 return
+        self._write_turn()
+
+    async def submit_async(self, request: Request) -> None:
+        """Asyncio form of :meth:`submit`: awaits the outcome without holding a thread.
+
+        If the awaiting task is cancelled, the append still completes (or fails) on its own,
+        like an append whose caller timed out: it may or may not be stored.
+        """
+        loop = asyncio.get_running_loop()
+        request.loop = loop
+        request.future = future = loop.create_future()
+        with self._lock:
+            if self.closed:
+                raise StoreClosedError(f"the file store at {self.view.path} is closed")
+            if self.failed is not None:
+                raise self.failed
+            self._queue.append(request)
+            if not self._kick_pending:
+                # Start the writer after the tasks that are ready now have queued their appends too:
+                # the callers released by one group come back together, and should share the next.
+                self._kick_pending = True
+                loop.call_soon(self._kick)
+        await future
+
+    def _kick(self) -> None:
+        with self._lock:
+            self._kick_pending = False
+            if self._queue and self._may_start():
+                self._writing = True
+                self._start_writer()
+
+    def _write_turn(self) -> None:
+        """Write the queue as one group, let the next writer in, then sync and publish the group."""
         group = None
         try:
             group = self._write_group()
@@ -194,6 +251,14 @@ class GroupCommit:
         if group is not None:
             self._sync_and_publish(group)
 
+    def _start_writer(self) -> None:
+        """Write the next group in a pool thread, for a queue headed by an asyncio caller (lock held)."""
+        if self._writers is None:
+            self._writers = concurrent.futures.ThreadPoolExecutor(
+                MAX_IN_FLIGHT, thread_name_prefix="orchestrix-file-writer"
+            )
+        self._writers.submit(self._write_turn)
+
     def close(self) -> None:
         """Refuse new appends; return once the ones already queued are written."""
         with self._lock:
@@ -205,6 +270,8 @@ class GroupCommit:
             self._lease.notify_all()
         if self._keeper is not None:
             self._keeper.join()
+        if self._writers is not None:
+            self._writers.shutdown()
 
     def _release_lock(self) -> None:
         """Give the writer lock back to other processes (lock held, nothing writing or in flight)."""
@@ -250,7 +317,11 @@ class GroupCommit:
         """Wake the oldest queued caller to write the next group, if one may start (lock held)."""
         if self._queue and self._may_start():
             self._writing = True
-            self._queue[0].wake.release()  # type: ignore[union-attr]  # it wakes not done, and writes
+            wake = self._queue[0].wake
+            if wake is not None:
+                wake.release()  # the caller wakes not done, and writes
+            else:
+                self._start_writer()
 
     # -- writing a group ------------------------------------------------------------------------
 
@@ -312,9 +383,8 @@ class GroupCommit:
         with self._lock:
             requests, self._queue = self._queue, []
             for r in requests:
-                r.error, r.done = exc, True
-                if r.wake is not None:
-                    r.wake.release()
+                r.error = exc
+            _release(requests)
             self._turn.notify_all()
 
     def _plan(self, group: _Group) -> list[tuple[Request, int, int, AppendResult]]:
@@ -455,10 +525,7 @@ class GroupCommit:
                     self._release_lock()
                 elif not self._queue:
                     self._idle_since = time.monotonic()  # kept for LEASE: the next append may follow
-            for r in group.requests:
-                r.done = True
-                if r.wake is not None:
-                    r.wake.release()
+            _release(group.requests)
             self._hand_over()
             if self._turn_waiters:
                 self._turn.notify_all()
@@ -477,3 +544,24 @@ class GroupCommit:
                 "reopened, and the last appends may or may not be stored"
             )
         return self.failed
+
+
+def _release(requests: list[Request]) -> None:
+    """Mark requests done and wake their callers: threads directly, asyncio tasks once per loop."""
+    loops: dict[asyncio.AbstractEventLoop, list[Request]] = {}
+    for r in requests:
+        r.done = True
+        if r.wake is not None:
+            r.wake.release()
+        elif r.loop is not None:
+            loops.setdefault(r.loop, []).append(r)
+    for loop, waiting in loops.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits these any more
+            loop.call_soon_threadsafe(_settle, waiting)
+
+
+def _settle(requests: list[Request]) -> None:
+    for r in requests:
+        future = r.future
+        if future is not None and not future.done():  # a cancelled caller leaves a done future
+            future.set_result(None)

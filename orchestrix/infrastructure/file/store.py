@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -97,6 +97,20 @@ class FileEventStore(AsyncStoreMixin):
         assert request.result is not None
         return request.result
 
+    async def append_async(
+        self, stream: str, events: Sequence[NewEvent | Any], expected_version: int = ANY
+    ) -> AppendResult:
+        """Asyncio form of :meth:`append`: holds no thread while the append is in flight.
+
+        Concurrent tasks share groups, writes and fdatasyncs with each other and with threads.
+        """
+        request = prepare(self._serializer, self._type_fields, stream, events, expected_version)
+        await self._commits.submit_async(request)
+        if request.error is not None:
+            raise request.error
+        assert request.result is not None
+        return request.result
+
     # -- reading -----------------------------------------------------------------------------
 
     def read_stream(self, stream: str, from_version: int = 0) -> Iterator[RecordedEvent]:
@@ -160,6 +174,50 @@ class FileEventStore(AsyncStoreMixin):
                 remaining -= 1
                 if remaining == 0:
                     return
+
+    # The asyncio forms of reads run on the event loop: they read the page cache and the local
+    # index, a few microseconds per event, where a thread hop would cost more than the read.
+    # Taking in another process's appends may scan the log, so that part goes to a thread.
+    # Long reads give the loop a turn every ``page_size`` events.
+
+    async def read_stream_async(self, stream: str, from_version: int = 0) -> AsyncIterator[RecordedEvent]:
+        """Asyncio form of :meth:`read_stream`."""
+        await self._refresh_async()
+        events = self.read_stream(stream, from_version)
+        try:
+            for n, event in enumerate(events, 1):
+                yield event
+                if n % self.page_size == 0:
+                    await asyncio.sleep(0)
+        finally:
+            events.close()  # type: ignore[attr-defined]
+
+    async def read_all_async(self, after: int = 0, limit: int | None = None) -> AsyncIterator[RecordedEvent]:
+        """Asyncio form of :meth:`read_all`."""
+        await self._refresh_async()
+        events = self.read_all(after, limit)
+        try:
+            for n, event in enumerate(events, 1):
+                yield event
+                if n % self.page_size == 0:
+                    await asyncio.sleep(0)
+        finally:
+            close = getattr(events, "close", None)
+            if close is not None:
+                close()
+
+    async def stream_version_async(self, stream: str) -> int:
+        """Asyncio form of :meth:`stream_version`."""
+        await self._refresh_async()
+        return self.stream_version(stream)
+
+    async def _refresh_async(self) -> None:
+        view = self._view
+        if view.closed:
+            return  # the sync form raises StoreClosedError
+        head = view.log.read_head()
+        if head is None or ahead(head, view.end):
+            await asyncio.to_thread(view.refresh)
 
     def stream_version(self, stream: str) -> int:
         """The version of the stream's last event, or NO_STREAM (-1) if it has none."""
