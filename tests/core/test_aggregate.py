@@ -202,3 +202,168 @@ def test_async_forms_load_save_and_update(repo: AggregateRepository) -> None:
         return (await repo.load_async(Counter, "c-1")).value
 
     assert asyncio.run(scenario()) == 4
+
+
+# -- the repository's cache of idle aggregates ---------------------------------------------------
+
+
+class CountingStore(InMemoryEventStore):
+    """Counts the events each read hands out, to tell a replay from a cache hit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.replayed = 0
+
+    def read_stream(self, stream: str, from_version: int = 0):  # type: ignore[no-untyped-def]
+        for recorded in super().read_stream(stream, from_version):  # the async form reads through here
+            self.replayed += 1
+            yield recorded
+
+
+def _created(repo: AggregateRepository, counter_id: str = "c-1", increments: int = 0) -> None:
+    counter = Counter()
+    counter.create(counter_id)
+    for _ in range(increments):
+        counter.increment(1)
+    repo.save(counter)
+
+
+def test_an_update_after_an_update_replays_only_what_was_stored_since() -> None:
+    store = CountingStore()
+    repo = AggregateRepository(store)
+    _created(repo, increments=9)
+    repo.update(Counter, "c-1", lambda c: c.increment(1))
+    assert store.replayed == 10  # the first update replays the stream
+    repo.update(Counter, "c-1", lambda c: c.increment(1))
+    assert store.replayed == 10  # the second finds the aggregate it saved, still current
+    other = AggregateRepository(store, cache_size=0)
+    other.update(Counter, "c-1", lambda c: c.increment(100))  # another writer moves the stream on
+    replayed = store.replayed
+    assert repo.update(Counter, "c-1", lambda c: (c.increment(1), c.value)[1]) == 112
+    assert store.replayed == replayed + 1  # only the other writer's event was replayed
+    assert repo.load(Counter, "c-1").value == 112
+
+
+def test_the_async_update_uses_the_same_cache() -> None:
+    store = CountingStore()
+    repo = AggregateRepository(store)
+    _created(repo, increments=4)
+
+    async def scenario() -> int:
+        await repo.update_async(Counter, "c-1", lambda c: c.increment(1))
+        replayed = store.replayed
+        await repo.update_async(Counter, "c-1", lambda c: c.increment(1))
+        assert store.replayed == replayed
+        AggregateRepository(store, cache_size=0).update(Counter, "c-1", lambda c: c.increment(10))
+        return await repo.update_async(Counter, "c-1", lambda c: (c.increment(1), c.value)[1])
+
+    assert asyncio.run(scenario()) == 17
+    assert store.replayed == 5 + 7 + 1  # first replay, the other writer's own replay, its one event
+
+
+def test_a_failed_decision_drops_the_cached_aggregate() -> None:
+    store = CountingStore()
+    repo = AggregateRepository(store)
+    _created(repo)
+    repo.update(Counter, "c-1", lambda c: c.increment(1))
+
+    def half_done(c: Counter) -> None:
+        c.increment(1000)  # applied to this instance, never saved
+        raise ValueError("refused after all")
+
+    with pytest.raises(ValueError):
+        repo.update(Counter, "c-1", half_done)
+    replayed = store.replayed
+    assert repo.update(Counter, "c-1", lambda c: c.value) == 1  # replayed from the stream, not 1001
+    assert store.replayed == replayed + 2
+
+
+def test_a_conflict_drops_the_stale_aggregate_and_the_retry_wins() -> None:
+    repo = AggregateRepository(InMemoryEventStore())
+    _created(repo)
+    repo.update(Counter, "c-1", lambda c: c.increment(1))
+    calls = 0
+
+    def decide(c: Counter) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            other = AggregateRepository(repo.event_store, cache_size=0)
+            other.update(Counter, "c-1", lambda o: o.increment(5))
+        c.increment(1)
+        return c.value
+
+    assert repo.update(Counter, "c-1", decide) == 7
+    assert calls == 2
+    assert repo.load(Counter, "c-1").value == 7
+
+
+def test_concurrent_updates_never_share_an_aggregate() -> None:
+    import threading
+
+    repo = AggregateRepository(InMemoryEventStore())
+    _created(repo)
+    in_use: set[int] = set()
+    shared: list[int] = []
+    guard = threading.Lock()
+
+    def decide(c: Counter) -> None:
+        with guard:
+            if id(c) in in_use:
+                shared.append(id(c))
+            in_use.add(id(c))
+        c.increment(1)
+        with guard:
+            in_use.discard(id(c))
+
+    def worker() -> None:
+        for _ in range(50):
+            repo.update(Counter, "c-1", decide, attempts=1000)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert shared == []
+    assert repo.load(Counter, "c-1").value == 400
+
+
+def test_the_cache_is_bounded_and_can_be_turned_off() -> None:
+    store = CountingStore()
+    repo = AggregateRepository(store, cache_size=2)
+    for k in range(3):
+        _created(repo, f"c-{k}")
+        repo.update(Counter, f"c-{k}", lambda c: c.increment(1))
+    replayed = store.replayed
+    repo.update(Counter, "c-2", lambda c: c.increment(1))
+    repo.update(Counter, "c-1", lambda c: c.increment(1))
+    assert store.replayed == replayed  # the two most recent are cached
+    repo.update(Counter, "c-0", lambda c: c.increment(1))
+    assert store.replayed == replayed + 2  # the oldest was evicted: replayed (created + 1)
+    off = AggregateRepository(store, cache_size=0)
+    off.update(Counter, "c-0", lambda c: c.increment(1))
+    off.update(Counter, "c-0", lambda c: c.increment(1))
+    assert store.replayed == replayed + 2 + 3 + 4  # without a cache each update replays it all
+    with pytest.raises(ValueError, match="cache_size"):
+        AggregateRepository(store, cache_size=-1)
+
+
+def test_a_store_that_lost_events_makes_the_cache_replay_from_scratch() -> None:
+    repo = AggregateRepository(InMemoryEventStore())
+    _created(repo, increments=3)
+    repo.update(Counter, "c-1", lambda c: c.increment(1))
+    fresh = InMemoryEventStore()  # e.g. reopened after losing unsynced writes
+    _created(AggregateRepository(fresh, cache_size=0), increments=1)
+    repo.event_store = fresh
+    assert repo.update(Counter, "c-1", lambda c: c.value) == 1
+
+
+def test_retries_after_the_first_wait_a_short_growing_random_time() -> None:
+    from orchestrix.core.eventsourcing.aggregate import conflict_backoff
+
+    assert conflict_backoff(1) == 0.0  # the first retry is immediate
+    for failed, bound in ((2, 0.001), (3, 0.002), (4, 0.004), (10, 0.05), (30, 0.05)):
+        waits = [conflict_backoff(failed) for _ in range(200)]
+        assert all(0 <= w <= bound for w in waits)
+        assert len(set(waits)) > 1  # random, so colliding writers fall out of step

@@ -105,7 +105,7 @@ class BankingCommandHandlers:
             existing = self._existing_transfer(command)
             if existing is not None:
                 return existing
-            _check_source(command, self.get_account(command.from_account_id))
+            self._update(command.from_account_id, lambda source: _check_source(command, source))
             transfer = TransferSaga.initiate(command)
             self.repository.save(transfer)
             return transfer
@@ -183,7 +183,7 @@ class BankingCommandHandlers:
                 pass
             else:
                 return _same_transfer(existing, command)
-            _check_source(command, await self.get_account_async(command.from_account_id))
+            await self._update_async(command.from_account_id, lambda source: _check_source(command, source))
             transfer = TransferSaga.initiate(command)
             await self.repository.save_async(transfer)
             return transfer

@@ -7,6 +7,11 @@ exactly the same state. Dispatch from event type to handler is resolved once per
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import random
+import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, TypeVar
@@ -108,10 +113,23 @@ class AggregateRoot:
 
 
 class AggregateRepository:
-    """Loads aggregates by replaying their streams and saves their pending events."""
+    """Loads aggregates by replaying their streams and saves their pending events.
 
-    def __init__(self, event_store: EventStore) -> None:
+    :meth:`update` keeps up to ``cache_size`` aggregates it has just saved, so that the next
+    update of the same aggregate replays only the events stored since (usually none: one cheap
+    ``stream_version`` check). An aggregate is *taken out* of the cache while an update works on
+    it, so two updates never share one, and it goes back only after a successful save; anything
+    that goes wrong drops it. ``load`` always replays the whole stream and returns an aggregate
+    the caller owns. ``cache_size=0`` turns the cache off.
+    """
+
+    def __init__(self, event_store: EventStore, *, cache_size: int = 1024) -> None:
+        if cache_size < 0:
+            raise ValueError("cache_size must be 0 (no cache) or more")
         self.event_store = event_store
+        self.cache_size = cache_size
+        self._idle: collections.OrderedDict[str, AggregateRoot] = collections.OrderedDict()
+        self._idle_lock = threading.Lock()
 
     def load(self, cls: type[A], aggregate_id: str) -> A:
         """Rebuild the aggregate from its stream; raise AggregateNotFoundError if it has none."""
@@ -173,12 +191,19 @@ class AggregateRepository:
         *,
         attempts: int = 5,
     ) -> T:
-        """Load, run ``decide`` on the aggregate, save; on ConcurrencyError reload and retry."""
+        """Load, run ``decide`` on the aggregate, save; on ConcurrencyError reload and retry.
+
+        ``decide`` gets an aggregate that only this call uses (from the cache, caught up, or
+        replayed); it must not keep it after returning. What it returns is returned.
+        """
 
         def once() -> T:
-            aggregate = self.load(cls, aggregate_id)
+            aggregate = self._take(cls, aggregate_id)
+            if aggregate is None or not self._caught_up(aggregate):
+                aggregate = self.load(cls, aggregate_id)
             outcome = decide(aggregate)
             self.save(aggregate)
+            self._put_back(aggregate)
             return outcome
 
         return retry_on_conflict(once, attempts=attempts)
@@ -194,16 +219,66 @@ class AggregateRepository:
         """Asyncio form of :meth:`update`."""
 
         async def once() -> T:
-            aggregate = await self.load_async(cls, aggregate_id)
+            aggregate = self._take(cls, aggregate_id)
+            if aggregate is None or not await self._caught_up_async(aggregate):
+                aggregate = await self.load_async(cls, aggregate_id)
             outcome = decide(aggregate)
             await self.save_async(aggregate)
+            self._put_back(aggregate)
             return outcome
 
         return await retry_on_conflict_async(once, attempts=attempts)
 
+    # -- the cache of idle aggregates ---------------------------------------------------------
+
+    def _take(self, cls: type[A], aggregate_id: str) -> A | None:
+        """Take the cached aggregate of this stream out of the cache, if there is one."""
+        if not self.cache_size:
+            return None
+        with self._idle_lock:
+            aggregate = self._idle.pop(cls.stream_name(aggregate_id), None)
+        return aggregate if type(aggregate) is cls and aggregate.id == aggregate_id else None
+
+    def _put_back(self, aggregate: AggregateRoot) -> None:
+        if not self.cache_size or aggregate._pending or not aggregate.id:
+            return
+        stream = type(aggregate).stream_name(aggregate.id)
+        with self._idle_lock:
+            self._idle[stream] = aggregate
+            self._idle.move_to_end(stream)
+            while len(self._idle) > self.cache_size:
+                self._idle.popitem(last=False)
+
+    def _caught_up(self, aggregate: AggregateRoot) -> bool:
+        """Replay what was stored after the cached version; False if the stream is not as cached."""
+        stream = type(aggregate).stream_name(aggregate.id or "")
+        current = self.event_store.stream_version(stream)
+        if current == aggregate.version:
+            return True
+        if current < aggregate.version:
+            return False  # the store lost events this aggregate has seen: start from its stream
+        for recorded in self.event_store.read_stream(stream, aggregate.version + 1):
+            aggregate._replay(recorded)
+        return True
+
+    async def _caught_up_async(self, aggregate: AggregateRoot) -> bool:
+        stream = type(aggregate).stream_name(aggregate.id or "")
+        current = await self.event_store.stream_version_async(stream)
+        if current == aggregate.version:
+            return True
+        if current < aggregate.version:
+            return False
+        async for recorded in self.event_store.read_stream_async(stream, aggregate.version + 1):
+            aggregate._replay(recorded)
+        return True
+
 
 def retry_on_conflict(operation: Callable[[], T], *, attempts: int = 5) -> T:
-    """Run ``operation`` (which must reload what it changes) until it wins, at most ``attempts`` times."""
+    """Run ``operation`` (which must reload what it changes) until it wins, at most ``attempts`` times.
+
+    The first retry is immediate; later ones wait a short random time (see :func:`conflict_backoff`),
+    so that writers who keep colliding on one stream fall out of step instead of colliding again.
+    """
     if attempts < 1:
         raise ValueError("attempts must be at least 1")
     for attempt in range(1, attempts + 1):
@@ -212,11 +287,12 @@ def retry_on_conflict(operation: Callable[[], T], *, attempts: int = 5) -> T:
         except ConcurrencyError:
             if attempt == attempts:
                 raise
+        time.sleep(conflict_backoff(attempt))
     raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def retry_on_conflict_async(operation: Callable[[], Awaitable[T]], *, attempts: int = 5) -> T:
-    """Asyncio form of :func:`retry_on_conflict`."""
+    """Asyncio form of :func:`retry_on_conflict`; it waits without blocking the loop."""
     if attempts < 1:
         raise ValueError("attempts must be at least 1")
     for attempt in range(1, attempts + 1):
@@ -225,7 +301,15 @@ async def retry_on_conflict_async(operation: Callable[[], Awaitable[T]], *, atte
         except ConcurrencyError:
             if attempt == attempts:
                 raise
+        await asyncio.sleep(conflict_backoff(attempt))
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def conflict_backoff(failed_attempts: int) -> float:
+    """Seconds to wait before the next attempt: 0 after the first conflict, then up to 1, 2, 4 ... 50 ms."""
+    if failed_attempts <= 1:
+        return 0.0
+    return random.uniform(0, min(0.05, 0.001 * 2 ** (failed_attempts - 2)))
 
 
 def _found(aggregate: A, cls: type[A], aggregate_id: str, stream: str) -> A:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import hashlib
 import inspect
 import logging
@@ -743,7 +744,12 @@ class SagaRunner:
 
 def _correlation(saga: Saga) -> uuid.UUID:
     """The envelope correlation id of everything a saga writes: derived from its stream."""
-    return uuid.uuid5(_CORRELATION, saga.stream)
+    return _stream_correlation(saga.stream)
+
+
+@functools.lru_cache(maxsize=4096)
+def _stream_correlation(stream: str) -> uuid.UUID:
+    return uuid.uuid5(_CORRELATION, stream)
 
 
 class _Driven:

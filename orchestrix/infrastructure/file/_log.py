@@ -75,13 +75,18 @@ def pread_full(fd: int, size: int, offset: int) -> bytes:
 
 
 class Window:
-    """A read buffer over one file, refilled around the offset asked for."""
+    """A read buffer over one file, refilled around the offset asked for.
 
-    __slots__ = ("buf", "fd", "size", "start")
+    Each refill reads ``size`` bytes, doubling up to ``grow_to``: a short read stays cheap, a
+    long sequential one soon reads big blocks.
+    """
 
-    def __init__(self, fd: int, size: int = WINDOW) -> None:
+    __slots__ = ("buf", "fd", "grow_to", "size", "start")
+
+    def __init__(self, fd: int, size: int = WINDOW, grow_to: int = 0) -> None:
         self.fd = fd
         self.size = size
+        self.grow_to = grow_to
         self.buf = b""
         self.start = 0
 
@@ -92,6 +97,8 @@ class Window:
             return self.buf, offset - start
         self.buf = pread_full(self.fd, max(length, self.size), offset)
         self.start = offset
+        if self.size < self.grow_to:
+            self.size *= 2
         return self.buf, 0
 
 

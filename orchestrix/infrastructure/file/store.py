@@ -52,6 +52,8 @@ __all__ = ["FileEventStore"]
 CHECKPOINT_FILE = "checkpoints.json"
 DEFAULT_SEGMENT_SIZE = 128 * 1024 * 1024
 DEFAULT_CHECKPOINT_EVENTS = 16384
+STREAM_WINDOW = 4096
+"""First read size of a stream read: most streams are short, and their records far apart."""
 POLL_INTERVAL = 0.02
 """How often a waiting reader looks at HEAD for other processes' appends (seconds)."""
 
@@ -144,7 +146,7 @@ class FileEventStore(AsyncStoreMixin):
         segment = self._view.log.segment(number)
         window = windows.get(number)
         if window is None:
-            window = windows[number] = Window(segment.fd, 65536)
+            window = windows[number] = Window(segment.fd, STREAM_WINDOW, 65536)
         frame = read_frame(window, offset, 1 << 62)
         if isinstance(frame, str):
             raise CorruptionError(segment.path, offset, frame)
