@@ -103,7 +103,13 @@ def test_the_demo_on_the_file_store_continues_from_its_stored_state(tmp_path: Pa
 
 
 def test_a_run_that_dies_mid_transfer_is_resumed_by_the_next_run(tmp_path: Path) -> None:
-    """A real crash (the process exits at once after a debit): the next process finishes the transfer."""
+    """A real crash (the process exits at once after a debit): the next process finishes the transfer.
+
+    How far the other transfers got before the exit varies: the runner steps the sagas of a page
+    concurrently, and appends acknowledged in one group with the rent's debit (a gift's debit, a
+    ring leg) are stored even though the rent's task is the one that exits. So the found state is
+    checked for consistency, not for one outcome; only the rent's is fixed.
+    """
     data = tmp_path / "data"
     crashed = demo("--data", str(data), "--crash-after-debit")
     assert crashed.returncode == 3, crashed.stderr
@@ -116,17 +122,42 @@ def test_a_run_that_dies_mid_transfer_is_resumed_by_the_next_run(tmp_path: Path)
     assert resumed.returncode == 0, resumed.stderr
     out = resumed.stdout
     assert "run 2," in out
-    found = out.split("== Unfinished transfers found in the store (an earlier run stopped mid-way)\n")[1]
+    found = _section(out, "Unfinished transfers found in the store (an earlier run stopped mid-way)")
     assert re.match(r"  r1-rent +alice -> bob +250\.00  INITIATED, 250\.00 debited and held\n", found)
-    assert (
-        "held by unfinished transfers: 250.00; accounts + held = 1,950.00 = money in - money out = 1,950.00"
-        in out
+    *lines, total = found.splitlines()
+    unfinished = [_UNFINISHED.fullmatch(line) for line in lines]
+    assert all(unfinished), lines
+    held = sum((_amount(m["held"]) for m in unfinished if m and m["held"]), Decimal(0))
+    assert total == (
+        f"  held by unfinished transfers: {held:,.2f}; "
+        "accounts + held = 1,950.00 = money in - money out = 1,950.00"
     )
-    assert re.search(r"^  alice +Alice Anderson +already open, balance 950\.00$", out, re.M)
-    finished = out.split("== Transfers left unfinished by an earlier run, resumed by this run's runner\n")[1]
+
+    finished = _section(out, "Transfers left unfinished by an earlier run, resumed by this run's runner")
     assert re.match(r"  r1-rent +alice -> bob +250\.00  COMPLETED\n", finished)
+    outcomes = dict(re.findall(r"^  (r1-\S+) +\S+ -> \S+ +[\d,.]+  (\w+)$", finished, re.M))
+    assert set(outcomes) == {m["id"] for m in unfinished if m}
+    assert set(outcomes.values()) <= {"COMPLETED", "FAILED"}, outcomes
+    # The earlier run's transfers are finished before this run's story touches the same accounts.
+    assert out.index("resumed by this run's runner") < out.index("== Accounts")
+    assert re.search(r"^  r2-rent +alice -> bob +250\.00  COMPLETED$", out, re.M)
     assert "held by unfinished transfers 0.00" in out
     assert out.rstrip().endswith("no key applied twice")
+
+
+_UNFINISHED = re.compile(
+    r"  (?P<id>r1-\S+) +\S+ -> \S+ +[\d,.]+  [A-Z]+, "
+    r"(?:(?P<held>[\d,.]+) debited and held|nothing debited yet)"
+)
+
+
+def _section(out: str, heading: str) -> str:
+    """The lines under ``== heading``, up to the blank line that ends the section."""
+    return out.split(f"== {heading}\n", 1)[1].split("\n\n", 1)[0] + "\n"
+
+
+def _amount(text: str) -> Decimal:
+    return Decimal(text.replace(",", ""))
 
 
 def test_the_demo_refuses_to_wipe_a_folder_that_is_not_a_store(tmp_path: Path) -> None:
