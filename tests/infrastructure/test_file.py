@@ -769,6 +769,22 @@ def test_asyncio_reads_see_what_another_store_on_the_directory_appended(tmp_path
         asyncio.run(scenario())
 
 
+def test_reopening_and_appending_does_not_reserve_more_space_each_time(tmp_path: Path) -> None:
+    from orchestrix.infrastructure.file._log import PREALLOCATE
+
+    path = tmp_path / "store"
+    segment = path / "segment-00000001.log"
+    sizes = []
+    for cycle in range(6):
+        with _open(path) as store:
+            store.append("s", _events(cycle), cycle - 1)
+        sizes.append(segment.stat().st_size)
+    assert sizes == [sizes[0]] * 6  # the first run's reservation serves the later ones
+    assert sizes[0] <= PREALLOCATE + 4096
+    with _open(path) as store:
+        assert _numbers(store, "s") == list(range(6))
+
+
 def test_unsafe_mode_appends_and_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     monkeypatch.setattr(os, "fdatasync", lambda fd: calls.append(fd))
