@@ -139,7 +139,7 @@ class Log:
         self.store_id = store_id
         self.sync = sync
         self.segment_size = 1 << 62
-        self._preallocating = hasattr(os, "posix_fallocate")
+        self._preallocating = True
         self.lock = WriterLock(lock_fd)
         self._lock_fd = lock_fd
         self._head_fd = head_fd
@@ -331,21 +331,23 @@ class Log:
             os.fdatasync(segment.fd)
 
     def _preallocate(self, segment: Segment, end: int) -> None:
-        # Writing into allocated space spares each fdatasync the journal commit that growing
-        # the file costs (about a third of its time on ext4). The space reads as zeros, which
-        # readers and recovery take for "no record yet".
+        # Writing into space that is already allocated *and written* spares each fdatasync the
+        # journal commit that growing the file costs. The space is filled with real zeros, not
+        # posix_fallocate'd: a write into fallocate'd (unwritten) extents converts them, which is
+        # metadata again (fdatasync ~25% slower on ext4 here). Zeros read as "no record yet" to
+        # readers and recovery. One fsync commits the new size and blocks, once per reservation.
         size = os.fstat(segment.fd).st_size
         if end <= size:  # space reserved before (by this process or an earlier one) still covers it
             segment.allocated = size
             return
         target = max(end, min(size + PREALLOCATE, self.segment_size))
-        if target > size:
-            try:
-                os.posix_fallocate(segment.fd, size, target - size)
-            except OSError:
-                self._preallocating = False  # not supported here: files simply grow
-                return
-        segment.allocated = max(target, size)
+        try:
+            _write_zeros(segment.fd, size, target - size)
+        except OSError:
+            self._preallocating = False  # no room for the reservation: files simply grow
+            return
+        self.fsync(segment.fd)
+        segment.allocated = target
 
     def seal(self, segment: Segment, end: int) -> None:
         """Cut a full segment at its last record (dropping preallocated space) before the next one starts."""
@@ -471,3 +473,13 @@ def _close_quietly(*fds: int) -> None:
         if fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+_ZEROS = bytes(1 << 20)
+
+
+def _write_zeros(fd: int, offset: int, size: int) -> None:
+    while size > 0:
+        written = os.pwrite(fd, memoryview(_ZEROS)[: min(size, len(_ZEROS))], offset)
+        offset += written
+        size -= written
