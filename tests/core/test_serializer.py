@@ -184,3 +184,17 @@ def test_text_that_is_not_valid_unicode_is_refused_on_write() -> None:
 
     with pytest.raises(SerializationError, match="Note"):
         Serializer(types=[Note]).encode(Note("half a pair: \ud800"))
+
+
+def test_new_event_ids_are_random_version_4_uuids() -> None:
+    import uuid
+
+    from orchestrix.core.messaging.messages import NewEvent
+
+    ids = [NewEvent(None).event_id for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for event_id in ids[:50]:
+        assert isinstance(event_id, uuid.UUID)
+        assert (event_id.version, event_id.variant) == (4, uuid.RFC_4122)
+        assert uuid.UUID(str(event_id)) == event_id
+        assert hash(uuid.UUID(bytes=event_id.bytes)) == hash(event_id)
