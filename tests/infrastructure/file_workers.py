@@ -10,6 +10,7 @@ for every child. Protocol (one line each way):
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -89,32 +90,62 @@ def write_events(path: str, stream: str, count: int) -> None:
 
 
 def crash_child(path: str, ack_path: str, seed: int, writers: int, ready_fd: int) -> None:
-    """Append from ``writers`` threads for ever, logging each acknowledged batch to ``ack_path``."""
+    """Append for ever from ``writers`` threads and as many asyncio tasks (both commit paths at
+    once), logging each acknowledged batch to ``ack_path``."""
     store = open_crash_store(path)
     ack = os.open(ack_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     os.write(ready_fd, b"r")
     os.close(ready_fd)
 
+    def next_append(rng: random.Random, me: int) -> tuple[str, list[NewEvent], bool]:
+        size = rng.randint(1, 3)
+        batch = uuid.UUID(int=rng.getrandbits(128)).hex
+        stream = f"s-{rng.randrange(CRASH_STREAMS)}"
+        return stream, [NewEvent(Appended(batch, i, size, me)) for i in range(size)], rng.random() < 0.3
+
+    def acknowledge(stream: str, events: list[NewEvent], result: Any) -> None:
+        batch = events[0].event.batch
+        line = [stream, batch, [e.event_id.hex for e in events], result.versions, result.positions]
+        os.write(ack, (json.dumps(line) + "\n").encode())
+
     def writer(me: int) -> None:
         rng = random.Random(seed * 1000 + me)
         try:
             while True:
-                size = rng.randint(1, 3)
-                batch = uuid.UUID(int=rng.getrandbits(128)).hex
-                stream = f"s-{rng.randrange(CRASH_STREAMS)}"
-                events = [NewEvent(Appended(batch, i, size, me)) for i in range(size)]
-                expected = store.stream_version(stream) if rng.random() < 0.3 else ANY
+                stream, events, checked = next_append(rng, me)
+                expected = store.stream_version(stream) if checked else ANY
                 try:
                     result = store.append(stream, events, expected)
                 except ConcurrencyError:
                     continue
-                line = [stream, batch, [e.event_id.hex for e in events], result.versions, result.positions]
-                os.write(ack, (json.dumps(line) + "\n").encode())
+                acknowledge(stream, events, result)
         except BaseException:
             traceback.print_exc()
             os._exit(3)  # a writer that fails for any reason but the kill is a test failure
 
+    async def task_writer(me: int) -> None:
+        rng = random.Random(seed * 1000 + me)
+        while True:
+            stream, events, checked = next_append(rng, me)
+            expected = await store.stream_version_async(stream) if checked else ANY
+            try:
+                result = await store.append_async(stream, events, expected)
+            except ConcurrencyError:
+                continue
+            acknowledge(stream, events, result)
+
+    async def task_writers() -> None:
+        await asyncio.gather(*(task_writer(100 + k) for k in range(writers)))
+
+    def loop() -> None:
+        try:
+            asyncio.run(task_writers())
+        except BaseException:
+            traceback.print_exc()
+            os._exit(3)
+
     threads = [threading.Thread(target=writer, args=(k,), daemon=True) for k in range(writers)]
+    threads.append(threading.Thread(target=loop, daemon=True))
     for t in threads:
         t.start()
     threading.Event().wait()

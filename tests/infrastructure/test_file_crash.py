@@ -1,7 +1,8 @@
 """Crash loop: SIGKILL a writing process at random moments; every acknowledged event must survive.
 
-A child process appends batches from several threads and logs each acknowledged batch. The test
-kills it at a random (seeded) moment, reopens the store and checks: every acknowledged batch is
+A child process appends batches from several threads and as many asyncio tasks (both commit
+paths at once) and logs each acknowledged batch. The test kills it at a random (seeded) moment,
+reopens the store and checks: every acknowledged batch is
 stored where its append said, no batch is partly visible, positions and every stream's versions
 are gapless, and opening again changes nothing.
 
