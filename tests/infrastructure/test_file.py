@@ -943,3 +943,26 @@ def test_checkpoints_live_beside_the_log(tmp_path: Path) -> None:
         store.checkpoints().save("runner", 3)
     with _open(tmp_path / "store") as store:
         assert store.checkpoints().load("runner") == 3
+
+
+def test_a_loop_that_stops_before_starting_its_append_does_not_hold_up_other_loops(tmp_path: Path) -> None:
+    store = _open(tmp_path / "store")
+    loop = asyncio.new_event_loop()
+    orphan = loop.create_task(store.append_async("orphan", _events(1), NO_STREAM))
+    loop.call_soon(loop.stop)  # runs the task up to its await, then stops before the writer starts
+    loop.run_forever()
+    assert not orphan.done()
+    positions: list[int] = []
+
+    async def elsewhere() -> None:
+        positions.extend((await store.append_async("s", _events(2), NO_STREAM)).positions)
+
+    other = threading.Thread(target=asyncio.run, args=(elsewhere(),), daemon=True)
+    other.start()
+    other.join(timeout=20)
+    assert positions, "another loop's append was held up by the stopped loop's"
+    assert store.stream_version("orphan") == 0  # the next group took the orphan's record along
+    store.close()
+    orphan.cancel()
+    loop.run_until_complete(asyncio.gather(orphan, return_exceptions=True))
+    loop.close()

@@ -29,6 +29,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -179,7 +180,7 @@ class GroupCommit:
         self._lease = threading.Condition(self._lock)
         self._keeper: threading.Thread | None = None
         self._writers: concurrent.futures.ThreadPoolExecutor | None = None  # for asyncio callers
-        self._kick_pending = False
+        self._kicking: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
         self._seq = 0
         # what the groups written but not yet published changed, for planning the next ones
         self._written = view.end
@@ -223,16 +224,17 @@ class GroupCommit:
             if self.failed is not None:
                 raise self.failed
             self._queue.append(request)
-            if not self._kick_pending:
+            if loop not in self._kicking:
                 # Start the writer after the tasks that are ready now have queued their appends too:
                 # the callers released by one group come back together, and should share the next.
-                self._kick_pending = True
-                loop.call_soon(self._kick)
+                # (Per loop: a loop that stops before its kick runs must not hold up the others.)
+                self._kicking.add(loop)
+                loop.call_soon(self._kick, loop)
         await future
 
-    def _kick(self) -> None:
+    def _kick(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:
-            self._kick_pending = False
+            self._kicking.discard(loop)
             if self._queue and self._may_start():
                 self._writing = True
                 self._start_writer()
