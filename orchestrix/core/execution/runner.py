@@ -135,10 +135,12 @@ class SagaRunner:
 
     ``step_threads=True`` makes the asyncio form run each saga step's *sync* code (sync store
     calls, ``dispatcher.handle``) in a worker thread of the loop's default executor: one thread
-    hop per step instead of one per store call. Use it with stores whose asyncio forms run in
-    threads anyway (memory, file) and a dispatcher whose ``handle`` does what ``handle_async``
-    does; size the executor (``loop.set_default_executor``) to ``max_concurrency`` for stores
-    that batch concurrent appends (the file store's group commit).
+    hop per step instead of one per store call. It pays off with stores whose asyncio forms hop
+    to a thread for every call (one built on ``AsyncStoreMixin``) and a dispatcher whose
+    ``handle`` does what ``handle_async`` does; size the executor (``loop.set_default_executor``)
+    to ``max_concurrency`` if the store batches concurrent appends. The built-in stores need
+    none of it: their asyncio forms run on the loop (memory; file reads) or hold no thread while
+    they wait (file appends, PostgreSQL).
     """
 
     def __init__(
