@@ -588,30 +588,37 @@ def test_a_failed_fsync_fails_the_groups_written_after_it(
         assert [r.position for r in again.read_all()] == list(range(1, again.last_position() + 1))
 
 
+class _SlowSync:
+    """An fdatasync that takes ``delay`` longer and records how much of the file it made durable."""
+
+    def __init__(self, delay: float) -> None:
+        self.real = os.fdatasync
+        self.delay = delay
+        self.durable = 0
+        self.sizes: list[int] = []
+
+    def __call__(self, fd: int) -> None:
+        size = os.fstat(fd).st_size
+        time.sleep(self.delay)
+        self.real(fd)
+        self.durable = max(self.durable, size)  # syncs may overlap and end in any order
+        self.sizes.append(size)
+
+
 def test_concurrent_appends_share_fsyncs_and_return_only_when_durable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "store"
     store = _open(path)
-    real = os.fdatasync
-    durable = {"size": 0}
-    syncs = []
-
-    def slow_sync(fd: int) -> None:
-        size = os.fstat(fd).st_size
-        time.sleep(0.004)
-        real(fd)
-        durable["size"] = max(durable["size"], size)  # syncs may overlap and end in any order
-        syncs.append(size)
-
-    monkeypatch.setattr(os, "fdatasync", slow_sync)
+    sync = _SlowSync(0.004)
+    monkeypatch.setattr(os, "fdatasync", sync)
     problems: list[str] = []
 
     def writer(me: int) -> None:
         for i in range(25):
             result = store.append(f"w-{me}", _events(i), ANY)
             entry = store._view.tail.entry_at(result.positions[0])
-            if entry is None or entry.offset + entry.size > durable["size"]:
+            if entry is None or entry.offset + entry.size > sync.durable:
                 problems.append(f"writer {me} returned before its record was synced")
 
     threads = [threading.Thread(target=writer, args=(k,)) for k in range(8)]
@@ -621,7 +628,7 @@ def test_concurrent_appends_share_fsyncs_and_return_only_when_durable(
         t.join()
     store.close()
     assert problems == []
-    assert len(syncs) < 200 / 2, f"{len(syncs)} fsyncs for 200 appends: no group commit"
+    assert len(sync.sizes) < 200 / 2, f"{len(sync.sizes)} fsyncs for 200 appends: no group commit"
     with _open(path) as again:
         assert again.last_position() == 200
 
@@ -630,25 +637,15 @@ def test_concurrent_asyncio_appends_share_fsyncs_and_return_only_when_durable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = _open(tmp_path / "store")
-    real = os.fdatasync
-    durable = {"size": 0}
-    syncs = []
-
-    def slow_sync(fd: int) -> None:
-        size = os.fstat(fd).st_size
-        time.sleep(0.002)
-        real(fd)
-        durable["size"] = max(durable["size"], size)
-        syncs.append(size)
-
-    monkeypatch.setattr(os, "fdatasync", slow_sync)
+    sync = _SlowSync(0.002)
+    monkeypatch.setattr(os, "fdatasync", sync)
     problems: list[str] = []
 
     async def writer(me: int) -> None:
         for i in range(25):
             result = await store.append_async(f"w-{me}", _events(i), i - 1)
             entry = store._view.tail.entry_at(result.positions[0])
-            if entry is None or entry.offset + entry.size > durable["size"]:
+            if entry is None or entry.offset + entry.size > sync.durable:
                 problems.append(f"task {me} returned before its record was synced")
 
     async def main() -> None:
@@ -657,7 +654,7 @@ def test_concurrent_asyncio_appends_share_fsyncs_and_return_only_when_durable(
     asyncio.run(main())
     store.close()
     assert problems == []
-    assert len(syncs) <= 200 / 4, f"{len(syncs)} fsyncs for 200 appends by 8 tasks: no group commit"
+    assert len(sync.sizes) <= 200 / 4, f"{len(sync.sizes)} fsyncs for 200 appends by 8 tasks: no group commit"
     with _open(tmp_path / "store") as again:
         assert again.last_position() == 200
         assert [again.stream_version(f"w-{k}") for k in range(8)] == [24] * 8

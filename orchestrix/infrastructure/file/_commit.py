@@ -192,11 +192,7 @@ class GroupCommit:
     def submit(self, request: Request) -> None:
         """Commit ``request``; when this returns its ``result`` or ``error`` is set."""
         with self._lock:
-            if self.closed:
-                raise StoreClosedError(f"the file store at {self.view.path} is closed")
-            if self.failed is not None:
-                raise self.failed
-            self._queue.append(request)
+            self._enqueue(request)
             writer = self._may_start()
             if writer:
                 self._writing = True
@@ -219,11 +215,7 @@ class GroupCommit:
         request.loop = loop
         request.future = future = loop.create_future()
         with self._lock:
-            if self.closed:
-                raise StoreClosedError(f"the file store at {self.view.path} is closed")
-            if self.failed is not None:
-                raise self.failed
-            self._queue.append(request)
+            self._enqueue(request)
             if loop not in self._kicking:
                 # Start the writer after the tasks that are ready now have queued their appends too:
                 # the callers released by one group come back together, and should share the next.
@@ -231,6 +223,14 @@ class GroupCommit:
                 self._kicking.add(loop)
                 loop.call_soon(self._kick, loop)
         await future
+
+    def _enqueue(self, request: Request) -> None:
+        """Queue ``request``, unless the store is closed or failed (lock held)."""
+        if self.closed:
+            raise StoreClosedError(f"the file store at {self.view.path} is closed")
+        if self.failed is not None:
+            raise self.failed
+        self._queue.append(request)
 
     def _kick(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:

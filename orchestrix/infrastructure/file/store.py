@@ -185,19 +185,16 @@ class FileEventStore(AsyncStoreMixin):
     async def read_stream_async(self, stream: str, from_version: int = 0) -> AsyncIterator[RecordedEvent]:
         """Asyncio form of :meth:`read_stream`."""
         await self._refresh_async()
-        events = self.read_stream(stream, from_version)
-        try:
-            for n, event in enumerate(events, 1):
-                yield event
-                if n % self.page_size == 0:
-                    await asyncio.sleep(0)
-        finally:
-            events.close()  # type: ignore[attr-defined]
+        async for event in self._on_loop(self.read_stream(stream, from_version)):
+            yield event
 
     async def read_all_async(self, after: int = 0, limit: int | None = None) -> AsyncIterator[RecordedEvent]:
         """Asyncio form of :meth:`read_all`."""
         await self._refresh_async()
-        events = self.read_all(after, limit)
+        async for event in self._on_loop(self.read_all(after, limit)):
+            yield event
+
+    async def _on_loop(self, events: Iterator[RecordedEvent]) -> AsyncIterator[RecordedEvent]:
         try:
             for n, event in enumerate(events, 1):
                 yield event
@@ -205,7 +202,7 @@ class FileEventStore(AsyncStoreMixin):
                     await asyncio.sleep(0)
         finally:
             close = getattr(events, "close", None)
-            if close is not None:
+            if close is not None:  # a generator left early lets go of its files now
                 close()
 
     async def stream_version_async(self, stream: str) -> int:
