@@ -198,3 +198,48 @@ def test_new_event_ids_are_random_version_4_uuids() -> None:
         assert (event_id.version, event_id.variant) == (4, uuid.RFC_4122)
         assert uuid.UUID(str(event_id)) == event_id
         assert hash(uuid.UUID(bytes=event_id.bytes)) == hash(event_id)
+
+
+# -- the raw serializer: reading events without their classes -----------------------------------
+
+
+def test_the_raw_serializer_reads_any_type_name_as_its_json_without_building_a_class() -> None:
+    from orchestrix.core.messaging.serializer import RawEvent, RawSerializer
+
+    type_name, data = Serializer(types=[Money]).encode(Money(Decimal("0.10"), "EUR"))
+    raw = RawSerializer().decode(type_name, data)
+    assert raw == RawEvent("Money", {"amount": "0.10", "currency": "EUR"})
+    assert RawSerializer().decode("os.system", '{"cmd": "rm"}').type_name == "os.system"
+    assert RawSerializer().from_dict("Anything", {"x": 1}) == RawEvent("Anything", {"x": 1})
+
+
+def test_a_raw_event_cannot_be_changed() -> None:
+    from orchestrix.core.messaging.serializer import RawSerializer
+
+    raw = RawSerializer().decode("Money", b'{"amount":"1"}')
+    with pytest.raises(TypeError):
+        raw.data["amount"] = "2"  # type: ignore[index]
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        raw.type_name = "Other"  # type: ignore[misc]
+
+
+def test_the_raw_serializer_refuses_to_encode_or_register() -> None:
+    from orchestrix.core.messaging.serializer import RawSerializer
+
+    raw = RawSerializer()
+    with pytest.raises(SerializationError, match="read-only"):
+        raw.encode(Money(Decimal("1"), "EUR"))
+    with pytest.raises(SerializationError, match="read-only"):
+        raw.to_dict(Money(Decimal("1"), "EUR"))
+    with pytest.raises(SerializationError, match="registers no types"):
+        raw.register(Money)
+    with pytest.raises(SerializationError, match="registers no types"):
+        RawSerializer(types=[Money])
+
+
+@pytest.mark.parametrize("data", [b"{not json", b"[1, 2]", b'"text"', b"\xff\xfe"])
+def test_the_raw_serializer_refuses_stored_data_that_is_not_a_json_object(data: bytes) -> None:
+    from orchestrix.core.messaging.serializer import RawSerializer
+
+    with pytest.raises(SerializationError, match="Money"):
+        RawSerializer().decode("Money", data)

@@ -8,6 +8,10 @@ Supported field types: ``str``, ``int``, ``float``, ``bool``, ``None``, ``Decima
 (stored as a string, so it round-trips exactly), ``UUID``, ``datetime``, ``date``,
 ``Enum`` subclasses, registered attrs classes, ``X | None``, ``list[X]``,
 ``tuple[X, ...]``, ``frozenset[X]`` and ``dict[str, X]``.
+
+:class:`RawSerializer` is the read-only exception: it builds no class at all and hands out each
+stored event as a :class:`RawEvent` (type name plus parsed JSON), for tools that inspect a
+store without knowing its event classes.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import threading
 import types
 import typing
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -27,7 +31,7 @@ import attrs
 
 from orchestrix.core.errors import SerializationError, UnknownEventTypeError
 
-__all__ = ["Serializer"]
+__all__ = ["RawEvent", "RawSerializer", "Serializer"]
 
 _Encoder = Callable[[Any], Any]
 _Decoder = Callable[[Any], Any]
@@ -232,6 +236,52 @@ class Serializer:
             enc, dec = self._codec(args[1])
             return _mapping(enc), _mapping(dec)
         raise SerializationError(repr(tp), "unsupported field type")
+
+
+@attrs.frozen
+class RawEvent:
+    """A stored event as read without its class: its type name and its JSON object, read-only."""
+
+    type_name: str
+    data: Mapping[str, Any] = attrs.field(converter=types.MappingProxyType)
+
+
+class RawSerializer(Serializer):
+    """Decodes every stored type name to a :class:`RawEvent`; registers and encodes nothing.
+
+    For tools (the ``orchestrix`` command) that read stores of events they have no classes
+    for: whatever type names the data holds, no class is looked up, built or imported.
+    Appending through a store that uses it raises SerializationError, so a read-only tool
+    cannot write raw records back by mistake.
+    """
+
+    def register(self, cls: type, name: str | None = None) -> type:
+        """Refuse: a raw serializer decodes every type the same way."""
+        raise SerializationError(
+            name or getattr(cls, "__qualname__", repr(cls)), "a RawSerializer registers no types"
+        )
+
+    def to_dict(self, obj: object) -> tuple[str, dict[str, Any]]:
+        """Refuse: raw records are for reading only."""
+        raise SerializationError(type(obj).__qualname__, "a RawSerializer cannot encode (read-only)")
+
+    def encode(self, obj: object) -> tuple[str, bytes]:
+        """Refuse: raw records are for reading only."""
+        raise SerializationError(type(obj).__qualname__, "a RawSerializer cannot encode (read-only)")
+
+    def from_dict(self, type_name: str, data: dict[str, Any]) -> RawEvent:
+        """Wrap ``data`` as the RawEvent of ``type_name``."""
+        return RawEvent(type_name, data)
+
+    def decode(self, type_name: str, data: bytes | str) -> RawEvent:
+        """Parse the stored JSON object into a RawEvent; damaged JSON raises SerializationError."""
+        try:
+            parsed = _loads(data)
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both are
+            raise SerializationError(type_name, f"cannot decode stored data: {exc!r}") from exc
+        if type(parsed) is not dict:
+            raise SerializationError(type_name, f"stored data is not a JSON object: {parsed!r:.60}")
+        return RawEvent(type_name, parsed)
 
 
 def _loads(data: bytes | str) -> Any:
