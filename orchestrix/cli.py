@@ -210,14 +210,13 @@ def _open(args: argparse.Namespace) -> Iterator[_Opened]:
 
 def _open_file(path: str, serializer: Serializer) -> _Opened:
     from orchestrix.infrastructure.file import FileEventStore
-    from orchestrix.infrastructure.file._format import STORE_FILE
 
     # FileEventStore creates a store in a missing or empty directory; an inspecting tool must
-    # not, so a path is only opened once its STORE marker (what destroy() also checks) is there.
+    # not, so a path is only opened once it holds a store's STORE marker.
     if not os.path.isdir(path):
         raise _Found(f"{path}: no such directory, so not a file store (nothing was created)")
-    if not os.path.isfile(os.path.join(path, STORE_FILE)):
-        raise _Found(f"{path}: not an orchestrix file store (no {STORE_FILE} file); nothing was changed")
+    if not FileEventStore.is_store(path):
+        raise _Found(f"{path}: not an orchestrix file store (no STORE file); nothing was changed")
     return _Opened(FileEventStore(path, serializer), "file", os.path.abspath(path))
 
 

@@ -963,3 +963,12 @@ def test_a_loop_that_stops_before_starting_its_append_does_not_hold_up_other_loo
     orphan.cancel()
     loop.run_until_complete(asyncio.gather(orphan, return_exceptions=True))
     loop.close()
+
+
+def test_is_store_tells_a_store_from_other_directories_without_creating_one(tmp_path: Path) -> None:
+    assert not FileEventStore.is_store(tmp_path / "missing")
+    assert not FileEventStore.is_store(tmp_path)
+    with _open(tmp_path / "store"):
+        pass
+    assert FileEventStore.is_store(tmp_path / "store")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]  # nothing created on the way

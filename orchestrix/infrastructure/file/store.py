@@ -251,6 +251,11 @@ class FileEventStore(AsyncStoreMixin):
         return FileCheckpointStore(os.path.join(self.path, CHECKPOINT_FILE))
 
     @staticmethod
+    def is_store(path: str | os.PathLike[str]) -> bool:
+        """Whether ``path`` holds a file store (its STORE marker), without opening or creating one."""
+        return os.path.isfile(os.path.join(os.fspath(path), STORE_FILE))
+
+    @staticmethod
     def destroy(path: str | os.PathLike[str]) -> None:
         """Delete the file store at ``path`` with everything it holds, to start afresh.
 
@@ -258,7 +263,7 @@ class FileEventStore(AsyncStoreMixin):
         wipe other data. No store may have it open.
         """
         path = os.fspath(path)
-        if not os.path.isfile(os.path.join(path, STORE_FILE)):
+        if not FileEventStore.is_store(path):
             raise StoreFormatError(path, "not an orchestrix file store (no STORE file); not deleting it")
         ours = {STORE_FILE, LOCK_FILE, HEAD_FILE, CHECKPOINT_FILE, CHECKPOINT_FILE + ".lock"}
         for name in os.listdir(path):
