@@ -369,3 +369,32 @@ def _waiting_on_advisory_lock(key: int) -> bool:
         (key,),
     )
     return bool(rows)
+
+
+def test_reads_page_through_streams_and_the_global_order_in_every_form(schema: str) -> None:
+    store = open_store(schema)
+    store.page_size = 3  # small pages, so every read crosses page boundaries
+    try:
+        for n in range(10):
+            store.append(f"s-{n % 2}", _events(n))
+        positions = [r.position for r in store.read_all()]
+        assert len(positions) == 10 and positions == sorted(positions)
+
+        def numbers(records: object) -> list[int]:
+            return [r.event.n for r in records]  # type: ignore[attr-defined]
+
+        assert numbers(store.read_stream("s-0")) == [0, 2, 4, 6, 8]
+        assert numbers(store.read_stream("s-1", 2)) == [5, 7, 9]
+        assert numbers(store.read_all(positions[1], limit=7)) == list(range(2, 9))
+        assert numbers(store.read_all(positions[5], limit=3)) == [6, 7, 8]
+        assert numbers(store.read_all(positions[-1])) == []
+
+        async def async_forms() -> tuple[list[int], list[int], list[int]]:
+            stream = [r.event.n async for r in store.read_stream_async("s-1")]
+            everything = [r.event.n async for r in store.read_all_async()]
+            limited = [r.event.n async for r in store.read_all_async(positions[2], limit=4)]
+            return stream, everything, limited
+
+        assert asyncio.run(async_forms()) == ([1, 3, 5, 7, 9], list(range(10)), [3, 4, 5, 6])
+    finally:
+        store.close()

@@ -155,40 +155,20 @@ class PostgresEventStore:
         return self._read_stream(stream, max(operator.index(from_version), 0))
 
     def _read_stream(self, stream: str, version: int) -> Iterator[RecordedEvent]:
-        while True:
-            rows = self._db.run(
-                "read_stream",
-                functools.partial(_ops.read_stream_page_op, self._st, stream, version, self.page_size),
-            )
-            for row in rows:
-                yield _ops.decode_row(self._serializer, row)
-            if len(rows) < self.page_size:
-                return
-            version = rows[-1][2] + 1
+        pages = _StreamPages(self, stream, version)
+        while (op := pages.next()) is not None:
+            rows = self._db.run("read_stream", op)
+            yield from pages.took(rows)
 
     def read_all(self, after: int = 0, limit: int | None = None) -> Iterator[RecordedEvent]:
         """Yield every event with a position greater than ``after``, in global order, lazily."""
         return self._read_all(operator.index(after), None if limit is None else operator.index(limit))
 
     def _read_all(self, after: int, limit: int | None) -> Iterator[RecordedEvent]:
-        own = self._own_position if self._own_position > after else 0
-        remaining = limit
-        while remaining is None or remaining > 0:
-            size = self.page_size if remaining is None else min(self.page_size, remaining)
-            rows = self._db.run(
-                "read_all",
-                functools.partial(
-                    _ops.read_all_page_op, self._st, after, size, own, self._visibility_timeout
-                ),
-            )
-            for row in rows:
-                yield _ops.decode_row(self._serializer, row)
-            if len(rows) < size:
-                return
-            after = rows[-1][0]
-            own = own if own > after else 0
-            if remaining is not None:
-                remaining -= len(rows)
+        pages = _AllPages(self, after, limit)
+        while (op := pages.next()) is not None:
+            rows = self._db.run("read_all", op)
+            yield from pages.took(rows)
 
     def read_stream_async(self, stream: str, from_version: int = 0) -> AsyncIterator[RecordedEvent]:
         """Asyncio form of :meth:`read_stream`."""
@@ -196,40 +176,22 @@ class PostgresEventStore:
         return self._read_stream_async(stream, max(operator.index(from_version), 0))
 
     async def _read_stream_async(self, stream: str, version: int) -> AsyncIterator[RecordedEvent]:
-        while True:
-            rows = await self._db.run_async(
-                "read_stream",
-                functools.partial(_ops.read_stream_page_op, self._st, stream, version, self.page_size),
-            )
-            for row in rows:
-                yield _ops.decode_row(self._serializer, row)
-            if len(rows) < self.page_size:
-                return
-            version = rows[-1][2] + 1
+        pages = _StreamPages(self, stream, version)
+        while (op := pages.next()) is not None:
+            rows = await self._db.run_async("read_stream", op)
+            for event in pages.took(rows):
+                yield event
 
     def read_all_async(self, after: int = 0, limit: int | None = None) -> AsyncIterator[RecordedEvent]:
         """Asyncio form of :meth:`read_all`."""
         return self._read_all_async(operator.index(after), None if limit is None else operator.index(limit))
 
     async def _read_all_async(self, after: int, limit: int | None) -> AsyncIterator[RecordedEvent]:
-        own = self._own_position if self._own_position > after else 0
-        remaining = limit
-        while remaining is None or remaining > 0:
-            size = self.page_size if remaining is None else min(self.page_size, remaining)
-            rows = await self._db.run_async(
-                "read_all",
-                functools.partial(
-                    _ops.read_all_page_op, self._st, after, size, own, self._visibility_timeout
-                ),
-            )
-            for row in rows:
-                yield _ops.decode_row(self._serializer, row)
-            if len(rows) < size:
-                return
-            after = rows[-1][0]
-            own = own if own > after else 0
-            if remaining is not None:
-                remaining -= len(rows)
+        pages = _AllPages(self, after, limit)
+        while (op := pages.next()) is not None:
+            rows = await self._db.run_async("read_all", op)
+            for event in pages.took(rows):
+                yield event
 
     def stream_version(self, stream: str) -> int:
         """The version of the stream's last event, or NO_STREAM (-1) if it has none."""
@@ -329,3 +291,63 @@ class PostgresEventStore:
 async def _wait_event(event: asyncio.Event, timeout: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(event.wait(), timeout)
+
+
+class _StreamPages:
+    """The paging of one stream read, shared by the sync and asyncio forms: which page to fetch
+    next (an operation for ``Database.run``), and the events of the page just fetched."""
+
+    def __init__(self, store: PostgresEventStore, stream: str, version: int) -> None:
+        self.store = store
+        self.stream = stream
+        self.version = version
+        self.done = False
+
+    def next(self) -> Any:
+        if self.done:
+            return None
+        st, size = self.store._st, self.store.page_size
+        return functools.partial(_ops.read_stream_page_op, st, self.stream, self.version, size)
+
+    def took(self, rows: list[Any]) -> Iterator[RecordedEvent]:
+        if len(rows) < self.store.page_size:
+            self.done = True
+        else:
+            self.version = rows[-1][2] + 1
+        return (_ops.decode_row(self.store._serializer, row) for row in rows)
+
+
+class _AllPages:
+    """The paging of a read of the global order (see :class:`_StreamPages`).
+
+    ``own`` is the highest position this store appended itself that lies ahead: a read waits
+    (up to the visibility timeout) for the order horizon to pass it, so a writer reads its own
+    appends; once a page is past it, later pages need not wait.
+    """
+
+    def __init__(self, store: PostgresEventStore, after: int, limit: int | None) -> None:
+        self.store = store
+        self.after = after
+        self.remaining = limit
+        self.own = store._own_position if store._own_position > after else 0
+        self.size = 0
+        self.done = False
+
+    def next(self) -> Any:
+        if self.done or (self.remaining is not None and self.remaining <= 0):
+            return None
+        store = self.store
+        self.size = store.page_size if self.remaining is None else min(store.page_size, self.remaining)
+        return functools.partial(
+            _ops.read_all_page_op, store._st, self.after, self.size, self.own, store._visibility_timeout
+        )
+
+    def took(self, rows: list[Any]) -> Iterator[RecordedEvent]:
+        if len(rows) < self.size:
+            self.done = True
+        else:
+            self.after = rows[-1][0]
+            self.own = self.own if self.own > self.after else 0
+            if self.remaining is not None:
+                self.remaining -= len(rows)
+        return (_ops.decode_row(self.store._serializer, row) for row in rows)
