@@ -2,6 +2,14 @@
 
 from orchestrix.core.execution.checkpoint import CheckpointStore, InMemoryCheckpointStore
 from orchestrix.core.execution.dispatch import CommandBus, CommandDispatcher
+from orchestrix.core.execution.projection import (
+    Projection,
+    ProjectionError,
+    ProjectionProgress,
+    ProjectionRunner,
+    ProjectionStats,
+    projects,
+)
 from orchestrix.core.execution.runner import (
     RunnerStats,
     SagaRunner,
@@ -26,6 +34,11 @@ __all__ = [
     "CommandBus",
     "CommandDispatcher",
     "InMemoryCheckpointStore",
+    "Projection",
+    "ProjectionError",
+    "ProjectionProgress",
+    "ProjectionRunner",
+    "ProjectionStats",
     "RunnerStats",
     "Saga",
     "SagaRetried",
@@ -36,6 +49,7 @@ __all__ = [
     "UnmatchedEvent",
     "handles",
     "partition_of",
+    "projects",
     "saga_event_id",
     "subscribe",
     "subscribe_async",
