@@ -198,7 +198,7 @@ class _Opened:
 def _open(args: argparse.Namespace) -> Iterator[_Opened]:
     serializer = _serializer(args.serializer)
     target: str = args.store
-    if target.startswith(PG_SCHEMES):
+    if _is_dsn(target):
         opened = _open_postgres(target, args.schema, serializer)
     else:
         opened = _open_file(target, serializer)
@@ -234,10 +234,35 @@ def _open_postgres(dsn: str, schema: str, serializer: Serializer) -> _Opened:
         pool_log.addFilter(_Once())
     # create_schema=False: inspecting a database must never create tables in it. A short
     # retry budget: a tool should report an unreachable server, not wait out an outage.
-    store = PostgresEventStore(
-        dsn, serializer, schema=schema, create_schema=False, pool_size=2, retry_timeout=3.0
-    )
+    try:
+        store = PostgresEventStore(
+            dsn, serializer, schema=schema, create_schema=False, pool_size=2, retry_timeout=3.0
+        )
+    except OrchestrixError:
+        raise
+    except Exception as exc:  # psycopg refusing a malformed DSN: its message may quote the password
+        raise _Found(f"cannot use {_hide_password(dsn)}: {_scrub(str(exc), dsn)}") from None
     return _Opened(store, "postgresql", f"{_hide_password(dsn)} (schema {schema})")
+
+
+def _is_dsn(target: str) -> bool:
+    """Whether ``target`` names a PostgreSQL database (a URI or libpq ``key=value`` words), not a path."""
+    if target.lower().startswith(PG_SCHEMES):
+        return True
+    keywords = re.search(r"(^|\s)(host|hostaddr|dbname|user|port)=", target)
+    return keywords is not None and not os.path.exists(target)
+
+
+def _passwords(dsn: str) -> list[str]:
+    found = re.findall(r"(?:^|\s)password=(\S+)", dsn)
+    found += re.findall(r"^[a-zA-Z]+://[^:/@\s]*:([^@\s]*)@", dsn)
+    return [p for p in found if p]
+
+
+def _scrub(text: str, dsn: str) -> str:
+    for password in _passwords(dsn):
+        text = text.replace(password, "***")
+    return text
 
 
 class _Once(logging.Filter):
@@ -257,7 +282,12 @@ class _Once(logging.Filter):
 
 def _hide_password(dsn: str) -> str:
     """``dsn`` with any password replaced by ``***``, fit to print."""
-    parts = urlsplit(dsn)
+    if not dsn.lower().startswith(PG_SCHEMES):
+        return _scrub(dsn, dsn)  # libpq key=value words
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:  # malformed (an unclosed [IPv6] host, say): hide what looks like one
+        return _scrub(dsn, dsn)
     netloc = parts.netloc
     if "@" in netloc:
         userinfo, _, host = netloc.rpartition("@")

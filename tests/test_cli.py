@@ -477,3 +477,23 @@ def test_postgres_a_raw_store_refuses_appends(postgres_store: tuple[str, str, li
         with pytest.raises(SerializationError, match="read-only"):
             store.append("a", [raw.event])
         assert store.stream_version("a") == 3
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://postgres:s3cret@[::1/test",  # malformed: psycopg quotes the whole URI
+        "POSTGRESQL://postgres:s3cret@127.0.0.1:1/test",
+        "host=127.0.0.1 port=1 dbname=test user=postgres password=s3cret connect_timeout=1",
+    ],
+)
+def test_a_bad_or_unreachable_dsn_is_one_line_without_the_password(
+    dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("psycopg")
+    status = main(["inspect", dsn])
+    out = capsys.readouterr()
+    assert status == 1
+    assert "s3cret" not in out.err + out.out
+    assert "Traceback" not in out.err
+    assert out.err.rstrip().splitlines()[-1].startswith("orchestrix: ")

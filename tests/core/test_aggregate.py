@@ -348,3 +348,26 @@ def test_retries_after_the_first_wait_a_short_growing_random_time() -> None:
         waits = [conflict_backoff(failed) for _ in range(200)]
         assert all(0 <= w <= bound for w in waits)
         assert len(set(waits)) > 1  # random, so colliding writers fall out of step
+
+
+DEPOSIT_ID = uuid.UUID(int=42)  # a deterministic id, "derived from an idempotency key"
+
+
+def test_an_idempotent_repeat_does_not_leave_a_twice_applied_aggregate_in_the_cache() -> None:
+    store = InMemoryEventStore()
+    repo = AggregateRepository(store)  # this worker: cache on
+    other = AggregateRepository(store, cache_size=0)  # another worker / process
+
+    counter = Counter()
+    counter.create("c-1")
+    repo.save(counter)
+    repo.update(Counter, "c-1", lambda c: c.raise_event(Incremented(5), event_id=DEPOSIT_ID))  # v1
+    repo.update(Counter, "c-1", lambda c: c.increment(1))  # v2, value 6
+    # the command with DEPOSIT_ID is delivered again: the store answers with the original
+    # result (version 1) and stores nothing, but the cached aggregate applied it a second time
+    repo.update(Counter, "c-1", lambda c: c.raise_event(Incremented(5), event_id=DEPOSIT_ID))
+    assert repo.load(Counter, "c-1").value == 6
+    other.update(Counter, "c-1", lambda c: c.increment(100))  # stream now at version 3: value 106
+
+    seen = repo.update(Counter, "c-1", lambda c: c.value)
+    assert seen == repo.load(Counter, "c-1").value == 106, f"update() acted on value {seen}"

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 import tracemalloc
@@ -972,3 +973,82 @@ def test_is_store_tells_a_store_from_other_directories_without_creating_one(tmp_
         pass
     assert FileEventStore.is_store(tmp_path / "store")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]  # nothing created on the way
+
+
+def test_close_on_the_loop_while_an_asyncio_append_waits_for_its_writer_returns(tmp_path: Path) -> None:
+    """close() on the loop thread, right after a task queued its append: the writer start the
+    append waits for is a callback of the very loop close() blocks, so close() starts it."""
+    store = _open(tmp_path / "s", sync=False)
+    closed = threading.Event()
+
+    async def main() -> None:
+        task = asyncio.create_task(store.append_async("s-1", [NewEvent(ContractEvent(1))]))
+        await asyncio.sleep(0)  # the task queues its append and schedules _kick after us
+        store.close()  # sync close on the loop: waits for the queue to drain
+        closed.set()
+        await task
+
+    runner = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    runner.start()
+    assert closed.wait(5), "store.close() on the event loop thread hung (queued append, _kick never runs)"
+
+
+def test_close_after_the_loop_stopped_before_starting_its_writer_returns(tmp_path: Path) -> None:
+    """A loop stopped (loop.stop from a signal handler, say) in the iteration in which a task
+    queued its append: close() writes the queued append instead of waiting for ever."""
+    store = _open(tmp_path / "s", sync=False)
+    loop = asyncio.new_event_loop()
+
+    tasks = []
+
+    async def main() -> None:
+        tasks.append(loop.create_task(store.append_async("s-1", [NewEvent(ContractEvent(1))])))
+        loop.call_soon(loop.stop)  # runs in the same iteration as the task's first step
+        await asyncio.Event().wait()
+
+    tasks.append(loop.create_task(main()))
+    loop.run_forever()
+    closed = threading.Event()
+
+    def close() -> None:
+        store.close()
+        closed.set()
+
+    threading.Thread(target=close, daemon=True).start()
+    ok = closed.wait(5)
+    assert ok, "store.close() hung: an append queued by a stopped loop is never written"
+    for task in tasks:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    loop.close()
+    with _open(tmp_path / "s") as again:
+        assert again.stream_version("s-1") == 0  # written by close, though nobody awaited it
+
+
+def test_asyncio_appends_go_on_while_the_interpreter_exits(tmp_path: Path) -> None:
+    """A non-daemon thread appends from asyncio while the main thread ends: the writer threads
+    keep serving it (a concurrent.futures pool refuses work once the interpreter exits)."""
+    script = textwrap.dedent(
+        f"""
+        import asyncio, threading, time
+        from orchestrix.core.messaging.messages import NewEvent
+        from orchestrix.infrastructure.file import FileEventStore
+        from orchestrix.testing import ContractEvent, contract_serializer
+
+        store = FileEventStore({str(tmp_path / "s")!r}, contract_serializer(), sync=True)
+
+        async def work():
+            for i in range(400):
+                appends = [store.append_async("s-%d" % k, [NewEvent(ContractEvent(i))]) for k in range(4)]
+                await asyncio.gather(*appends)
+            print("worker done", flush=True)
+
+        threading.Thread(target=asyncio.run, args=(work(),)).start()  # non-daemon
+        time.sleep(0.05)
+        # the main thread ends here: threading._shutdown runs concurrent.futures' atexit hook first
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=20, check=False
+    )
+    assert "worker done" in proc.stdout, proc.stderr[-3000:]

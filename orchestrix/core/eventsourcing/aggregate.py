@@ -202,8 +202,7 @@ class AggregateRepository:
             if aggregate is None or not self._caught_up(aggregate):
                 aggregate = self.load(cls, aggregate_id)
             outcome = decide(aggregate)
-            self.save(aggregate)
-            self._put_back(aggregate)
+            self._put_back(aggregate, self.save(aggregate))
             return outcome
 
         return retry_on_conflict(once, attempts=attempts)
@@ -223,8 +222,7 @@ class AggregateRepository:
             if aggregate is None or not await self._caught_up_async(aggregate):
                 aggregate = await self.load_async(cls, aggregate_id)
             outcome = decide(aggregate)
-            await self.save_async(aggregate)
-            self._put_back(aggregate)
+            self._put_back(aggregate, await self.save_async(aggregate))
             return outcome
 
         return await retry_on_conflict_async(once, attempts=attempts)
@@ -239,8 +237,12 @@ class AggregateRepository:
             aggregate = self._idle.pop(cls.stream_name(aggregate_id), None)
         return aggregate if type(aggregate) is cls and aggregate.id == aggregate_id else None
 
-    def _put_back(self, aggregate: AggregateRoot) -> None:
+    def _put_back(self, aggregate: AggregateRoot, saved: AppendResult | None) -> None:
         if not self.cache_size or aggregate._pending or not aggregate.id:
+            return
+        if saved is not None and saved.versions[-1] != aggregate.version:
+            # The store found the events already stored (an idempotent repeat) and wrote nothing,
+            # but this aggregate applied them once more: its state is not the stream's.
             return
         stream = type(aggregate).stream_name(aggregate.id)
         with self._idle_lock:

@@ -240,10 +240,14 @@ class Serializer:
 
 @attrs.frozen
 class RawEvent:
-    """A stored event as read without its class: its type name and its JSON object, read-only."""
+    """A stored event as read without its class: its type name and its JSON object.
+
+    ``data`` is a read-only view of the top level (nested lists and objects are the parsed
+    JSON as is). Compared by value; the hash covers the type name only, as JSON objects have none.
+    """
 
     type_name: str
-    data: Mapping[str, Any] = attrs.field(converter=types.MappingProxyType)
+    data: Mapping[str, Any] = attrs.field(converter=types.MappingProxyType, hash=False)
 
 
 class RawSerializer(Serializer):

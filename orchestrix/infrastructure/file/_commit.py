@@ -23,9 +23,10 @@ group, and an asyncio caller holds no thread while its append is in flight.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
+import logging
 import os
+import queue
 import threading
 import time
 import uuid
@@ -179,7 +180,7 @@ class GroupCommit:
         self._idle_since: float | None = None
         self._lease = threading.Condition(self._lock)
         self._keeper: threading.Thread | None = None
-        self._writers: concurrent.futures.ThreadPoolExecutor | None = None  # for asyncio callers
+        self._writers: _WriterThreads | None = None  # for asyncio callers
         self._kicking: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
         self._seq = 0
         # what the groups written but not yet published changed, for planning the next ones
@@ -256,16 +257,17 @@ class GroupCommit:
     def _start_writer(self) -> None:
         """Write the next group in a pool thread, for a queue headed by an asyncio caller (lock held)."""
         if self._writers is None:
-            self._writers = concurrent.futures.ThreadPoolExecutor(
-                MAX_IN_FLIGHT, thread_name_prefix="orchestrix-file-writer"
-            )
-        self._writers.submit(self._write_turn)
+            self._writers = _WriterThreads(self._write_turn, MAX_IN_FLIGHT)
+        self._writers.start_one()
 
     def close(self) -> None:
         """Refuse new appends; return once the ones already queued are written."""
         with self._lock:
             self.closed = True
             while self._writing or self._in_flight or self._queue:
+                # An asyncio append may wait for a writer start scheduled on its loop, which may
+                # never run (the loop stopped, or it is this very thread, blocked in close).
+                self._hand_over()
                 self._wait_turn()
             if self._locked_since is not None:
                 self._release_lock()
@@ -273,7 +275,7 @@ class GroupCommit:
         if self._keeper is not None:
             self._keeper.join()
         if self._writers is not None:
-            self._writers.shutdown()
+            self._writers.stop()
 
     def _release_lock(self) -> None:
         """Give the writer lock back to other processes (lock held, nothing writing or in flight)."""
@@ -546,6 +548,55 @@ class GroupCommit:
                 "reopened, and the last appends may or may not be stored"
             )
         return self.failed
+
+
+log = logging.getLogger("orchestrix.file")
+
+
+class _WriterThreads:
+    """Threads that write groups for asyncio callers: at most ``count``, started on demand.
+
+    Not a ``concurrent.futures`` pool: that one refuses work once the interpreter starts to
+    exit, which would strand appends of threads still running then. These are daemon threads;
+    an append they have not finished when the process ends is not acknowledged, like any
+    append cut short by an exit.
+    """
+
+    def __init__(self, work: Callable[[], None], count: int) -> None:
+        self._work = work
+        self._count = count
+        self._jobs: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._guard = threading.Lock()
+
+    def start_one(self) -> None:
+        """Have one thread run ``work`` once."""
+        with self._guard:
+            if not self._idle and len(self._threads) < self._count:
+                thread = threading.Thread(target=self._serve, name="orchestrix-file-writer", daemon=True)
+                self._threads.append(thread)
+                self._idle += 1
+                thread.start()
+        self._jobs.put(True)
+
+    def stop(self) -> None:
+        """End the threads once they are idle (the store is closed: no more work comes)."""
+        for _ in self._threads:
+            self._jobs.put(False)
+        for thread in self._threads:
+            thread.join()
+
+    def _serve(self) -> None:
+        while self._jobs.get():
+            with self._guard:
+                self._idle -= 1
+            try:
+                self._work()
+            except BaseException:  # a bug: _write_turn fails its groups' callers itself first
+                log.exception("orchestrix file store: a writer thread failed")
+            with self._guard:
+                self._idle += 1
 
 
 def _release(requests: list[Request]) -> None:

@@ -481,5 +481,7 @@ _ZEROS = bytes(1 << 20)
 def _write_zeros(fd: int, offset: int, size: int) -> None:
     while size > 0:
         written = os.pwrite(fd, memoryview(_ZEROS)[: min(size, len(_ZEROS))], offset)
+        if written <= 0:
+            raise OSError(errno.EIO, "short write while reserving space")
         offset += written
         size -= written
