@@ -160,33 +160,35 @@ def _record_offsets(segment: Path) -> list[int]:
     return offsets
 
 
-def test_verify_a_bit_flip_in_the_middle_names_file_and_offset(
-    capsys: pytest.CaptureFixture[str], store_path: Path
-) -> None:
+def _flip_a_bit_in_the_third_record(store_path: Path) -> tuple[Path, int]:
+    """Damage the third record of the store's segment; return the segment and that record's offset."""
     (segment,) = sorted(store_path.glob("segment-*.log"))
     offsets = _record_offsets(segment)
     data = bytearray(segment.read_bytes())
     data[offsets[2] + 40] ^= 0x10
     segment.write_bytes(bytes(data))
+    return segment, offsets[2]
+
+
+def test_verify_a_bit_flip_in_the_middle_names_file_and_offset(
+    capsys: pytest.CaptureFixture[str], store_path: Path
+) -> None:
+    segment, offset = _flip_a_bit_in_the_third_record(store_path)
     status, out, _ = run(capsys, "verify", store_path)
     assert status == 1
     assert out.startswith("CORRUPT: ")
-    assert f"{segment} at offset {offsets[2]}" in out
+    assert f"{segment} at offset {offset}" in out
     assert out.count("\n") == 1
 
 
 def test_verify_damage_found_while_opening_is_reported_the_same_way(
     capsys: pytest.CaptureFixture[str], store_path: Path
 ) -> None:
-    (segment,) = sorted(store_path.glob("segment-*.log"))
-    offsets = _record_offsets(segment)
-    data = bytearray(segment.read_bytes())
-    data[offsets[2] + 40] ^= 0x10
-    segment.write_bytes(bytes(data))
+    segment, offset = _flip_a_bit_in_the_third_record(store_path)
     (store_path / "index.sqlite3").unlink()  # opening now scans the whole log
     status, out, _ = run(capsys, "verify", store_path)
     assert status == 1
-    assert out.startswith("CORRUPT: ") and f"{segment} at offset {offsets[2]}" in out
+    assert out.startswith("CORRUPT: ") and f"{segment} at offset {offset}" in out
 
 
 # -- tail -----------------------------------------------------------------------------------------

@@ -30,10 +30,8 @@ once when it has caught up; the optional ``progress`` callback receives the same
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, TypeVar
@@ -42,6 +40,7 @@ import attrs
 
 from orchestrix.core.errors import OrchestrixError
 from orchestrix.core.eventsourcing.store import EventStore
+from orchestrix.core.execution._paging import PageLoop
 from orchestrix.core.execution.checkpoint import CheckpointStore
 from orchestrix.core.messaging.messages import RecordedEvent
 
@@ -265,7 +264,7 @@ class _CatchUp:
     events: int = 0
 
 
-class ProjectionRunner:
+class ProjectionRunner(PageLoop):
     """Feeds projections from a store's global order; sync (``run_*``) and asyncio (``*_async``) forms.
 
     ``checkpoints`` keeps each projection's position under its ``name``. The runner reads
@@ -345,23 +344,6 @@ class ProjectionRunner:
         self._track(after, len(page), began, target)
         return len(page)
 
-    def run_until_idle(self, max_pages: int | None = None) -> int:
-        """Run pages until no event is left (or ``max_pages`` pages ran); returns events read."""
-        total = pages = 0
-        while max_pages is None or pages < max_pages:
-            read = self.run_once()
-            total += read
-            pages += 1
-            if read == 0:
-                break
-        return total
-
-    def run_forever(self, stop: threading.Event, idle_timeout: float = 0.5) -> None:
-        """Catch up, then handle new events as they arrive, until ``stop`` is set."""
-        while not stop.is_set():
-            if self.run_once() < self.page_size:
-                self.store.wait_for_events(self._read_position(), idle_timeout)
-
     def rebuild(self, *names: str) -> int:
         """Reset the named projections (default: all), set their checkpoints to 0 and catch up.
 
@@ -434,25 +416,6 @@ class ProjectionRunner:
             raise
         self._track(after, len(page), began, target)
         return len(page)
-
-    async def run_until_idle_async(self, max_pages: int | None = None) -> int:
-        """Asyncio form of :meth:`run_until_idle`."""
-        total = pages = 0
-        while max_pages is None or pages < max_pages:
-            read = await self.run_once_async()
-            total += read
-            pages += 1
-            if read == 0:
-                break
-        return total
-
-    async def run_forever_async(
-        self, stop: asyncio.Event | threading.Event | None = None, idle_timeout: float = 0.5
-    ) -> None:
-        """Asyncio form of :meth:`run_forever`; also ends when its task is cancelled."""
-        while stop is None or not stop.is_set():
-            if await self.run_once_async() < self.page_size:
-                await self.store.wait_for_events_async(self._read_position(), idle_timeout)
 
     async def rebuild_async(self, *names: str) -> int:
         """Asyncio form of :meth:`rebuild`."""

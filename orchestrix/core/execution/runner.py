@@ -45,6 +45,7 @@ from orchestrix.core.eventsourcing.aggregate import (
     retry_on_conflict_async,
 )
 from orchestrix.core.eventsourcing.store import EventStore
+from orchestrix.core.execution._paging import PageLoop
 from orchestrix.core.execution.checkpoint import CheckpointStore
 from orchestrix.core.execution.dispatch import CommandDispatcher
 from orchestrix.core.execution.saga import HandlerSpec, Saga, SagaRetried, SagaStuck
@@ -122,7 +123,7 @@ class RunnerStats:
     """Events for sagas of another partition."""
 
 
-class SagaRunner:
+class SagaRunner(PageLoop):
     """Drives sagas from a store's global order; sync (``run_*``) and asyncio (``run_*_async``) forms.
 
     ``dispatcher`` executes the commands sagas yield. ``checkpoints`` keeps the position of the
@@ -230,30 +231,16 @@ class SagaRunner:
             self.handle(recorded)
         return self._finish_page(page)
 
-    def run_until_idle(self, max_pages: int | None = None) -> int:
-        """Run pages until no event is left (or ``max_pages`` pages ran); returns events read."""
-        total = pages = 0
-        while max_pages is None or pages < max_pages:
-            read = self.run_once()
-            total += read
-            pages += 1
-            if read == 0:
-                break
-        return total
-
-    def run_forever(self, stop: threading.Event, idle_timeout: float = 0.5) -> None:
-        """Run pages, waiting for new events when caught up, until ``stop`` is set."""
-        while not stop.is_set():
-            if self.run_once() < self.page_size:
-                assert self._position is not None
-                self.store.wait_for_events(self._position, idle_timeout)
-
     def handle(self, recorded: RecordedEvent) -> None:
         """Deliver one event to every saga it is addressed to (a redelivery is harmless)."""
         self._start()
         self._observe(recorded)
         for target in self._targets(recorded):
             self._deliver(target, recorded)
+
+    def _read_position(self) -> int:
+        assert self._position is not None  # run_once has started the runner
+        return self._position
 
     def _finish_page(self, page: list[RecordedEvent]) -> int:
         if page:
@@ -362,26 +349,6 @@ class SagaRunner:
             await self.checkpoints.save_async(self.checkpoint_name, self._position)
             self.stats.events += len(page)
         return len(page)
-
-    async def run_until_idle_async(self, max_pages: int | None = None) -> int:
-        """Asyncio form of :meth:`run_until_idle`."""
-        total = pages = 0
-        while max_pages is None or pages < max_pages:
-            read = await self.run_once_async()
-            total += read
-            pages += 1
-            if read == 0:
-                break
-        return total
-
-    async def run_forever_async(
-        self, stop: asyncio.Event | threading.Event | None = None, idle_timeout: float = 0.5
-    ) -> None:
-        """Asyncio form of :meth:`run_forever`; also ends when its task is cancelled."""
-        while stop is None or not stop.is_set():
-            if await self.run_once_async() < self.page_size:
-                assert self._position is not None
-                await self.store.wait_for_events_async(self._position, idle_timeout)
 
     async def handle_async(self, recorded: RecordedEvent) -> None:
         """Asyncio form of :meth:`handle`."""

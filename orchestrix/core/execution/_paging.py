@@ -1,0 +1,67 @@
+"""The loop shared by everything that consumes the store's global order page by page."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import threading
+from typing import Any
+
+
+class PageLoop(abc.ABC):
+    """``run_until_idle`` and ``run_forever`` (sync and asyncio) over a class's ``run_once``.
+
+    The class provides ``store``, ``page_size``, ``run_once()``, ``run_once_async()`` and
+    ``_read_position()`` (the position to wait after when caught up).
+    """
+
+    store: Any
+    page_size: int
+
+    @abc.abstractmethod
+    def run_once(self) -> int:
+        """Handle the next page of events; return how many were read."""
+
+    @abc.abstractmethod
+    async def run_once_async(self) -> int:
+        """Asyncio form of :meth:`run_once`."""
+
+    @abc.abstractmethod
+    def _read_position(self) -> int:
+        """The position to wait after for new events, once caught up."""
+
+    def run_until_idle(self, max_pages: int | None = None) -> int:
+        """Run pages until no event is left (or ``max_pages`` pages ran); returns events read."""
+        total = pages = 0
+        while max_pages is None or pages < max_pages:
+            read = self.run_once()
+            total += read
+            pages += 1
+            if read == 0:
+                break
+        return total
+
+    def run_forever(self, stop: threading.Event, idle_timeout: float = 0.5) -> None:
+        """Run pages, waiting for new events when caught up, until ``stop`` is set."""
+        while not stop.is_set():
+            if self.run_once() < self.page_size:
+                self.store.wait_for_events(self._read_position(), idle_timeout)
+
+    async def run_until_idle_async(self, max_pages: int | None = None) -> int:
+        """Asyncio form of :meth:`run_until_idle`."""
+        total = pages = 0
+        while max_pages is None or pages < max_pages:
+            read = await self.run_once_async()
+            total += read
+            pages += 1
+            if read == 0:
+                break
+        return total
+
+    async def run_forever_async(
+        self, stop: asyncio.Event | threading.Event | None = None, idle_timeout: float = 0.5
+    ) -> None:
+        """Asyncio form of :meth:`run_forever`; also ends when its task is cancelled."""
+        while stop is None or not stop.is_set():
+            if await self.run_once_async() < self.page_size:
+                await self.store.wait_for_events_async(self._read_position(), idle_timeout)
