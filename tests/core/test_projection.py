@@ -690,3 +690,89 @@ def test_the_models_always_equal_a_fold_of_the_log_prefix_they_reached(
     runner.run_until_idle()
     assert own_db == {"position": store.last_position(), "balances": fold(store)}
     assert latest == last_amounts(store.last_position())
+
+
+# -- driving one runner from one place at a time ---------------------------------------------------
+
+
+def test_a_rebuild_is_refused_while_run_forever_feeds_the_model() -> None:
+    store = memory()
+    for n in range(20):
+        store.append(f"acc-{n}", [Deposited(f"acc-{n}", 1)])
+    projection = Balances()
+    runner = ProjectionRunner(store, [projection], InMemoryCheckpointStore(), page_size=5)
+
+    async def main() -> None:
+        await runner.run_until_idle_async()
+        stop = asyncio.Event()
+        live = asyncio.create_task(runner.run_forever_async(stop, idle_timeout=0.01))
+        await asyncio.sleep(0.02)
+        with pytest.raises(RuntimeError, match="stop run_forever before rebuilding"):
+            await runner.rebuild_async()
+        stop.set()
+        await live
+        assert await runner.rebuild_async() == 20  # stopped: now it may
+
+    asyncio.run(main())
+    assert projection.db["seen"] == list(range(1, 21))  # rebuilt once, nothing twice
+    assert sum(projection.db["balances"].values()) == 20
+
+
+def test_two_tasks_cannot_run_pages_of_one_runner_at_once() -> None:
+    store = memory()
+    store.append("acc-1", [Deposited("acc-1", 1)])
+    gate = asyncio.Event()
+
+    class Slow(Balances):
+        @projects(Deposited)
+        async def on_deposited(self, event: Deposited, recorded: RecordedEvent) -> None:
+            await gate.wait()
+            self._add(event.account, event.amount, recorded)
+
+    runner = ProjectionRunner(store, [Slow()], InMemoryCheckpointStore())
+
+    async def main() -> None:
+        first = asyncio.create_task(runner.run_once_async())
+        await asyncio.sleep(0)
+        with pytest.raises(RuntimeError, match="busy"):
+            await runner.run_once_async()
+        gate.set()
+        assert await first == 1
+
+    asyncio.run(main())
+
+
+def test_a_redecorated_override_handles_only_its_own_types() -> None:
+    class Base(Projection):
+        name = "base"
+
+        @projects(Deposited)
+        def on_event(self, event: Deposited) -> None: ...
+
+    class Sub(Base):
+        @projects(Withdrawn)
+        def on_event(self, event: Withdrawn) -> None: ...
+
+    class Plain(Base):
+        def on_event(self, event: Deposited) -> None: ...  # not re-marked: keeps the base's types
+
+    assert Sub.handled_types() == {Withdrawn}
+    assert Plain.handled_types() == {Deposited}
+
+
+def test_a_handler_must_take_the_event_and_perhaps_the_envelope_only() -> None:
+    with pytest.raises(TypeError, match="takes"):
+
+        class KeywordOnly(Projection):
+            name = "k"
+
+            @projects(Deposited)
+            def on_deposited(self, event: Deposited, *, recorded: RecordedEvent) -> None: ...
+
+    class Twice(Projection):  # one type named twice on one method is one mark
+        name = "t"
+
+        @projects(Deposited, Deposited)
+        def on_deposited(self, event: Deposited) -> None: ...
+
+    assert Twice.handled_types() == {Deposited}

@@ -259,6 +259,10 @@ class AsyncStoreMixin:
         """Asyncio form of ``stream_version``."""
         return await asyncio.to_thread(self.stream_version, stream)  # type: ignore[attr-defined]
 
+    async def last_position_async(self) -> int:
+        """Asyncio form of ``last_position``."""
+        return await asyncio.to_thread(self.last_position)  # type: ignore[attr-defined]
+
     async def wait_for_events_async(self, after: int, timeout: float) -> bool:
         """Asyncio form of ``wait_for_events``; waits in short slices so cancellation is prompt."""
         deadline = time.monotonic() + timeout

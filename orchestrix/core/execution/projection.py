@@ -30,10 +30,13 @@ once when it has caught up; the optional ``progress`` callback receives the same
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import logging
+import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import attrs
@@ -124,7 +127,8 @@ def _takes_envelope(cls: type, name: str, func: Callable[..., Any]) -> bool:
         if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     ]
     required = [p for p in params if p.default is inspect.Parameter.empty and p.kind is not p.VAR_KEYWORD]
-    if not positional or len(required) > 2:
+    keyword_only = [p for p in required if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    if not positional or len(required) > 2 or keyword_only:
         raise TypeError(
             f"{cls.__name__}.{name}: a projection handler takes (self, event) or (self, event, recorded)"
         )
@@ -154,7 +158,10 @@ class Projection:
         for klass in reversed(cls.__mro__):
             own: dict[type, str] = {}
             for attr, member in vars(klass).items():
-                for event_type in getattr(member, "__orchestrix_projects__", ()):
+                marks = getattr(member, "__orchestrix_projects__", ())
+                if marks:  # a re-marked override handles its own types, not the base method's
+                    by_type = {t: a for t, a in by_type.items() if a != attr}
+                for event_type in dict.fromkeys(marks):
                     if event_type in own:
                         raise TypeError(
                             f"{cls.__name__}: {event_type.__name__} is handled by both "
@@ -184,7 +191,8 @@ class Projection:
     def position(self) -> int | None:
         """The position the model has durably reached, if it stores one; None to trust the checkpoint.
 
-        Return 0 for an empty model that stores its position. Read once when a runner starts.
+        Return 0 for an empty model that stores its position. Read when a runner starts, and again
+        after a failure.
         """
         return None
 
@@ -316,6 +324,9 @@ class ProjectionRunner(PageLoop):
         self._label = ", ".join(names)
         self._positions: dict[str, int] | None = None
         self._catch_up: _CatchUp | None = None
+        self._busy = threading.Lock()  # one page (or rebuild) at a time: a runner is not re-entrant
+        self._driven = 0  # run_forever loops going on; a rebuild must not pull the model from under one
+        self._driven_guard = threading.Lock()
 
     @property
     def positions(self) -> dict[str, int] | None:
@@ -330,19 +341,25 @@ class ProjectionRunner(PageLoop):
         Returns the number of events read (0 when every projection is caught up).
         """
         self._require_sync()
-        began = self.clock()
-        try:
-            positions = self._start()
-            after = min(positions.values())
-            page = list(self.store.read_all(after, limit=self.page_size))
-            for name, projection in self._by_name.items():
-                self._feed(name, projection, page)
-            target = self.store.last_position() if self._wants_target(len(page)) else None
-        except BaseException:
-            self._forget()
-            raise
-        self._track(after, len(page), began, target)
-        return len(page)
+        with self._exclusive("run_once"):
+            began = self.clock()
+            try:
+                positions = self._start()
+                after = min(positions.values())
+                page = list(self.store.read_all(after, limit=self.page_size))
+                for name, projection in self._by_name.items():
+                    self._feed(name, projection, page)
+                target = self.store.last_position() if self._wants_target(len(page)) else None
+            except BaseException:
+                self._forget()
+                raise
+            self._track(after, len(page), began, target)
+            return len(page)
+
+    def run_forever(self, stop: threading.Event, idle_timeout: float = 0.5) -> None:
+        """Run pages, waiting for new events when caught up, until ``stop`` is set."""
+        with self._driving():
+            super().run_forever(stop, idle_timeout)
 
     def rebuild(self, *names: str) -> int:
         """Reset the named projections (default: all), set their checkpoints to 0 and catch up.
@@ -352,17 +369,19 @@ class ProjectionRunner(PageLoop):
         """
         self._require_sync()
         chosen = self._choose(names)
-        try:
-            positions = self._start()
-            for name, projection in chosen:
-                self.checkpoints.save(name, 0)
-                positions[name] = 0
-                _done(projection.reset())
-                self._check_reset(name, _done(projection.position()))
-            self._begin_rebuild(self.store.last_position())
-        except BaseException:
-            self._forget()
-            raise
+        with self._exclusive("rebuild"):
+            self._refuse_while_driven()
+            try:
+                positions = self._start()
+                for name, projection in chosen:
+                    self.checkpoints.save(name, 0)
+                    positions[name] = 0
+                    _done(projection.reset())
+                    self._check_reset(name, _done(projection.position()))
+                self._begin_rebuild(self.store.last_position())
+            except BaseException:
+                self._forget()
+                raise
         return self.run_until_idle()
 
     def _start(self) -> dict[str, int]:
@@ -403,34 +422,44 @@ class ProjectionRunner(PageLoop):
 
     async def run_once_async(self) -> int:
         """Asyncio form of :meth:`run_once`; ``async def`` handlers and hooks are awaited."""
-        began = self.clock()
-        try:
-            positions = await self._start_async()
-            after = min(positions.values())
-            page = [r async for r in self.store.read_all_async(after, limit=self.page_size)]
-            for name, projection in self._by_name.items():
-                await self._feed_async(name, projection, page)
-            target = await self._last_position_async() if self._wants_target(len(page)) else None
-        except BaseException:
-            self._forget()
-            raise
-        self._track(after, len(page), began, target)
-        return len(page)
+        with self._exclusive("run_once_async"):
+            began = self.clock()
+            try:
+                positions = await self._start_async()
+                after = min(positions.values())
+                page = [r async for r in self.store.read_all_async(after, limit=self.page_size)]
+                for name, projection in self._by_name.items():
+                    await self._feed_async(name, projection, page)
+                target = await self._last_position_async() if self._wants_target(len(page)) else None
+            except BaseException:
+                self._forget()
+                raise
+            self._track(after, len(page), began, target)
+            return len(page)
+
+    async def run_forever_async(
+        self, stop: asyncio.Event | threading.Event | None = None, idle_timeout: float = 0.5
+    ) -> None:
+        """Asyncio form of :meth:`run_forever`; also ends when its task is cancelled."""
+        with self._driving():
+            await super().run_forever_async(stop, idle_timeout)
 
     async def rebuild_async(self, *names: str) -> int:
         """Asyncio form of :meth:`rebuild`."""
         chosen = self._choose(names)
-        try:
-            positions = await self._start_async()
-            for name, projection in chosen:
-                await self.checkpoints.save_async(name, 0)
-                positions[name] = 0
-                await _awaited(projection.reset())
-                self._check_reset(name, await _awaited(projection.position()))
-            self._begin_rebuild(await self._last_position_async())
-        except BaseException:
-            self._forget()
-            raise
+        with self._exclusive("rebuild_async"):
+            self._refuse_while_driven()
+            try:
+                positions = await self._start_async()
+                for name, projection in chosen:
+                    await self.checkpoints.save_async(name, 0)
+                    positions[name] = 0
+                    await _awaited(projection.reset())
+                    self._check_reset(name, await _awaited(projection.position()))
+                self._begin_rebuild(await self._last_position_async())
+            except BaseException:
+                self._forget()
+                raise
         return await self.run_until_idle_async()
 
     async def _start_async(self) -> dict[str, int]:
@@ -468,11 +497,41 @@ class ProjectionRunner(PageLoop):
         self._positions[name] = last  # type: ignore[index]
 
     async def _last_position_async(self) -> int:
-        # Not in the EventStore protocol: stores whose last_position does I/O (PostgreSQL) add it.
+        # Not in the EventStore protocol: stores whose last_position may do I/O add it (file,
+        # PostgreSQL); for the others it is a lookup in memory.
         last_position_async = getattr(self.store, "last_position_async", None)
         if last_position_async is not None:
             return int(await last_position_async())
         return self.store.last_position()
+
+    @contextlib.contextmanager
+    def _exclusive(self, what: str) -> Iterator[None]:
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError(
+                f"ProjectionRunner for {self._label} is busy: {what} cannot start while another "
+                "page or rebuild runs; drive a runner from one thread or task at a time"
+            )
+        try:
+            yield
+        finally:
+            self._busy.release()
+
+    @contextlib.contextmanager
+    def _driving(self) -> Iterator[None]:
+        with self._driven_guard:
+            self._driven += 1
+        try:
+            yield
+        finally:
+            with self._driven_guard:
+                self._driven -= 1
+
+    def _refuse_while_driven(self) -> None:
+        if self._driven:
+            raise RuntimeError(
+                f"ProjectionRunner for {self._label}: stop run_forever before rebuilding (a live "
+                "loop would go on feeding the model the rebuild empties)"
+            )
 
     async def _rollback_async(self, name: str, projection: Projection) -> None:
         try:
@@ -510,7 +569,13 @@ class ProjectionRunner(PageLoop):
 
     def _check_reset(self, name: str, own: int | None) -> None:
         if own not in (None, 0):
-            raise ProjectionError(name, 0, f"after reset(), position() still returns {own!r}, not 0")
+            raise ProjectionError(
+                name,
+                0,
+                f"after reset(), position() still returns {own!r}, not 0: the model was emptied but "
+                "still claims that position, so runs would not refill it; make reset() clear the "
+                "stored position too, then rebuild again",
+            )
 
     def _read_position(self) -> int:
         return 0 if self._positions is None else min(self._positions.values())

@@ -210,6 +210,11 @@ class FileEventStore(AsyncStoreMixin):
         await self._refresh_async()
         return self.stream_version(stream)
 
+    async def last_position_async(self) -> int:
+        """Asyncio form of :meth:`last_position`."""
+        await self._refresh_async()
+        return self.last_position()
+
     async def _refresh_async(self) -> None:
         view = self._view
         if view.closed:

@@ -148,6 +148,10 @@ class InMemoryEventStore:
         """Asyncio form of :meth:`stream_version`."""
         return self.stream_version(stream)
 
+    async def last_position_async(self) -> int:
+        """Asyncio form of :meth:`last_position`."""
+        return self.last_position()
+
     async def wait_for_events_async(self, after: int, timeout: float) -> bool:
         """Asyncio form of :meth:`wait_for_events`; an append wakes the waiting task directly."""
         woken = asyncio.Event()
