@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import uuid
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import attrs
+
+from orchestrix.core.messaging._uuids import new_uuid4
 
 __all__ = ["Command", "Event", "NewEvent", "RecordedEvent"]
 
@@ -30,41 +30,7 @@ class Event:
     """
 
 
-def _uuid4_factory() -> Callable[[], uuid.UUID]:
-    """``uuid.uuid4`` without the checks of ``UUID.__init__`` (a third of an append's id cost).
-
-    Checked against the standard constructor at import; a Python whose UUID internals differ
-    gets ``uuid.uuid4`` itself.
-    """
-    new, setattr_, from_bytes, urandom, safe = (
-        object.__new__,
-        object.__setattr__,
-        int.from_bytes,
-        os.urandom,
-        uuid.SafeUUID.unknown,
-    )
-    uuid_cls = uuid.UUID
-    clear = ~((0xF000 << 64) | (0xC000 << 48))
-    version4 = (0x4000 << 64) | (0x8000 << 48)
-
-    def uuid4() -> uuid.UUID:
-        u = new(uuid_cls)
-        setattr_(u, "int", (from_bytes(urandom(16)) & clear) | version4)
-        setattr_(u, "is_safe", safe)
-        return u
-
-    try:
-        made = uuid4()
-        again = uuid.UUID(str(made))
-        standard = made == again and hash(made) == hash(again)
-        if standard and made.version == 4 and made.variant == uuid.RFC_4122:
-            return uuid4
-    except Exception:  # pragma: no cover - another Python's UUID internals
-        pass
-    return uuid.uuid4  # pragma: no cover
-
-
-_new_id = _uuid4_factory()
+_new_id = new_uuid4
 
 
 @attrs.frozen

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import attrs
 
+from orchestrix.core.messaging._uuids import uuid_from_bytes
 from orchestrix.core.messaging.messages import RecordedEvent
 
 FORMAT_VERSION = 1
@@ -260,35 +261,6 @@ def parse_info(buf: bytes | memoryview, at: int, length: int, crc: int, offset: 
 def timestamp(recorded_us: int) -> datetime:
     """The UTC datetime for microseconds since the Unix epoch, exactly."""
     return _EPOCH + timedelta(microseconds=recorded_us)
-
-
-def _uuid_factory() -> Callable[[bytes], uuid.UUID]:
-    """A fast UUID-from-16-bytes constructor, checked against the standard one at import."""
-    new, setattr_, from_bytes, safe = (
-        object.__new__,
-        object.__setattr__,
-        int.from_bytes,
-        uuid.SafeUUID.unknown,
-    )
-    uuid_cls = uuid.UUID
-
-    def fast(raw: bytes) -> uuid.UUID:
-        u = new(uuid_cls)
-        setattr_(u, "int", from_bytes(raw))
-        setattr_(u, "is_safe", safe)
-        return u
-
-    try:
-        probe = uuid.uuid4()
-        made = fast(probe.bytes)
-        if made == probe and hash(made) == hash(probe) and str(made) == str(probe):
-            return fast
-    except Exception:  # a Python whose UUID internals differ: use the public constructor
-        pass
-    return lambda raw: uuid_cls(bytes=raw)
-
-
-uuid_from_bytes = _uuid_factory()
 
 
 def decode_events(
