@@ -50,17 +50,11 @@ def raw_write1(n: int = 10_000) -> dict[str, Any]:
 
 def orx_write1(n: int = 10_000) -> dict[str, Any]:
     """orchestrix: create and save ``n`` new aggregates, one durable append each."""
-    from workloads.orx_model import Note
+    from workloads.orx_model import save_new_notes
 
     with temp_dir() as path:
         store, repo = _orx(os.path.join(path, "store"))
-        texts = [payload(i) for i in range(n)]
-        start = clock()
-        for text in texts:
-            note = Note()
-            note.write(str(uuid.uuid4()), text)
-            repo.save(note)
-        seconds = clock() - start
+        seconds = save_new_notes(repo, [payload(i) for i in range(n)])
         assert store.last_position() >= n
         store.close()
     return rate(n, seconds)

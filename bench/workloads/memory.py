@@ -12,16 +12,10 @@ def orx_save(n: int = 10_000) -> dict[str, Any]:
     """orchestrix: create and save ``n`` new aggregates of one event each (AggregateRepository)."""
     from orchestrix.core.eventsourcing.aggregate import AggregateRepository
     from orchestrix.infrastructure.memory.store import InMemoryEventStore
-    from workloads.orx_model import Note
+    from workloads.orx_model import save_new_notes
 
     repo = AggregateRepository(event_store=InMemoryEventStore())
-    texts = [payload(i) for i in range(n)]
-    start = clock()
-    for text in texts:
-        note = Note()
-        note.write(str(uuid.uuid4()), text)
-        repo.save(note)
-    seconds = clock() - start
+    seconds = save_new_notes(repo, [payload(i) for i in range(n)])
     assert repo.event_store.last_position() == n
     return rate(n, seconds)
 

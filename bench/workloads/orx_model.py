@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
+from typing import Any
+
 import attrs
 
 from orchestrix.core.eventsourcing.aggregate import AggregateRoot, applies
@@ -37,3 +40,15 @@ class Note(AggregateRoot):
 def serializer() -> Serializer:
     """The serializer the durable stores use for this model."""
     return Serializer([NoteWritten])
+
+
+def save_new_notes(repo: Any, texts: list[str]) -> float:
+    """Create and save one new Note per text, one append each; return the seconds it took."""
+    from workloads.common import clock
+
+    start = clock()
+    for text in texts:
+        note = Note()
+        note.write(str(uuid.uuid4()), text)
+        repo.save(note)
+    return clock() - start
