@@ -200,6 +200,49 @@ def test_new_event_ids_are_random_version_4_uuids() -> None:
         assert hash(uuid.UUID(bytes=event_id.bytes)) == hash(event_id)
 
 
+def test_new_event_ids_are_unique_across_threads() -> None:
+    import threading
+
+    from orchestrix.core.messaging.messages import NewEvent
+
+    made: list[list[uuid.UUID]] = [[] for _ in range(8)]
+    start = threading.Barrier(8)
+
+    def make(mine: list[uuid.UUID]) -> None:
+        start.wait()
+        mine.extend(NewEvent(None).event_id for _ in range(5000))
+
+    threads = [threading.Thread(target=make, args=(mine,)) for mine in made]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    every = [i for mine in made for i in mine]
+    assert len(set(every)) == len(every) == 40_000
+
+
+def test_a_forked_child_makes_other_event_ids_than_its_parent() -> None:
+    import multiprocessing
+
+    from orchestrix.core.messaging.messages import NewEvent
+
+    NewEvent(None)  # the parent has random bits buffered that a child would inherit
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_send_new_ids, args=(send, 100))
+    child.start()
+    theirs = receive.recv()
+    child.join()
+    ours = [NewEvent(None).event_id.bytes for _ in range(100)]
+    assert not set(theirs) & set(ours)
+
+
+def _send_new_ids(connection: Any, count: int) -> None:
+    from orchestrix.core.messaging.messages import NewEvent
+
+    connection.send([NewEvent(None).event_id.bytes for _ in range(count)])
+
+
 # -- the raw serializer: reading events without their classes -----------------------------------
 
 

@@ -661,6 +661,64 @@ def test_concurrent_asyncio_appends_share_fsyncs_and_return_only_when_durable(
         assert [again.stream_version(f"w-{k}") for k in range(8)] == [24] * 8
 
 
+class _SyncThreads(_SlowSync):
+    """A _SlowSync that also notes which thread ran each fdatasync."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(delay)
+        self.threads: list[int] = []
+
+    def __call__(self, fd: int) -> None:
+        self.threads.append(threading.get_ident())
+        super().__call__(fd)
+
+
+async def _eight_tasks_append(store: FileEventStore, sync: _SlowSync, rounds: int) -> list[str]:
+    problems: list[str] = []
+
+    async def writer(me: int) -> None:
+        for i in range(rounds):
+            result = await store.append_async(f"w-{me}", _events(i), i - 1)
+            entry = store._view.tail.entry_at(result.positions[0])
+            if entry is None or entry.offset + entry.size > sync.durable:
+                problems.append(f"task {me} returned before its record was synced")
+
+    await asyncio.gather(*(writer(k) for k in range(8)))
+    return problems
+
+
+def test_on_a_fast_disk_the_event_loop_commits_its_groups_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(file_commit, "INLINE_SYNC_MAX", 10.0)  # every disk counts as fast
+    store = _open(tmp_path / "store")
+    sync = _SyncThreads(0)
+    monkeypatch.setattr(os, "fdatasync", sync)
+    problems = asyncio.run(_eight_tasks_append(store, sync, 25))
+    loop_thread = threading.get_ident()
+    store.close()
+    assert problems == []
+    on_loop = sync.threads.count(loop_thread)
+    # The first group takes the writer lock in a thread (it may have to wait for another process).
+    assert on_loop >= len(sync.threads) - 2, f"{on_loop} of {len(sync.threads)} syncs ran on the loop"
+    assert len(sync.threads) <= 200 / 4, f"{len(sync.threads)} fsyncs for 200 appends: no group commit"
+    with _open(tmp_path / "store") as again:
+        assert [again.stream_version(f"w-{k}") for k in range(8)] == [24] * 8
+
+
+def test_on_a_slow_disk_the_event_loop_never_waits_for_a_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _open(tmp_path / "store")
+    sync = _SyncThreads(2 * file_commit.INLINE_SYNC_MAX)
+    monkeypatch.setattr(os, "fdatasync", sync)
+    problems = asyncio.run(_eight_tasks_append(store, sync, 10))
+    loop_thread = threading.get_ident()
+    store.close()
+    assert problems == []
+    assert sync.threads and loop_thread not in sync.threads
+
+
 def test_threads_and_asyncio_tasks_append_to_one_store_together(tmp_path: Path) -> None:
     store = _open(tmp_path / "store")
     conflicts: list[str] = []

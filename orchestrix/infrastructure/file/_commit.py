@@ -15,9 +15,12 @@ retaking it; under constant load it lets go at least every ``LOCK_HOLD`` seconds
 processes get their turn.
 
 Callers are threads (:meth:`GroupCommit.submit`: the caller at the head of the queue becomes the
-writer) or asyncio tasks (:meth:`GroupCommit.submit_async`: the task awaits a future, and a
-small pool of writer threads does the writing and syncing). Either way one wake-up is paid per
-group, and an asyncio caller holds no thread while its append is in flight.
+writer) or asyncio tasks (:meth:`GroupCommit.submit_async`: the task awaits a future, and an
+asyncio caller holds no thread while its append is in flight). A group of asyncio appends is
+committed by the event loop itself while fdatasyncs are short (``INLINE_SYNC_MAX``): on a fast
+disk the two thread wake-ups of a hand-over cost more than the sync. Otherwise, and whenever
+the loop would have to wait for another process's lock or for an earlier group, a small pool
+of writer threads writes and syncs it.
 """
 
 from __future__ import annotations
@@ -70,6 +73,8 @@ LOCK_HOLD = 0.05
 """Seconds after which a busy process stops starting groups, to let other processes write."""
 LEASE = 0.002
 """Seconds an idle process keeps the writer lock, so back-to-back appends do not retake it."""
+INLINE_SYNC_MAX = 0.001
+"""Typical fdatasync seconds up to which an event loop commits its tasks' groups itself."""
 
 _new: Callable[..., Any] = tuple.__new__  # builds NamedTuples without their Python-level __new__
 _crc32 = zlib.crc32
@@ -183,6 +188,7 @@ class GroupCommit:
         self._writers: _WriterThreads | None = None  # for asyncio callers
         self._kicking: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
         self._seq = 0
+        self._sync_seconds: float | None = None  # moving average of fdatasync times; None: none yet
         # what the groups written but not yet published changed, for planning the next ones
         self._written = view.end
         self._versions: dict[str, tuple[int, int]] = {}
@@ -236,9 +242,25 @@ class GroupCommit:
     def _kick(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:
             self._kicking.discard(loop)
-            if self._queue and self._may_start():
-                self._writing = True
+            if not (self._queue and self._may_start()):
+                return
+            self._writing = True
+            if not self._may_write_inline():
                 self._start_writer()
+                return
+        self._write_turn()
+
+    def _may_write_inline(self) -> bool:
+        """Whether the event loop may write and sync the next group itself (lock held).
+
+        Handing a group to a writer thread and its outcome back costs two thread wake-ups, on
+        a fast disk more than the fdatasync itself. So while syncs stay short, the loop commits
+        inline, blocking only for that long; never when it would have to wait for another
+        process's ``flock`` or for an earlier group, and never once syncs grow slow.
+        """
+        if self._locked_since is None or self._in_flight:
+            return False
+        return self._sync_seconds is not None and self._sync_seconds <= INLINE_SYNC_MAX
 
     def _write_turn(self) -> None:
         """Write the queue as one group, let the next writer in, then sync and publish the group."""
@@ -483,10 +505,16 @@ class GroupCommit:
         """Make the group durable, wait for the groups before it, then publish it and release its callers."""
         view = self.view
         if group.entries and group.error is None and view.log.sync:
+            started = time.perf_counter()
             try:
                 os.fdatasync(group.segment.fd)
             except OSError as exc:  # never retried: the kernel may have dropped the data
                 group.error = self._fail(f"failed to sync ({exc})")
+            took = time.perf_counter() - started
+            average = self._sync_seconds
+            self._sync_seconds = took if average is None else average + (took - average) / 8
+        elif not view.log.sync:
+            self._sync_seconds = 0.0
         with self._lock:
             while self._in_flight[0] is not group:
                 self._wait_turn()
@@ -609,8 +637,18 @@ def _release(requests: list[Request]) -> None:
         elif r.loop is not None:
             loops.setdefault(r.loop, []).append(r)
     for loop, waiting in loops.items():
+        if loop is _running_loop():  # committed inline by this loop: no thread to hop from
+            _settle(waiting)
+            continue
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits these any more
             loop.call_soon_threadsafe(_settle, waiting)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _settle(requests: list[Request]) -> None:
