@@ -171,10 +171,17 @@ def test_only_attrs_classes_can_be_registered() -> None:
         Serializer(types=[dict])
 
 
-@pytest.mark.parametrize("data", [b"{not json", b"[]", b"{}"])
+@pytest.mark.parametrize(
+    "data", [b"{not json", b"[]", b"{}", b"{", b'{"n": 1} trailing', b'{"n": 1}{}', b'{"n": }']
+)
 def test_damaged_stored_data_raises_a_serialization_error(data: bytes) -> None:
     with pytest.raises(SerializationError, match="Small"):
         Serializer(types=[Small]).decode("Small", data)
+
+
+@pytest.mark.parametrize("data", [b' {"n": 1}', b'{"n": 1} \n', b'{ "n" : 1 }', '{"n": 1}'])
+def test_stored_json_with_whitespace_or_as_text_still_decodes(data: bytes | str) -> None:
+    assert Serializer(types=[Small]).decode("Small", data) == Small(1)
 
 
 def test_text_that_is_not_valid_unicode_is_refused_on_write() -> None:
