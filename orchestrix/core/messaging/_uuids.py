@@ -33,19 +33,18 @@ def _refill() -> int:
 
 
 def _constructors() -> tuple[Callable[[bytes], uuid.UUID], Callable[[], uuid.UUID]]:
-    new, setattr_, from_bytes, take, safe = (
-        object.__new__,
-        object.__setattr__,
-        int.from_bytes,
-        _random.popleft,
-        uuid.SafeUUID.unknown,
-    )
     uuid_cls = uuid.UUID
+    try:  # UUID's slots, set through their descriptors: UUID.__setattr__ refuses, by design
+        set_int = uuid_cls.__dict__["int"].__set__
+        set_safe = uuid_cls.__dict__["is_safe"].__set__
+    except (KeyError, AttributeError):  # pragma: no cover - another Python's UUID internals
+        return (lambda raw: uuid_cls(bytes=raw)), uuid.uuid4
+    new, from_bytes, take, safe = object.__new__, int.from_bytes, _random.popleft, uuid.SafeUUID.unknown
 
     def from_raw(raw: bytes) -> uuid.UUID:
         u = new(uuid_cls)
-        setattr_(u, "int", from_bytes(raw))
-        setattr_(u, "is_safe", safe)
+        set_int(u, from_bytes(raw))
+        set_safe(u, safe)
         return u
 
     def uuid4() -> uuid.UUID:
@@ -54,8 +53,8 @@ def _constructors() -> tuple[Callable[[bytes], uuid.UUID], Callable[[], uuid.UUI
         except IndexError:
             bits = _refill()
         u = new(uuid_cls)
-        setattr_(u, "int", (bits & _VERSION_BITS) | _VERSION_4)
-        setattr_(u, "is_safe", safe)
+        set_int(u, (bits & _VERSION_BITS) | _VERSION_4)
+        set_safe(u, safe)
         return u
 
     try:

@@ -71,6 +71,8 @@ MIN_TO_OVERLAP = 3
 """Appends that must be waiting before a group is written while another one is still syncing."""
 LOCK_HOLD = 0.05
 """Seconds after which a busy process stops starting groups, to let other processes write."""
+NAMES_CACHED = 4096
+"""Stream and type names a store keeps encoded; past that the cache starts over."""
 LEASE = 0.002
 """Seconds an idle process keeps the writer lock, so back-to-back appends do not retake it."""
 INLINE_SYNC_MAX = 0.001
@@ -117,23 +119,32 @@ class Request:
 
 def prepare(
     serializer: Serializer,
-    type_fields: dict[str, bytes],
+    names: dict[Any, bytes],
     stream: str,
     events: Sequence[NewEvent | Any],
     expected_version: int,
 ) -> Request:
-    """Validate and encode an append outside every lock, so concurrent callers do it in parallel."""
-    validate_stream_name(stream)
+    """Validate and encode an append outside every lock, so concurrent callers do it in parallel.
+
+    ``names`` caches, per store, the UTF-8 form of stream names already checked and of type
+    names already made into record fields: an append usually goes to a stream it has seen.
+    """
+    raw_stream = names.get(stream) if type(stream) is str else None
+    if raw_stream is None:
+        raw_stream = validate_stream_name(stream).encode()
+        if len(names) >= NAMES_CACHED:
+            names.clear()
+        names[stream] = raw_stream
     validate_expected_version(expected_version)
     batch = to_new_events(stream, events)
     encode = serializer.encode
     prepared = []
     for new in batch:
         type_name, payload = encode(new.event)
-        field = type_fields.get(type_name)
+        field = names.get((type_name,))
         if field is None:
             try:
-                field = type_fields[type_name] = type_field(type_name)
+                field = names[(type_name,)] = type_field(type_name)
             except FormatProblem as exc:
                 raise SerializationError(type_name, str(exc)) from None
         correlation, causation = new.correlation_id, new.causation_id
@@ -146,10 +157,11 @@ def prepare(
                 payload,
             )
         )
-    record = prepare_record(stream.encode(), prepared)
+    record = prepare_record(raw_stream, prepared)
     if len(record) - FRAME_SIZE > MAX_BODY:
         raise BatchTooLargeError(stream, len(record), MAX_BODY + FRAME_SIZE)
-    return Request(stream, batch, tuple([p[0] for p in prepared]), record, expected_version)
+    ids = (prepared[0][0],) if len(prepared) == 1 else tuple([p[0] for p in prepared])
+    return Request(stream, batch, ids, record, expected_version)
 
 
 class _Group:

@@ -51,6 +51,7 @@ U16 = struct.Struct("<H")
 U32 = struct.Struct("<I")
 
 _PREFIX = RECORD_MAGIC + bytes(8)
+_BLANK_HEAD = _PREFIX + bytes(SEAL.size)  # frame and commit-time fields, filled in at commit
 HAS_CORRELATION = 1
 HAS_CAUSATION = 2
 MAX_BODY = 1 << 30
@@ -171,9 +172,17 @@ def type_field(type_name: str) -> bytes:
 
 def prepare_record(stream: bytes, events: Sequence[PreparedEvent | tuple[Any, ...]]) -> bytearray:
     """A whole record except the fields known only at commit; :func:`seal_record` fills them in."""
-    parts = [b"", stream]
-    append = parts.append
     pack_u32 = U32.pack
+    if len(events) == 1:  # most appends: one event, and usually no correlation or causation
+        event_id, correlation, causation, type_name, payload = events[0]
+        if correlation is None and causation is None:
+            counts, size = COUNTS.pack(1, len(stream)), pack_u32(len(payload))
+            parts = (_BLANK_HEAD, counts, stream, event_id, b"\0", type_name, size, payload)
+            record = bytearray(b"".join(parts))
+            U32.pack_into(record, 8, len(record) - FRAME_SIZE)
+            return record
+    parts = [_BLANK_HEAD + COUNTS.pack(len(events), len(stream)), stream]
+    append = parts.append
     for event_id, correlation, causation, type_name, payload in events:
         if correlation is None and causation is None:
             append(event_id + b"\0" + type_name + pack_u32(len(payload)))
@@ -184,7 +193,6 @@ def prepare_record(stream: bytes, events: Sequence[PreparedEvent | tuple[Any, ..
             append(EVENT_HEAD.pack(event_id, flags) + (correlation or b"") + (causation or b""))
             append(type_name + pack_u32(len(payload)))
         append(payload)
-    parts[0] = _PREFIX + bytes(32) + COUNTS.pack(len(events), len(stream))
     record = bytearray(b"".join(parts))
     U32.pack_into(record, 8, len(record) - FRAME_SIZE)
     return record

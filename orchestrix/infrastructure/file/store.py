@@ -79,7 +79,7 @@ class FileEventStore(AsyncStoreMixin):
     ) -> None:
         self.path = os.fspath(path)
         self._serializer = serializer
-        self._type_fields: dict[str, bytes] = {}
+        self._names: dict[Any, bytes] = {}
         self._view = LogView(self.path, sync, segment_size, checkpoint_events)
         self._commits = GroupCommit(self._view, segment_size)
 
@@ -92,7 +92,7 @@ class FileEventStore(AsyncStoreMixin):
 
         Returns once the events are on disk; appends from concurrent threads share one fdatasync.
         """
-        request = prepare(self._serializer, self._type_fields, stream, events, expected_version)
+        request = prepare(self._serializer, self._names, stream, events, expected_version)
         self._commits.submit(request)
         if request.error is not None:
             raise request.error
@@ -106,7 +106,7 @@ class FileEventStore(AsyncStoreMixin):
 
         Concurrent tasks share groups, writes and fdatasyncs with each other and with threads.
         """
-        request = prepare(self._serializer, self._type_fields, stream, events, expected_version)
+        request = prepare(self._serializer, self._names, stream, events, expected_version)
         await self._commits.submit_async(request)
         if request.error is not None:
             raise request.error
