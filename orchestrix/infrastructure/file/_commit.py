@@ -167,7 +167,7 @@ def prepare(
 class _Group:
     """Requests written together; synced and published as one."""
 
-    __slots__ = ("entries", "error", "planned", "requests", "segment", "seq", "streams")
+    __slots__ = ("entries", "error", "planned", "requests", "segment", "seq")
 
     def __init__(self, seq: int, requests: list[Request]) -> None:
         self.seq = seq
@@ -176,7 +176,6 @@ class _Group:
         self.entries: list[Entry] = []
         self.segment: Any = None
         self.error: StoreFailedError | None = None
-        self.streams: list[str] = []
 
 
 class GroupCommit:
@@ -436,11 +435,12 @@ class GroupCommit:
                 indexed = view.index.positions_of(unknown)
         position = self._written.position
         seq = group.seq
+        in_tail = view.tail.streams.get
         planned = []
         for r in group.requests:
-            stream = r.stream
+            stream, ids = r.stream, r.ids
             try:
-                for i in r.ids:
+                for i in ids:
                     if i in tail_ids or i in written_ids or i in indexed:  # perhaps a retry
                         r.result = find_replayed_append(
                             stream, r.batch, lambda event_id: self._place(event_id, indexed)
@@ -449,23 +449,31 @@ class GroupCommit:
                 if r.result is not None:
                     continue
                 written = versions.get(stream)
-                current = view.version_locked(stream) if written is None else written[0]
-                check_expected_version(stream, r.expected, current)
+                if written is not None:
+                    current = written[0]
+                else:
+                    mine = in_tail(stream)  # the stream's records this process knows (most appends)
+                    current = mine[-1].version + mine[-1].count - 1 if mine else view.version_locked(stream)
+                if r.expected != current:
+                    check_expected_version(stream, r.expected, current)
             except OrchestrixError as exc:
                 r.error = exc
                 continue
-            n = len(r.ids)
-            result = AppendResult(
-                stream,
-                (current + 1,) if n == 1 else tuple(range(current + 1, current + 1 + n)),
-                (position + 1,) if n == 1 else tuple(range(position + 1, position + 1 + n)),
-            )
-            for k, i in enumerate(r.ids):
-                written_ids[i] = (stream, current + 1 + k, position + 1 + k)
+            version = current + 1
+            position += 1
+            n = len(ids)
+            if n == 1:
+                result = AppendResult(stream, (version,), (position,))
+                written_ids[ids[0]] = (stream, version, position)
+            else:
+                result = AppendResult(
+                    stream, tuple(range(version, version + n)), tuple(range(position, position + n))
+                )
+                for k, i in enumerate(ids):
+                    written_ids[i] = (stream, version + k, position + k)
             versions[stream] = (current + n, seq)
-            group.streams.append(stream)
-            planned.append((r, position + 1, current + 1, result))
-            position += n
+            planned.append((r, position, version, result))
+            position += n - 1
         return planned
 
     def _place(self, event_id: uuid.UUID, indexed: dict[bytes, int]) -> tuple[str, int, int] | None:
@@ -482,7 +490,8 @@ class GroupCommit:
         end = self._written
         recorded_us = time.time_ns() // 1000
         try:
-            size = len(planned[0][0].record) if len(planned) == 1 else sum(len(p[0].record) for p in planned)
+            records = [p[0].record for p in planned]
+            size = sum(map(len, records))
             if end.offset > SEGMENT_HEADER_SIZE and end.offset + size > self.segment_size:
                 log.seal(log.segment(end.segment), end.offset)
                 segment = log.create_segment(end.segment + 1, end.position)
@@ -502,8 +511,9 @@ class GroupCommit:
                 fields = (position, len(r.ids), version, r.stream, number, offset, size, crc, r.ids)
                 entries.append(_new(Entry, fields))
                 offset += size
-            data = planned[0][0].record if len(planned) == 1 else b"".join(p[0].record for p in planned)
-            log.write(segment, group_offset, data, sync=False)
+            log.write(
+                segment, group_offset, records[0] if len(records) == 1 else b"".join(records), sync=False
+            )
         except OSError as exc:
             group.error = self._fail(f"failed to write ({exc})")
             return
@@ -547,23 +557,21 @@ class GroupCommit:
 
     def _complete(self, group: _Group, error: StoreFailedError | None) -> None:
         """Give the group's callers their outcome, retire the group, and pass the writing on."""
-        for r, _, _, result in group.planned:
-            if error is None:
+        if error is None:
+            for r, _, _, result in group.planned:
                 r.result = result
-            else:
-                r.error = error
-        if error is not None:
+        else:
             for r in group.requests:
                 if r.error is None:
                     r.result, r.error = None, error  # a replay may point into the failed group
         with self._lock:
             self._in_flight.popleft()
-            for stream in group.streams:
-                if self._versions.get(stream, (0, -1))[1] == group.seq:
-                    del self._versions[stream]
+            versions, ids, seq = self._versions, self._ids, group.seq
             for r, _, _, _ in group.planned:
+                if versions.get(r.stream, (0, -1))[1] == seq:
+                    del versions[r.stream]
                 for i in r.ids:
-                    self._ids.pop(i, None)
+                    ids.pop(i, None)
             if not self._in_flight and not self._writing and self._locked_since is not None:
                 if self._draining() or self.failed is not None or self.closed:
                     self._release_lock()

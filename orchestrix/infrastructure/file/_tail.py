@@ -30,17 +30,27 @@ class Tail:
 
     def add(self, entry: Entry) -> None:
         """Take in the next record of the log."""
-        self.entries.append(entry)
-        self.positions.append(entry.position)
-        mine = self.streams.get(entry.stream)
-        if mine is None:
-            self.streams[entry.stream] = [entry]
-        else:
-            mine.append(entry)
-        stream, version, position, ids = entry.stream, entry.version, entry.position, self.ids
-        for i, event_id in enumerate(entry.ids):
-            ids[event_id] = (stream, version + i, position + i)
-        self.events += entry.count
+        self.extend((entry,))
+
+    def extend(self, entries: list[Entry] | tuple[Entry, ...]) -> None:
+        """Take in the next records of the log, in order."""
+        streams, ids, events = self.streams, self.ids, self.events
+        self.entries.extend(entries)
+        self.positions.extend([e.position for e in entries])
+        for entry in entries:
+            stream, version, position = entry.stream, entry.version, entry.position
+            mine = streams.get(stream)
+            if mine is None:
+                streams[stream] = [entry]
+            else:
+                mine.append(entry)
+            if entry.count == 1:
+                ids[entry.ids[0]] = (stream, version, position)
+            else:
+                for i, event_id in enumerate(entry.ids):
+                    ids[event_id] = (stream, version + i, position + i)
+            events += entry.count
+        self.events = events
 
     def version(self, stream: str) -> int | None:
         """The stream's version if the tail or the cache knows it; None means: ask the index."""

@@ -124,9 +124,7 @@ class LogView:
     def publish(self, entries: list[Entry], end: Head) -> None:
         """Make committed records visible to this process and wake its waiters."""
         with self.state:
-            add = self.tail.add
-            for entry in entries:
-                add(entry)
+            self.tail.extend(entries)
             self.end = end
             if self.sync_waiters:
                 self.changed.notify_all()
