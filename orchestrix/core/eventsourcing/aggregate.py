@@ -23,7 +23,8 @@ from orchestrix.core.errors import (
     UnhandledEventError,
 )
 from orchestrix.core.eventsourcing.store import NO_STREAM, AppendResult, EventStore
-from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
+from orchestrix.core.messaging._uuids import new_uuid4
+from orchestrix.core.messaging.messages import NewEvent, RecordedEvent, new_event
 
 __all__ = [
     "AggregateRepository",
@@ -94,7 +95,7 @@ class AggregateRoot:
         a retried save of the same decision a no-op in the store.
         """
         self._apply(event)
-        self._pending.append(NewEvent(event) if event_id is None else NewEvent(event, event_id))
+        self._pending.append(new_event(event, new_uuid4() if event_id is None else event_id, None, None))
 
     def _apply(self, event: Any) -> None:
         handler = self._appliers.get(type(event))

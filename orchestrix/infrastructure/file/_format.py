@@ -7,16 +7,13 @@ layout for readers in other languages. All integers are little-endian.
 from __future__ import annotations
 
 import struct
-import uuid
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-import attrs
-
 from orchestrix.core.messaging._uuids import uuid_from_bytes
-from orchestrix.core.messaging.messages import RecordedEvent
+from orchestrix.core.messaging.messages import RecordedEvent, new_recorded
 
 FORMAT_VERSION = 1
 
@@ -315,7 +312,7 @@ def decode_events(
         type_name = _type_names.get(raw_type)
         if type_name is None:
             type_name = _type_names.setdefault(raw_type, raw_type.decode())
-        yield _new_recorded(
+        yield new_recorded(
             new_uuid(event_id),
             stream,
             version + i,
@@ -331,36 +328,3 @@ def decode_events(
 _type_names: dict[bytes, str] = {}
 """Decoded type names, shared: a store has a handful of event types."""
 _EVENT_START = struct.Struct("<16sBH")  # event id, flags, and (when flags is 0) the type name length
-
-
-def _recorded_factory() -> Callable[..., RecordedEvent]:
-    """RecordedEvent's constructor, bypassing attrs' per-field setattr where slots allow it."""
-    names = ("event_id", "stream", "version", "position", "recorded_at", "event_type", "event")
-    names += ("correlation_id", "causation_id")
-    try:
-        setters = [RecordedEvent.__dict__[name].__set__ for name in names]
-    except (KeyError, AttributeError):  # not a slots class any more: use its constructor
-        return RecordedEvent
-    s0, s1, s2, s3, s4, s5, s6, s7, s8 = setters
-    new = object.__new__
-
-    def make(a: Any, b: Any, c: Any, d: Any, e: Any, f: Any, g: Any, h: Any, i: Any) -> RecordedEvent:
-        r = new(RecordedEvent)
-        s0(r, a)
-        s1(r, b)
-        s2(r, c)
-        s3(r, d)
-        s4(r, e)
-        s5(r, f)
-        s6(r, g)
-        s7(r, h)
-        s8(r, i)
-        return r
-
-    probe = (uuid.uuid4(), "s", 0, 1, _EPOCH, "T", None, None, None)
-    if make(*probe) == RecordedEvent(*probe) and len(attrs.fields(RecordedEvent)) == len(names):
-        return make  # it sets every field, and builds what the constructor builds
-    return RecordedEvent
-
-
-_new_recorded = _recorded_factory()
