@@ -23,7 +23,7 @@ from orchestrix.core.errors import (
     InvalidExpectedVersionError,
     InvalidStreamNameError,
 )
-from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
+from orchestrix.core.messaging.messages import NewEvent, RecordedEvent, slots_constructor
 
 __all__ = [
     "ANY",
@@ -67,6 +67,12 @@ class AppendResult:
     def last_position(self) -> int:
         """The global position of the last event written."""
         return self.positions[-1]
+
+
+new_append_result: Callable[[str, tuple[int, ...], tuple[int, ...]], AppendResult] = slots_constructor(
+    AppendResult, ("s", (0,), (1,))
+)
+"""``AppendResult(stream, versions, positions)``, faster: a store makes one per append."""
 
 
 @runtime_checkable

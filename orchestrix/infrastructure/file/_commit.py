@@ -44,6 +44,7 @@ from orchestrix.core.eventsourcing.store import (
     AppendResult,
     check_expected_version,
     find_replayed_append,
+    new_append_result,
     to_new_events,
     validate_expected_version,
     validate_stream_name,
@@ -463,10 +464,10 @@ class GroupCommit:
             position += 1
             n = len(ids)
             if n == 1:
-                result = AppendResult(stream, (version,), (position,))
+                result = new_append_result(stream, (version,), (position,))
                 written_ids[ids[0]] = (stream, version, position)
             else:
-                result = AppendResult(
+                result = new_append_result(
                     stream, tuple(range(version, version + n)), tuple(range(position, position + n))
                 )
                 for k, i in enumerate(ids):
