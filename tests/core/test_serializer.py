@@ -83,6 +83,61 @@ def test_every_supported_field_type_round_trips_exactly() -> None:
     assert str(decoded.money.amount) == "0.10"
 
 
+def _reference_json(serializer: Serializer, obj: object) -> bytes:
+    import json
+
+    return json.dumps(serializer.to_dict(obj)[1], separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def test_encode_writes_exactly_the_json_of_to_dict() -> None:
+    serializer = full_serializer()
+    for obj in (sample(), Money(Decimal("-0"), "\u2028\x00\x1f\t\n"), Small(2**70), Small(-0)):
+        assert serializer.encode(obj)[1] == _reference_json(serializer, obj)
+
+
+@given(
+    st.text(),
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    st.lists(st.text(max_size=5), max_size=3),
+)
+def test_encode_matches_to_dict_for_any_values(
+    text: str, count: int, ratio: float, flag: bool, tags: list[str]
+) -> None:
+    serializer = full_serializer()
+    obj = attrs.evolve(sample(), text=text, count=count, ratio=ratio, flag=flag, tags=tuple(tags))
+    try:
+        encoded = serializer.encode(obj)[1]
+    except SerializationError:  # a lone surrogate: refused either way
+        with pytest.raises(UnicodeEncodeError):
+            _reference_json(serializer, obj)
+        return
+    assert encoded == _reference_json(serializer, obj)
+    assert serializer.decode("Everything", encoded) == obj
+
+
+def test_a_subclass_value_of_a_native_field_is_checked_and_written_like_json_does() -> None:
+    class Count(int):
+        pass
+
+    class Text(str):
+        pass
+
+    @attrs.frozen
+    class Pair:
+        n: int
+        s: str
+
+    serializer = Serializer(types=[Pair])
+    pair = Pair(Count(5), Text('a "b"'))
+    assert serializer.encode(pair)[1] == b'{"n":5,"s":"a \\"b\\""}' == _reference_json(serializer, pair)
+    with pytest.raises(SerializationError, match="int"):
+        serializer.encode(Pair(True, "x"))  # type: ignore[arg-type]
+    with pytest.raises(SerializationError, match="str"):
+        serializer.encode(Pair(1, 2))  # type: ignore[arg-type]
+
+
 def test_decimals_are_stored_as_strings_never_floats() -> None:
     _, data = full_serializer().encode(sample())
     assert b'"amount":"1234567890.12345678901234567890"' in data

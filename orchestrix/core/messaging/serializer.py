@@ -56,6 +56,15 @@ def _dumps(data: dict[str, Any]) -> str:
     return "".join(_C_ENCODE(data, 0))
 
 
+def _dumps_value(value: Any) -> str:
+    if _C_ENCODE is None:
+        return _JSON.encode(value)
+    return "".join(_C_ENCODE(value, 0))
+
+
+_quote: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
+"""A JSON string literal, not ASCII-escaped (the C function when there is one)."""
+
 _UNJSON = json.JSONDecoder()
 _SCAN = _UNJSON.scan_once
 
@@ -68,6 +77,7 @@ class Serializer:
         self._by_type: dict[type, str] = {}
         self._encoders: dict[type, _Encoder] = {}
         self._decoders: dict[type, _Decoder] = {}
+        self._json_encoders: dict[type, _Encoder] = {}
         self._encoding: dict[type, tuple[str, _Encoder]] = {}
         self._lock = threading.Lock()
         for cls in types:
@@ -137,12 +147,13 @@ class Serializer:
         cls = type(obj)
         known = self._encoding.get(cls)  # every append encodes: one lookup instead of to_dict's three
         if known is None:
-            known = self._encoding[cls] = (self.name_of(cls), self._encoder(cls))
-        type_name, to_data = known
-        data = to_data(obj)
+            type_name = self.name_of(cls)
+            self._encoder(cls)  # compiles both
+            known = self._encoding[cls] = (type_name, self._json_encoders[cls])
+        type_name, to_json = known
         try:
             # UTF-8 refuses lone surrogates ("\ud800"), which JSON would happily escape.
-            return type_name, _dumps(data).encode()
+            return type_name, to_json(obj).encode()
         except (TypeError, ValueError) as exc:
             raise SerializationError(type_name, f"cannot encode: {exc}") from exc
 
@@ -190,7 +201,7 @@ class Serializer:
             fields.append((field.name, enc, dec))
         decoded = tuple((name, dec) for name, _, dec in fields)
         exact = {field.name: hints.get(field.name, field.type) for field in attrs.fields(cls)}
-        encode = _compile_encoder(cls, [(name, enc, exact[name]) for name, enc, _ in fields])
+        encode, to_json = _compile_encoders(cls, [(name, enc, exact[name]) for name, enc, _ in fields])
 
         def decode(data: dict[str, Any]) -> Any:
             kwargs = {}
@@ -201,6 +212,7 @@ class Serializer:
             return cls(**kwargs)
 
         self._encoders[cls] = encode
+        self._json_encoders[cls] = to_json
         self._decoders[cls] = decode
 
     def _codec(self, tp: Any) -> tuple[_Encoder | None, _Decoder | None]:
@@ -311,16 +323,19 @@ def _loads(data: bytes | str) -> Any:
     return json.loads(data)
 
 
-def _compile_encoder(cls: type, fields: list[tuple[str, _Encoder | None, Any]]) -> _Encoder:
-    """A function from an instance of ``cls`` to its JSON dict, generated for its fields.
+def _compile_encoders(cls: type, fields: list[tuple[str, _Encoder | None, Any]]) -> tuple[_Encoder, _Encoder]:
+    """Two functions of an instance of ``cls``, generated for its fields: to its JSON dict, and
+    straight to its compact JSON text (what :meth:`Serializer.encode` stores).
 
     Generated like attrs' own methods (and cattrs' unstructure functions): a loop over the
-    fields, a call per check, cost more than the JSON encoding of a small event. A field whose
-    value has exactly its annotated JSON type skips the check's call.
+    fields, a call per check and a dict handed to the JSON encoder cost more than the encoding
+    of a small event itself. A field whose value has exactly its annotated JSON type skips the
+    check's call; strings and integers are written by the functions ``json`` itself uses.
     """
-    names: dict[str, Any] = {}
+    names: dict[str, Any] = {"dumps": _dumps_value, "quote": _quote, "int_text": int.__repr__}
     lines = []
     keys = []
+    texts = []
     for k, (name, enc, annotation) in enumerate(fields):
         simple = name.isidentifier() and not keyword.iskeyword(name) and not name.startswith("__")
         lines.append(f"    v{k} = obj.{name}" if simple else f"    v{k} = getattr(obj, {name!r})")
@@ -333,9 +348,15 @@ def _compile_encoder(cls: type, fields: list[tuple[str, _Encoder | None, Any]]) 
             else:
                 lines.append(f"    v{k} = c{k}(v{k})")
         keys.append(f"{name!r}: v{k}")
-    source = "def encode(obj):\n" + "\n".join(lines) + "\n    return {" + ", ".join(keys) + "}\n"
-    exec(compile(source, f"<orchestrix encoder for {cls.__qualname__}>", "exec"), names)
-    return names["encode"]
+        write = {str: "quote", int: "int_text"}.get(annotation, "dumps")
+        texts.append(f"{(',' if k else '{') + _quote(name) + ':'!r} + {write}(v{k})")
+    fetch = "\n".join(lines) + "\n"
+    source = (
+        f"def to_dict(obj):\n{fetch}    return {{{', '.join(keys)}}}\n"
+        f"def to_json(obj):\n{fetch}    return {' + '.join(texts) if texts else repr('{')} + '}}'\n"
+    )
+    exec(compile(source, f"<orchestrix encoders for {cls.__qualname__}>", "exec"), names)
+    return names["to_dict"], names["to_json"]
 
 
 def _checked(tp: type) -> _Encoder | None:
