@@ -281,6 +281,87 @@ def test_idempotent_appends_hold_across_restarts_from_the_index(tmp_path: Path) 
         assert store.last_position() == 52
 
 
+def _wait_for_filters(store: FileEventStore) -> None:
+    deadline = time.monotonic() + 30
+    while not store._view.seen.ready:
+        assert time.monotonic() < deadline, "the index filters were never built"
+        time.sleep(0.01)
+
+
+def test_with_the_index_filters_built_indexed_ids_and_streams_are_still_found(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    old = _events(1, 2)
+    with _open(path, checkpoint_events=1) as store:
+        first = store.append("s-1", old, NO_STREAM)
+        for i in range(50):
+            store.append(f"other-{i}", _events(i), NO_STREAM)
+    with _open(path, checkpoint_events=10) as store:
+        assert not store._view.seen.ready, "a store that only opened builds nothing"
+        store.append("new-0", _events(0), NO_STREAM)  # the first append starts the build
+        _wait_for_filters(store)
+        assert store._view.tail.bound == 52, "the old batch is only in the index"
+        indexed = [r for r in store.read_all() if r.position <= 52]
+        ids = [r.event_id.bytes for r in indexed]
+        assert store._view.seen.may_hold_ids(ids) == ids, "every indexed id is in the filter"
+        assert all(store._view.seen.may_hold_stream(r.stream) for r in indexed)
+        assert store.append("s-1", old, NO_STREAM) == first
+        with pytest.raises(DuplicateEventIdError):
+            store.append("s-2", old[:1], NO_STREAM)
+        with pytest.raises(ConcurrencyError):
+            store.append("other-7", _events(9), NO_STREAM)  # a stream only the index knows
+        assert store.append("other-8", _events(9), 0).versions == (1,)
+        # records handed over to the index after the build are in the filters too
+        later = [store.append(f"later-{i}", _events(i), NO_STREAM) for i in range(30)]
+        batch = _events(99)
+        again = store.append("late", batch, NO_STREAM)
+        for i in range(30):
+            store.append(f"more-{i}", _events(i), NO_STREAM)
+        _wait_for_index(store)
+        assert store._view.tail.bound >= again.positions[0], "the batch is only in the index now"
+        assert store.append("late", batch, NO_STREAM) == again
+        with pytest.raises(ConcurrencyError):
+            store.append("later-3", _events(5), NO_STREAM)
+        assert store.stream_version("later-29") == later[29].last_version
+
+
+def test_records_another_store_indexed_are_found_by_a_store_with_built_filters(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    with _open(path, checkpoint_events=5) as first, _open(path, checkpoint_events=5) as second:
+        second.append("warm-up", _events(0), NO_STREAM)
+        first.append("warm-up-1", _events(0), NO_STREAM)
+        _wait_for_index(first)
+        second.append("warm-up", _events(1), 0)
+        _wait_for_index(second)
+        second.append("warm-up", _events(2), 1)  # the first append with an index behind it builds
+        _wait_for_filters(second)
+        batch = _events(5)
+        stored = first.append("theirs", batch, NO_STREAM)
+        for i in range(20):
+            first.append(f"filler-{i}", _events(i), NO_STREAM)
+        _wait_for_index(first)
+        second.append("mine", _events(1), NO_STREAM)  # takes in what the first one wrote
+        _wait_for_index(second)
+        assert second._view.tail.bound >= stored.positions[0]
+        assert second.append("theirs", batch, NO_STREAM) == stored
+        with pytest.raises(ConcurrencyError):
+            second.append("theirs", _events(6), NO_STREAM)
+
+
+def test_the_bloom_filter_has_no_false_negatives_and_few_false_positives() -> None:
+    from orchestrix.infrastructure.file._seen import _Bloom
+
+    keys = [uuid.uuid4().bytes for _ in range(100_000)]
+    bloom = _Bloom(len(keys))
+    bloom.add_all(keys)
+    assert all(k in bloom for k in keys)
+    others = [uuid.uuid4().bytes for _ in range(20_000)]
+    false_positives = sum(k in bloom for k in others)
+    assert false_positives < 0.03 * len(others), f"{false_positives} of {len(others)}"
+    names = _Bloom(10)
+    names.add_all(["Account-1", "Account-2"])
+    assert "Account-1" in names and "Account-2" in names
+
+
 def test_a_missing_index_is_rebuilt_from_the_log(tmp_path: Path) -> None:
     path = tmp_path / "store"
     with _open(path, checkpoint_events=5) as store:

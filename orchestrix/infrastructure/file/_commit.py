@@ -433,6 +433,8 @@ class GroupCommit:
         if view.tail.bound:
             unknown = [i for r in group.requests for i in r.ids if i not in tail_ids and i not in written_ids]
             if unknown:
+                unknown = view.seen.may_hold_ids(unknown)  # fresh ids: certainly not in the index
+            if unknown:
                 indexed = view.index.positions_of(unknown)
         position = self._written.position
         seq = group.seq

@@ -80,6 +80,7 @@ class Index:
     def __init__(self, path: str, store_id: bytes, sync: bool = True) -> None:
         self.path = path
         self._store_id = store_id
+        self._sync = sync
         try:
             self._read = _connect(path, sync)
             self._write = _connect(path, sync)
@@ -93,6 +94,10 @@ class Index:
             raise IndexDamaged("index belongs to another store or another index version")
         self._read_lock = threading.Lock()
         self._write_lock = threading.Lock()
+
+    def connect(self) -> sqlite3.Connection:
+        """A connection of its own, for a long read on another thread."""
+        return _connect(self.path, self._sync)
 
     @staticmethod
     def remove(path: str) -> None:

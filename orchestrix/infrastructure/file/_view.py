@@ -28,6 +28,7 @@ from orchestrix.infrastructure.file._format import (
 from orchestrix.infrastructure.file._index import EMPTY, Covered, Entry, Index, IndexDamaged
 from orchestrix.infrastructure.file._log import Log, Window, read_frame
 from orchestrix.infrastructure.file._recovery import recover
+from orchestrix.infrastructure.file._seen import Seen
 from orchestrix.infrastructure.file._tail import Tail
 
 log = logging.getLogger("orchestrix.infrastructure.file")
@@ -51,6 +52,7 @@ class LogView:
         try:
             with self.log.lock:
                 self.index = self._open_index()
+                self.seen = Seen(self.index.connect)
                 self._recover()
         except BaseException:
             index = getattr(self, "index", None)
@@ -186,7 +188,8 @@ class LogView:
         """The stream's current version, as far as this view has read (state held)."""
         version = self.tail.version(stream)
         if version is None:
-            found = self.index.stream_version(stream, self.tail.bound) if self.tail.bound else None
+            indexed = self.tail.bound and self.seen.may_hold_stream(stream)
+            found = self.index.stream_version(stream, self.tail.bound) if indexed else None
             version = NO_STREAM if found is None else found
             self.tail.remember(stream, version)
         return version
@@ -241,8 +244,11 @@ class LogView:
         if not entries:
             return
         covered = self.index.add(entries)
+        bound = min(covered, end)
+        # the filters first: a key must never be in neither the tail nor the filters
+        self.seen.add([e for e in entries if e.position <= bound])
         with self.state:
-            self.tail.trim(min(covered, end))
+            self.tail.trim(bound)
 
     def close(self, checkpoint: bool) -> None:
         """Stop the background checkpoint, checkpoint once more if asked, wake waiters, close files."""
@@ -258,6 +264,7 @@ class LogView:
         with self.changed:
             self.changed.notify_all()
         self.wake_async_waiters()
+        self.seen.stop()
         self.index.close()
         self.log.close()
 
