@@ -111,6 +111,14 @@ SUITES: dict[str, tuple[list[Row], list[Check]]] = {
                 params={"n": 10_000},
             ),
             Row(
+                "orx_write1_indexed",
+                "orchestrix  same, on a store whose index holds 50k+ events",
+                "file.orx_write1_indexed",
+                "ev/s",
+                params={"n": 5_000},
+                prepare="file.orx_build_indexed",
+            ),
+            Row(
                 "es_write1",
                 "eventsourcing SQLite (WAL, sync FULL)  same",
                 "file.es_write1",
@@ -195,6 +203,7 @@ SUITES: dict[str, tuple[list[Row], list[Check]]] = {
             Check("1 writer: orchestrix vs peer SQLite", "orx_write1", "es_write1", 1.5, source="issue 3"),
             Check("1 writer: orchestrix / fsync ceiling", "orx_write1", "raw_fsync1", 0.85, source="issue 3"),
             Check("peer SQLite / fsync ceiling (info)", "es_write1", "raw_fsync1", None),
+            Check("1 writer: indexed store / fresh store (info)", "orx_write1_indexed", "orx_write1", None),
             Check(
                 "8 writers: orchestrix / 1-writer ceiling", "orx_write8", "raw_fsync1", 4.0, source="issue 3"
             ),
