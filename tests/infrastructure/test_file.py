@@ -30,7 +30,7 @@ from orchestrix.core.errors import (
     StoreFailedError,
     StoreFormatError,
 )
-from orchestrix.core.eventsourcing.store import ANY, NO_STREAM, EventStore
+from orchestrix.core.eventsourcing.store import ANY, NO_STREAM, AppendResult, EventStore
 from orchestrix.core.messaging.messages import NewEvent
 from orchestrix.infrastructure.file import FileEventStore
 from orchestrix.infrastructure.file import _commit as file_commit
@@ -264,13 +264,19 @@ def _wait_for_index(store: FileEventStore) -> None:
     store._view.flush()
 
 
-def test_idempotent_appends_hold_across_restarts_from_the_index(tmp_path: Path) -> None:
-    path = tmp_path / "store"
+def _old_batch_only_in_the_index(path: Path) -> tuple[list[NewEvent], AppendResult]:
+    """A store whose first batch (on "s-1") and 50 more streams are all indexed; the batch and its result."""
     old = _events(1, 2)
     with _open(path, checkpoint_events=1) as store:
         first = store.append("s-1", old, NO_STREAM)
         for i in range(50):
             store.append(f"other-{i}", _events(i), NO_STREAM)
+    return old, first
+
+
+def test_idempotent_appends_hold_across_restarts_from_the_index(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    old, first = _old_batch_only_in_the_index(path)
     with _open(path) as store:
         assert store._view.tail.bound == 52, "the old batch is only in the index"
         assert store.append("s-1", old, NO_STREAM) == first
@@ -290,11 +296,7 @@ def _wait_for_filters(store: FileEventStore) -> None:
 
 def test_with_the_index_filters_built_indexed_ids_and_streams_are_still_found(tmp_path: Path) -> None:
     path = tmp_path / "store"
-    old = _events(1, 2)
-    with _open(path, checkpoint_events=1) as store:
-        first = store.append("s-1", old, NO_STREAM)
-        for i in range(50):
-            store.append(f"other-{i}", _events(i), NO_STREAM)
+    old, first = _old_batch_only_in_the_index(path)
     with _open(path, checkpoint_events=10) as store:
         assert not store._view.seen.ready, "a store that only opened builds nothing"
         store.append("new-0", _events(0), NO_STREAM)  # the first append starts the build
