@@ -349,6 +349,27 @@ def test_records_another_store_indexed_are_found_by_a_store_with_built_filters(t
             second.append("theirs", _events(6), NO_STREAM)
 
 
+def test_a_failed_filter_build_leaves_appends_asking_the_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from orchestrix.infrastructure.file import _seen
+
+    def no_memory(self: object, keys: int) -> None:
+        raise MemoryError("no room for a filter")
+
+    path = tmp_path / "store"
+    old, first = _old_batch_only_in_the_index(path)
+    monkeypatch.setattr(_seen._Bloom, "__init__", no_memory)
+    with caplog.at_level(logging.ERROR, logger="orchestrix.file"), _open(path) as store:
+        store.append("new-0", _events(0), NO_STREAM)  # starts the build, which fails
+        store._view.seen._thread.join()  # type: ignore[union-attr]
+        assert not store._view.seen.ready
+        assert store.append("s-1", old, NO_STREAM) == first
+        with pytest.raises(ConcurrencyError):
+            store.append("other-3", _events(9), NO_STREAM)
+    assert "building the index filters failed" in caplog.text
+
+
 def test_the_bloom_filter_has_no_false_negatives_and_few_false_positives() -> None:
     from orchestrix.infrastructure.file._seen import _Bloom
 

@@ -166,10 +166,9 @@ class Seen:
             with self._lock:
                 if not self._stopped:
                     self._using = pair
-                self._building = None
-        except sqlite3.Error:
+        except Exception:  # the filters only spare queries: without them appends ask the index
             log.exception("orchestrix file store: building the index filters failed; appends query the index")
+        finally:
             with self._lock:
                 self._building = None
-        finally:
             conn.close()
