@@ -178,6 +178,8 @@ def check_expected_version(stream: str, expected_version: int, current: int) -> 
 
 def to_new_events(stream: str, events: Iterable[NewEvent | Any]) -> list[NewEvent]:
     """Wrap bare domain events in NewEvent (with fresh ids); refuse an empty batch or a repeated id."""
+    if type(events) is list and len(events) == 1 and type(events[0]) is NewEvent:
+        return [events[0]]  # what a repository saves, most of the time
     batch = [e if isinstance(e, NewEvent) else NewEvent(e) for e in events]
     if len(batch) > 1:
         seen: set[uuid.UUID] = set()
