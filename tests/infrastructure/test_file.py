@@ -43,7 +43,7 @@ from orchestrix.infrastructure.file._format import (
     type_field,
     unpack_store,
 )
-from orchestrix.infrastructure.file.errors import BatchTooLargeError
+from orchestrix.infrastructure.file.errors import BatchTooLargeError, InvalidStoreOptionError
 from orchestrix.testing import ContractEvent, EventStoreContract, contract_serializer
 from tests.infrastructure import file_workers
 
@@ -217,6 +217,29 @@ def test_an_os_error_while_opening_is_a_store_error(tmp_path: Path, monkeypatch:
 
 
 # -- reopening, segments, the index --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("segment_size", 100),
+        ("segment_size", 1 << 41),
+        ("segment_size", 4096.0),
+        ("segment_size", True),
+        ("checkpoint_events", 0),
+        ("checkpoint_events", "10"),
+        ("loop_sync_max", -0.001),
+        ("loop_sync_max", float("nan")),
+        ("loop_sync_max", float("inf")),
+        ("loop_sync_max", "fast"),
+    ],
+)
+def test_an_option_out_of_range_is_refused_before_anything_is_created(
+    tmp_path: Path, option: str, value: object
+) -> None:
+    with pytest.raises(InvalidStoreOptionError, match=option):
+        _open(tmp_path / "store", **{option: value})
+    assert not (tmp_path / "store").exists()
 
 
 def test_reopening_continues_from_the_stored_state(tmp_path: Path) -> None:
@@ -794,8 +817,7 @@ async def _eight_tasks_append(store: FileEventStore, sync: _SlowSync, rounds: in
 def test_on_a_fast_disk_the_event_loop_commits_its_groups_itself(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(file_commit, "INLINE_SYNC_MAX", 10.0)  # every disk counts as fast
-    store = _open(tmp_path / "store")
+    store = _open(tmp_path / "store", loop_sync_max=10.0)  # every disk counts as fast
     sync = _SyncThreads(0)
     monkeypatch.setattr(os, "fdatasync", sync)
     problems = asyncio.run(_eight_tasks_append(store, sync, 25))
@@ -810,11 +832,12 @@ def test_on_a_fast_disk_the_event_loop_commits_its_groups_itself(
         assert [again.stream_version(f"w-{k}") for k in range(8)] == [24] * 8
 
 
-def test_on_a_slow_disk_the_event_loop_never_waits_for_a_sync(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("loop_sync_max", "delay"), [(0.001, 0.002), (0, 0)], ids=["slow disk", "never"])
+def test_on_a_slow_disk_or_when_told_so_the_event_loop_never_waits_for_a_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loop_sync_max: float, delay: float
 ) -> None:
-    store = _open(tmp_path / "store")
-    sync = _SyncThreads(2 * file_commit.INLINE_SYNC_MAX)
+    store = _open(tmp_path / "store", loop_sync_max=loop_sync_max)
+    sync = _SyncThreads(delay)
     monkeypatch.setattr(os, "fdatasync", sync)
     problems = asyncio.run(_eight_tasks_append(store, sync, 10))
     loop_thread = threading.get_ident()

@@ -17,7 +17,7 @@ processes get their turn.
 Callers are threads (:meth:`GroupCommit.submit`: the caller at the head of the queue becomes the
 writer) or asyncio tasks (:meth:`GroupCommit.submit_async`: the task awaits a future, and an
 asyncio caller holds no thread while its append is in flight). A group of asyncio appends is
-committed by the event loop itself while fdatasyncs are short (``INLINE_SYNC_MAX``): on a fast
+committed by the event loop itself while fdatasyncs are short (``loop_sync_max``): on a fast
 disk the two thread wake-ups of a hand-over cost more than the sync. Otherwise, and whenever
 the loop would have to wait for another process's lock or for an earlier group, a small pool
 of writer threads writes and syncs it.
@@ -76,8 +76,6 @@ NAMES_CACHED = 4096
 """Stream and type names a store keeps encoded; past that the cache starts over."""
 LEASE = 0.002
 """Seconds an idle process keeps the writer lock, so back-to-back appends do not retake it."""
-INLINE_SYNC_MAX = 0.001
-"""Typical fdatasync seconds up to which an event loop commits its tasks' groups itself."""
 
 _new: Callable[..., Any] = tuple.__new__  # builds NamedTuples without their Python-level __new__
 _crc32 = zlib.crc32
@@ -182,9 +180,10 @@ class _Group:
 class GroupCommit:
     """The append side of one store: the queue, the writer hand-over, and the commit itself."""
 
-    def __init__(self, view: LogView, segment_size: int) -> None:
+    def __init__(self, view: LogView, segment_size: int, loop_sync_max: float) -> None:
         self.view = view
         self.segment_size = segment_size
+        self.loop_sync_max = loop_sync_max
         self.failed: StoreFailedError | None = None
         self.closed = False
         self._lock = threading.Lock()
@@ -272,7 +271,7 @@ class GroupCommit:
         """
         if self._locked_since is None or self._in_flight:
             return False
-        return self._sync_seconds is not None and self._sync_seconds <= INLINE_SYNC_MAX
+        return self._sync_seconds is not None and self._sync_seconds <= self.loop_sync_max
 
     def _write_turn(self) -> None:
         """Write the queue as one group, let the next writer in, then sync and publish the group."""

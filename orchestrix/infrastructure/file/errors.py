@@ -4,13 +4,14 @@
 
     BatchTooLargeError (ValueError)    one append's record would exceed the format's limit
     InvalidCheckpointError (ValueError) a checkpoint name or position that cannot be stored
+    InvalidStoreOptionError (ValueError) a FileEventStore option out of its range
 """
 
 from __future__ import annotations
 
 from orchestrix.core.errors import OrchestrixError
 
-__all__ = ["BatchTooLargeError", "InvalidCheckpointError"]
+__all__ = ["BatchTooLargeError", "InvalidCheckpointError", "InvalidStoreOptionError"]
 
 
 class BatchTooLargeError(OrchestrixError, ValueError):
@@ -29,5 +30,15 @@ class InvalidCheckpointError(OrchestrixError, ValueError):
     def __init__(self, value: object, reason: str) -> None:
         shown = value if not isinstance(value, str) or len(value) <= 60 else value[:60] + "…"
         super().__init__(f"invalid checkpoint {shown!r}: {reason}")
+        self.value = value
+        self.reason = reason
+
+
+class InvalidStoreOptionError(OrchestrixError, ValueError):
+    """A ``FileEventStore`` option is out of its range; nothing was opened or created."""
+
+    def __init__(self, name: str, value: object, reason: str) -> None:
+        super().__init__(f"FileEventStore option {name}={value!r}: {reason}")
+        self.name = name
         self.value = value
         self.reason = reason

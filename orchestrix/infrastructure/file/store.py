@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -46,12 +47,16 @@ from orchestrix.infrastructure.file._index import Entry
 from orchestrix.infrastructure.file._log import Window, read_frame
 from orchestrix.infrastructure.file._view import LogView, ahead
 from orchestrix.infrastructure.file.checkpoint import FileCheckpointStore
+from orchestrix.infrastructure.file.errors import InvalidStoreOptionError
 
 __all__ = ["FileEventStore"]
 
 CHECKPOINT_FILE = "checkpoints.json"
 DEFAULT_SEGMENT_SIZE = 128 * 1024 * 1024
 DEFAULT_CHECKPOINT_EVENTS = 16384
+DEFAULT_LOOP_SYNC_MAX = 0.001
+MIN_SEGMENT_SIZE = 512  # tiny segments are for tests of rollovers
+MAX_SEGMENT_SIZE = 1 << 40  # the index keeps offsets in 40 bits
 STREAM_WINDOW = 4096
 """First read size of a stream read: most streams are short, and their records far apart."""
 POLL_INTERVAL = 0.02
@@ -65,7 +70,11 @@ class FileEventStore(AsyncStoreMixin):
     machine. It exists for tests and bulk loads; never use it for data you need.
     ``segment_size`` is the size at which a new segment file is started;
     ``checkpoint_events`` how many events may accumulate before they are added to the index.
-    Several stores (in this or other processes) may open one directory at once.
+    ``loop_sync_max``: asyncio appends are committed by the event loop itself, which then
+    blocks for one fdatasync, while the disk's syncs average at most this many seconds (a
+    hand-over to a writer thread and back costs more than a fast sync); ``0`` keeps every
+    sync off the loop. Several stores (in this or other processes) may open one directory at
+    once.
     """
 
     def __init__(
@@ -76,12 +85,14 @@ class FileEventStore(AsyncStoreMixin):
         sync: bool = True,
         segment_size: int = DEFAULT_SEGMENT_SIZE,
         checkpoint_events: int = DEFAULT_CHECKPOINT_EVENTS,
+        loop_sync_max: float = DEFAULT_LOOP_SYNC_MAX,
     ) -> None:
+        _check_options(segment_size, checkpoint_events, loop_sync_max)
         self.path = os.fspath(path)
         self._serializer = serializer
         self._names: dict[Any, bytes] = {}
         self._view = LogView(self.path, sync, segment_size, checkpoint_events)
-        self._commits = GroupCommit(self._view, segment_size)
+        self._commits = GroupCommit(self._view, segment_size, loop_sync_max)
 
     # -- appending ---------------------------------------------------------------------------
 
@@ -355,6 +366,17 @@ class FileEventStore(AsyncStoreMixin):
 
     def __repr__(self) -> str:
         return f"FileEventStore({self.path!r})"
+
+
+def _check_options(segment_size: object, checkpoint_events: object, loop_sync_max: object) -> None:
+    if type(segment_size) is not int or not MIN_SEGMENT_SIZE <= segment_size <= MAX_SEGMENT_SIZE:
+        raise InvalidStoreOptionError(
+            "segment_size", segment_size, f"an int from {MIN_SEGMENT_SIZE} to {MAX_SEGMENT_SIZE} bytes"
+        )
+    if type(checkpoint_events) is not int or checkpoint_events < 1:
+        raise InvalidStoreOptionError("checkpoint_events", checkpoint_events, "an int of at least 1")
+    if type(loop_sync_max) not in (int, float) or not 0 <= loop_sync_max < math.inf:  # type: ignore[operator]
+        raise InvalidStoreOptionError("loop_sync_max", loop_sync_max, "a finite number of seconds, 0 or more")
 
 
 def _record_position(buf: bytes, at: int) -> int:
