@@ -59,8 +59,13 @@ class Model:
 
     def check_acks(self, ack_file: Path) -> None:
         """Every acknowledged batch is stored exactly where its append said."""
-        lines = ack_file.read_bytes().split(b"\n") if ack_file.exists() else []
-        complete = lines[:-1]  # a line cut by the kill has no newline and was never acknowledged
+        raw = ack_file.read_bytes() if ack_file.exists() else b""
+        end = raw.rfind(b"\n") + 1
+        if end < len(raw):
+            # A line the kill cut short (a write across a page boundary can stop halfway) was
+            # never acknowledged; drop it, or the next child's first line would extend it.
+            os.truncate(ack_file, end)
+        complete = raw[:end].split(b"\n")[:-1]
         for line in complete[self.acked :]:
             stream, batch, ids, versions, positions = json.loads(line)
             for i, (event_id, version, position) in enumerate(zip(ids, versions, positions, strict=True)):
