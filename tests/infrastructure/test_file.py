@@ -817,6 +817,7 @@ async def _eight_tasks_append(store: FileEventStore, sync: _SlowSync, rounds: in
 def test_on_a_fast_disk_the_event_loop_commits_its_groups_itself(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(file_commit, "LOCK_HOLD", 60.0)  # no turn for other processes mid-test
     store = _open(tmp_path / "store", loop_sync_max=10.0)  # every disk counts as fast
     sync = _SyncThreads(0)
     monkeypatch.setattr(os, "fdatasync", sync)
