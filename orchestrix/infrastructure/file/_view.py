@@ -245,7 +245,7 @@ class LogView:
             return
         covered = self.index.add(entries)
         bound = min(covered, end)
-        # the filters first: a key must never be in neither the tail nor the filters
+        # the filters first: at every moment a handed-over key is in the tail, the filters or both
         self.seen.add([e for e in entries if e.position <= bound])
         with self.state:
             self.tail.trim(bound)
