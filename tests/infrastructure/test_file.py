@@ -1238,3 +1238,20 @@ def test_asyncio_appends_go_on_while_the_interpreter_exits(tmp_path: Path) -> No
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=20, check=False
     )
     assert "worker done" in proc.stdout, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("gap", [False, True], ids=["consecutive", "with-a-gap"])
+def test_the_index_stores_each_event_id_at_its_own_position(tmp_path: Path, gap: bool) -> None:
+    # Consecutive records go in with one statement; anything else row by row. Both must agree.
+    from orchestrix.infrastructure.file._index import Entry, Index
+
+    index = Index(str(tmp_path / "index.sqlite3"), b"store-id")
+    entries, position = [], 1
+    for k, count in enumerate([1, 3, 1, 2]):
+        ids = tuple(uuid.uuid4().bytes for _ in range(count))
+        entries.append(Entry(position, count, 1, f"s-{k}", 1, 64 + 100 * k, 100, 0, ids))
+        position += count + (1 if gap and k == 1 else 0)
+    index.add(entries)
+    expected = {i: e.position + n for e in entries for n, i in enumerate(e.ids)}
+    assert index.positions_of([*expected, uuid.uuid4().bytes]) == expected
+    index.close()

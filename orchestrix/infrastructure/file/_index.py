@@ -23,6 +23,8 @@ CHUNK = 512
 """Record locations per stored chunk of one stream."""
 MARK_EVERY = 128
 """Positions between two marks, the entry points of ``read_all``."""
+ID_SIZE = 16
+"""Bytes of an event id."""
 _OFFSET_BITS = 40
 _OFFSET_MASK = (1 << _OFFSET_BITS) - 1
 
@@ -35,6 +37,12 @@ CREATE TABLE IF NOT EXISTS ids(id BLOB PRIMARY KEY, position INTEGER NOT NULL) W
 CREATE TABLE IF NOT EXISTS marks(
     position INTEGER PRIMARY KEY, segment INTEGER NOT NULL, "offset" INTEGER NOT NULL);
 """
+
+_INSERT_IDS = """
+WITH RECURSIVE k(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM k WHERE i + 1 < ?3)
+INSERT OR IGNORE INTO ids(id, position) SELECT substr(?1, i * 16 + 1, 16), ?2 + i FROM k
+"""
+"""Inserts the ids of consecutive positions from ``?2`` on, given as one blob of 16-byte ids."""
 
 
 class Entry(NamedTuple):
@@ -165,10 +173,17 @@ class Index:
         return fresh[-1].position + fresh[-1].count - 1
 
     def _add(self, conn: sqlite3.Connection, entries: list[Entry], last_mark: int) -> None:
-        conn.executemany(
-            "INSERT OR IGNORE INTO ids(id, position) VALUES (?, ?)",
-            [(event_id, e.position + i) for e in entries for i, event_id in enumerate(e.ids)],
-        )
+        ids = [event_id for e in entries for event_id in e.ids]
+        first, last = entries[0], entries[-1]
+        if last.position + last.count - first.position == len(ids) and all(len(i) == ID_SIZE for i in ids):
+            # One statement for every id: SQLite runs it without the GIL, which executemany
+            # takes back for each row (each time making the appenders wait for it).
+            conn.execute(_INSERT_IDS, (b"".join(ids), first.position, len(ids)))
+        else:
+            conn.executemany(
+                "INSERT OR IGNORE INTO ids(id, position) VALUES (?, ?)",
+                [(event_id, e.position + i) for e in entries for i, event_id in enumerate(e.ids)],
+            )
         by_stream: dict[str, list[Entry]] = {}
         for e in entries:
             by_stream.setdefault(e.stream, []).append(e)
