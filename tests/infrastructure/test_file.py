@@ -1255,3 +1255,30 @@ def test_the_index_stores_each_event_id_at_its_own_position(tmp_path: Path, gap:
     expected = {i: e.position + n for e in entries for n, i in enumerate(e.ids)}
     assert index.positions_of([*expected, uuid.uuid4().bytes]) == expected
     index.close()
+
+
+def test_after_a_long_burst_the_writer_lock_is_let_go(tmp_path: Path) -> None:
+    # The keeper looks less often while appends go on; once they stop it must still let go.
+    import fcntl
+
+    from orchestrix.infrastructure.file._format import LOCK_FILE
+
+    with FileEventStore(tmp_path / "store", contract_serializer(), sync=False) as store:
+        started = time.monotonic()
+        k = 0
+        while time.monotonic() - started < 4 * file_commit.LOCK_HOLD:
+            store.append(f"s-{k % 4}", _events(k))
+            k += 1
+        fd = os.open(tmp_path / "store" / LOCK_FILE, os.O_RDWR)
+        try:
+            deadline = time.monotonic() + 5.0
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    assert time.monotonic() < deadline, "the idle store never let go of the writer lock"
+                    time.sleep(0.005)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)

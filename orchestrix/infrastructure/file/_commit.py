@@ -10,9 +10,9 @@ and no reader sees a position before the ones below it. Overlapping syncs let th
 several groups in one journal flush.
 
 The process holds the store's ``flock`` from the first write of a burst until ``LEASE`` after
-its last group is published (a small keeper thread gives it back), so back-to-back appends skip
-retaking it; under constant load it lets go at least every ``LOCK_HOLD`` seconds, so that other
-processes get their turn.
+its last group is published (a small keeper thread gives it back; after a long burst up to
+``LOCK_HOLD`` later), so back-to-back appends skip retaking it; under constant load it lets go
+at least every ``LOCK_HOLD`` seconds, so that other processes get their turn.
 
 Callers are threads (:meth:`GroupCommit.submit`: the caller at the head of the queue becomes the
 writer) or asyncio tasks (:meth:`GroupCommit.submit_async`: the task awaits a future, and an
