@@ -198,7 +198,9 @@ class GroupCommit:
         self._keeper: threading.Thread | None = None
         self._keeper_parked = False  # waiting for the lock to be taken (the lease keeper's own lock)
         self._writers: _WriterThreads | None = None  # for asyncio callers
-        self._kicking: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+        # loops with a writer start scheduled; plain weak references, as a WeakSet's Python-level
+        # lookup cost every asyncio append a microsecond (a loop that dies leaves a dead key)
+        self._kicking: set[weakref.ref[asyncio.AbstractEventLoop]] = set()
         self._seq = 0
         self._done = 0  # groups completed: how the lease keeper tells that appends went on
         self._sync_seconds: float | None = None  # moving average of fdatasync times; None: none yet
@@ -236,11 +238,12 @@ class GroupCommit:
         request.future = future = loop.create_future()
         with self._lock:
             self._enqueue(request)
-            if loop not in self._kicking:
+            key = weakref.ref(loop)
+            if key not in self._kicking:
                 # Start the writer after the tasks that are ready now have queued their appends too:
                 # the callers released by one group come back together, and should share the next.
                 # (Per loop: a loop that stops before its kick runs must not hold up the others.)
-                self._kicking.add(loop)
+                self._kicking.add(key)
                 loop.call_soon(self._kick, loop)
         await future
 
@@ -254,7 +257,7 @@ class GroupCommit:
 
     def _kick(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:
-            self._kicking.discard(loop)
+            self._kicking.discard(weakref.ref(loop))
             if not (self._queue and self._may_start()):
                 return
             self._writing = True

@@ -34,11 +34,11 @@ class Tail:
 
     def extend(self, entries: list[Entry] | tuple[Entry, ...]) -> None:
         """Take in the next records of the log, in order."""
-        streams, ids, events = self.streams, self.ids, self.events
+        streams, ids, events, positions = self.streams, self.ids, self.events, self.positions
         self.entries.extend(entries)
-        self.positions.extend([e.position for e in entries])
         for entry in entries:
             stream, version, position = entry.stream, entry.version, entry.position
+            positions.append(position)
             mine = streams.get(stream)
             if mine is None:
                 streams[stream] = [entry]
