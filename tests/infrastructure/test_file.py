@@ -1282,3 +1282,25 @@ def test_after_a_long_burst_the_writer_lock_is_let_go(tmp_path: Path) -> None:
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+
+def test_a_streams_later_records_fill_up_its_last_index_chunk(tmp_path: Path) -> None:
+    # A stream's first record needs no lookup of an earlier chunk; every later one must find it.
+    from orchestrix.infrastructure.file._index import Entry, Index
+
+    index = Index(str(tmp_path / "index.sqlite3"), b"store-id")
+    position = 1
+    for version in range(3):  # one checkpoint per record
+        entries = [
+            Entry(
+                position + k, 1, version, stream, 1, 64 + 100 * (position + k), 100, 0, (uuid.uuid4().bytes,)
+            )
+            for k, stream in enumerate(["a", "b"])
+        ]
+        index.add(entries)
+        position += 2
+    rows = index._read.execute("SELECT stream, first_version FROM chunks ORDER BY stream").fetchall()
+    assert rows == [("a", 0), ("b", 0)]
+    assert [r[:3] for r in index.stream_records("a", 0, position)] == [(0, 1, 1), (1, 1, 3), (2, 1, 5)]
+    assert index.stream_version("b", position) == 2
+    index.close()

@@ -16,6 +16,7 @@ from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
+from orchestrix.core.eventsourcing.store import NO_STREAM
 from orchestrix.infrastructure.file._format import SEGMENT_HEADER_SIZE, Head
 
 INDEX_VERSION = 1
@@ -23,6 +24,8 @@ CHUNK = 512
 """Record locations per stored chunk of one stream."""
 MARK_EVERY = 128
 """Positions between two marks, the entry points of ``read_all``."""
+FIRST_VERSION = NO_STREAM + 1
+"""The version of a stream's first event."""
 ID_SIZE = 16
 """Bytes of an event id."""
 _OFFSET_BITS = 40
@@ -43,6 +46,10 @@ WITH RECURSIVE k(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM k WHERE i + 1 < ?3)
 INSERT OR IGNORE INTO ids(id, position) SELECT substr(?1, i * 16 + 1, 16), ?2 + i FROM k
 """
 """Inserts the ids of consecutive positions from ``?2`` on, given as one blob of 16-byte ids."""
+
+
+_ChunkRow = tuple[str, int, bytes]
+"""(stream, first version, entries) of one row of the chunks table."""
 
 
 class Entry(NamedTuple):
@@ -187,8 +194,12 @@ class Index:
         by_stream: dict[str, list[Entry]] = {}
         for e in entries:
             by_stream.setdefault(e.stream, []).append(e)
+        chunks: list[_ChunkRow] = []
         for stream, mine in by_stream.items():
-            self._extend_stream(conn, stream, mine)
+            self._extend_stream(conn, stream, mine, chunks)
+        conn.executemany(
+            "INSERT OR REPLACE INTO chunks(stream, first_version, entries) VALUES (?, ?, ?)", chunks
+        )
         marks = []
         for e in entries:
             if e.position >= last_mark + MARK_EVERY or e.offset == SEGMENT_HEADER_SIZE:
@@ -208,21 +219,31 @@ class Index:
         }
         conn.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", meta.items())
 
-    def _extend_stream(self, conn: sqlite3.Connection, stream: str, entries: list[Entry]) -> None:
-        row = conn.execute(
-            "SELECT first_version, entries FROM chunks WHERE stream = ? ORDER BY first_version DESC LIMIT 1",
-            (stream,),
-        ).fetchone()
+    def _extend_stream(
+        self,
+        conn: sqlite3.Connection,
+        stream: str,
+        entries: list[Entry],
+        chunks: list[tuple[str, int, bytes]],
+    ) -> None:
+        """Add the stream's chunk rows for ``entries`` to ``chunks``, filling up its last chunk first."""
+        row = None
+        if entries[0].version > FIRST_VERSION:  # a stream's first record starts a chunk: no lookup
+            row = conn.execute(
+                "SELECT first_version, entries FROM chunks WHERE stream = ? "
+                "ORDER BY first_version DESC LIMIT 1",
+                (stream,),
+            ).fetchone()
         if row is not None and len(row[1]) < CHUNK * 32:
             first_version, chunk = row[0], array("q", row[1])
         else:
             first_version, chunk = entries[0].version, array("q")
         for e in entries:
             if len(chunk) >= CHUNK * 4:
-                _store_chunk(conn, stream, first_version, chunk)
+                chunks.append((stream, first_version, chunk.tobytes()))
                 first_version, chunk = e.version, array("q")
             chunk.extend((e.version, e.count, e.position, (e.segment << _OFFSET_BITS) | e.offset))
-        _store_chunk(conn, stream, first_version, chunk)
+        chunks.append((stream, first_version, chunk.tobytes()))
 
     # -- looking up ------------------------------------------------------------------------
 
@@ -293,10 +314,3 @@ class Index:
                 "ORDER BY position DESC LIMIT 1",
                 (position,),
             ).fetchone()
-
-
-def _store_chunk(conn: sqlite3.Connection, stream: str, first_version: int, chunk: array) -> None:
-    conn.execute(
-        "INSERT OR REPLACE INTO chunks(stream, first_version, entries) VALUES (?, ?, ?)",
-        (stream, first_version, chunk.tobytes()),
-    )
