@@ -147,6 +147,13 @@ SUITES: dict[str, tuple[list[Row], list[Check]]] = {
                 params={"n": 16_000, "tasks": 8},
             ),
             Row(
+                "orx_write8_async_long",
+                "orchestrix  same, 128k events (index checkpoints every 16k run meanwhile)",
+                "file.orx_write8_async",
+                "ev/s",
+                params={"n": 128_000, "tasks": 8},
+            ),
+            Row(
                 "es_write8",
                 "eventsourcing SQLite  8 writer threads, same",
                 "file.es_write8",
@@ -215,6 +222,12 @@ SUITES: dict[str, tuple[list[Row], list[Check]]] = {
                 source="issue 3",
             ),
             Check("8 writers: orchestrix vs peer 8 threads (info)", "orx_write8", "es_write8", None),
+            Check(
+                "8 asyncio writers: 128k / 16k events (info)",
+                "orx_write8_async_long",
+                "orx_write8_async",
+                None,
+            ),
             Check(
                 "load 10k: peer time / orchestrix time", "orx_load10k", "es_load10k", 5.0, source="issue 3"
             ),
