@@ -1304,3 +1304,42 @@ def test_a_streams_later_records_fill_up_its_last_index_chunk(tmp_path: Path) ->
     assert [r[:3] for r in index.stream_records("a", 0, position)] == [(0, 1, 1), (1, 1, 3), (2, 1, 5)]
     assert index.stream_version("b", position) == 2
     index.close()
+
+
+def test_between_sparse_appends_the_writer_lock_is_free_for_other_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Appends every 1.5 LEASE: an idle stretch reaches LEASE before the next one, so another
+    # process taking the lock waits about a LEASE, not until the busy process's LOCK_HOLD ends.
+    import fcntl
+    import statistics
+
+    from orchestrix.infrastructure.file._format import LOCK_FILE
+
+    monkeypatch.setattr(file_commit, "LOCK_HOLD", 0.5)
+    stop = threading.Event()
+    with FileEventStore(tmp_path / "store", contract_serializer(), sync=False) as store:
+
+        def append_now_and_then() -> None:
+            k = 0
+            while not stop.is_set():
+                store.append(f"s-{k % 4}", _events(k))
+                k += 1
+                time.sleep(1.5 * file_commit.LEASE)
+
+        appender = threading.Thread(target=append_now_and_then)
+        appender.start()
+        fd = os.open(tmp_path / "store" / LOCK_FILE, os.O_RDWR)
+        waits = []
+        try:
+            for _ in range(11):
+                time.sleep(0.013)
+                started = time.monotonic()
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                waits.append(time.monotonic() - started)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+            stop.set()
+            appender.join()
+    assert statistics.median(waits) < 0.1 * file_commit.LOCK_HOLD, [round(w, 4) for w in waits]

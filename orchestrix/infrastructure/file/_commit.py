@@ -324,12 +324,13 @@ class GroupCommit:
     def _keep_lease(self) -> None:
         """Release the writer lock once this process has been idle for ``LEASE`` seconds.
 
-        While appends go on, the keeper looks less and less often (up to every ``LOCK_HOLD``):
-        each look takes the GIL from the appenders, and looking every ``LEASE`` cost a fifth
-        of the throughput without fsync. So after a burst the lock is let go within
-        ``LOCK_HOLD + LEASE``, the longest another process waits under load anyway.
-        The keeper reads the commit state under its own lock and takes the commit lock only
-        to let go.
+        While appends keep coming, the keeper looks less and less often (up to every
+        ``LOCK_HOLD``): each look takes the GIL from the appenders, and looking every ``LEASE``
+        cost a fifth of the throughput without fsync. A look that finds the process idle for
+        ``LEASE`` lets go at once, so sparse appends still free the lock within a few ``LEASE``
+        and a burst's end within ``LOCK_HOLD + LEASE``, the longest another process waits under
+        load anyway. The keeper reads the commit state under its own lock and takes the commit
+        lock only to let go.
         """
         lease = self._lease
         seen, wait = -1, LEASE
@@ -344,13 +345,16 @@ class GroupCommit:
                     self._keeper_parked = False
                     continue
                 done, idle_since = self._done, self._idle_since
-                if done != seen or idle_since is None or self._writing or self._in_flight:
-                    seen = done
-                    lease.wait(wait)
-                    wait = min(wait * 2, LOCK_HOLD)
-                    continue
-                left = LEASE - (time.monotonic() - idle_since)
+                if idle_since is None or self._writing or self._in_flight:
+                    left = LEASE
+                else:
+                    left = LEASE - (time.monotonic() - idle_since)
                 if left > 0:
+                    if done != seen:  # appends went on since the last look: look later
+                        seen, left = done, wait
+                        wait = min(wait * 2, LOCK_HOLD)
+                    else:
+                        wait = LEASE
                     lease.wait(left)
                     continue
             with self._lock:
