@@ -49,11 +49,15 @@ class _Bloom:
     def add_all(self, keys: Iterable[object]) -> None:
         bits, mask = self._bits, self._mask
         n = 0
-        for key in keys:
+        for key in keys:  # the probes written out: this runs for every event the index takes in
             h = hash(key)
             one, step = h & 0xFFFFFFFF, (h >> 32) | 1
-            for p in (one & mask, (one + step) & mask, (one + 2 * step) & mask):
-                bits[p >> 3] |= 1 << (p & 7)
+            p = one & mask
+            bits[p >> 3] |= 1 << (p & 7)
+            p = (one + step) & mask
+            bits[p >> 3] |= 1 << (p & 7)
+            p = (one + 2 * step) & mask
+            bits[p >> 3] |= 1 << (p & 7)
             n += 1
         self.count += n
 
