@@ -37,7 +37,7 @@ import weakref
 import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from orchestrix.core.errors import OrchestrixError, SerializationError, StoreClosedError, StoreFailedError
 from orchestrix.core.eventsourcing.store import (
@@ -134,7 +134,8 @@ def prepare(
         if len(names) >= NAMES_CACHED:
             names.clear()
         names[stream] = raw_stream
-    validate_expected_version(expected_version)
+    if type(expected_version) is not int or expected_version < 0:  # the named modes, or bad input
+        validate_expected_version(expected_version)
     batch = to_new_events(stream, events)
     encode = serializer.encode
     prepared = []
@@ -149,7 +150,7 @@ def prepare(
         correlation, causation = new.correlation_id, new.causation_id
         prepared.append(
             (
-                new.event_id.bytes,
+                new.event_id.int.to_bytes(16, "big"),  # UUID.bytes, without its Python-level property
                 None if correlation is None else correlation.bytes,
                 None if causation is None else causation.bytes,
                 field,
@@ -214,7 +215,9 @@ class GroupCommit:
     def submit(self, request: Request) -> None:
         """Commit ``request``; when this returns its ``result`` or ``error`` is set."""
         with self._lock:
-            self._enqueue(request)
+            if self.closed or self.failed is not None:
+                self._refuse()
+            self._queue.append(request)
             writer = self._may_start()
             if writer:
                 self._writing = True
@@ -237,7 +240,9 @@ class GroupCommit:
         request.loop = loop
         request.future = future = loop.create_future()
         with self._lock:
-            self._enqueue(request)
+            if self.closed or self.failed is not None:
+                self._refuse()
+            self._queue.append(request)
             key = weakref.ref(loop)
             if key not in self._kicking:
                 # Start the writer after the tasks that are ready now have queued their appends too:
@@ -247,13 +252,12 @@ class GroupCommit:
                 loop.call_soon(self._kick, loop)
         await future
 
-    def _enqueue(self, request: Request) -> None:
-        """Queue ``request``, unless the store is closed or failed (lock held)."""
-        if self.closed:
+    def _refuse(self) -> NoReturn:
+        """Raise why nothing more is queued: the store is closed, or it failed (lock held)."""
+        failed = self.failed
+        if self.closed or failed is None:
             raise StoreClosedError(f"the file store at {self.view.path} is closed")
-        if self.failed is not None:
-            raise self.failed
-        self._queue.append(request)
+        raise failed
 
     def _kick(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:
