@@ -677,6 +677,76 @@ def test_a_failed_fsync_poisons_the_store_until_reopened(
         assert store.append("s-1", _events(3), len(numbers) - 1).versions == (len(numbers),)
 
 
+def test_a_failed_store_lets_go_of_the_writer_lock_when_its_last_writer_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A group's sync fails while the next writer is starting: that writer writes nothing, and no
+    # group completes after it. Other processes must still get the lock, before close().
+    import fcntl
+
+    from orchestrix.infrastructure.file._format import LOCK_FILE
+
+    monkeypatch.setattr(file_commit, "LOCK_HOLD", 60.0)  # only the failure may let go
+    store = _open(tmp_path / "store")
+    store.append("s-0", _events(0), NO_STREAM)
+    commits = store._commits
+    release_sync, failed = threading.Event(), threading.Event()
+    real_fail, real_write_group = commits._fail, commits._write_group
+
+    def sync_fails(fd: int) -> None:
+        release_sync.wait(5)
+        raise OSError(errno.EIO, "Input/output error")
+
+    def fail(what: str) -> StoreFailedError:
+        error = real_fail(what)
+        failed.set()
+        return error
+
+    def write_group() -> object:
+        if threading.current_thread().name.startswith("late"):
+            failed.wait(5)
+            time.sleep(0.2)  # the failed group completes while this writer is still "writing"
+        return real_write_group()
+
+    monkeypatch.setattr(commits, "_fail", fail)
+    monkeypatch.setattr(commits, "_write_group", write_group)
+    monkeypatch.setattr(os, "fdatasync", sync_fails)
+    outcomes: list[str] = []
+
+    def writer(k: int) -> None:
+        try:
+            store.append(f"s-{k}", _events(k))
+            outcomes.append("stored")
+        except StoreFailedError:
+            outcomes.append("failed")
+
+    first = threading.Thread(target=writer, args=(1,), name="first")
+    first.start()
+    time.sleep(0.2)
+    late = [threading.Thread(target=writer, args=(k,), name=f"late-{k}") for k in range(2, 5)]
+    for t in late:
+        t.start()
+        time.sleep(0.05)
+    release_sync.set()
+    for t in [first, *late]:
+        t.join()
+    assert outcomes == ["failed"] * 4
+    fd = os.open(tmp_path / "store" / LOCK_FILE, os.O_RDWR)
+    try:
+        deadline = time.monotonic() + 5.0
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "a failed store kept the writer lock"
+                time.sleep(0.01)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+        store.close()
+
+
 def test_a_failed_fsync_fails_the_groups_written_after_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1246,6 +1316,7 @@ def test_the_index_stores_each_event_id_at_its_own_position(tmp_path: Path, gap:
     from orchestrix.infrastructure.file._index import Entry, Index
 
     index = Index(str(tmp_path / "index.sqlite3"), b"store-id")
+    assert index.add([]) == 0  # nothing to add: what is covered
     entries, position = [], 1
     for k, count in enumerate([1, 3, 1, 2]):
         ids = tuple(uuid.uuid4().bytes for _ in range(count))

@@ -290,6 +290,7 @@ class GroupCommit:
         finally:
             with self._lock:
                 self._writing = False
+                self._settle_lock()  # nothing written (the store failed): no group completes to do it
                 self._hand_over()  # the next group may be written while this one syncs
                 if self.closed:
                     self._turn.notify_all()
@@ -319,6 +320,19 @@ class GroupCommit:
             self._keeper.join()
         if self._writers is not None:
             self._writers.stop()
+
+    def _settle_lock(self) -> None:
+        """Once nothing is being written or in flight: let the writer lock go, or start its lease.
+
+        (Lock held.) Whoever ends the last piece of work does it: the last group to complete, or
+        a writer that wrote nothing because the store failed while it was starting.
+        """
+        if self._in_flight or self._writing or self._locked_since is None:
+            return
+        if self._draining() or self.failed is not None or self.closed:
+            self._release_lock()
+        elif not self._queue:
+            self._idle_since = time.monotonic()  # kept for LEASE: the next append may follow
 
     def _release_lock(self) -> None:
         """Give the writer lock back to other processes (lock held, nothing writing or in flight)."""
@@ -614,11 +628,7 @@ class GroupCommit:
                     del versions[r.stream]
                 for i in r.ids:
                     ids.pop(i, None)
-            if not self._in_flight and not self._writing and self._locked_since is not None:
-                if self._draining() or self.failed is not None or self.closed:
-                    self._release_lock()
-                elif not self._queue:
-                    self._idle_since = time.monotonic()  # kept for LEASE: the next append may follow
+            self._settle_lock()
             _release(group.requests)
             self._hand_over()
             if self._turn_waiters:

@@ -171,9 +171,10 @@ class Index:
             try:
                 meta = dict(conn.execute("SELECT key, value FROM meta"))
                 covered = meta.get("position", 0)
-                fresh = (
-                    entries if entries[0].position > covered else [e for e in entries if e.position > covered]
-                )
+                if entries and entries[0].position > covered:  # the usual case: none indexed yet
+                    fresh = list(entries)
+                else:
+                    fresh = [e for e in entries if e.position > covered]
                 if not fresh or fresh[0].position != covered + 1:
                     conn.execute("COMMIT")
                     return covered
