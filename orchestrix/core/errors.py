@@ -12,6 +12,7 @@ Errors carry their facts as attributes, so callers branch on data, not on messag
     ├── InvalidStreamNameError (ValueError)
     ├── InvalidExpectedVersionError (ValueError)
     ├── EmptyBatchError (ValueError)     an append with no events
+    ├── InvalidEventIdError (TypeError)  an event, correlation or causation id that is no UUID
     ├── SerializationError               type name
     │   └── UnknownEventTypeError (LookupError)
     ├── UnhandledEventError              an aggregate has no apply handler for an event type
@@ -38,6 +39,7 @@ __all__ = [
     "DomainError",
     "DuplicateEventIdError",
     "EmptyBatchError",
+    "InvalidEventIdError",
     "InvalidExpectedVersionError",
     "InvalidStreamNameError",
     "NotFoundError",
@@ -135,6 +137,20 @@ class EmptyBatchError(OrchestrixError, ValueError):
     def __init__(self, stream: str) -> None:
         super().__init__(f"stream {stream!r}: append needs at least one event")
         self.stream = stream
+
+
+class InvalidEventIdError(OrchestrixError, TypeError):
+    """An appended event's id, correlation id or causation id is not a ``uuid.UUID``; nothing was written."""
+
+    def __init__(self, stream: str, field: str, value: object) -> None:
+        required = "a uuid.UUID" if field == "event_id" else "a uuid.UUID or None"
+        kind = type(value).__name__
+        super().__init__(
+            f"stream {stream!r}: NewEvent.{field} must be {required}, not {kind} ({value!r:.60})"
+        )
+        self.stream = stream
+        self.field = field
+        self.value = value
 
 
 class SerializationError(OrchestrixError):

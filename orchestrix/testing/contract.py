@@ -33,6 +33,7 @@ from orchestrix.core.errors import (
     ConcurrencyError,
     DuplicateEventIdError,
     EmptyBatchError,
+    InvalidEventIdError,
     InvalidExpectedVersionError,
     InvalidStreamNameError,
     SerializationError,
@@ -211,6 +212,26 @@ class EventStoreContract:
     def test_an_empty_batch_is_refused(self, store: EventStore) -> None:
         with pytest.raises(EmptyBatchError):
             store.append("s-1", [], ANY)
+
+    @pytest.mark.parametrize(
+        ("field", "value"),
+        [
+            ("event_id", "8e5a4d3c"),
+            ("event_id", None),
+            ("event_id", 7),
+            ("correlation_id", "c-1"),
+            ("causation_id", b"x"),
+        ],
+    )
+    def test_an_id_that_is_no_uuid_is_refused_and_nothing_is_stored(
+        self, store: EventStore, field: str, value: object
+    ) -> None:
+        bad = NewEvent(ContractEvent(1), **{field: value})  # type: ignore[arg-type]
+        for batch in ([bad], [*_events(0), bad]):
+            with pytest.raises(InvalidEventIdError, match=field) as caught:
+                store.append("s-1", batch, ANY)
+            assert (caught.value.stream, caught.value.field, caught.value.value) == ("s-1", field, value)
+        assert list(store.read_all()) == []
 
     def test_re_appending_stored_ids_returns_the_original_result(self, store: EventStore) -> None:
         batch = _events(0, 1)

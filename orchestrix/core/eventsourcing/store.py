@@ -20,6 +20,7 @@ from orchestrix.core.errors import (
     ConcurrencyError,
     DuplicateEventIdError,
     EmptyBatchError,
+    InvalidEventIdError,
     InvalidExpectedVersionError,
     InvalidStreamNameError,
 )
@@ -177,10 +178,17 @@ def check_expected_version(stream: str, expected_version: int, current: int) -> 
 
 
 def to_new_events(stream: str, events: Iterable[NewEvent | Any]) -> list[NewEvent]:
-    """Wrap bare domain events in NewEvent (with fresh ids); refuse an empty batch or a repeated id."""
+    """Wrap bare domain events in NewEvent (with fresh ids); refuse an empty batch, an id that is
+    no UUID, or a repeated id."""
     if type(events) is list and len(events) == 1 and type(events[0]) is NewEvent:
-        return [events[0]]  # what a repository saves, most of the time
+        new = events[0]  # what a repository saves, most of the time
+        if type(new.event_id) is not _UUID or new.correlation_id is not None or new.causation_id is not None:
+            _check_ids(stream, new)
+        return [new]
     batch = [e if isinstance(e, NewEvent) else NewEvent(e) for e in events]
+    for new in batch:
+        if type(new.event_id) is not _UUID or new.correlation_id is not None or new.causation_id is not None:
+            _check_ids(stream, new)
     if len(batch) > 1:
         seen: set[uuid.UUID] = set()
         for e in batch:
@@ -190,6 +198,19 @@ def to_new_events(stream: str, events: Iterable[NewEvent | Any]) -> list[NewEven
     if not batch:
         raise EmptyBatchError(stream)
     return batch
+
+
+_UUID = uuid.UUID
+
+
+def _check_ids(stream: str, new: NewEvent) -> None:
+    """Refuse ids that are not UUIDs: each store would fail on them in its own way, or keep them."""
+    if not isinstance(new.event_id, _UUID):
+        raise InvalidEventIdError(stream, "event_id", new.event_id)
+    for field in ("correlation_id", "causation_id"):
+        value = getattr(new, field)
+        if value is not None and not isinstance(value, _UUID):
+            raise InvalidEventIdError(stream, field, value)
 
 
 def find_replayed_append(
