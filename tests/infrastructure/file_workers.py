@@ -86,6 +86,20 @@ def write_events(path: str, stream: str, count: int) -> None:
         store.close()
 
 
+def append_without_pause(path: str, started: Any, stop: Any) -> None:
+    """Append one-event batches as fast as possible until ``stop`` is set (fsync off)."""
+    store = FileEventStore(path, serializer(), sync=False)
+    try:
+        i = 0
+        while not stop.is_set():
+            store.append("hog", [Appended(f"h:{i}", 0, 1, 0)], ANY)
+            i += 1
+            if i == 100:
+                started.set()
+    finally:
+        store.close()
+
+
 # -- the crash child -------------------------------------------------------------------------
 
 

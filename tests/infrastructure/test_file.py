@@ -16,6 +16,7 @@ import threading
 import time
 import tracemalloc
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -1414,3 +1415,256 @@ def test_between_sparse_appends_the_writer_lock_is_free_for_other_processes(
             stop.set()
             appender.join()
     assert statistics.median(waits) < 0.1 * file_commit.LOCK_HOLD, [round(w, 4) for w in waits]
+
+
+# -- interrupted callers and writers, races found by review -------------------------------------
+
+
+def _in_thread(fn: object, timeout: float = 5.0) -> object:
+    """Run ``fn`` in a thread; its result, its exception, or "HUNG" if it did not return in time."""
+    out: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            out["result"] = fn()  # type: ignore[operator]
+        except BaseException as exc:
+            out["result"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return "HUNG" if thread.is_alive() else out["result"]
+
+
+def test_a_caller_interrupted_while_waiting_leaves_the_store_usable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C reaches a thread waiting for its turn just as the writing is handed to it.
+    store = _open(tmp_path / "store")
+    store.append("warm", _events(0))
+    real_sync, gate = os.fdatasync, threading.Event()
+
+    def held_sync(fd: int) -> None:
+        gate.wait(5)
+        real_sync(fd)
+
+    class InterruptedWake:
+        """The waiting caller's lock: the wait ends in KeyboardInterrupt once it is handed the writing."""
+
+        def __init__(self) -> None:
+            self.real = real_threading.Lock()
+            self.waits = 0
+
+        def acquire(self, *args: object) -> bool:
+            self.waits += 1
+            if self.waits == 1:
+                return self.real.acquire()
+            while self.real.locked():  # until the hand-over releases it
+                time.sleep(0.001)
+            raise KeyboardInterrupt
+
+        def release(self) -> None:
+            self.real.release()
+
+        def locked(self) -> bool:
+            return self.real.locked()
+
+    real_threading = threading
+
+    class Threading:
+        def __getattr__(self, name: str) -> object:
+            return getattr(real_threading, name)
+
+        Lock = InterruptedWake
+
+    monkeypatch.setattr(os, "fdatasync", held_sync)
+    first = threading.Thread(target=lambda: store.append("a", _events(1)))
+    first.start()
+    while not store._commits._in_flight:
+        time.sleep(0.001)
+    monkeypatch.setattr(file_commit, "threading", Threading())
+    threading.Timer(0.05, gate.set).start()
+    with pytest.raises(KeyboardInterrupt):
+        store.append("b", _events(2))
+    first.join()
+    monkeypatch.setattr(file_commit, "threading", real_threading)
+    commits = store._commits
+    assert (commits._writing, commits._queue) == (False, [])
+    assert _in_thread(lambda: store.append("c", _events(3))) == AppendResult("c", (0,), (3,))
+    assert _in_thread(store.close) is None
+
+
+def test_a_writer_interrupted_in_its_sync_fails_the_store_and_leaves_nobody_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sync's outcome is unknown: the store fails, the interrupt goes on, nothing hangs.
+    import fcntl
+
+    from orchestrix.infrastructure.file._format import LOCK_FILE
+
+    store = _open(tmp_path / "store")
+    store.append("warm", _events(0))
+    real_sync = os.fdatasync
+
+    def interrupted(fd: int) -> None:
+        monkeypatch.setattr(os, "fdatasync", real_sync)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fdatasync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.append("a", _events(1))
+    assert store._commits._in_flight == deque()
+    assert isinstance(_in_thread(lambda: store.append("b", _events(2))), StoreFailedError)
+    fd = os.open(tmp_path / "store" / LOCK_FILE, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another process would get the lock now
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+    assert _in_thread(store.close) is None
+
+
+def test_a_group_retiring_while_the_next_one_is_planned_keeps_versions_right(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Group A retires (forgets what it planned) just as group B is planned on the same stream;
+    # group C, planned while B is in flight, must see B's versions, not the older tail's.
+    monkeypatch.setattr(file_commit, "LOCK_HOLD", 100.0)
+    store = _open(tmp_path / "store")
+    commits = store._commits
+    real_sync = os.fdatasync
+    syncs: list[int] = []
+    gates = {1: threading.Event(), 2: threading.Event()}
+
+    def gated_sync(fd: int) -> None:
+        syncs.append(fd)
+        if len(syncs) in gates:
+            gates[len(syncs)].wait(5)
+        real_sync(fd)
+
+    class SlowForget(dict):  # type: ignore[type-arg]
+        def get(self, key: object, *default: object) -> object:
+            found = dict.get(self, key, *default)
+            if default:  # the retiring group's check: another writer may run right here
+                time.sleep(0.2)
+            return found
+
+    real_view, a_published, b_writer = commits.view, threading.Event(), []
+
+    class State:  # B's writer plans only once A is published, i.e. while A retires
+        def __enter__(self) -> object:
+            if b_writer and b_writer[0] == threading.get_ident():
+                a_published.wait(5)
+            return real_view.state.__enter__()
+
+        def __exit__(self, *exc: object) -> None:
+            real_view.state.__exit__(*exc)
+
+    class View:
+        state = State()
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(real_view, name)
+
+        def publish(self, entries: object, end: object) -> None:
+            real_view.publish(entries, end)
+            a_published.set()
+
+    real_write_group = commits._write_group
+
+    def write_group() -> object:
+        if commits._seq == 1:
+            b_writer.append(threading.get_ident())
+        return real_write_group()
+
+    monkeypatch.setattr(commits, "view", View())
+    monkeypatch.setattr(commits, "_write_group", write_group)
+    monkeypatch.setattr(os, "fdatasync", gated_sync)
+    commits._versions = SlowForget()
+    results: dict[str, object] = {}
+
+    def append(name: str, expected: int = ANY) -> None:
+        try:
+            results[name] = store.append("s-1", _events(0), expected)
+        except ConcurrencyError as exc:
+            results[name] = exc
+
+    a = threading.Thread(target=append, args=("A",))
+    a.start()
+    while not syncs:
+        time.sleep(0.001)
+    b = [threading.Thread(target=append, args=(f"B{k}",)) for k in range(3)]
+    for t in b:
+        t.start()
+        time.sleep(0.02)
+    time.sleep(0.1)
+    gates[1].set()
+    while len(syncs) < 2:
+        time.sleep(0.001)
+    a.join()
+    c = [threading.Thread(target=append, args=(f"C{k}", 0 if k == 0 else ANY)) for k in range(3)]
+    for t in c:
+        t.start()
+        time.sleep(0.02)
+    time.sleep(0.2)
+    gates[2].set()
+    for t in b + c:
+        t.join()
+    assert isinstance(results["C0"], ConcurrencyError)  # expected version 0 of a stream at 3
+    assert [r.version for r in store.read_stream("s-1")] == list(range(6))
+    store.close()
+
+
+def test_a_process_that_never_pauses_still_lets_another_one_write(tmp_path: Path) -> None:
+    # flock is not fair: a busy process that let go after LOCK_HOLD and at once took the lock
+    # again kept it for several LOCK_HOLDs while another process waited.
+    path = str(tmp_path / "store")
+    FileEventStore(path, file_workers.serializer()).close()
+    ctx = multiprocessing.get_context("spawn")
+    started, stop = ctx.Event(), ctx.Event()
+    hog = ctx.Process(target=file_workers.append_without_pause, args=(path, started, stop))
+    hog.start()
+    waits = []
+    try:
+        assert started.wait(30), "the busy process never started"
+        with FileEventStore(path, file_workers.serializer(), sync=False) as store:
+            for i in range(40):
+                began = time.monotonic()
+                store.append("other", [file_workers.Appended(f"o:{i}", 0, 1, 1)])
+                waits.append(time.monotonic() - began)
+                time.sleep(0.01)
+    finally:
+        stop.set()
+        hog.join(30)
+    late = [round(w, 3) for w in waits if w > 1.5 * file_commit.LOCK_HOLD]
+    assert len(late) < 10, sorted(waits)
+
+
+def test_closing_from_two_threads_at_once_closes_each_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _open(tmp_path / "store")
+    store.append("s-1", _events(0))
+    closed: list[int] = []
+    real_close = os.close
+
+    def counting_close(fd: int) -> None:
+        closed.append(fd)
+        time.sleep(0.001)  # widen the window in which a second close could slip in
+        real_close(fd)
+
+    real_commits_close = store._commits.close
+
+    def slow_commits_close() -> None:
+        real_commits_close()
+        time.sleep(0.05)  # every thread is past the "already closed?" check by now
+
+    monkeypatch.setattr(store._commits, "close", slow_commits_close)
+    monkeypatch.setattr(os, "close", counting_close)
+    threads = [threading.Thread(target=store.close) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    monkeypatch.setattr(os, "close", real_close)
+    assert closed and len(closed) == len(set(closed)), closed

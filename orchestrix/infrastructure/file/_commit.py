@@ -74,6 +74,9 @@ LOCK_HOLD = 0.05
 """Seconds after which a busy process stops starting groups, to let other processes write."""
 NAMES_CACHED = 4096
 """Stream and type names a store keeps encoded; past that the cache starts over."""
+RETAKE_PAUSE = 0.0005
+"""Seconds a process waits before it takes the writer lock again, so that a process blocked on it
+gets it first (at most once per ``LOCK_HOLD`` under constant load)."""
 LEASE = 0.002
 """Seconds an idle process at least keeps the writer lock, so back-to-back appends do not retake it."""
 
@@ -198,6 +201,7 @@ class GroupCommit:
         self._lease = threading.Condition(threading.Lock())  # the keeper's own: see _keep_lease
         self._keeper: threading.Thread | None = None
         self._keeper_parked = False  # waiting for the lock to be taken (the lease keeper's own lock)
+        self._released_at = -1.0  # when this process last let go of the writer lock
         self._writers: _WriterThreads | None = None  # for asyncio callers
         # loops with a writer start scheduled; plain weak references, as a WeakSet's Python-level
         # lookup cost every asyncio append a microsecond (a loop that dies leaves a dead key)
@@ -225,10 +229,31 @@ class GroupCommit:
                 request.wake = wake = threading.Lock()
                 wake.acquire()
         if not writer:
-            request.wake.acquire()  # type: ignore[union-attr]  # released when done, or to write
+            try:
+                request.wake.acquire()  # type: ignore[union-attr]  # released when done, or to write
+            except BaseException:  # Ctrl-C while waiting: take the append back unless it is under way
+                self._withdraw(request)
+                raise
             if request.done:
                 return
         self._write_turn()
+
+    def _withdraw(self, request: Request) -> None:
+        """Take back the append of a caller interrupted while waiting, if no writer has taken it.
+
+        If it had just been told to write, the writing passes on; if a group holds it, it runs
+        its course (its outcome is then unknown to the caller, as for any interrupted append).
+        """
+        with self._lock:
+            if request.done or request not in self._queue:
+                return
+            self._queue.remove(request)
+            if not request.wake.locked():  # type: ignore[union-attr]  # it was handed the writing
+                self._writing = False
+                self._settle_lock()
+                self._hand_over()
+            if self._turn_waiters:
+                self._turn.notify_all()
 
     async def submit_async(self, request: Request) -> None:
         """Asyncio form of :meth:`submit`: awaits the outcome without holding a thread.
@@ -337,6 +362,7 @@ class GroupCommit:
     def _release_lock(self) -> None:
         """Give the writer lock back to other processes (lock held, nothing writing or in flight)."""
         self._locked_since = self._idle_since = None
+        self._released_at = time.monotonic()
         self.view.log.lock.__exit__(None, None, None)
 
     def _keep_lease(self) -> None:
@@ -421,6 +447,10 @@ class GroupCommit:
             self._abandon(self.failed)
             return None
         if self._locked_since is None:  # nothing in flight: this process does not hold the lock yet
+            # flock is not fair: retaken at once, after a drain, it was often this process's again
+            pause = self._released_at + RETAKE_PAUSE - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
             try:
                 log.lock.__enter__()
             except BaseException as exc:
@@ -579,22 +609,37 @@ class GroupCommit:
     # -- syncing and publishing -----------------------------------------------------------------
 
     def _sync_and_publish(self, group: _Group) -> None:
-        """Make the group durable, wait for the groups before it, then publish it and release its callers."""
+        """Make the group durable, wait for the groups before it, then publish it and release its callers.
+
+        Whatever happens on the way (a bug, or Ctrl-C in a main-thread writer), the group still
+        retires in log order and its callers get an outcome; otherwise every later append, and
+        close(), would wait for it forever. An interrupt is raised again once that is done.
+        """
         view = self.view
-        if group.entries and group.error is None and view.log.sync:
-            started = time.perf_counter()
+        interrupted: BaseException | None = None
+        try:
+            if group.entries and group.error is None and view.log.sync:
+                started = time.perf_counter()
+                try:
+                    os.fdatasync(group.segment.fd)
+                except OSError as exc:  # never retried: the kernel may have dropped the data
+                    group.error = self._fail(f"failed to sync ({exc})")
+                took = time.perf_counter() - started
+                average = self._sync_seconds
+                self._sync_seconds = took if average is None else average + (took - average) / 8
+            elif not view.log.sync:
+                self._sync_seconds = 0.0
+        except BaseException as exc:  # the sync's outcome is unknown: as good as failed
+            group.error = self._fail(f"failed while syncing ({exc!r})")
+            interrupted = exc
+        while True:
             try:
-                os.fdatasync(group.segment.fd)
-            except OSError as exc:  # never retried: the kernel may have dropped the data
-                group.error = self._fail(f"failed to sync ({exc})")
-            took = time.perf_counter() - started
-            average = self._sync_seconds
-            self._sync_seconds = took if average is None else average + (took - average) / 8
-        elif not view.log.sync:
-            self._sync_seconds = 0.0
-        with self._lock:
-            while self._in_flight[0] is not group:
-                self._wait_turn()
+                with self._lock:
+                    while self._in_flight[0] is not group:
+                        self._wait_turn()
+                break
+            except BaseException as exc:  # keep waiting: the groups before this one finish first
+                interrupted = interrupted or exc
         error = group.error or self.failed  # a group before this one failed: this one is not safe
         try:
             if error is None and group.entries:
@@ -608,7 +653,10 @@ class GroupCommit:
                     view.publish(group.entries, end)
         except BaseException as exc:  # a bug: fail the group rather than leave its callers waiting
             error = self._fail(f"failed to publish ({exc!r})")
+            interrupted = interrupted or (None if isinstance(exc, Exception) else exc)
         self._complete(group, error)
+        if interrupted is not None and not isinstance(interrupted, Exception):
+            raise interrupted  # Ctrl-C or an exit, now that nobody is left waiting for this group
 
     def _complete(self, group: _Group, error: StoreFailedError | None) -> None:
         """Give the group's callers their outcome, retire the group, and pass the writing on."""
@@ -619,15 +667,16 @@ class GroupCommit:
             for r in group.requests:
                 if r.error is None:
                     r.result, r.error = None, error  # a replay may point into the failed group
-        with self._lock:
-            self._in_flight.popleft()
-            self._done += 1
-            versions, ids, seq = self._versions, self._ids, group.seq
+        versions, ids, seq = self._versions, self._ids, group.seq
+        with self.view.state:  # _plan reads and writes these under the state lock, not the commit lock
             for r, _, _, _ in group.planned:
                 if versions.get(r.stream, (0, -1))[1] == seq:
                     del versions[r.stream]
                 for i in r.ids:
                     ids.pop(i, None)
+        with self._lock:
+            self._in_flight.popleft()
+            self._done += 1
             self._settle_lock()
             _release(group.requests)
             self._hand_over()

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import math
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from types import TracebackType
@@ -93,6 +94,7 @@ class FileEventStore(AsyncStoreMixin):
         self._names: dict[Any, bytes] = {}
         self._view = LogView(self.path, sync, segment_size, checkpoint_events)
         self._commits = GroupCommit(self._view, segment_size, loop_sync_max)
+        self._closing = threading.RLock()  # one close at a time: two would close each file twice
 
     # -- appending ---------------------------------------------------------------------------
 
@@ -351,10 +353,11 @@ class FileEventStore(AsyncStoreMixin):
 
     def close(self) -> None:
         """Finish the appends already queued, checkpoint the index, release files, wake waiters."""
-        if self._view.closed:
-            return
-        self._commits.close()
-        self._view.close(checkpoint=self._commits.failed is None)
+        with self._closing:  # a second thread waits until the store is closed
+            if self._view.closed:
+                return
+            self._commits.close()
+            self._view.close(checkpoint=self._commits.failed is None)
 
     def __enter__(self) -> FileEventStore:
         return self
