@@ -1668,3 +1668,47 @@ def test_closing_from_two_threads_at_once_closes_each_file_once(
         t.join()
     monkeypatch.setattr(os, "close", real_close)
     assert closed and len(closed) == len(set(closed)), closed
+
+
+def test_an_interrupt_while_a_group_is_planned_stays_with_the_writer_that_got_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The store fails (what was planned may or may not be written); the other callers of the
+    # group get that failure, not the writer's KeyboardInterrupt, and nothing waits forever.
+    store = _open(tmp_path / "store")
+    store.append("warm", _events(0))
+    commits = store._commits
+    real_sync, real_plan, gate = os.fdatasync, commits._plan, threading.Event()
+
+    def held_sync(fd: int) -> None:
+        gate.wait(5)
+        real_sync(fd)
+
+    def interrupted_plan(group: object) -> object:
+        if len(group.requests) > 1:  # type: ignore[attr-defined]
+            raise KeyboardInterrupt
+        return real_plan(group)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "fdatasync", held_sync)
+    monkeypatch.setattr(commits, "_plan", interrupted_plan)
+    outcomes: dict[str, str] = {}
+
+    def append(name: str) -> None:
+        try:
+            store.append(name, _events(1))
+            outcomes[name] = "stored"
+        except BaseException as exc:
+            outcomes[name] = type(exc).__name__
+
+    threads = [threading.Thread(target=append, args=(f"s-{k}",)) for k in range(5)]
+    for t in threads:
+        t.start()
+        time.sleep(0.02)
+    gate.set()
+    for t in threads:
+        t.join(5)
+    assert not any(t.is_alive() for t in threads)
+    kinds = sorted(outcomes.values())
+    assert kinds.count("KeyboardInterrupt") == 1 and "stored" in kinds, kinds
+    assert set(kinds) <= {"KeyboardInterrupt", "StoreFailedError", "stored"}, kinds
+    assert _in_thread(store.close) is None

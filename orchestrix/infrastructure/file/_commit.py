@@ -170,7 +170,7 @@ def prepare(
 class _Group:
     """Requests written together; synced and published as one."""
 
-    __slots__ = ("entries", "error", "planned", "requests", "segment", "seq")
+    __slots__ = ("entries", "error", "interrupted", "planned", "requests", "segment", "seq")
 
     def __init__(self, seq: int, requests: list[Request]) -> None:
         self.seq = seq
@@ -179,6 +179,7 @@ class _Group:
         self.entries: list[Entry] = []
         self.segment: Any = None
         self.error: StoreFailedError | None = None
+        self.interrupted: BaseException | None = None  # Ctrl-C in the writer: raised once retired
 
 
 class GroupCommit:
@@ -321,6 +322,8 @@ class GroupCommit:
                     self._turn.notify_all()
         if group is not None:
             self._sync_and_publish(group)
+            if group.interrupted is not None:
+                raise group.interrupted
 
     def _start_writer(self) -> None:
         """Write the next group in a pool thread, for a queue headed by an asyncio caller (lock held)."""
@@ -453,9 +456,11 @@ class GroupCommit:
                 time.sleep(pause)
             try:
                 log.lock.__enter__()
-            except BaseException as exc:
+            except Exception as exc:
                 self._abandon(exc)
                 return None
+            # (Ctrl-C while waiting for the lock goes up from here; the queued appends are
+            # handed to the next writer, not failed with it.)
             with self._lock:
                 self._locked_since = time.monotonic()
                 if self._keeper is None:
@@ -491,11 +496,14 @@ class GroupCommit:
                 if group.planned:
                     self._write(group)
         except BaseException as exc:  # a bug or an unexpected error: each caller of the group sees it
-            self._fail(f"failed unexpectedly ({exc!r})")  # what was planned may or may not be written
+            failed = self._fail(f"failed unexpectedly ({exc!r})")  # the plan may or may not be written
+            mine = exc if isinstance(exc, Exception) else failed  # an interrupt is this thread's alone
             for r in group.requests:
                 if r.result is None and r.error is None:
-                    r.error = exc
+                    r.error = mine
             group.entries = []
+            if not isinstance(exc, Exception):
+                group.interrupted = exc
         return group
 
     def _abandon(self, exc: BaseException) -> None:
