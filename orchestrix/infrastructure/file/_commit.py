@@ -626,7 +626,8 @@ class GroupCommit:
         view = self.view
         interrupted: BaseException | None = None
         try:
-            if group.entries and group.error is None and view.log.sync:
+            if group.entries and group.error is None and self.failed is None and view.log.sync:
+                # (after another group's failed sync, nothing is synced again: the group fails)
                 started = time.perf_counter()
                 try:
                     os.fdatasync(group.segment.fd)
