@@ -81,6 +81,39 @@ def _numbers(store: FileEventStore, stream: str | None = None) -> list[int]:
     return [r.event.n for r in records]
 
 
+def _assert_lock_comes_free(path: Path, why: str, within: float = 5.0) -> None:
+    """Another process could take the store's writer lock within ``within`` seconds.
+
+    (A second open file description stands in for the other process: flock tells them apart.)
+    """
+    import fcntl
+
+    from orchestrix.infrastructure.file._format import LOCK_FILE
+
+    fd = os.open(path / LOCK_FILE, os.O_RDWR)
+    try:
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, why
+                time.sleep(0.005)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _append_noting(store: FileEventStore, stream: str, number: int, outcomes: list[str]) -> None:
+    """Append one event; note "stored", or "failed" if the store has failed."""
+    try:
+        store.append(stream, _events(number))
+        outcomes.append("stored")
+    except StoreFailedError:
+        outcomes.append("failed")
+
+
 def _snapshot(path: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(path.iterdir()) if p.is_file()}
 
@@ -683,9 +716,6 @@ def test_a_failed_store_lets_go_of_the_writer_lock_when_its_last_writer_ends(
 ) -> None:
     # A group's sync fails while the next writer is starting: that writer writes nothing, and no
     # group completes after it. Other processes must still get the lock, before close().
-    import fcntl
-
-    from orchestrix.infrastructure.file._format import LOCK_FILE
 
     monkeypatch.setattr(file_commit, "LOCK_HOLD", 60.0)  # only the failure may let go
     store = _open(tmp_path / "store")
@@ -715,11 +745,7 @@ def test_a_failed_store_lets_go_of_the_writer_lock_when_its_last_writer_ends(
     outcomes: list[str] = []
 
     def writer(k: int) -> None:
-        try:
-            store.append(f"s-{k}", _events(k))
-            outcomes.append("stored")
-        except StoreFailedError:
-            outcomes.append("failed")
+        _append_noting(store, f"s-{k}", k, outcomes)
 
     first = threading.Thread(target=writer, args=(1,), name="first")
     first.start()
@@ -732,20 +758,8 @@ def test_a_failed_store_lets_go_of_the_writer_lock_when_its_last_writer_ends(
     for t in [first, *late]:
         t.join()
     assert outcomes == ["failed"] * 4
-    fd = os.open(tmp_path / "store" / LOCK_FILE, os.O_RDWR)
-    try:
-        deadline = time.monotonic() + 5.0
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                assert time.monotonic() < deadline, "a failed store kept the writer lock"
-                time.sleep(0.01)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-        store.close()
+    _assert_lock_comes_free(tmp_path / "store", "a failed store kept the writer lock")
+    store.close()
 
 
 def test_a_failed_fsync_fails_the_groups_written_after_it(
@@ -767,11 +781,7 @@ def test_a_failed_fsync_fails_the_groups_written_after_it(
     outcomes: list[str] = []
 
     def writer(me: int) -> None:
-        try:
-            store.append(f"w-{me}", _events(me))
-            outcomes.append("stored")
-        except StoreFailedError:
-            outcomes.append("failed")
+        _append_noting(store, f"w-{me}", me, outcomes)
 
     threads = [threading.Thread(target=writer, args=(k,)) for k in range(6)]
     for t in threads:
@@ -1331,9 +1341,6 @@ def test_the_index_stores_each_event_id_at_its_own_position(tmp_path: Path, gap:
 
 def test_after_a_long_burst_the_writer_lock_is_let_go(tmp_path: Path) -> None:
     # The keeper looks less often while appends go on; once they stop it must still let go.
-    import fcntl
-
-    from orchestrix.infrastructure.file._format import LOCK_FILE
 
     with FileEventStore(tmp_path / "store", contract_serializer(), sync=False) as store:
         started = time.monotonic()
@@ -1341,19 +1348,7 @@ def test_after_a_long_burst_the_writer_lock_is_let_go(tmp_path: Path) -> None:
         while time.monotonic() - started < 4 * file_commit.LOCK_HOLD:
             store.append(f"s-{k % 4}", _events(k))
             k += 1
-        fd = os.open(tmp_path / "store" / LOCK_FILE, os.O_RDWR)
-        try:
-            deadline = time.monotonic() + 5.0
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    assert time.monotonic() < deadline, "the idle store never let go of the writer lock"
-                    time.sleep(0.005)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+        _assert_lock_comes_free(tmp_path / "store", "the idle store never let go of the writer lock")
 
 
 def test_a_streams_later_records_fill_up_its_last_index_chunk(tmp_path: Path) -> None:
@@ -1498,10 +1493,6 @@ def test_a_writer_interrupted_in_its_sync_fails_the_store_and_leaves_nobody_wait
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The sync's outcome is unknown: the store fails, the interrupt goes on, nothing hangs.
-    import fcntl
-
-    from orchestrix.infrastructure.file._format import LOCK_FILE
-
     store = _open(tmp_path / "store")
     store.append("warm", _events(0))
     real_sync = os.fdatasync
@@ -1515,12 +1506,7 @@ def test_a_writer_interrupted_in_its_sync_fails_the_store_and_leaves_nobody_wait
         store.append("a", _events(1))
     assert store._commits._in_flight == deque()
     assert isinstance(_in_thread(lambda: store.append("b", _events(2))), StoreFailedError)
-    fd = os.open(tmp_path / "store" / LOCK_FILE, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another process would get the lock now
-        fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+    _assert_lock_comes_free(tmp_path / "store", "an interrupted writer kept the writer lock", within=0.0)
     assert _in_thread(store.close) is None
 
 
