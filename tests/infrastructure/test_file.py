@@ -1431,10 +1431,12 @@ def _in_thread(fn: object, timeout: float = 5.0) -> object:
     return "HUNG" if thread.is_alive() else out["result"]
 
 
+@pytest.mark.parametrize("woken", [False, True], ids=["before-its-wait-ends", "after-its-wait-ended"])
 def test_a_caller_interrupted_while_waiting_leaves_the_store_usable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, woken: bool
 ) -> None:
-    # Ctrl-C reaches a thread waiting for its turn just as the writing is handed to it.
+    # Ctrl-C reaches a thread waiting for its turn just as the writing is handed to it: CPython
+    # may raise it before the wait ends or right after (the lock then taken).
     store = _open(tmp_path / "store")
     store.append("warm", _events(0))
     real_sync, gate = os.fdatasync, threading.Event()
@@ -1454,8 +1456,11 @@ def test_a_caller_interrupted_while_waiting_leaves_the_store_usable(
             self.waits += 1
             if self.waits == 1:
                 return self.real.acquire()
-            while self.real.locked():  # until the hand-over releases it
-                time.sleep(0.001)
+            if woken:
+                self.real.acquire()
+            else:
+                while self.real.locked():  # until the hand-over releases it
+                    time.sleep(0.001)
             raise KeyboardInterrupt
 
         def release(self) -> None:
@@ -1697,4 +1702,48 @@ def test_an_interrupt_while_a_group_is_planned_stays_with_the_writer_that_got_it
     kinds = sorted(outcomes.values())
     assert kinds.count("KeyboardInterrupt") == 1 and "stored" in kinds, kinds
     assert set(kinds) <= {"KeyboardInterrupt", "StoreFailedError", "stored"}, kinds
+    assert _in_thread(store.close) is None
+
+
+def test_a_caller_interrupted_while_taking_the_lock_after_its_turn_came_leaves_the_store_usable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its turn came after a drain let the lock go; Ctrl-C reaches it while it waits for the lock
+    # (another process holds it): its append is taken back, and the next writer goes on.
+    store = _open(tmp_path / "store")
+    store.append("warm", _events(0))
+    real_sync, gate = os.fdatasync, threading.Event()
+    lock = store._view.log.lock
+    real_enter, main = lock.__enter__, threading.get_ident()
+
+    def held_sync(fd: int) -> None:
+        gate.wait(5)
+        real_sync(fd)
+
+    def interrupted_enter() -> object:
+        if threading.get_ident() == main:
+            raise KeyboardInterrupt
+        return real_enter()
+
+    def drain_then_sync() -> None:
+        while not store._commits._queue:  # the main thread waits behind the group in flight
+            time.sleep(0.001)
+        monkeypatch.setattr(file_commit, "LOCK_HOLD", 0.0)  # its completion lets the lock go
+        gate.set()
+
+    monkeypatch.setattr(os, "fdatasync", held_sync)
+    monkeypatch.setattr(lock, "__enter__", interrupted_enter)
+    first = threading.Thread(target=lambda: store.append("a", _events(1)))
+    first.start()
+    while not store._commits._in_flight:
+        time.sleep(0.001)
+    threading.Thread(target=drain_then_sync).start()
+    with pytest.raises(KeyboardInterrupt):
+        store.append("b", _events(2))
+    first.join()
+    monkeypatch.setattr(file_commit, "LOCK_HOLD", 0.05)
+    commits = store._commits
+    assert (commits._writing, commits._queue) == (False, [])
+    assert _in_thread(lambda: store.append("c", _events(3))) == AppendResult("c", (0,), (3,))
+    assert store.stream_version("b") == NO_STREAM  # taken back: never written
     assert _in_thread(store.close) is None

@@ -95,6 +95,7 @@ class Request:
         "error",
         "expected",
         "future",
+        "handed",
         "ids",
         "loop",
         "record",
@@ -115,6 +116,7 @@ class Request:
         self.error: BaseException | None = None
         self.done = False
         self.wake: threading.Lock | None = None
+        self.handed = False  # its caller was told to write the next group
         self.loop: asyncio.AbstractEventLoop | None = None
         self.future: asyncio.Future[None] | None = None
 
@@ -237,7 +239,7 @@ class GroupCommit:
                 raise
             if request.done:
                 return
-        self._write_turn()
+        self._write_turn(request)
 
     def _withdraw(self, request: Request) -> None:
         """Take back the append of a caller interrupted while waiting, if no writer has taken it.
@@ -249,7 +251,7 @@ class GroupCommit:
             if request.done or request not in self._queue:
                 return
             self._queue.remove(request)
-            if not request.wake.locked():  # type: ignore[union-attr]  # it was handed the writing
+            if request.handed:  # it was told to write (its wait may have ended, or not, before the interrupt)
                 self._writing = False
                 self._settle_lock()
                 self._hand_over()
@@ -308,11 +310,21 @@ class GroupCommit:
             return False
         return self._sync_seconds is not None and self._sync_seconds <= self.loop_sync_max
 
-    def _write_turn(self) -> None:
-        """Write the queue as one group, let the next writer in, then sync and publish the group."""
+    def _write_turn(self, own: Request | None = None) -> None:
+        """Write the queue as one group, let the next writer in, then sync and publish the group.
+
+        ``own`` is the append of the thread that writes, when it is a caller: interrupted before
+        its group took the queue (waiting for another process's lock), it takes that append back.
+        """
         group = None
         try:
             group = self._write_group()
+        except BaseException:
+            if own is not None:
+                with self._lock:
+                    if not own.done and own in self._queue:
+                        self._queue.remove(own)
+            raise
         finally:
             with self._lock:
                 self._writing = False
@@ -434,8 +446,10 @@ class GroupCommit:
         """Wake the oldest queued caller to write the next group, if one may start (lock held)."""
         if self._queue and self._may_start():
             self._writing = True
-            wake = self._queue[0].wake
+            head = self._queue[0]
+            wake = head.wake
             if wake is not None:
+                head.handed = True
                 wake.release()  # the caller wakes not done, and writes
             else:
                 self._start_writer()
