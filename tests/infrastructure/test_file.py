@@ -1747,3 +1747,72 @@ def test_a_caller_interrupted_while_taking_the_lock_after_its_turn_came_leaves_t
     assert _in_thread(lambda: store.append("c", _events(3))) == AppendResult("c", (0,), (3,))
     assert store.stream_version("b") == NO_STREAM  # taken back: never written
     assert _in_thread(store.close) is None
+
+
+def test_ctrl_c_during_an_append_lets_it_finish_and_then_interrupts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A real SIGINT while the main thread writes and syncs its own append: the append is made
+    # durable and published, then KeyboardInterrupt; the store stays healthy.
+    import signal
+
+    store = _open(tmp_path / "store")
+    store.append("warm", _events(0))
+    real_sync, syncing = os.fdatasync, threading.Event()
+
+    def slow_sync(fd: int) -> None:
+        syncing.set()
+        time.sleep(0.3)
+        real_sync(fd)
+
+    def press_ctrl_c() -> None:
+        syncing.wait(5)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "fdatasync", slow_sync)
+    threading.Thread(target=press_ctrl_c).start()
+    with pytest.raises(KeyboardInterrupt):
+        store.append("a", _events(1))
+    monkeypatch.setattr(os, "fdatasync", real_sync)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert _numbers(store, "a") == [1]  # finished before the interrupt
+    assert store.append("b", _events(2)).positions == (3,)  # not failed
+    store.close()
+
+
+def test_ctrl_c_ends_a_wait_for_another_processs_lock(tmp_path: Path) -> None:
+    # Another process holds the writer lock (say it was suspended): Ctrl-C must still get the
+    # appender out, its append taken back, the store healthy.
+    import fcntl
+    import signal
+
+    from orchestrix.infrastructure.file._format import LOCK_FILE
+
+    store = _open(tmp_path / "store")
+    store.append("warm", _events(0))
+    with store._commits._lock:
+        store._commits._release_lock()  # as after an idle lease (nothing is in flight)
+    fd = os.open(tmp_path / "store" / LOCK_FILE, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # the other process
+    returned = threading.Event()
+
+    def press_ctrl_c() -> None:
+        time.sleep(0.2)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # type: ignore[arg-type]
+        if not returned.wait(3):  # still stuck: let it go on, so that the test fails, not hangs
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    presser = threading.Thread(target=press_ctrl_c)
+    presser.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            store.append("a", _events(1))
+    finally:
+        returned.set()
+        presser.join()
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert _in_thread(lambda: store.append("b", _events(2))) == AppendResult("b", (0,), (2,))
+    assert store.stream_version("a") == NO_STREAM
+    assert _in_thread(store.close) is None

@@ -30,6 +30,7 @@ import contextlib
 import logging
 import os
 import queue
+import signal
 import threading
 import time
 import uuid
@@ -220,26 +221,35 @@ class GroupCommit:
     # -- the queue and who writes -------------------------------------------------------------
 
     def submit(self, request: Request) -> None:
-        """Commit ``request``; when this returns its ``result`` or ``error`` is set."""
-        with self._lock:
-            if self.closed or self.failed is not None:
-                self._refuse()
-            self._queue.append(request)
-            writer = self._may_start()
+        """Commit ``request``; when this returns its ``result`` or ``error`` is set.
+
+        Ctrl-C may end the caller's wait for its turn (its append is then taken back, unless a
+        writer has it); the commit work itself finishes first (see :class:`_SigintDeferred`).
+        """
+        with _SigintDeferred():
+            with self._lock:
+                if self.closed or self.failed is not None:
+                    self._refuse()
+                self._queue.append(request)
+                writer = self._may_start()
+                if writer:
+                    self._writing = True
+                else:
+                    request.wake = wake = threading.Lock()
+                    wake.acquire()
             if writer:
-                self._writing = True
-            else:
-                request.wake = wake = threading.Lock()
-                wake.acquire()
-        if not writer:
-            try:
-                request.wake.acquire()  # type: ignore[union-attr]  # released when done, or to write
-            except BaseException:  # Ctrl-C while waiting: take the append back unless it is under way
-                self._withdraw(request)
-                raise
-            if request.done:
+                self._write_turn(request)
                 return
-        self._write_turn(request)
+        try:
+            request.wake.acquire()  # type: ignore[union-attr]  # released when done, or to write
+        except BaseException:  # Ctrl-C while waiting: take the append back unless it is under way
+            with _SigintDeferred():
+                self._withdraw(request)
+            raise
+        if request.done:
+            return
+        with _SigintDeferred():
+            self._write_turn(request)
 
     def _withdraw(self, request: Request) -> None:
         """Take back the append of a caller interrupted while waiting, if no writer has taken it.
@@ -296,7 +306,8 @@ class GroupCommit:
             if not self._may_write_inline():
                 self._start_writer()
                 return
-        self._write_turn()
+        with _SigintDeferred():  # asyncio.run's own handler raises nothing; a bare loop's would
+            self._write_turn()
 
     def _may_write_inline(self) -> bool:
         """Whether the event loop may write and sync the next group itself (lock held).
@@ -469,7 +480,7 @@ class GroupCommit:
             if pause > 0:
                 time.sleep(pause)
             try:
-                log.lock.__enter__()
+                _SigintDeferred.wait_interruptibly(log.lock.__enter__)
             except Exception as exc:
                 self._abandon(exc)
                 return None
@@ -723,6 +734,58 @@ class GroupCommit:
 
 
 log = logging.getLogger("orchestrix.file")
+
+
+class _SigintDeferred:
+    """While the main thread does commit work, a Ctrl-C waits until that work is done.
+
+    Python raises KeyboardInterrupt between any two bytecodes of the main thread. Inside the
+    commit protocol that leaves a group that never retires, or the writing handed to nobody:
+    every later append hangs, and ``close()`` with them. So while Python's own SIGINT handler
+    is in place, a Ctrl-C is noted and raised once the work is done (a few ms at most: one
+    write and one fdatasync). Other threads never get KeyboardInterrupt; a program's own
+    handler (asyncio.run installs one, which raises nothing here) is left alone.
+    """
+
+    __slots__ = ("caught", "previous")
+    active: _SigintDeferred | None = None  # the one in force (only ever in the main thread)
+
+    def __enter__(self) -> _SigintDeferred:
+        self.previous: Any = None
+        self.caught = False
+        if (
+            threading.get_ident() == threading.main_thread().ident
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
+            self.previous = signal.signal(signal.SIGINT, self._note)
+            _SigintDeferred.active = self
+        return self
+
+    def _note(self, signum: int, frame: object) -> None:
+        self.caught = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            _SigintDeferred.active = None
+            signal.signal(signal.SIGINT, self.previous)
+            if self.caught:
+                raise KeyboardInterrupt
+
+    @staticmethod
+    def wait_interruptibly(wait: Callable[[], object]) -> None:
+        """Run ``wait`` (a wait that may never end: another process's lock) open to Ctrl-C."""
+        deferred = _SigintDeferred.active
+        if deferred is None or threading.get_ident() != threading.main_thread().ident:
+            wait()
+            return
+        signal.signal(signal.SIGINT, deferred.previous)
+        try:
+            if deferred.caught:  # pressed before the wait began
+                deferred.caught = False
+                raise KeyboardInterrupt
+            wait()
+        finally:
+            signal.signal(signal.SIGINT, deferred._note)
 
 
 class _WriterThreads:
