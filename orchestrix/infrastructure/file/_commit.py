@@ -30,7 +30,6 @@ import contextlib
 import logging
 import os
 import queue
-import signal
 import threading
 import time
 import uuid
@@ -735,6 +734,12 @@ class GroupCommit:
 
 log = logging.getLogger("orchestrix.file")
 
+try:  # the C module: signal's own wrappers turn every handler into an enum, ~3 us a call
+    import _signal as _sig
+except ImportError:  # pragma: no cover - an interpreter without it
+    import signal as _sig  # type: ignore[no-redef]
+_SIGINT = int(_sig.SIGINT)
+
 
 class _SigintDeferred:
     """While the main thread does commit work, a Ctrl-C waits until that work is done.
@@ -755,9 +760,9 @@ class _SigintDeferred:
         self.caught = False
         if (
             threading.get_ident() == threading.main_thread().ident
-            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            and _sig.getsignal(_SIGINT) is _sig.default_int_handler
         ):
-            self.previous = signal.signal(signal.SIGINT, self._note)
+            self.previous = _sig.signal(_SIGINT, self._note)
             _SigintDeferred.active = self
         return self
 
@@ -767,7 +772,7 @@ class _SigintDeferred:
     def __exit__(self, *exc: object) -> None:
         if self.previous is not None:
             _SigintDeferred.active = None
-            signal.signal(signal.SIGINT, self.previous)
+            _sig.signal(_SIGINT, self.previous)
             if self.caught:
                 raise KeyboardInterrupt
 
@@ -778,14 +783,14 @@ class _SigintDeferred:
         if deferred is None or threading.get_ident() != threading.main_thread().ident:
             wait()
             return
-        signal.signal(signal.SIGINT, deferred.previous)
+        _sig.signal(_SIGINT, deferred.previous)
         try:
             if deferred.caught:  # pressed before the wait began
                 deferred.caught = False
                 raise KeyboardInterrupt
             wait()
         finally:
-            signal.signal(signal.SIGINT, deferred._note)
+            _sig.signal(_SIGINT, deferred._note)
 
 
 class _WriterThreads:
