@@ -114,6 +114,18 @@ def _append_noting(store: FileEventStore, stream: str, number: int, outcomes: li
         outcomes.append("failed")
 
 
+def _hold_syncs(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Make every fdatasync wait until the returned event is set (5 s at most)."""
+    real_sync, gate = os.fdatasync, threading.Event()
+
+    def held_sync(fd: int) -> None:
+        gate.wait(5)
+        real_sync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", held_sync)
+    return gate
+
+
 def _snapshot(path: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(path.iterdir()) if p.is_file()}
 
@@ -1439,11 +1451,7 @@ def test_a_caller_interrupted_while_waiting_leaves_the_store_usable(
     # may raise it before the wait ends or right after (the lock then taken).
     store = _open(tmp_path / "store")
     store.append("warm", _events(0))
-    real_sync, gate = os.fdatasync, threading.Event()
-
-    def held_sync(fd: int) -> None:
-        gate.wait(5)
-        real_sync(fd)
+    gate = _hold_syncs(monkeypatch)
 
     class InterruptedWake:
         """The waiting caller's lock: the wait ends in KeyboardInterrupt once it is handed the writing."""
@@ -1477,7 +1485,6 @@ def test_a_caller_interrupted_while_waiting_leaves_the_store_usable(
 
         Lock = InterruptedWake
 
-    monkeypatch.setattr(os, "fdatasync", held_sync)
     first = threading.Thread(target=lambda: store.append("a", _events(1)))
     first.start()
     while not store._commits._in_flight:
@@ -1669,18 +1676,13 @@ def test_an_interrupt_while_a_group_is_planned_stays_with_the_writer_that_got_it
     store = _open(tmp_path / "store")
     store.append("warm", _events(0))
     commits = store._commits
-    real_sync, real_plan, gate = os.fdatasync, commits._plan, threading.Event()
-
-    def held_sync(fd: int) -> None:
-        gate.wait(5)
-        real_sync(fd)
+    real_plan, gate = commits._plan, _hold_syncs(monkeypatch)
 
     def interrupted_plan(group: object) -> object:
         if len(group.requests) > 1:  # type: ignore[attr-defined]
             raise KeyboardInterrupt
         return real_plan(group)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(os, "fdatasync", held_sync)
     monkeypatch.setattr(commits, "_plan", interrupted_plan)
     outcomes: dict[str, str] = {}
 
@@ -1712,13 +1714,9 @@ def test_a_caller_interrupted_while_taking_the_lock_after_its_turn_came_leaves_t
     # (another process holds it): its append is taken back, and the next writer goes on.
     store = _open(tmp_path / "store")
     store.append("warm", _events(0))
-    real_sync, gate = os.fdatasync, threading.Event()
+    gate = _hold_syncs(monkeypatch)
     lock = store._view.log.lock
     real_enter, main = lock.__enter__, threading.get_ident()
-
-    def held_sync(fd: int) -> None:
-        gate.wait(5)
-        real_sync(fd)
 
     def interrupted_enter() -> object:
         if threading.get_ident() == main:
@@ -1731,7 +1729,6 @@ def test_a_caller_interrupted_while_taking_the_lock_after_its_turn_came_leaves_t
         monkeypatch.setattr(file_commit, "LOCK_HOLD", 0.0)  # its completion lets the lock go
         gate.set()
 
-    monkeypatch.setattr(os, "fdatasync", held_sync)
     monkeypatch.setattr(lock, "__enter__", interrupted_enter)
     first = threading.Thread(target=lambda: store.append("a", _events(1)))
     first.start()
