@@ -181,11 +181,9 @@ def to_new_events(stream: str, events: Iterable[NewEvent | Any]) -> list[NewEven
     """Wrap bare domain events in NewEvent (with fresh ids); refuse an empty batch, an id that is
     no UUID, or a repeated id."""
     if type(events) is list and len(events) == 1 and type(events[0]) is NewEvent:
-        new = events[0]  # what a repository saves, most of the time
-        if type(new.event_id) is not _UUID or new.correlation_id is not None or new.causation_id is not None:
-            _check_ids(stream, new)
-        return [new]
-    batch = [e if isinstance(e, NewEvent) else NewEvent(e) for e in events]
+        batch = [events[0]]  # what a repository saves, most of the time
+    else:
+        batch = [e if isinstance(e, NewEvent) else NewEvent(e) for e in events]
     for new in batch:
         if type(new.event_id) is not _UUID or new.correlation_id is not None or new.causation_id is not None:
             _check_ids(stream, new)

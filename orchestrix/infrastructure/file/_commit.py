@@ -257,15 +257,21 @@ class GroupCommit:
         its course (its outcome is then unknown to the caller, as for any interrupted append).
         """
         with self._lock:
-            if request.done or request not in self._queue:
+            if not self._take_back(request):
                 return
-            self._queue.remove(request)
             if request.handed:  # it was told to write (its wait may have ended, or not, before the interrupt)
                 self._writing = False
                 self._settle_lock()
                 self._hand_over()
             if self._turn_waiters:
                 self._turn.notify_all()
+
+    def _take_back(self, request: Request) -> bool:
+        """Remove ``request`` from the queue if no writer took it and it is not done (lock held)."""
+        if request.done or request not in self._queue:
+            return False
+        self._queue.remove(request)
+        return True
 
     async def submit_async(self, request: Request) -> None:
         """Asyncio form of :meth:`submit`: awaits the outcome without holding a thread.
@@ -332,8 +338,7 @@ class GroupCommit:
         except BaseException:
             if own is not None:
                 with self._lock:
-                    if not own.done and own in self._queue:
-                        self._queue.remove(own)
+                    self._take_back(own)
             raise
         finally:
             with self._lock:
@@ -686,7 +691,7 @@ class GroupCommit:
                     view.publish(group.entries, end)
         except BaseException as exc:  # a bug: fail the group rather than leave its callers waiting
             error = self._fail(f"failed to publish ({exc!r})")
-            interrupted = interrupted or (None if isinstance(exc, Exception) else exc)
+            interrupted = interrupted or exc
         self._complete(group, error)
         if interrupted is not None and not isinstance(interrupted, Exception):
             raise interrupted  # Ctrl-C or an exit, now that nobody is left waiting for this group

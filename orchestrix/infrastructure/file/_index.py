@@ -232,7 +232,7 @@ class Index:
         conn: sqlite3.Connection,
         stream: str,
         entries: list[Entry],
-        chunks: list[tuple[str, int, bytes]],
+        chunks: list[_ChunkRow],
     ) -> None:
         """Add the stream's chunk rows for ``entries`` to ``chunks``, filling up its last chunk first."""
         row = None
