@@ -23,8 +23,11 @@ Errors carry their facts as attributes, so callers branch on data, not on messag
     │   ├── CorruptionError              file, offset
     │   └── StoreFormatError             path: not a store, or a newer format
     ├── SagaError                        saga and runner problems
-    │   └── UnknownCommandError (LookupError)  no handler for a command a saga sent
+    │   ├── UnknownCommandError (LookupError)  no handler for a command a saga sent
+    │   └── LeaseLostError               a runner no longer holds its partition lease
+    │       └── FencedError              a store refused an append made under an old lease
     └── DomainError                      base of business-rule violations that bases subclass
+        └── KeyAlreadyRefusedError       a keyed command whose key was refused before
 """
 
 from __future__ import annotations
@@ -39,9 +42,12 @@ __all__ = [
     "DomainError",
     "DuplicateEventIdError",
     "EmptyBatchError",
+    "FencedError",
     "InvalidEventIdError",
     "InvalidExpectedVersionError",
     "InvalidStreamNameError",
+    "KeyAlreadyRefusedError",
+    "LeaseLostError",
     "NotFoundError",
     "OrchestrixError",
     "SagaError",
@@ -229,3 +235,43 @@ class UnknownCommandError(SagaError, LookupError):
 
 class DomainError(OrchestrixError):
     """Base for business-rule violations; bases subclass it for each rule."""
+
+
+class LeaseLostError(SagaError):
+    """A runner acted for a partition lease it no longer holds; it dispatched nothing more.
+
+    The runner stops (like on a store failure) without moving its checkpoint; whoever holds the
+    lease now carries on from the stored state.
+    """
+
+    def __init__(self, lease: str, detail: str) -> None:
+        super().__init__(f"lease {lease!r} lost: {detail}")
+        self.lease = lease
+
+
+class FencedError(LeaseLostError):
+    """A store refused an append made under a lease that was granted again since; nothing was written.
+
+    ``generation`` is the grant the append acted under, ``current`` the newest grant the store
+    knows (None if it knows no grant of this lease at all).
+    """
+
+    def __init__(self, lease: str, generation: int, current: int | None) -> None:
+        now = "no grant" if current is None else f"generation {current}"
+        super().__init__(lease, f"append made under generation {generation}, the store knows {now}")
+        self.generation = generation
+        self.current = current
+
+
+class KeyAlreadyRefusedError(DomainError):
+    """A keyed command came again after its key was refused: it is refused again, for the same reason.
+
+    The outcome of an idempotency key is decided once. ``error_type`` names the refusal first
+    raised (for people; it is never used to find a class), and the message is its message.
+    """
+
+    def __init__(self, key: str, error_type: str, reason: str) -> None:
+        super().__init__(reason)
+        self.key = key
+        self.error_type = error_type
+        self.reason = reason

@@ -7,11 +7,13 @@ from orchestrix.testing.contract import (
     NotRegistered,
     contract_serializer,
 )
+from orchestrix.testing.fencing_contract import FencingContract
 from orchestrix.testing.strategies import identifiers, invalid_amounts, money, stream_names
 
 __all__ = [
     "ContractEvent",
     "EventStoreContract",
+    "FencingContract",
     "MoneyMoved",
     "NotRegistered",
     "contract_serializer",

@@ -450,7 +450,12 @@ class Ledger:
 
 
 def banking_machine(
-    backend_factory: Callable[[], Backend], *, examples: int, steps: int, name: str = "BankingMachine"
+    backend_factory: Callable[[], Backend],
+    *,
+    examples: int,
+    steps: int,
+    name: str = "BankingMachine",
+    base: type[BankingMachine] = BankingMachine,
 ) -> type[BankingMachine]:
     """A machine class on ``backend_factory``; its ``TestCase`` runs ``examples`` x ``steps`` steps.
 
@@ -461,6 +466,6 @@ def banking_machine(
     if os.environ.get("HYPOTHESIS_PROFILE") == "long":
         count = max(examples, settings.default.max_examples)
     steps = int(os.environ.get("ORCHESTRIX_STATEFUL_STEPS", steps))
-    machine = type(name, (BankingMachine,), {"backend_factory": staticmethod(backend_factory)})
+    machine = type(name, (base,), {"backend_factory": staticmethod(backend_factory)})
     machine.TestCase.settings = settings(max_examples=count, stateful_step_count=steps, deadline=None)
     return machine

@@ -21,7 +21,7 @@ from bases.orchestrix.banking_demo.models import (
     banking_serializer,
 )
 from orchestrix.core.errors import DomainError
-from orchestrix.core.eventsourcing import AggregateRepository
+from orchestrix.core.eventsourcing import AggregateRepository, KeyRefused
 from orchestrix.infrastructure.memory.store import InMemoryEventStore
 from orchestrix.testing import invalid_amounts, money
 
@@ -41,11 +41,15 @@ def bank(store: InMemoryEventStore) -> BankingCommandHandlers:
 def refused(
     store: InMemoryEventStore, error: type[Exception], action: Callable[[], object], match: str | None = None
 ) -> Exception:
-    """Run ``action``, expect ``error``, and check the store did not change."""
+    """Run ``action``, expect ``error``, and check the store did not change.
+
+    A refused *keyed* command leaves exactly one trace: the record that its key is refused.
+    """
     before = store.last_position()
     with pytest.raises(error, match=match) as raised:
         action()
-    assert store.last_position() == before
+    stored = [type(r.event) for r in store.read_all(before)]
+    assert stored in ([], [KeyRefused])
     assert isinstance(raised.value, DomainError)
     return raised.value
 
@@ -267,6 +271,7 @@ def test_a_reversal_lands_on_a_suspended_source_but_ordinary_deposits_do_not(
     bank: BankingCommandHandlers, store: InMemoryEventStore
 ) -> None:
     bank.withdraw_money(WithdrawMoney("acc-1", Decimal("40"), transfer_id="t-1", idempotency_key="t-1:debit"))
+    bank.withdraw_money(WithdrawMoney("acc-1", Decimal("10"), transfer_id="t-3", idempotency_key="t-3:debit"))
     bank.suspend_account(SuspendAccount("acc-1", "review"))
     refused(
         store,
@@ -275,15 +280,16 @@ def test_a_reversal_lands_on_a_suspended_source_but_ordinary_deposits_do_not(
             DepositMoney("acc-1", Decimal("40"), transfer_id="t-2", idempotency_key="t-2:reverse")
         ),
     )
+    # Not the amount t-3 took, so not a reversal of it: an ordinary deposit, refused while suspended.
     refused(
         store,
         errors.AccountSuspended,
         lambda: bank.deposit_money(
-            DepositMoney("acc-1", Decimal("39"), transfer_id="t-1", idempotency_key="t-1:reverse")
+            DepositMoney("acc-1", Decimal("9"), transfer_id="t-3", idempotency_key="t-3:reverse")
         ),
     )
     bank.deposit_money(DepositMoney("acc-1", Decimal("40"), transfer_id="t-1", idempotency_key="t-1:reverse"))
     account = bank.get_account("acc-1")
-    assert account.balance == Decimal("100")
-    assert account.transfers_in_flight == {}
-    assert [t.transfer_id for t in account.transactions[-2:]] == ["t-1", "t-1"]
+    assert account.balance == Decimal("90")
+    assert account.transfers_in_flight == {"t-3": Decimal("10")}
+    assert [t.transfer_id for t in account.transactions[-2:]] == ["t-3", "t-1"]

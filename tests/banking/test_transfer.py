@@ -558,9 +558,10 @@ def test_a_crash_between_any_two_steps_then_a_restart_finishes_every_transfer_on
         again.run_until_idle() if mode == "sync" else asyncio.run(again.run_until_idle_async())
         _check(restarted)
         crash_at += 1
-    # ok: debit, Debited, credit, settle, Completed; poor: Failed; back: debit, Debited, CreditFailed,
-    # reverse, Reversed+Failed. Each append was a crash point, before and after it was written.
-    assert crash_at == 11
+    # ok: debit, Debited, credit, settle, Completed; poor: the debit's refusal (KeyRefused), Failed;
+    # back: debit, Debited, the credit's refusal (KeyRefused), CreditFailed, reverse, Reversed+Failed.
+    # Each append was a crash point, before and after it was written.
+    assert crash_at == 13
 
 
 def test_a_crash_mid_saga_then_a_restart_resumes_from_the_saga_stream_with_a_fresh_runner() -> None:
@@ -613,9 +614,9 @@ def test_a_crash_right_after_a_leg_then_a_changed_world_never_applies_a_leg_twic
     transfer = w.transfer("t1")
     legs = w.keys_applied()
     assert len(legs) == len(set(legs))
-    if step in ("debit", "credit"):  # no credit refusal was recorded yet: the credit now succeeds
+    if step == "debit":  # the credit was never tried: it now succeeds
         assert (transfer.status, legs) == (TransferStatus.COMPLETED, ["t1:debit", "t1:credit"])
         assert (w.balance("alice"), w.balance("dora")) == (D("60"), D("40"))
-    else:  # the refusal was recorded before the reversal: the transfer stays compensated
+    else:  # dora decided the credit's key (refused) before the crash: it stays refused, compensated
         assert (transfer.status, legs) == (TransferStatus.FAILED, ["t1:debit", "t1:reverse"])
         assert (w.balance("alice"), w.balance("dora")) == (D("100"), D("0"))

@@ -33,7 +33,8 @@ from bases.orchestrix.ecommerce_demo.models import (
     shop_serializer,
     validate_money,
 )
-from orchestrix.core.eventsourcing import AggregateRepository
+from orchestrix.core.errors import KeyAlreadyRefusedError
+from orchestrix.core.eventsourcing import AggregateRepository, KeyRefused
 from orchestrix.infrastructure.memory.store import InMemoryEventStore
 from orchestrix.testing import invalid_amounts
 
@@ -50,12 +51,18 @@ def stored(shop: ShopHandlers) -> int:
     return shop.repository.event_store.last_position()
 
 
-def test_reserving_more_than_is_available_is_refused_and_stores_nothing(shop: ShopHandlers) -> None:
+def test_reserving_more_than_is_available_is_refused_once_and_for_good(shop: ShopHandlers) -> None:
     before = stored(shop)
     with pytest.raises(OutOfStock) as refused:
         shop.reserve_stock(ReserveStock("tea", "o-1", 4))
     assert (refused.value.available, refused.value.requested) == (3, 4)
-    assert stored(shop) == before
+    # Only the record that o-1's reservation is refused is stored; no stock moved.
+    assert [type(r.event) for r in shop.repository.event_store.read_all(before)] == [KeyRefused]
+    shop.restock_product(RestockProduct("tea", 10))
+    with pytest.raises(KeyAlreadyRefusedError, match="available") as again:
+        shop.reserve_stock(ReserveStock("tea", "o-1", 4))  # a late copy, after a restock: still refused
+    assert again.value.error_type == "OutOfStock"
+    assert shop.get_product("tea").reserved == {}
 
 
 def test_a_reservation_is_held_once_per_order(shop: ShopHandlers) -> None:
@@ -87,8 +94,11 @@ def test_commit_sells_reserved_stock_once(shop: ShopHandlers) -> None:
 def test_a_charge_beyond_the_balance_is_declined_and_a_repeated_key_charges_once(shop: ShopHandlers) -> None:
     with pytest.raises(PaymentDeclined):
         shop.charge_wallet(ChargeWallet("ada", Decimal("10.01"), "o-1:payment"))
-    assert shop.charge_wallet(ChargeWallet("ada", Decimal("4.00"), "o-1:payment")) == Decimal("4.00")
-    shop.charge_wallet(ChargeWallet("ada", Decimal("4.00"), "o-1:payment"))
+    # A declined key stays declined, whatever is asked under it later.
+    with pytest.raises(KeyAlreadyRefusedError, match=r"less than 10\.01"):
+        shop.charge_wallet(ChargeWallet("ada", Decimal("4.00"), "o-1:payment"))
+    assert shop.charge_wallet(ChargeWallet("ada", Decimal("4.00"), "o-2:payment")) == Decimal("4.00")
+    shop.charge_wallet(ChargeWallet("ada", Decimal("4.00"), "o-2:payment"))
     assert shop.get_wallet("ada").balance == Decimal("6.00")
 
 

@@ -1,10 +1,10 @@
 import pytest
 
 from orchestrix.infrastructure.memory.store import InMemoryEventStore
-from orchestrix.testing import EventStoreContract, contract_serializer
+from orchestrix.testing import EventStoreContract, FencingContract, contract_serializer
 
 
-class TestInMemoryEventStore(EventStoreContract):
+class TestInMemoryEventStore(EventStoreContract, FencingContract):
     @pytest.fixture
     def store(self) -> InMemoryEventStore:
         return InMemoryEventStore(serializer=contract_serializer())

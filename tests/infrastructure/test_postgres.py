@@ -40,7 +40,13 @@ from orchestrix.infrastructure.postgres import (  # noqa: E402
     PostgresCheckpointStore,
     PostgresEventStore,
 )
-from orchestrix.testing import ContractEvent, EventStoreContract, MoneyMoved, contract_serializer  # noqa: E402
+from orchestrix.testing import (  # noqa: E402
+    ContractEvent,
+    EventStoreContract,
+    FencingContract,
+    MoneyMoved,
+    contract_serializer,
+)
 
 
 @pytest.fixture
@@ -53,7 +59,7 @@ def open_store(schema: str, **options: object) -> PostgresEventStore:
     return PostgresEventStore(DSN, contract_serializer(), schema=schema, pool_size=8, **options)  # type: ignore[arg-type]
 
 
-class TestPostgresEventStore(EventStoreContract):
+class TestPostgresEventStore(EventStoreContract, FencingContract):
     @pytest.fixture
     def store(self, schema: str) -> Iterator[PostgresEventStore]:
         self.opened = [open_store(schema, poll_interval=0.2)]

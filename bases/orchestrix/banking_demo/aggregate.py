@@ -42,6 +42,7 @@ from bases.orchestrix.banking_demo.models import (
     AccountSuspended as AccountSuspendedEvent,
 )
 from orchestrix.core.eventsourcing.aggregate import AggregateRoot, applies
+from orchestrix.core.eventsourcing.keys import decided_once
 
 __all__ = ["Account", "transaction_id_for"]
 
@@ -84,23 +85,35 @@ class Account(AggregateRoot):
         self.raise_event(AccountOpened(command.account_id, command.owner_name, initial, uuid.uuid4(), _now()))
 
     def deposit(self, command: DepositMoney) -> Transaction:
-        """Add money; a repeated idempotency key returns the original transaction unchanged."""
+        """Add money. A keyed deposit is decided once: a repeat returns the original transaction,
+        and a key refused before is refused again (KeyAlreadyRefusedError, the same reason)."""
         amount = validate_amount(command.amount)
         self._require_open()
         repeat = self._repeat(command.idempotency_key, TransactionKind.DEPOSIT, amount)
         if repeat is not None:
             return repeat
-        if not self._is_reversal_of_own_debit(command, amount):
-            self._require_active("deposit")
-        return self._move(MoneyDeposited, amount, self.balance + amount, command)
+        return self._deposit_new(command, amount)
 
     def withdraw(self, command: WithdrawMoney) -> Transaction:
-        """Take money out; never below zero. A repeated idempotency key returns the original."""
+        """Take money out; never below zero. Keyed withdrawals are decided once, like deposits."""
         amount = validate_amount(command.amount)
         self._require_open()
         repeat = self._repeat(command.idempotency_key, TransactionKind.WITHDRAWAL, amount)
         if repeat is not None:
             return repeat
+        return self._withdraw_new(command, amount)
+
+    # The rules of a new keyed movement: a refusal here is recorded against the key. Checks of
+    # the input and of a repeat come before, so a malformed command or a reused key never
+    # decides a key's outcome.
+    @decided_once()
+    def _deposit_new(self, command: DepositMoney, amount: Decimal) -> Transaction:
+        if not self._is_reversal_of_own_debit(command, amount):
+            self._require_active("deposit")
+        return self._move(MoneyDeposited, amount, self.balance + amount, command)
+
+    @decided_once()
+    def _withdraw_new(self, command: WithdrawMoney, amount: Decimal) -> Transaction:
         self._require_active("withdraw")
         if amount > self.balance:
             raise InsufficientFunds(self.id, self.balance, amount)

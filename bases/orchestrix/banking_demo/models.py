@@ -14,6 +14,7 @@ from decimal import Decimal, InvalidOperation
 import attrs
 
 from bases.orchestrix.banking_demo.errors import InvalidAmount
+from orchestrix.core.eventsourcing.keys import KEY_EVENTS
 from orchestrix.core.execution.saga import SAGA_EVENTS
 from orchestrix.core.messaging import Command, Event, Serializer
 
@@ -359,4 +360,4 @@ TRANSFER_EVENTS = (
 
 def banking_serializer() -> Serializer:
     """A serializer that knows every banking event, for the durable stores."""
-    return Serializer(types=[*ACCOUNT_EVENTS, *TRANSFER_EVENTS, *SAGA_EVENTS, Transaction])
+    return Serializer(types=[*ACCOUNT_EVENTS, *TRANSFER_EVENTS, *SAGA_EVENTS, *KEY_EVENTS, Transaction])

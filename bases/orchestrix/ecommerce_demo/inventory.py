@@ -17,6 +17,7 @@ from bases.orchestrix.ecommerce_demo.models import (
     validate_quantity,
 )
 from orchestrix.core.eventsourcing.aggregate import AggregateRoot, applies
+from orchestrix.core.eventsourcing.keys import decided_once
 
 __all__ = ["Product"]
 
@@ -49,11 +50,18 @@ class Product(AggregateRoot):
         self.raise_event(ProductRestocked(self._sku(), quantity))
 
     def reserve(self, command: ReserveStock) -> None:
-        """Hold items for an order. Once per order: reserving again, or after the end, changes nothing."""
+        """Hold items for an order, decided once per order: reserving again, or after the end, changes
+        nothing; a reservation refused before is refused again."""
         quantity = validate_quantity(command.quantity)
         sku = self._sku()
         if command.order_id in self.reserved or command.order_id in self.settled:
             return
+        self._reserve_new(command, sku, quantity)
+
+    @decided_once(lambda command: f"{command.order_id}:reserve")
+    def _reserve_new(self, command: ReserveStock, sku: str, quantity: int) -> None:
+        # Decided once per order: a refused reservation stays refused, so a late copy (a runner
+        # that lost its lease while paused) cannot hold stock for an order cancelled meanwhile.
         if quantity > self.available:
             raise OutOfStock(sku, self.available, quantity)
         self.raise_event(StockReserved(sku, command.order_id, quantity))

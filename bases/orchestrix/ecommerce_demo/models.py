@@ -12,6 +12,7 @@ from decimal import Decimal, InvalidOperation
 import attrs
 
 from bases.orchestrix.ecommerce_demo.errors import InvalidMoney, InvalidQuantity
+from orchestrix.core.eventsourcing.keys import KEY_EVENTS
 from orchestrix.core.execution.saga import SAGA_EVENTS
 from orchestrix.core.messaging import Command, Event, Serializer
 
@@ -306,4 +307,6 @@ ORDER_EVENTS = (OrderPlaced, OrderLineReserved, OrderPaid, OrderConfirmed, Order
 
 def shop_serializer() -> Serializer:
     """A serializer that knows every event the shop stores, for the durable stores."""
-    return Serializer(types=[*PRODUCT_EVENTS, *WALLET_EVENTS, *ORDER_EVENTS, *SAGA_EVENTS, OrderLine])
+    return Serializer(
+        types=[*PRODUCT_EVENTS, *WALLET_EVENTS, *ORDER_EVENTS, *SAGA_EVENTS, *KEY_EVENTS, OrderLine]
+    )

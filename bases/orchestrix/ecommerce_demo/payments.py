@@ -13,6 +13,7 @@ from bases.orchestrix.ecommerce_demo.models import (
     validate_money,
 )
 from orchestrix.core.eventsourcing.aggregate import AggregateRoot, applies
+from orchestrix.core.eventsourcing.keys import decided_once
 
 __all__ = ["Wallet"]
 
@@ -35,12 +36,20 @@ class Wallet(AggregateRoot):
         self.raise_event(WalletOpened(command.customer_id, balance))
 
     def charge(self, command: ChargeWallet) -> Decimal:
-        """Take ``amount``, or raise PaymentDeclined; a repeated key returns the first charge's amount."""
+        """Take ``amount``, or raise PaymentDeclined; a key is decided once (a repeat returns the first
+        charge's amount, a declined key is declined again)."""
         amount = validate_money(command.amount, "amount")
         if self.id is None:
             raise UnknownWallet(command.customer_id)
         if command.idempotency_key in self.charges:
             return self.charges[command.idempotency_key]
+        return self._charge_new(command, amount)
+
+    @decided_once()
+    def _charge_new(self, command: ChargeWallet, amount: Decimal) -> Decimal:
+        # A declined key stays declined: a late copy of the charge (a runner that lost its lease
+        # while paused) must not take money for an order that was cancelled meanwhile.
+        assert self.id is not None
         if amount > self.balance:
             raise PaymentDeclined(self.id, self.balance, amount)
         self.raise_event(WalletCharged(self.id, amount, self.balance - amount, command.idempotency_key))

@@ -7,6 +7,8 @@ from orchestrix.core.eventsourcing.aggregate import (
     retry_on_conflict,
     retry_on_conflict_async,
 )
+from orchestrix.core.eventsourcing.fencing import Fence, Lease, current_fence, fenced
+from orchestrix.core.eventsourcing.keys import KEY_EVENTS, KeyRefused, decided_once
 from orchestrix.core.eventsourcing.store import (
     ANY,
     NO_STREAM,
@@ -17,13 +19,20 @@ from orchestrix.core.eventsourcing.store import (
 
 __all__ = [
     "ANY",
+    "KEY_EVENTS",
     "NO_STREAM",
     "STREAM_EXISTS",
     "AggregateRepository",
     "AggregateRoot",
     "AppendResult",
     "EventStore",
+    "Fence",
+    "KeyRefused",
+    "Lease",
     "applies",
+    "current_fence",
+    "decided_once",
+    "fenced",
     "retry_on_conflict",
     "retry_on_conflict_async",
 ]

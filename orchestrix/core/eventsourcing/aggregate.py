@@ -20,8 +20,10 @@ from orchestrix.core.errors import (
     AggregateError,
     AggregateNotFoundError,
     ConcurrencyError,
+    DomainError,
     UnhandledEventError,
 )
+from orchestrix.core.eventsourcing.keys import KeyRefused
 from orchestrix.core.eventsourcing.store import NO_STREAM, AppendResult, EventStore
 from orchestrix.core.messaging._uuids import new_uuid4
 from orchestrix.core.messaging.messages import NewEvent, RecordedEvent, new_event
@@ -77,6 +79,7 @@ class AggregateRoot:
         self.id: str | None = id
         self.version: int = NO_STREAM
         self._pending: list[NewEvent] = []
+        self._refusals: dict[str, KeyRefused] = {}
 
     @classmethod
     def stream_name(cls, aggregate_id: str) -> str:
@@ -103,6 +106,10 @@ class AggregateRoot:
             raise UnhandledEventError(type(self), type(event))
         handler(self, event)
         self.version += 1
+
+    @applies(KeyRefused)
+    def _key_refused(self, event: KeyRefused) -> None:
+        self._refusals[event.key] = event
 
     def _replay(self, recorded: RecordedEvent) -> None:
         if recorded.version != self.version + 1:
@@ -194,6 +201,10 @@ class AggregateRepository:
     ) -> T:
         """Load, run ``decide`` on the aggregate, save; on ConcurrencyError reload and retry.
 
+        If ``decide`` refuses (raises a DomainError) after recording the refusal of a keyed
+        command (:func:`~orchestrix.core.eventsourcing.keys.decided_once`), the record is saved
+        before the refusal is raised, so the key stays refused.
+
         ``decide`` gets an aggregate that only this call uses (from the cache, caught up, or
         replayed); it must not keep it after returning. What it returns is returned.
         """
@@ -202,7 +213,12 @@ class AggregateRepository:
             aggregate = self._take(cls, aggregate_id)
             if aggregate is None or not self._caught_up(aggregate):
                 aggregate = self.load(cls, aggregate_id)
-            outcome = decide(aggregate)
+            try:
+                outcome = decide(aggregate)
+            except DomainError:
+                if _records_refusal(aggregate):
+                    self._put_back(aggregate, self.save(aggregate))
+                raise
             self._put_back(aggregate, self.save(aggregate))
             return outcome
 
@@ -222,7 +238,12 @@ class AggregateRepository:
             aggregate = self._take(cls, aggregate_id)
             if aggregate is None or not await self._caught_up_async(aggregate):
                 aggregate = await self.load_async(cls, aggregate_id)
-            outcome = decide(aggregate)
+            try:
+                outcome = decide(aggregate)
+            except DomainError:
+                if _records_refusal(aggregate):
+                    self._put_back(aggregate, await self.save_async(aggregate))
+                raise
             self._put_back(aggregate, await self.save_async(aggregate))
             return outcome
 
@@ -313,6 +334,12 @@ def conflict_backoff(failed_attempts: int) -> float:
     if failed_attempts <= 1:
         return 0.0
     return random.uniform(0, min(0.05, 0.001 * 2 ** (failed_attempts - 2)))
+
+
+def _records_refusal(aggregate: AggregateRoot) -> bool:
+    """True if a refused decision left exactly its key's refusal record to store (see keys.py)."""
+    pending = aggregate._pending
+    return bool(pending) and all(type(new.event) is KeyRefused for new in pending)
 
 
 def _found(aggregate: A, cls: type[A], aggregate_id: str, stream: str) -> A:

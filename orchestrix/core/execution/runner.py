@@ -17,6 +17,9 @@ Problems are visible, never dropped:
 * a step that raises an unexpected exception records :class:`~orchestrix.core.execution.saga.SagaStuck`
   in the saga's stream (the runner goes on with other sagas); a store failure (``StoreError``)
   stops the runner instead, without moving the checkpoint;
+* a runner given a ``lease`` checks it right before each dispatch and each checkpoint, and
+  runs every step under the lease's fence, so once another process holds the lease, nothing
+  this runner does lands: it stops with :class:`~orchestrix.core.errors.LeaseLostError`;
 * :meth:`SagaRunner.stuck` lists stuck sagas and sagas without progress for ``stuck_after``,
   with their state and reason; :meth:`SagaRunner.retry` runs one again.
 """
@@ -38,12 +41,13 @@ from typing import Any
 
 import attrs
 
-from orchestrix.core.errors import ConcurrencyError, SagaError, StoreError
+from orchestrix.core.errors import ConcurrencyError, LeaseLostError, SagaError, StoreError
 from orchestrix.core.eventsourcing.aggregate import (
     AggregateRepository,
     retry_on_conflict,
     retry_on_conflict_async,
 )
+from orchestrix.core.eventsourcing.fencing import Fence, Lease, fenced
 from orchestrix.core.eventsourcing.store import EventStore
 from orchestrix.core.execution._paging import PageLoop
 from orchestrix.core.execution.checkpoint import CheckpointStore
@@ -142,6 +146,14 @@ class SagaRunner(PageLoop):
     to ``max_concurrency`` if the store batches concurrent appends. The built-in stores need
     none of it: their asyncio forms run on the loop (memory; file reads) or hold no thread while
     they wait (file appends, PostgreSQL).
+
+    ``lease`` (a :class:`~orchestrix.core.eventsourcing.fencing.Lease`, such as the PostgreSQL
+    store's ``PartitionLease``) makes the runner safe against a holder that lost its lease while
+    paused: the lease is checked right before each command is dispatched and before each
+    checkpoint is stored, and every step runs under the lease's fence, so the store refuses any
+    append (the saga's, or an in-process command handler's) made after another process was
+    granted the lease. The runner then raises LeaseLostError and stops, its checkpoint unmoved.
+    The store must check fences (``store.checks_fences``).
     """
 
     def __init__(
@@ -161,6 +173,7 @@ class SagaRunner(PageLoop):
         index_history: bool = True,
         unmatched_kept: int = 1000,
         step_threads: bool = False,
+        lease: Lease | None = None,
     ) -> None:
         index, count = partition
         if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
@@ -172,7 +185,13 @@ class SagaRunner(PageLoop):
                 raise TypeError(f"{cls!r} is not a Saga subclass")
         if page_size < 1 or max_concurrency < 1:
             raise ValueError("page_size and max_concurrency must be at least 1")
+        if lease is not None and not getattr(store, "checks_fences", False):
+            raise SagaError(
+                f"{type(store).__name__} cannot check fences, so a lease cannot keep a paused runner "
+                "from acting: use a store that does (memory, PostgreSQL) or run without a lease"
+            )
         self.store = store
+        self.lease = lease
         self.sagas = tuple(sagas)
         self.dispatcher = dispatcher
         self.checkpoints = checkpoints
@@ -226,13 +245,18 @@ class SagaRunner(PageLoop):
         """
         self._start()
         assert self._position is not None
-        page = list(self.store.read_all(self._position, limit=self.page_size))
-        for recorded in page:
-            self.handle(recorded)
-        return self._finish_page(page)
+        with fenced(self._fence()):
+            page = list(self.store.read_all(self._position, limit=self.page_size))
+            for recorded in page:
+                self._handle(recorded)
+            return self._finish_page(page)
 
     def handle(self, recorded: RecordedEvent) -> None:
         """Deliver one event to every saga it is addressed to (a redelivery is harmless)."""
+        with fenced(self._fence()):
+            self._handle(recorded)
+
+    def _handle(self, recorded: RecordedEvent) -> None:
         self._start()
         self._observe(recorded)
         for target in self._targets(recorded):
@@ -244,6 +268,7 @@ class SagaRunner(PageLoop):
 
     def _finish_page(self, page: list[RecordedEvent]) -> int:
         if page:
+            self._check_lease("store its checkpoint")
             self._position = page[-1].position
             self.checkpoints.save(self.checkpoint_name, self._position)
             self.stats.events += len(page)
@@ -270,7 +295,7 @@ class SagaRunner(PageLoop):
         with self._thread_locks.hold(key):
             try:
                 retry_on_conflict(lambda: self._attempt(target, recorded), attempts=self.attempts)
-            except StoreError:
+            except (StoreError, LeaseLostError):
                 raise
             except Exception as exc:
                 self._record_failure(key, recorded, exc)
@@ -288,8 +313,11 @@ class SagaRunner(PageLoop):
         steps = _commands(outcome)
         for command in steps:
             self._save(saga, cause)
+            self._check_lease(f"dispatch {type(command).__name__}")
             try:
                 result = self.dispatcher.handle(command)
+            except LeaseLostError:
+                raise  # not the saga's business: the runner stops, the new holder goes on
             except Exception as exc:
                 steps.throw_next(exc)
             else:
@@ -323,7 +351,11 @@ class SagaRunner(PageLoop):
         """Asyncio form of :meth:`run_once`; sagas of one page are handled concurrently."""
         await self._start_async()
         assert self._position is not None
-        page = [r async for r in self.store.read_all_async(self._position, limit=self.page_size)]
+        with fenced(await self._fence_async()):
+            return await self._run_page_async(self._position)
+
+    async def _run_page_async(self, position: int) -> int:
+        page = [r async for r in self.store.read_all_async(position, limit=self.page_size)]
         lanes: dict[_Key, list[tuple[_Target, RecordedEvent]]] = {}
         for recorded in page:
             self._observe(recorded)
@@ -345,6 +377,7 @@ class SagaRunner(PageLoop):
                 if isinstance(result, BaseException):
                     raise result
         if page:
+            await self._check_lease_async("store its checkpoint")
             self._position = page[-1].position
             await self.checkpoints.save_async(self.checkpoint_name, self._position)
             self.stats.events += len(page)
@@ -352,13 +385,14 @@ class SagaRunner(PageLoop):
 
     async def handle_async(self, recorded: RecordedEvent) -> None:
         """Asyncio form of :meth:`handle`."""
-        if self.step_threads:
-            await asyncio.to_thread(self.handle, recorded)
-            return
-        await self._start_async()
-        self._observe(recorded)
-        for target in self._targets(recorded):
-            await self._deliver_async(target, recorded)
+        with fenced(await self._fence_async()):
+            if self.step_threads:
+                await asyncio.to_thread(self._handle, recorded)
+                return
+            await self._start_async()
+            self._observe(recorded)
+            for target in self._targets(recorded):
+                await self._deliver_async(target, recorded)
 
     async def _start_async(self) -> None:
         if self._position is not None:
@@ -383,7 +417,7 @@ class SagaRunner(PageLoop):
                 await retry_on_conflict_async(
                     lambda: self._attempt_async(target, recorded), attempts=self.attempts
                 )
-            except StoreError:
+            except (StoreError, LeaseLostError):
                 raise
             except Exception as exc:
                 await self._record_failure_async(key, recorded, exc)
@@ -401,8 +435,11 @@ class SagaRunner(PageLoop):
         steps = _commands(outcome)
         for command in steps:
             await self._save_async(saga, cause)
+            await self._check_lease_async(f"dispatch {type(command).__name__}")
             try:
                 result = await self.dispatcher.handle_async(command)
+            except LeaseLostError:
+                raise
             except Exception as exc:
                 steps.throw_next(exc)
             else:
@@ -463,10 +500,10 @@ class SagaRunner(PageLoop):
         """
         self._start()
         key = (saga_type, saga_id)
-        with self._thread_locks.hold(key):
+        with self._thread_locks.hold(key), fenced(self._fence()):
             try:
                 return retry_on_conflict(lambda: self._retry_once(saga_type, saga_id), attempts=self.attempts)
-            except StoreError:
+            except (StoreError, LeaseLostError):
                 raise
             except Exception as exc:
                 trigger = self._trigger(saga_type, saga_id)
@@ -481,10 +518,11 @@ class SagaRunner(PageLoop):
         key = (saga_type, saga_id)
         async with self._async_locks.hold(key):
             try:
-                return await retry_on_conflict_async(
-                    lambda: self._retry_once_async(saga_type, saga_id), attempts=self.attempts
-                )
-            except StoreError:
+                with fenced(await self._fence_async()):
+                    return await retry_on_conflict_async(
+                        lambda: self._retry_once_async(saga_type, saga_id), attempts=self.attempts
+                    )
+            except (StoreError, LeaseLostError):
                 raise
             except Exception as exc:
                 trigger = self._trigger(saga_type, saga_id)
@@ -581,6 +619,32 @@ class SagaRunner(PageLoop):
         return StuckSaga(
             type(saga).category, saga.id or "", saga.stream, saga.state, reason, last, saga.version
         )
+
+    # -- the lease ----------------------------------------------------------------------------
+
+    def _fence(self) -> Fence | None:
+        if self.lease is None:
+            return None
+        self._check_lease("start a page")
+        return self.lease.fence
+
+    async def _fence_async(self) -> Fence | None:
+        if self.lease is None:
+            return None
+        await self._check_lease_async("start a page")
+        return self.lease.fence
+
+    def _check_lease(self, before: str) -> None:
+        if self.lease is not None and not self.lease.holds():
+            raise LeaseLostError(self.checkpoint_name, f"the runner no longer holds it; did not {before}")
+
+    async def _check_lease_async(self, before: str) -> None:
+        if self.lease is None:
+            return
+        holds_async = getattr(self.lease, "holds_async", None)
+        held = await holds_async() if holds_async is not None else self.lease.holds()
+        if not held:
+            raise LeaseLostError(self.checkpoint_name, f"the runner no longer holds it; did not {before}")
 
     # -- shared decisions -------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
-"""In-process event store."""
+"""In-process event store, and a lease granted through its fences."""
 
+from orchestrix.infrastructure.memory.lease import InMemoryLease
 from orchestrix.infrastructure.memory.store import InMemoryEventStore
 
-__all__ = ["InMemoryEventStore"]
+__all__ = ["InMemoryEventStore", "InMemoryLease"]

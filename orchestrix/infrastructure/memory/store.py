@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from orchestrix.core.errors import StoreClosedError
+from orchestrix.core.errors import FencedError, StoreClosedError
+from orchestrix.core.eventsourcing.fencing import Fence, current_fence
 from orchestrix.core.eventsourcing.store import (
     ANY,
     NO_STREAM,
@@ -44,6 +45,25 @@ class InMemoryEventStore:
         self._appended = threading.Condition(self._lock)
         self._closed = False
         self._async_waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        self._fences: dict[str, int] = {}
+
+    checks_fences = True
+    """Appends made under a fence (:func:`~orchestrix.core.eventsourcing.fencing.fenced`) are checked."""
+
+    def grant_fence(self, name: str) -> Fence:
+        """Grant lease ``name`` anew: the returned fence's generation is higher than any before.
+
+        From now on, appends made under an older fence of ``name`` raise FencedError.
+        """
+        with self._lock:
+            generation = self._fences.get(name, 0) + 1
+            self._fences[name] = generation
+        return Fence(name, generation)
+
+    def fence_generation(self, name: str) -> int | None:
+        """The newest generation granted for lease ``name``, or None."""
+        with self._lock:
+            return self._fences.get(name)
 
     def append(
         self, stream: str, events: Sequence[NewEvent | Any], expected_version: int = ANY
@@ -53,12 +73,15 @@ class InMemoryEventStore:
         validate_expected_version(expected_version)
         batch = to_new_events(stream, events)
         encoded = [self._encode(e.event) for e in batch]
+        fence = current_fence()
         with self._lock:
             if self._closed:
                 raise StoreClosedError("the store is closed")
             replayed = find_replayed_append(stream, batch, self._ids.get)
             if replayed is not None:
                 return replayed
+            if fence is not None and self._fences.get(fence.name) != fence.generation:
+                raise FencedError(fence.name, fence.generation, self._fences.get(fence.name))
             events_in_stream = self._streams.get(stream)
             current = len(events_in_stream) - 1 if events_in_stream else NO_STREAM
             check_expected_version(stream, expected_version, current)

@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 import attrs
 from psycopg import errors as pg_errors
 
-from orchestrix.core.errors import ConcurrencyError, SerializationError
+from orchestrix.core.errors import ConcurrencyError, FencedError, SerializationError
+from orchestrix.core.eventsourcing.fencing import Fence
 from orchestrix.core.eventsourcing.store import ANY, STREAM_EXISTS, AppendResult, find_replayed_append
 from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
 from orchestrix.core.messaging.serializer import Serializer
@@ -90,11 +91,15 @@ def encode_batch(serializer: Serializer, batch: Sequence[NewEvent]) -> EncodedBa
 
 
 def append_op(
-    st: Statements, stream: str, encoded: EncodedBatch, expected: int
+    st: Statements, stream: str, encoded: EncodedBatch, expected: int, fence: Fence | None = None
 ) -> Op[tuple[AppendResult, bool]]:
-    """Append a batch; returns the result and whether anything was written (False for a replay)."""
+    """Append a batch; returns the result and whether anything was written (False for a replay).
+
+    Under a ``fence``, the batch is written only while the fence's generation is the lease's
+    newest grant (checked in the same statement); otherwise FencedError.
+    """
     if len(encoded.ids) == 1:
-        statement = st.append_one
+        statement = st.append_one if fence is None else st.append_one_fenced
         params: dict[str, Any] = {
             "stream": stream,
             "expected": expected,
@@ -105,7 +110,7 @@ def append_op(
             "caus": encoded.causation[0],
         }
     else:
-        statement = st.append_many
+        statement = st.append_many if fence is None else st.append_many_fenced
         params = {
             "stream": stream,
             "expected": expected,
@@ -115,6 +120,8 @@ def append_op(
             "corr": encoded.correlation,
             "caus": encoded.causation,
         }
+    if fence is not None:
+        params["fence"], params["gen"] = fence.name, fence.generation
     for _ in range(_MAX_RACES):
         try:
             rows = yield Query(statement, params)
@@ -134,10 +141,14 @@ def append_op(
             positions = tuple(sorted(row[0] for row in rows))
             versions = tuple(sorted(row[1] for row in rows))
             return AppendResult(stream, versions, positions), True
-        # The expected version did not match; a stored batch is still a replay, not a conflict.
+        # The expected version (or the fence) did not match; a stored batch is still a replay.
         replayed = yield from _replayed_op(st, stream, encoded.batch)
         if replayed is not None:
             return replayed, False
+        if fence is not None:
+            current = yield from fence_generation_op(st, fence.name)
+            if current != fence.generation:
+                raise FencedError(fence.name, fence.generation, current)
         actual = yield from stream_version_op(st, stream)
         if _satisfies(expected, actual):
             continue  # the stream moved between the statement and this check; try again
@@ -160,6 +171,18 @@ def _replayed_op(st: Statements, stream: str, batch: Sequence[NewEvent]) -> Op[A
         return None
     places = {row[0]: (row[1], row[2], row[3]) for row in rows}
     return find_replayed_append(stream, batch, places.get)
+
+
+def fence_generation_op(st: Statements, name: str) -> Op[int | None]:
+    """The newest generation granted for lease ``name``, or None."""
+    rows = yield Query(st.fence_generation, (name,))
+    return int(rows[0][0]) if rows else None
+
+
+def grant_fence_op(st: Statements, name: str) -> Op[int]:
+    """Grant lease ``name`` anew; returns the new generation."""
+    rows = yield Query(st.grant_fence, (name,))
+    return int(rows[0][0])
 
 
 def stream_version_op(st: Statements, stream: str) -> Op[int]:

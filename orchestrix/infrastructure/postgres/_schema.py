@@ -20,7 +20,7 @@ from orchestrix.core.errors import StoreError, StoreFormatError
 
 __all__: list[str] = []
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The layout this code reads and writes; older layouts are migrated on open."""
 
 POSITION_SHIFT = 2**20
@@ -77,6 +77,17 @@ _MIGRATIONS: dict[int, list[sql.Composable]] = {
             )"""
         ),
     ],
+    # Lease grants, for fencing: each claim of a lease raises its generation, and an append made
+    # under an older generation is refused (docs/postgres.md, "Two runners, one partition").
+    2: [
+        sql.SQL(
+            """CREATE TABLE IF NOT EXISTS {schema}.fences (
+                name text NOT NULL PRIMARY KEY,
+                generation bigint NOT NULL CHECK (generation >= 1),
+                granted_at timestamptz NOT NULL DEFAULT now()
+            )"""
+        ),
+    ],
 }
 
 
@@ -103,7 +114,14 @@ class Statements:
         s = sql.Identifier(schema)
         events = sql.SQL("{}.events").format(s)
         checkpoints = sql.SQL("{}.checkpoints").format(s)
-        fmt = {"events": events, "checkpoints": checkpoints, "cols": _EVENT_COLUMNS, "horizon": _HORIZON}
+        fences = sql.SQL("{}.fences").format(s)
+        fmt = {
+            "events": events,
+            "checkpoints": checkpoints,
+            "fences": fences,
+            "cols": _EVENT_COLUMNS,
+            "horizon": _HORIZON,
+        }
 
         def text(template: str) -> str:
             return sql.SQL(template).format(**fmt).as_string(None)
@@ -135,6 +153,25 @@ class Statements:
             f"FROM {current}, unnest(%(ids)s::uuid[], %(types)s::text[], %(data)s::text[], "
             "%(corr)s::uuid[], %(caus)s::uuid[]) WITH ORDINALITY AS b(id, t, d, c, k, i) "
             f"{check} RETURNING position, version"
+        )
+        # Fenced forms: the same statements, joined to the lease's row locked FOR SHARE. A claim
+        # that raises the generation (UPDATE) waits for a fenced append in flight to commit, and a
+        # fenced append that comes after the claim re-reads the row and finds no match: so every
+        # append of the old holder is either committed before the takeover or not at all.
+        fence = (
+            ", (SELECT 1 FROM {fences} WHERE name = %(fence)s AND generation = %(gen)s::bigint "
+            "FOR SHARE) fenced"
+        )
+        self.append_one_fenced = self.append_one.replace(
+            text(f"FROM {current} {check}"), text(f"FROM {current}{fence} {check}")
+        )
+        self.append_many_fenced = self.append_many.replace(
+            text(f"FROM {current}, unnest("), text(f"FROM {current}{fence}, unnest(")
+        )
+        self.fence_generation = text("SELECT generation FROM {fences} WHERE name = %s")
+        self.grant_fence = text(
+            "INSERT INTO {fences} (name, generation) VALUES (%s, 1) ON CONFLICT (name) DO UPDATE "
+            "SET generation = {fences}.generation + 1, granted_at = now() RETURNING generation"
         )
         self.lookup_ids = text(
             "SELECT event_id, stream, version, position FROM {events} WHERE event_id = ANY(%s::uuid[])"

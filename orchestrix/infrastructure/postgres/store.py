@@ -19,6 +19,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+from orchestrix.core.eventsourcing.fencing import Fence, current_fence
 from orchestrix.core.eventsourcing.store import (
     ANY,
     AppendResult,
@@ -107,6 +108,22 @@ class PostgresEventStore:
         """A CheckpointStore in the same schema, sharing this store's connections."""
         return PostgresCheckpointStore._sharing(self._db, self._st)
 
+    # -- fencing --------------------------------------------------------------------------------
+
+    checks_fences = True
+    """Appends made under a fence (:func:`~orchestrix.core.eventsourcing.fencing.fenced`) are checked."""
+
+    def grant_fence(self, name: str) -> Fence:
+        """Grant lease ``name`` anew (``PartitionLease`` does this when it claims a partition).
+
+        From now on, appends made under an older fence of ``name`` raise FencedError.
+        """
+        return Fence(name, self._db.run("grant_fence", lambda: _ops.grant_fence_op(self._st, name)))
+
+    def fence_generation(self, name: str) -> int | None:
+        """The newest generation granted for lease ``name``, or None."""
+        return self._db.run("fence_generation", lambda: _ops.fence_generation_op(self._st, name))
+
     # -- writing --------------------------------------------------------------------------------
 
     def append(
@@ -114,8 +131,9 @@ class PostgresEventStore:
     ) -> AppendResult:
         """Append all events, or raise ConcurrencyError and write none."""
         encoded = self._prepare(stream, events, expected_version)
+        fence = current_fence()
         result, written = self._db.run(
-            "append", lambda: _ops.append_op(self._st, stream, encoded, expected_version)
+            "append", lambda: _ops.append_op(self._st, stream, encoded, expected_version, fence)
         )
         self._appended(result, written)
         return result
@@ -125,8 +143,9 @@ class PostgresEventStore:
     ) -> AppendResult:
         """Asyncio form of :meth:`append`."""
         encoded = self._prepare(stream, events, expected_version)
+        fence = current_fence()
         result, written = await self._db.run_async(
-            "append", lambda: _ops.append_op(self._st, stream, encoded, expected_version)
+            "append", lambda: _ops.append_op(self._st, stream, encoded, expected_version, fence)
         )
         self._appended(result, written)
         return result
