@@ -314,7 +314,9 @@ class _LoopConnections:
     async def connection(self, timeout: float) -> AsyncIterator[psycopg.AsyncConnection]:
         """Borrow a connection; a broken or busy one is closed instead of kept."""
         try:
-            await asyncio.wait_for(self._slots.acquire(), timeout)
+            # Not wait_for: on 3.11 it loses a cancel that lands as the semaphore is granted.
+            async with asyncio.timeout(timeout):
+                await self._slots.acquire()
         except TimeoutError:
             raise PoolTimeout(f"no asyncio connection free within {timeout:.1f} s") from None
         try:

@@ -289,8 +289,12 @@ class PostgresEventStore:
 
 
 async def _wait_event(event: asyncio.Event, timeout: float) -> None:
+    # asyncio.timeout, not wait_for: on 3.11 wait_for runs event.wait() as a task of its own
+    # and, when a cancel lands in the loop turn in which that task ends, returns as if nothing
+    # happened; the cancelled subscriber then polls on for ever.
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await event.wait()
 
 
 class _StreamPages:
