@@ -88,7 +88,7 @@ class PostgresEventStore:
         self._notifier = Notifier(self._db.connect, self._st.notify, notify_interval)
         self._listener = Listener(self._db.connect, self._st.listen)
         try:
-            self._db.call("open", functools.partial(ensure_schema, schema=schema, create=create_schema))
+            self._db.open(functools.partial(ensure_schema, schema=schema, create=create_schema))
         except BaseException:
             self._db.close()
             raise
