@@ -222,7 +222,12 @@ def _open_file(path: str, serializer: Serializer) -> _Opened:
 
 def _open_postgres(dsn: str, schema: str, serializer: Serializer) -> _Opened:
     try:
-        from orchestrix.infrastructure.postgres import PostgresEventStore
+        from orchestrix.infrastructure.postgres import (
+            DatabaseConfigurationError,
+            DatabaseUnavailableError,
+            PostgresEventStore,
+            SchemaNotInitializedError,
+        )
     except ImportError as exc:
         raise _Found(
             f"PostgreSQL support is not installed ({exc}); pip install 'orchestrix-es[postgres]'"
@@ -234,15 +239,27 @@ def _open_postgres(dsn: str, schema: str, serializer: Serializer) -> _Opened:
         pool_log.addFilter(_Once())
     # create_schema=False: inspecting a database must never create tables in it. A short
     # retry budget: a tool should report an unreachable server, not wait out an outage.
+    # The store's errors carry the server's own reason (no such database, a refused password)
+    # and hide the password; the line adds which store, and hints in terms of this command.
+    where = _hide_password(dsn)
     try:
         store = PostgresEventStore(
             dsn, serializer, schema=schema, create_schema=False, pool_size=2, retry_timeout=3.0
         )
+    except SchemaNotInitializedError:
+        raise _Found(
+            f"{where}: no orchestrix tables in schema {schema!r}, so no store there (nothing was created); "
+            "name the store's schema with --schema"
+        ) from None
+    except DatabaseConfigurationError as exc:
+        raise _Found(f"cannot open {where}: {_scrub(str(exc), dsn)}") from None
+    except DatabaseUnavailableError as exc:
+        raise _Found(f"cannot reach {where}: {_scrub(str(exc), dsn)}") from None
     except OrchestrixError:
         raise
-    except Exception as exc:  # psycopg refusing a malformed DSN: its message may quote the password
-        raise _Found(f"cannot use {_hide_password(dsn)}: {_scrub(str(exc), dsn)}") from None
-    return _Opened(store, "postgresql", f"{_hide_password(dsn)} (schema {schema})")
+    except Exception as exc:  # psycopg refusing a DSN: its message may quote the password
+        raise _Found(f"cannot use {where}: {_scrub(str(exc), dsn)}") from None
+    return _Opened(store, "postgresql", f"{where} (schema {schema})")
 
 
 def _is_dsn(target: str) -> bool:

@@ -344,8 +344,11 @@ class FileEventStore(AsyncStoreMixin):
                 woken.clear()
                 if view.end.position > after:
                     return True
+                # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancel that lands in
+                # the loop turn in which the event is set, and the task would wait on for ever.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), min(remaining, POLL_INTERVAL))
+                    async with asyncio.timeout(min(remaining, POLL_INTERVAL)):
+                        await woken.wait()
         finally:
             view.async_waiters.discard(token)
 

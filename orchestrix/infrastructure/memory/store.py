@@ -184,7 +184,10 @@ class InMemoryEventStore:
                 return True
             self._async_waiters.add(waiter)
         try:
-            await asyncio.wait_for(woken.wait(), timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancel that lands in the
+            # loop turn in which the event is set, and the cancelled task waits on for ever.
+            async with asyncio.timeout(timeout):
+                await woken.wait()
         except TimeoutError:
             pass
         finally:

@@ -4,10 +4,12 @@ from orchestrix.infrastructure.postgres._schema import MAX_BATCH_SIZE, SCHEMA_VE
 from orchestrix.infrastructure.postgres.checkpoint import PostgresCheckpointStore
 from orchestrix.infrastructure.postgres.errors import (
     BatchTooLargeError,
+    DatabaseConfigurationError,
     DatabaseError,
     DatabaseUnavailableError,
     InvalidCheckpointNameError,
     LeaseTimeoutError,
+    SchemaNotInitializedError,
 )
 from orchestrix.infrastructure.postgres.lease import PartitionLease
 from orchestrix.infrastructure.postgres.store import PostgresEventStore
@@ -16,6 +18,7 @@ __all__ = [
     "MAX_BATCH_SIZE",
     "SCHEMA_VERSION",
     "BatchTooLargeError",
+    "DatabaseConfigurationError",
     "DatabaseError",
     "DatabaseUnavailableError",
     "InvalidCheckpointNameError",
@@ -23,4 +26,5 @@ __all__ = [
     "PartitionLease",
     "PostgresCheckpointStore",
     "PostgresEventStore",
+    "SchemaNotInitializedError",
 ]

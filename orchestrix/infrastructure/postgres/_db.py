@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import threading
 import time
 import weakref
@@ -25,7 +26,12 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolClosed, PoolTi
 
 from orchestrix.core.errors import StoreClosedError
 from orchestrix.infrastructure.postgres._ops import Op, Sleep
-from orchestrix.infrastructure.postgres.errors import DatabaseError, DatabaseUnavailableError
+from orchestrix.infrastructure.postgres.errors import (
+    DatabaseConfigurationError,
+    DatabaseError,
+    DatabaseUnavailableError,
+    one_line,
+)
 
 __all__: list[str] = []
 
@@ -44,10 +50,102 @@ _CONNECTION_DEFAULTS = {
 }
 
 
-def with_defaults(conninfo: str, extra: dict[str, Any] | None = None) -> str:
-    """``conninfo`` with keepalive and timeout defaults for whatever it does not set itself."""
-    given = pg_conninfo.conninfo_to_dict(conninfo, **(extra or {}))
+# libpq checks these only when it connects, in the words of a failed connection attempt
+# ("connection to server ... failed: invalid integer value"): checked here, a typo is not
+# retried for the whole budget like an outage.
+_INTEGER_OPTIONS = (
+    "port",
+    "connect_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+)
+
+# libpq reports a failed connection without its SQLSTATE (and libpq's ping, which could tell,
+# holds the GIL for as long as a server takes not to answer), so a refusal that retrying cannot
+# cure is known by its words: the server's (in English unless its lc_messages says otherwise;
+# other languages are then retried like an outage, the words still in the final error) and
+# libpq's own. Not here, so retried: refused or timed-out connections, unknown hosts, "the
+# database system is starting up / shutting down" (57P03), "too many clients" (53300).
+_REFUSALS = re.compile(
+    r'database "[^"]*" does not exist'  # 3D000
+    r'|role "[^"]*" does not exist'  # 28000
+    r"|is not permitted to log in"  # 28000
+    r"|no pg_hba\.conf entry"  # 28000
+    r"|authentication failed"  # 28P01 and the other methods: password, ident, peer, cert...
+    r"|permission denied for database"  # 42501: no CONNECT privilege
+    r"|no password supplied"  # libpq: the server wants a password and the DSN has none
+)
+
+_DIAGNOSE_TIMEOUT = 2
+"""Seconds the connection attempt after a pool timeout may take (the pool already waited)."""
+
+
+def with_defaults(conninfo: object, extra: dict[str, Any] | None = None) -> str:
+    """``conninfo`` with keepalive and timeout defaults for whatever it does not set itself.
+
+    Raises DatabaseConfigurationError, naming what is wrong, for a DSN libpq cannot use.
+    """
+    if not isinstance(conninfo, str):
+        raise DatabaseConfigurationError(
+            f"expected a DSN string or a psycopg_pool.ConnectionPool, not {type(conninfo).__name__}",
+            refused_by_server=False,
+        )
+    try:
+        given = pg_conninfo.conninfo_to_dict(conninfo, **(extra or {}))
+    except psycopg.Error as exc:  # its message may quote the whole DSN, password included
+        raise DatabaseConfigurationError(reason(exc, conninfo), refused_by_server=False) from None
+    for name in _INTEGER_OPTIONS:
+        value = str(given.get(name, ""))
+        if not all(item.strip().lstrip("-").isdigit() for item in value.split(",") if item.strip()):
+            raise DatabaseConfigurationError(
+                f"invalid integer value {value!r} for connection option {name!r}", refused_by_server=False
+            )
     return pg_conninfo.make_conninfo(**{**_CONNECTION_DEFAULTS, **{k: str(v) for k, v in given.items()}})
+
+
+def reason(exc: BaseException, dsn: str) -> str:
+    """The words of a connection error on one line, without psycopg's prefix or any password."""
+    return hide_password(one_line(exc), dsn)
+
+
+def hide_password(text: str, dsn: str) -> str:
+    """``text`` with the password of ``dsn`` (in any form it may be quoted) replaced by ``***``."""
+    text = re.sub(r"(?i)(\w+://[^:/@\s\"']*:)[^@\s\"']*@", r"\1***@", text)
+    text = re.sub(r"(?i)\b(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&\"]+)", r"\1***", text)
+    try:
+        password = pg_conninfo.conninfo_to_dict(dsn).get("password")
+    except psycopg.Error:
+        password = None
+    if password and len(str(password)) >= 4:  # a shorter one would blank out ordinary words
+        text = text.replace(str(password), "***")
+    return text
+
+
+def _refused_before_trying(message: str) -> bool:
+    # libpq refused an option (sslmode=bogus, an unparsable hostaddr) before trying any server;
+    # a host name that does not resolve (yet) is not a setting it can judge.
+    return (
+        message.startswith("connection is bad:")
+        and "connection to server" not in message
+        and "translate host name" not in message
+    )
+
+
+def classify_connect_failure(conninfo: str, exc: psycopg.Error) -> psycopg.Error:
+    """Return ``exc`` if another connection attempt may succeed; raise if retrying cannot help."""
+    text = one_line(exc)
+    if isinstance(exc, psycopg.ProgrammingError) or _refused_before_trying(str(exc)):
+        raise DatabaseConfigurationError(reason(exc, conninfo), refused_by_server=False) from None
+    if exc.sqlstate is not None:
+        if is_retryable(exc):
+            return exc
+        raise database_error("connect", exc) from exc
+    if _REFUSALS.search(text):
+        raise DatabaseConfigurationError(reason(exc, conninfo), refused_by_server=True) from None
+    return exc
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -114,21 +212,19 @@ class Database:
             self._pool = dsn_or_pool
             self._owns_pool = False
             self.conninfo = with_defaults(dsn_or_pool.conninfo, _plain_kwargs(dsn_or_pool.kwargs))
-        elif isinstance(dsn_or_pool, str):
+        else:
             self.conninfo = with_defaults(dsn_or_pool)
+            # Opened by open() once a first connection worked: a pool opened on a DSN that
+            # cannot work would log each of its failed attempts in the background.
             self._pool = ConnectionPool(
                 self.conninfo,
                 kwargs={"autocommit": True},
                 min_size=1,
                 max_size=max(1, pool_size),
                 name="orchestrix",
-                open=True,
+                open=False,
             )
             self._owns_pool = True
-        else:
-            raise TypeError(
-                f"expected a DSN string or a psycopg_pool.ConnectionPool, not {type(dsn_or_pool)!r}"
-            )
         self._loops: dict[asyncio.AbstractEventLoop, _LoopConnections] = {}
         self._loops_lock = threading.Lock()
         self._async_size = max(1, pool_size)
@@ -144,31 +240,76 @@ class Database:
 
     # -- sync ---------------------------------------------------------------------------------
 
+    def open(self, function: Callable[[psycopg.Connection], T]) -> T:
+        """Call ``function`` once to open the store, then open the pool this object made.
+
+        The store's own pool is not used for this: a pool hides why it cannot connect behind
+        a timeout, so a DSN that cannot work would be retried for the whole budget. A
+        connection of its own fails at once, with the server's reason.
+        """
+        if not self._owns_pool:
+            return self.call("open", function)
+
+        def direct(timeout: float) -> T:
+            try:
+                conn = self.connect()
+            except psycopg.Error as exc:
+                raise _ConnectFailed(exc) from exc
+            with conn:
+                return function(conn)
+
+        result = self._retrying("open", direct)
+        self._pool.open(wait=False)
+        return result
+
     def run(self, operation: str, make_op: Callable[[], Op[T]]) -> T:
         """Run an operation on a pooled connection, retrying lost connections within the budget."""
         return self.call(operation, lambda conn: _drive(conn, make_op()))
 
     def call(self, operation: str, function: Callable[[psycopg.Connection], T]) -> T:
         """Call ``function`` with a pooled connection, retrying lost connections within the budget."""
+
+        def pooled(timeout: float) -> T:
+            with self._pool.connection(timeout=timeout) as conn:
+                return function(conn)
+
+        return self._retrying(operation, pooled)
+
+    def _retrying(self, operation: str, attempt: Callable[[float], T]) -> T:
         retry: Retry | None = None
         timeout = self.retry_timeout
         while True:
             if self._closed:
                 raise StoreClosedError("the store is closed")
             try:
-                with self._pool.connection(timeout=timeout) as conn:
-                    return function(conn)
+                return attempt(timeout)
             except PoolClosed:
                 raise StoreClosedError("the store is closed") from None
+            except PoolTimeout as exc:  # the pool cannot say why: find out, failing fast if need be
+                error: psycopg.Error = self.diagnose() or exc
+            except _ConnectFailed as exc:
+                error = classify_connect_failure(self.conninfo, exc.cause)
             except psycopg.Error as exc:
                 if not is_retryable(exc):
                     raise database_error(operation, exc) from exc
-                if retry is None:  # made only on failure: the hot path stays lean
-                    retry = Retry(operation, self.retry_timeout)
-                    if self._owns_pool:
-                        self._drop_broken_connections()
-                time.sleep(retry.failed(exc))
-                timeout = retry.remaining()
+                error = exc
+            if retry is None:  # made only on failure: the hot path stays lean
+                retry = Retry(operation, self.retry_timeout)
+                if self._owns_pool:
+                    self._drop_broken_connections()
+            time.sleep(retry.failed(error))
+            timeout = retry.remaining()
+
+    def diagnose(self) -> psycopg.Error | None:
+        """Why no connection came: None if one can be made now, the error if a retry may help.
+
+        Raises DatabaseConfigurationError at once if the server refuses this DSN. Blocking.
+        """
+        try:
+            psycopg.Connection.connect(self.conninfo, connect_timeout=_DIAGNOSE_TIMEOUT).close()
+        except psycopg.Error as exc:
+            return classify_connect_failure(self.conninfo, exc)
+        return None
 
     def _drop_broken_connections(self) -> None:
         # After a server restart every idle connection is dead; check them all at once
@@ -201,12 +342,18 @@ class Database:
             try:
                 async with self.async_connection(timeout) as conn:
                     return await _drive_async(conn, make_op())
+            except PoolTimeout as exc:  # diagnosing blocks on a connection: not on the loop
+                diagnosed = await asyncio.to_thread(self.diagnose)
+                error: psycopg.Error = diagnosed or exc
+            except _ConnectFailed as exc:
+                error = classify_connect_failure(self.conninfo, exc.cause)
             except psycopg.Error as exc:
                 if not is_retryable(exc):
                     raise database_error(operation, exc) from exc
-                retry = retry or Retry(operation, self.retry_timeout)
-                await asyncio.sleep(retry.failed(exc))
-                timeout = retry.remaining()
+                error = exc
+            retry = retry or Retry(operation, self.retry_timeout)
+            await asyncio.sleep(retry.failed(error))
+            timeout = retry.remaining()
 
     def _for_running_loop(self) -> _LoopConnections:
         loop = asyncio.get_running_loop()
@@ -229,6 +376,14 @@ class Database:
             connections.discard()
         if self._owns_pool:
             self._pool.close()
+
+
+class _ConnectFailed(Exception):
+    """A new connection could not be made (``cause``): the retry loop asks whether it can be."""
+
+    def __init__(self, cause: psycopg.Error) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 def _plain_kwargs(kwargs: dict[str, Any] | None) -> dict[str, Any]:
@@ -314,7 +469,9 @@ class _LoopConnections:
     async def connection(self, timeout: float) -> AsyncIterator[psycopg.AsyncConnection]:
         """Borrow a connection; a broken or busy one is closed instead of kept."""
         try:
-            await asyncio.wait_for(self._slots.acquire(), timeout)
+            # Not wait_for: on 3.11 it loses a cancel that lands as the semaphore is granted.
+            async with asyncio.timeout(timeout):
+                await self._slots.acquire()
         except TimeoutError:
             raise PoolTimeout(f"no asyncio connection free within {timeout:.1f} s") from None
         try:
@@ -340,7 +497,10 @@ class _LoopConnections:
             if _is_idle(conn):
                 return conn
             conn.pgconn.finish()
-        return await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+        try:
+            return await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+        except psycopg.Error as exc:
+            raise _ConnectFailed(exc) from exc
 
     def discard(self) -> None:
         """Close the idle connections; works after the loop has ended (libpq's close is not async)."""

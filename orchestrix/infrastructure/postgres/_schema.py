@@ -17,6 +17,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from orchestrix.core.errors import StoreError, StoreFormatError
+from orchestrix.infrastructure.postgres.errors import SchemaNotInitializedError
 
 __all__: list[str] = []
 
@@ -88,6 +89,38 @@ _MIGRATIONS: dict[int, list[sql.Composable]] = {
             )"""
         ),
     ],
+}
+
+
+# The tables as the migrations above leave them, for telling a foreign table of the same name
+# apart from ours: column -> (type as format_type() names it, NOT NULL, filled by a default).
+_LAYOUT: dict[str, dict[str, tuple[str, bool, bool]]] = {
+    "events": {
+        "position": ("bigint", True, False),
+        "stream": ("text", True, False),
+        "version": ("bigint", True, False),
+        "event_id": ("uuid", True, False),
+        "event_type": ("text", True, False),
+        "data": ("text", True, False),
+        "correlation_id": ("uuid", False, False),
+        "causation_id": ("uuid", False, False),
+        "recorded_at": ("timestamp with time zone", True, True),
+    },
+    "checkpoints": {
+        "name": ("text", True, False),
+        "position": ("bigint", True, False),
+        "updated_at": ("timestamp with time zone", True, True),
+    },
+}
+# The unique constraints appends and checkpoints rely on (by name: a unique violation is told
+# apart by its constraint), with their columns in order.
+_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
+    "events": {
+        "events_pkey": ("position",),
+        STREAM_VERSION_CONSTRAINT: ("stream", "version"),
+        EVENT_ID_CONSTRAINT: ("event_id",),
+    },
+    "checkpoints": {"checkpoints_pkey": ("name",)},
 }
 
 
@@ -222,6 +255,7 @@ def ensure_schema(conn: psycopg.Connection, schema: str, *, create: bool = True)
         raise StoreError(f"orchestrix needs a UTF8 database, this one is {server[1]}")
     current = _read_version(conn, version_table)
     if current == SCHEMA_VERSION:
+        _check_tables(conn, schema)
         _check_positions_behind_cluster(conn, schema)
         return
     if current is not None and current > SCHEMA_VERSION:
@@ -229,7 +263,7 @@ def ensure_schema(conn: psycopg.Connection, schema: str, *, create: bool = True)
             where, f"schema version {current} is newer than this orchestrix ({SCHEMA_VERSION})"
         )
     if not create:
-        raise StoreFormatError(where, "no orchestrix tables (open with create_schema=True to create them)")
+        raise SchemaNotInitializedError(schema)
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (DDL_LOCK_KEY,))
         exists = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
@@ -250,6 +284,9 @@ def ensure_schema(conn: psycopg.Connection, schema: str, *, create: bool = True)
         for version in range(current + 1, SCHEMA_VERSION + 1):
             for statement in _MIGRATIONS[version]:
                 conn.execute(statement.format(schema=sql.Identifier(schema)))
+        # CREATE TABLE IF NOT EXISTS keeps a table of another application that has the same
+        # name; refusing it here rolls the whole transaction back, so nothing is recorded.
+        _check_tables(conn, schema)
         conn.execute(
             sql.SQL(
                 "INSERT INTO {} (id, version) VALUES (1, %s) "
@@ -257,6 +294,77 @@ def ensure_schema(conn: psycopg.Connection, schema: str, *, create: bool = True)
             ).format(version_table),
             (SCHEMA_VERSION,),
         )
+
+
+def _check_tables(conn: psycopg.Connection, schema: str) -> None:
+    """Refuse tables that are not laid out as orchestrix made them, saying what differs.
+
+    A table of another application (or one changed by hand) would otherwise open fine and
+    fail at the first append with a raw database error, or, missing a unique constraint,
+    quietly break optimistic concurrency.
+    """
+    columns = conn.execute(
+        "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.atthasdef "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+        "WHERE n.nspname = %s AND c.relname = ANY(%s) AND c.relkind IN ('r', 'p') ORDER BY a.attnum",
+        (schema, list(_LAYOUT)),
+    ).fetchall()
+    keys = conn.execute(
+        "SELECT c.relname, k.conname, k.contype, "
+        "ARRAY(SELECT a.attname::text FROM unnest(k.conkey) WITH ORDINALITY u(num, i) "
+        "JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.num ORDER BY u.i) "
+        "FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = ANY(%s) AND k.contype IN ('p', 'u')",
+        (schema, list(_LAYOUT)),
+    ).fetchall()
+    found: dict[str, dict[str, tuple[str, bool, bool]]] = {table: {} for table in _LAYOUT}
+    for table, column, kind, not_null, has_default in columns:
+        found[table][column] = (kind, not_null, has_default)
+    found_keys: dict[str, dict[str, tuple[str, ...]]] = {table: {} for table in _KEYS}
+    for table, name, _, key_columns in keys:
+        found_keys[table][name] = tuple(key_columns)
+    problems = [
+        f"table {table}: {problem}"
+        for table in _LAYOUT
+        for problem in _differences(found[table], _LAYOUT[table], found_keys[table], _KEYS[table])
+    ]
+    if problems:
+        raise StoreFormatError(
+            f"PostgreSQL schema {schema!r}",
+            "not an orchestrix store (a table of another application? use another schema): "
+            + "; ".join(problems),
+        )
+
+
+def _differences(
+    columns: dict[str, tuple[str, bool, bool]],
+    expected: dict[str, tuple[str, bool, bool]],
+    keys: dict[str, tuple[str, ...]],
+    expected_keys: dict[str, tuple[str, ...]],
+) -> list[str]:
+    if not columns:
+        return ["missing"]
+    problems = []
+    for name, (kind, not_null, filled) in expected.items():
+        if name not in columns:
+            problems.append(f"no column {name} ({kind})")
+            continue
+        found_kind, found_not_null, found_default = columns[name]
+        if found_kind != kind:
+            problems.append(f"column {name} is {found_kind}, expected {kind}")
+        elif found_not_null != not_null:
+            problems.append(f"column {name} is {'NOT NULL' if found_not_null else 'nullable'}")
+        elif filled and not found_default:
+            problems.append(f"column {name} has no default")
+    for name, (found_kind, found_not_null, found_default) in columns.items():
+        if name not in expected and found_not_null and not found_default:
+            problems.append(f"extra column {name} ({found_kind}) is NOT NULL without a default")
+    for name, key_columns in expected_keys.items():
+        if keys.get(name) != key_columns:
+            problems.append(f"no unique constraint {name} on ({', '.join(key_columns)})")
+    return problems
 
 
 def _read_version(conn: psycopg.Connection, version_table: sql.Composable) -> int | None:

@@ -39,7 +39,7 @@ class PostgresCheckpointStore:
         self._st = Statements(schema)
         self._owns_db = True
         try:
-            self._db.call("open", lambda conn: ensure_schema(conn, schema, create=create_schema))
+            self._db.open(lambda conn: ensure_schema(conn, schema, create=create_schema))
         except BaseException:
             self._db.close()
             raise

@@ -4,7 +4,10 @@
 
     StoreError
     ├── DatabaseUnavailableError     PostgreSQL unreachable for longer than the retry budget
-    └── DatabaseError                any other error PostgreSQL reported (sqlstate)
+    ├── DatabaseConfigurationError   the DSN is unusable, or the server refused it: no retries
+    ├── DatabaseError                any other error PostgreSQL reported (sqlstate)
+    └── StoreFormatError
+        └── SchemaNotInitializedError  no orchestrix tables in the schema, and none may be created
     BatchTooLargeError (ValueError)  more events in one append than a transaction can number
     InvalidCheckpointNameError (ValueError)
     LeaseTimeoutError (TimeoutError) no partition of a runner group came free in time
@@ -12,15 +15,26 @@
 
 from __future__ import annotations
 
-from orchestrix.core.errors import OrchestrixError, StoreError
+from orchestrix.core.errors import OrchestrixError, StoreError, StoreFormatError
 
 __all__ = [
     "BatchTooLargeError",
+    "DatabaseConfigurationError",
     "DatabaseError",
     "DatabaseUnavailableError",
     "InvalidCheckpointNameError",
     "LeaseTimeoutError",
+    "SchemaNotInitializedError",
 ]
+
+
+def one_line(exc: BaseException) -> str:
+    """A driver error's words on one line (libpq puts hints on lines of their own), minus
+    psycopg's "connection failed:" prefix, which the words that follow say better."""
+    text = " ".join(str(exc).split())
+    for prefix in ("connection failed: ", "connection is bad: "):
+        text = text.removeprefix(prefix)
+    return text
 
 
 class DatabaseUnavailableError(StoreError):
@@ -31,13 +45,30 @@ class DatabaseUnavailableError(StoreError):
     """
 
     def __init__(self, operation: str, attempts: int, waited: float, cause: BaseException) -> None:
+        last = one_line(cause)
         super().__init__(
             f"PostgreSQL unavailable: {operation} failed {attempts} time(s) over {waited:.1f} s; "
-            f"last error: {cause}"
+            f"last error: {last}"
         )
         self.operation = operation
         self.attempts = attempts
         self.waited = waited
+
+
+class DatabaseConfigurationError(StoreError):
+    """The connection settings cannot work, so the store fails at once instead of retrying.
+
+    Either the DSN itself is unusable (not a string, malformed, an unknown option or a bad
+    value: ``refused_by_server`` is false), or the server answered and refused it (an unknown
+    database or role, failed authentication, no ``CONNECT`` privilege: ``refused_by_server``
+    is true). ``reason`` is libpq's or the server's own words, with any password hidden.
+    """
+
+    def __init__(self, reason: str, *, refused_by_server: bool) -> None:
+        what = "PostgreSQL refused the connection" if refused_by_server else "unusable PostgreSQL DSN"
+        super().__init__(f"{what}: {reason}")
+        self.reason = reason
+        self.refused_by_server = refused_by_server
 
 
 class DatabaseError(StoreError):
@@ -76,3 +107,12 @@ class LeaseTimeoutError(OrchestrixError, TimeoutError):
         self.group = group
         self.count = count
         self.timeout = timeout
+
+
+class SchemaNotInitializedError(StoreFormatError):
+    """The schema holds no orchestrix tables, and the store was opened with ``create_schema=False``."""
+
+    def __init__(self, schema: str) -> None:
+        hint = "no orchestrix tables (open with create_schema=True to create them)"
+        super().__init__(f"PostgreSQL schema {schema!r}", hint)
+        self.schema = schema

@@ -89,7 +89,7 @@ class PostgresEventStore:
         self._notifier = Notifier(self._db.connect, self._st.notify, notify_interval)
         self._listener = Listener(self._db.connect, self._st.listen)
         try:
-            self._db.call("open", functools.partial(ensure_schema, schema=schema, create=create_schema))
+            self._db.open(functools.partial(ensure_schema, schema=schema, create=create_schema))
         except BaseException:
             self._db.close()
             raise
@@ -308,8 +308,12 @@ class PostgresEventStore:
 
 
 async def _wait_event(event: asyncio.Event, timeout: float) -> None:
+    # asyncio.timeout, not wait_for: on 3.11 wait_for runs event.wait() as a task of its own
+    # and, when a cancel lands in the loop turn in which that task ends, returns as if nothing
+    # happened; the cancelled subscriber then polls on for ever.
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await event.wait()
 
 
 class _StreamPages:
