@@ -354,17 +354,29 @@ def _optional(inner: Callable[..., Any], nested: bool) -> Callable[..., Any]:
     return lambda value: None if value is None else inner(value)
 
 
-def _locate(items: Iterable[Any], check: Callable[..., Any], nested: bool, depth: int) -> str:
-    """The index of the first item ``check`` refuses (only ever called once one was refused)."""
+def _locate(items: Iterable[Any], check: Callable[[Any], Any]) -> str:
+    """The index of the first item a leaf ``check`` refuses, found again once one was refused.
+
+    Only for leaves: checking them twice costs little. Items that nest are counted as they go,
+    as checking a nested item again would check its own items again, level after level.
+    """
     for index, item in enumerate(items):
         try:
-            if nested:
-                check(item, depth)
-            else:
-                check(item)
+            check(item)
         except _Refused:
             return f"[{index}]"
     return "[?]"  # pragma: no cover - the codecs are deterministic
+
+
+def _nested_items(items: Iterable[Any], inner: Callable[[Any, int], Any], depth: int) -> list[Any]:
+    """``[inner(item, depth) for item in items]``, naming the index of an item that is refused."""
+    out: list[Any] = []
+    try:
+        for item in items:
+            out.append(inner(item, depth))
+    except _Refused as refused:
+        raise refused.at(f"[{len(out)}]") from None
+    return out
 
 
 def _sequence_encoder(inner: _Encoder, nested: bool, origin: type) -> _Encoder:
@@ -378,13 +390,12 @@ def _sequence_encoder(inner: _Encoder, nested: bool, origin: type) -> _Encoder:
             raise _wrong(expected, value)
         if depth > MAX_DEPTH:
             raise _too_deep()
+        if nested:
+            return _nested_items(value, inner, depth + 1)
         try:
-            if nested:
-                inner_depth = depth + 1
-                return [inner(item, inner_depth) for item in value]
             return [inner(item) for item in value]
         except _Refused as refused:
-            raise refused.at(_locate(value, inner, nested, depth + 1)) from None
+            raise refused.at(_locate(value, inner)) from None
 
     return encode
 
@@ -395,14 +406,13 @@ def _sequence_decoder(inner: _Decoder, nested: bool, origin: type) -> _Decoder:
             raise _wrong(f"a JSON array for a {origin.__name__}", value)
         if depth > MAX_DEPTH:
             raise _too_deep()
-        try:
-            if nested:
-                inner_depth = depth + 1
-                items = [inner(item, inner_depth) for item in value]
-            else:
+        if nested:
+            items = _nested_items(value, inner, depth + 1)
+        else:
+            try:
                 items = [inner(item) for item in value]
-        except _Refused as refused:
-            raise refused.at(_locate(value, inner, nested, depth + 1)) from None
+            except _Refused as refused:
+                raise refused.at(_locate(value, inner)) from None
         if origin is list:
             return items
         try:
