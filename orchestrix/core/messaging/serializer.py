@@ -382,7 +382,7 @@ def _nested_items(items: Iterable[Any], inner: Callable[[Any, int], Any], depth:
 def _sequence_encoder(inner: _Encoder, nested: bool, origin: type) -> _Encoder:
     # A list stays a list and a tuple a tuple: a tuple in a list field would read back as a list,
     # which is not equal to it. Sets and frozensets compare equal, so either is taken for either.
-    accepted: type | tuple[type, ...] = (set, frozenset) if origin in (set, frozenset) else origin
+    accepted: Any = (set, frozenset) if origin in (set, frozenset) else origin
     expected = origin.__name__
 
     def encode(value: Any, depth: int) -> list[Any]:
