@@ -30,11 +30,11 @@ __all__ = ["InMemoryEventStore"]
 class InMemoryEventStore:
     """A thread-safe event store in memory.
 
-    Without a ``serializer``, events are kept as objects, and every event is first encoded (and
-    the bytes thrown away) with the checks the durable stores make, so what they refuse is
-    refused here too, with the same ``SerializationError``: an object that is not an attrs
-    class, a float where a ``Decimal`` belongs, NaN, text that is not valid Unicode, a field
-    type no store can keep. The type of each event need not be registered anywhere (see
+    Without a ``serializer``, events are kept as objects, and each is first checked field by
+    field as the durable stores' encoding checks it, so what they refuse is refused here too,
+    with the same ``SerializationError``: an object that is not an attrs class, a float where a
+    ``Decimal`` belongs, NaN, text that is not valid Unicode, a field type no store can keep.
+    The type of each event need not be registered anywhere (see
     :class:`~orchestrix.core.messaging.serializer.StructuralSerializer`).
 
     Pass your ``serializer`` to have every event encoded on append and decoded on read, exactly
@@ -206,7 +206,7 @@ class InMemoryEventStore:
         if self._serializer is not None:
             return self._serializer.encode(event)
         if self._checker is not None:
-            return self._checker.encode(event)[0], event
+            return self._checker.check(event), event
         return type(event).__name__, event
 
     def _decode(self, recorded: RecordedEvent) -> RecordedEvent:
