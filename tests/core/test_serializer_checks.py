@@ -498,3 +498,38 @@ def test_any_bytes_decode_into_a_correctly_typed_object_or_are_refused(stored: b
         except SerializationError:
             continue
         assert conforms(obj, cls)
+
+
+# -- the structural serializer: the in-memory store's check ------------------------------------
+
+
+@given(documents())
+def test_the_structural_check_refuses_exactly_what_encode_refuses(data: dict[str, Any]) -> None:
+    from orchestrix.core.messaging.serializer import StructuralSerializer
+
+    try:
+        fields = serializer().decode("Fields", json.dumps(data).encode())
+    except SerializationError:
+        return
+    # Spoil one field at a time with a value no store can keep.
+    for name, value in (("amount", 0.1), ("text", "\udc00"), ("counts", {2: 1}), ("ratio", math.nan)):
+        spoiled = attrs.evolve(fields, **{name: value})
+        structural = StructuralSerializer()
+        with pytest.raises(SerializationError) as by_encode:
+            serializer().encode(spoiled)
+        with pytest.raises(SerializationError) as by_check:
+            structural.check(spoiled)
+        assert str(by_check.value) == str(by_encode.value)
+    assert StructuralSerializer().check(fields) == "Fields"
+    assert StructuralSerializer().encode(fields) == serializer().encode(fields)
+
+
+def test_the_structural_serializer_decodes_nothing_and_takes_only_attrs_classes() -> None:
+    from orchestrix.core.messaging.serializer import StructuralSerializer
+
+    structural = StructuralSerializer()
+    type_name, data = structural.encode(Money(Decimal("1"), "EUR"))
+    with pytest.raises(SerializationError, match="decodes nothing"):
+        structural.decode(type_name, data)
+    with pytest.raises(SerializationError, match="not an attrs class"):
+        structural.check({"amount": "1"})
