@@ -69,7 +69,6 @@ MAX_DEPTH = 100
 
 _Encoder = Callable[..., Any]
 _Decoder = Callable[..., Any]
-_NATIVE = (str, int, float, bool)
 _SCALARS = (str, int, float, bool, type(None))
 # Built once: json.dumps with non-default options constructs a new encoder on every call.
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
@@ -82,12 +81,6 @@ _C_ENCODE = (
     if getattr(json.encoder, "c_make_encoder", None) is not None
     else None
 )
-
-
-def _dumps(data: dict[str, Any]) -> str:
-    if _C_ENCODE is None:
-        return _JSON.encode(data)
-    return "".join(_C_ENCODE(data, 0))
 
 
 def _dumps_value(value: Any) -> str:
