@@ -6,12 +6,40 @@ orchestrix import a module or run code (no pickle, no dotted paths).
 
 Supported field types: ``str``, ``int``, ``float``, ``bool``, ``None``, ``Decimal``
 (stored as a string, so it round-trips exactly), ``UUID``, ``datetime``, ``date``,
-``Enum`` subclasses, registered attrs classes, ``X | None``, ``list[X]``,
-``tuple[X, ...]``, ``frozenset[X]`` and ``dict[str, X]``.
+``Enum`` subclasses (whose values are JSON strings, numbers, booleans or null), registered
+attrs classes, ``X | None``, ``list[X]``, ``tuple[X, ...]``, ``set[X]``, ``frozenset[X]`` and
+``dict[str, X]``.
+
+The same rules hold in both directions, field by field, so stored bytes are input like any
+other: whatever wrote them (an older program, another tool, a hand edit), :meth:`Serializer.decode`
+builds an object only when every field holds what its annotation says, and raises
+:class:`~orchestrix.core.errors.SerializationError` naming the type, the field and the value
+otherwise. The rules:
+
+- ``str`` is a JSON string, ``int`` a JSON integer, ``bool`` ``true``/``false`` (never a
+  number), ``None`` ``null``; ``float`` a finite JSON number (an ``int`` is accepted, as
+  encoding accepts one); NaN and infinities are refused;
+- ``Decimal`` is a JSON string holding a finite decimal (a JSON number is refused: ``0.1``
+  would not be the exact amount that was meant); ``UUID``, ``datetime`` and ``date`` are
+  strings in the form ``str()``/``isoformat()`` write; an enum is one of its members' values,
+  of the same JSON type;
+- a registered class is a JSON object, a list, tuple or set a JSON array, a dict a JSON object;
+  dict keys must be ``str`` (another key would come back as a string, so it is refused when
+  written);
+- text must be valid Unicode (a lone surrogate cannot be stored as UTF-8);
+- values nest at most :data:`MAX_DEPTH` levels deep (the event itself is level 1; each nested
+  object, list, tuple, set or dict adds one). Deeper values are refused when written and when
+  read, long before Python's recursion limit;
+- a stored object may lack fields that have a default (the default is used) and may hold keys
+  the class no longer has (they are ignored), so old data stays readable; a missing field
+  without a default is refused, as is any error the class itself raises on the stored values
+  (an attrs validator, say).
 
 :class:`RawSerializer` is the read-only exception: it builds no class at all and hands out each
 stored event as a :class:`RawEvent` (type name plus parsed JSON), for tools that inspect a
-store without knowing its event classes.
+store without knowing its event classes. :class:`StructuralSerializer` is the opposite: it
+encodes any attrs class with these checks, without registration, and decodes nothing; the
+in-memory store uses it to check events it keeps as objects.
 """
 
 from __future__ import annotations
@@ -19,6 +47,8 @@ from __future__ import annotations
 import enum
 import json
 import keyword
+import math
+import reprlib
 import threading
 import types
 import typing
@@ -32,11 +62,14 @@ import attrs
 
 from orchestrix.core.errors import SerializationError, UnknownEventTypeError
 
-__all__ = ["RawEvent", "RawSerializer", "Serializer"]
+__all__ = ["MAX_DEPTH", "RawEvent", "RawSerializer", "Serializer", "StructuralSerializer"]
 
-_Encoder = Callable[[Any], Any]
-_Decoder = Callable[[Any], Any]
-_NATIVE = (str, int, float, bool)
+MAX_DEPTH = 100
+"""How many levels values may nest: the event is level 1, each object or array inside adds one."""
+
+_Encoder = Callable[..., Any]
+_Decoder = Callable[..., Any]
+_SCALARS = (str, int, float, bool, type(None))
 # Built once: json.dumps with non-default options constructs a new encoder on every call.
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 # The C encoder behind _JSON, made once instead of on every encode() (about half its cost for a
@@ -48,12 +81,6 @@ _C_ENCODE = (
     if getattr(json.encoder, "c_make_encoder", None) is not None
     else None
 )
-
-
-def _dumps(data: dict[str, Any]) -> str:
-    if _C_ENCODE is None:
-        return _JSON.encode(data)
-    return "".join(_C_ENCODE(data, 0))
 
 
 def _dumps_value(value: Any) -> str:
@@ -68,9 +95,400 @@ _quote: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[at
 _UNJSON = json.JSONDecoder()
 _SCAN = _UNJSON.scan_once
 
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlevel = 3
+
+
+# -- refusals: raised by the compiled codecs, turned into SerializationError at the top -------
+
+
+class _Refused(Exception):
+    """A value that does not fit its annotation, with the path from the event down to it.
+
+    Internal: the codecs raise it, each level adds its part of the path on the way up, and the
+    public methods turn it into a SerializationError naming the event type.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.parts: list[str] = []  # innermost first
+
+    def at(self, part: str) -> _Refused:
+        self.parts.append(part)
+        return self
+
+    def describe(self) -> str:
+        where = "".join(reversed(self.parts)).lstrip(".")
+        if not where:
+            return self.reason
+        if len(where) > 120:  # a refusal 100 levels down names the path's ends
+            where = f"{where[:60]}…{where[-50:]}"
+        return f"field {where!r}: {self.reason}"
+
+
+def _show(value: Any) -> str:
+    """A short description of a value for an error message: its type and a bounded repr."""
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # a user's __repr__ that fails must not hide the real error
+        text = "<unprintable>"
+    kind = type(value).__name__
+    if value is None or type(value) is bool or text.startswith(kind):
+        return text
+    return f"{kind} {text}"
+
+
+def _wrong(expected: str, value: Any) -> _Refused:
+    return _Refused(f"expected {expected}, got {_show(value)}")
+
+
+def _too_deep() -> _Refused:
+    return _Refused(f"values nest deeper than {MAX_DEPTH} levels (the limit)")
+
+
+def _missing(name: str) -> _Refused:
+    return _Refused("missing (the field has no default)").at("." + name)
+
+
+def _refused_by_class(cls: type, exc: Exception) -> _Refused:
+    refused = _Refused(f"{cls.__qualname__} refused the stored values: {exc!r}")
+    refused.__cause__ = exc
+    return refused
+
+
+def _text_ok(text: str) -> bool:
+    """Whether ``text`` can be stored as UTF-8 (no lone surrogates); ASCII text is checked in O(1)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# -- leaf codecs: one value, no nesting. Encoders take a field's value and return what JSON
+# holds; decoders take what JSON holds and return the value. Both raise _Refused.
+
+
+def _encode_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _wrong("str", value)
+    if not _text_ok(value):
+        raise _Refused(f"text with a lone surrogate cannot be stored as UTF-8: {_show(value)}")
+    return value
+
+
+def _decode_str(value: Any) -> str:
+    if type(value) is not str:
+        raise _wrong("str", value)
+    if not _text_ok(value):
+        raise _Refused(f"text with a lone surrogate is not valid Unicode: {_show(value)}")
+    return value
+
+
+def _encode_int(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _wrong("int", value)
+    return value
+
+
+def _decode_int(value: Any) -> int:
+    if type(value) is not int:
+        raise _wrong("int", value)
+    return value
+
+
+def _encode_float(value: Any) -> float | int:
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        raise _Refused(f"non-finite float {value!r} cannot be stored")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise _wrong("float", value)
+
+
+def _decode_float(value: Any) -> float | int:
+    kind = type(value)
+    if kind is int or (kind is float and math.isfinite(value)):
+        return value  # type: ignore[no-any-return]
+    raise _wrong("a finite float", value)
+
+
+def _check_bool(value: Any) -> bool:
+    if type(value) is not bool:
+        raise _wrong("bool", value)
+    return value
+
+
+def _check_none(value: Any) -> None:
+    if value is not None:
+        raise _wrong("None", value)
+
+
+def _encode_decimal(value: Any) -> str:
+    if type(value) is not Decimal:
+        raise _wrong("Decimal", value)
+    if not value.is_finite():
+        raise _Refused(f"non-finite value {value} cannot be stored")
+    return str(value)
+
+
+def _decode_decimal(value: Any) -> Decimal:
+    if type(value) is not str:
+        # Even a JSON number that looks right is refused: 0.1 has no exact binary value, and
+        # encode() never writes one.
+        raise _wrong("a Decimal as a JSON string", value)
+    try:
+        amount = Decimal(value)
+    except InvalidOperation:
+        raise _wrong("a Decimal as a JSON string", value) from None
+    if not amount.is_finite():
+        raise _Refused(f"non-finite Decimal {value!r} refused")
+    return amount
+
+
+def _encode_uuid(value: Any) -> str:
+    if not isinstance(value, uuid.UUID):
+        raise _wrong("UUID", value)
+    return str(value)
+
+
+def _decode_uuid(value: Any) -> uuid.UUID:
+    if type(value) is str:
+        try:
+            return uuid.UUID(value)
+        except ValueError:
+            pass
+    raise _wrong("a UUID string", value)
+
+
+def _encode_datetime(value: Any) -> str:
+    if not isinstance(value, datetime):
+        raise _wrong("datetime", value)
+    return value.isoformat()
+
+
+def _decode_datetime(value: Any) -> datetime:
+    if type(value) is str:
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            pass
+    raise _wrong("an ISO 8601 datetime string", value)
+
+
+def _encode_date(value: Any) -> str:
+    # A datetime is a date too, but its isoformat() is no date's: it would not read back.
+    if not isinstance(value, date) or isinstance(value, datetime):
+        raise _wrong("date", value)
+    return value.isoformat()
+
+
+def _decode_date(value: Any) -> date:
+    if type(value) is str:
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise _wrong("an ISO 8601 date string", value)
+
+
+def _enum_codec(tp: type[enum.Enum]) -> tuple[_Encoder, _Decoder]:
+    for member in tp:
+        value = member.value
+        if type(value) not in _SCALARS or (type(value) is float and not math.isfinite(value)):
+            raise SerializationError(
+                tp.__qualname__,
+                f"member {member.name} has value {_show(value)}: enum values must be str, int, "
+                "finite float, bool or None to be stored",
+            )
+    name = tp.__qualname__
+
+    def encode(value: Any) -> Any:
+        if not isinstance(value, tp):
+            raise _wrong(name, value)
+        return value.value
+
+    if issubclass(tp, enum.Flag):
+        # A flag's value may combine members; the class decides which integers it accepts.
+        def decode(value: Any) -> Any:
+            if type(value) is int:
+                try:
+                    return tp(value)
+                except ValueError:
+                    pass
+            raise _wrong(f"a value of {name}", value)
+
+        return encode, decode
+
+    # Keyed by JSON type too: true is not 1, and 1.0 is not 1, though Python compares them equal.
+    members = {(type(m.value), m.value): m for m in tp.__members__.values()}
+
+    def decode_member(value: Any) -> Any:
+        if type(value) in _SCALARS:
+            member = members.get((type(value), value))
+            if member is not None:
+                return member
+        raise _wrong(f"a value of {name}, one of {_REPR.repr([v for _, v in members])}", value)
+
+    return encode, decode_member
+
+
+# -- codecs that nest: they take (value, depth), depth being the level the value itself is at.
+
+
+def _optional(inner: Callable[..., Any], nested: bool) -> Callable[..., Any]:
+    if nested:
+        return lambda value, depth: None if value is None else inner(value, depth)
+    return lambda value: None if value is None else inner(value)
+
+
+def _locate(items: Iterable[Any], check: Callable[[Any], Any]) -> str:
+    """The index of the first item a leaf ``check`` refuses, found again once one was refused.
+
+    Only for leaves: checking them twice costs little. Items that nest are counted as they go,
+    as checking a nested item again would check its own items again, level after level.
+    """
+    for index, item in enumerate(items):
+        try:
+            check(item)
+        except _Refused:
+            return f"[{index}]"
+    return "[?]"  # pragma: no cover - the codecs are deterministic
+
+
+def _nested_items(items: Iterable[Any], inner: Callable[[Any, int], Any], depth: int) -> list[Any]:
+    """``[inner(item, depth) for item in items]``, naming the index of an item that is refused."""
+    out: list[Any] = []
+    try:
+        for item in items:
+            out.append(inner(item, depth))
+    except _Refused as refused:
+        raise refused.at(f"[{len(out)}]") from None
+    return out
+
+
+def _sequence_encoder(inner: _Encoder, nested: bool, origin: type) -> _Encoder:
+    # A list stays a list and a tuple a tuple: a tuple in a list field would read back as a list,
+    # which is not equal to it. Sets and frozensets compare equal, so either is taken for either.
+    accepted: Any = (set, frozenset) if origin in (set, frozenset) else origin
+    expected = origin.__name__
+
+    def encode(value: Any, depth: int) -> list[Any]:
+        if not isinstance(value, accepted):
+            raise _wrong(expected, value)
+        if depth > MAX_DEPTH:
+            raise _too_deep()
+        if nested:
+            return _nested_items(value, inner, depth + 1)
+        try:
+            return [inner(item) for item in value]
+        except _Refused as refused:
+            raise refused.at(_locate(value, inner)) from None
+
+    return encode
+
+
+def _sequence_decoder(inner: _Decoder, nested: bool, origin: type) -> _Decoder:
+    def decode(value: Any, depth: int) -> Any:
+        if type(value) is not list:
+            raise _wrong(f"a JSON array for a {origin.__name__}", value)
+        if depth > MAX_DEPTH:
+            raise _too_deep()
+        if nested:
+            items = _nested_items(value, inner, depth + 1)
+        else:
+            try:
+                items = [inner(item) for item in value]
+            except _Refused as refused:
+                raise refused.at(_locate(value, inner)) from None
+        if origin is list:
+            return items
+        try:
+            return origin(items)
+        except TypeError as exc:  # items that cannot be hashed, for a set
+            raise _Refused(f"the items cannot make a {origin.__name__}: {exc}") from None
+
+    return decode
+
+
+def _mapping_encoder(inner: _Encoder, nested: bool) -> _Encoder:
+    def encode(value: Any, depth: int) -> dict[str, Any]:
+        if not isinstance(value, Mapping):
+            raise _wrong("dict", value)
+        if depth > MAX_DEPTH:
+            raise _too_deep()
+        out = {}
+        for key, item in value.items():
+            # JSON keys are strings: {1: "a"} would read back as {"1": "a"}, so it is refused.
+            if not isinstance(key, str):
+                raise _Refused(f"dict keys must be str, got key {_show(key)}")
+            if not _text_ok(key):
+                raise _Refused(f"key with a lone surrogate cannot be stored as UTF-8: {_show(key)}")
+            try:
+                out[key] = inner(item, depth + 1) if nested else inner(item)
+            except _Refused as refused:
+                raise refused.at(f"[{key!r}]") from None
+        return out
+
+    return encode
+
+
+def _mapping_decoder(inner: _Decoder, nested: bool) -> _Decoder:
+    def decode(value: Any, depth: int) -> dict[str, Any]:
+        if type(value) is not dict:
+            raise _wrong("a JSON object for a dict", value)
+        if depth > MAX_DEPTH:
+            raise _too_deep()
+        out = {}
+        for key, item in value.items():
+            if not _text_ok(key):
+                raise _Refused(f"key with a lone surrogate is not valid Unicode: {_show(key)}")
+            try:
+                out[key] = inner(item, depth + 1) if nested else inner(item)
+            except _Refused as refused:
+                raise refused.at(f"[{key!r}]") from None
+        return out
+
+    return decode
+
+
+_LEAVES: dict[type, tuple[_Encoder, _Decoder]] = {
+    str: (_encode_str, _decode_str),
+    int: (_encode_int, _decode_int),
+    float: (_encode_float, _decode_float),
+    bool: (_check_bool, _check_bool),
+    type(None): (_check_none, _check_none),
+    Decimal: (_encode_decimal, _decode_decimal),
+    uuid.UUID: (_encode_uuid, _decode_uuid),
+    datetime: (_encode_datetime, _decode_datetime),
+    date: (_encode_date, _decode_date),
+}
+
+
+@attrs.frozen
+class _Field:
+    """One init field of a class, as its compiled codecs see it."""
+
+    key: str  # the JSON key: the attribute's name
+    alias: str  # the __init__ parameter (attrs strips a private field's underscore)
+    annotation: Any
+    encode: _Encoder
+    decode: _Decoder
+    nested: bool  # the codecs take (value, depth)
+    has_default: bool
+
 
 class Serializer:
-    """Encode registered attrs classes to JSON bytes and back, by stable type name."""
+    """Encode registered attrs classes to JSON bytes and back, by stable type name.
+
+    Both directions check every field against its annotation (see the module's rules) and raise
+    :class:`~orchestrix.core.errors.SerializationError` naming the type, the field and the value.
+    """
 
     def __init__(self, types: Iterable[type] = ()) -> None:
         self._by_name: dict[str, type] = {}
@@ -79,6 +497,7 @@ class Serializer:
         self._decoders: dict[type, _Decoder] = {}
         self._json_encoders: dict[type, _Encoder] = {}
         self._encoding: dict[type, tuple[str, _Encoder]] = {}
+        self._decoding: dict[str, _Decoder] = {}
         self._lock = threading.Lock()
         for cls in types:
             self.register(cls)
@@ -130,17 +549,18 @@ class Serializer:
         """Encode ``obj`` to its type name and a JSON-compatible dict."""
         cls = type(obj)
         type_name = self.name_of(cls)
-        return type_name, self._encoder(cls)(obj)
+        try:
+            return type_name, self._encoder(cls)(obj, 1)
+        except _Refused as refused:
+            raise SerializationError(type_name, refused.describe()) from None
 
     def from_dict(self, type_name: str, data: dict[str, Any]) -> Any:
         """Build the registered class named ``type_name`` from a dict made by :meth:`to_dict`."""
-        cls = self.class_of(type_name)
+        decoder = self._decoding.get(type_name) or self._decoding_of(type_name)
         try:
-            return self._decoder(cls)(data)
-        except SerializationError:
-            raise
-        except (TypeError, ValueError, KeyError, AttributeError, InvalidOperation) as exc:
-            raise SerializationError(type_name, f"cannot decode stored data: {exc!r}") from exc
+            return decoder(data, 1)
+        except _Refused as refused:
+            raise SerializationError(type_name, refused.describe()) from refused.__cause__
 
     def encode(self, obj: object) -> tuple[str, bytes]:
         """Encode ``obj`` to its type name and compact UTF-8 JSON."""
@@ -152,22 +572,35 @@ class Serializer:
             known = self._encoding[cls] = (type_name, self._json_encoders[cls])
         type_name, to_json = known
         try:
-            # UTF-8 refuses lone surrogates ("\ud800"), which JSON would happily escape.
+            # Every text was checked for lone surrogates, which UTF-8 cannot hold.
             return type_name, to_json(obj).encode()
+        except _Refused as refused:
+            raise SerializationError(type_name, refused.describe()) from None
         except (TypeError, ValueError) as exc:
             raise SerializationError(type_name, f"cannot encode: {exc}") from exc
 
     def decode(self, type_name: str, data: bytes | str) -> Any:
-        """Decode JSON made by :meth:`encode` into the registered class ``type_name``."""
-        cls = self.class_of(type_name)
+        """Decode JSON made by :meth:`encode` into the registered class ``type_name``.
+
+        The stored data is checked field by field against the class's annotations.
+        """
+        decoder = self._decoding.get(type_name) or self._decoding_of(type_name)
         try:
-            return self._decoder(cls)(_loads(data))
-        except SerializationError:
-            raise
-        except (TypeError, ValueError, KeyError, AttributeError, InvalidOperation) as exc:
+            return decoder(_loads(data), 1)
+        except _Refused as refused:
+            raise SerializationError(type_name, refused.describe()) from refused.__cause__
+        except RecursionError:  # the JSON parser's own limit, far beyond MAX_DEPTH
+            raise SerializationError(
+                type_name, f"stored data nests too deeply to parse (values nest at most {MAX_DEPTH} levels)"
+            ) from None
+        except (TypeError, ValueError) as exc:  # not JSON, or bytes that are not UTF-8
             raise SerializationError(type_name, f"cannot decode stored data: {exc!r}") from exc
 
     # -- codec compilation: done once per class, then cached ------------------------------
+
+    def _decoding_of(self, type_name: str) -> _Decoder:
+        decoder = self._decoding[type_name] = self._decoder(self.class_of(type_name))
+        return decoder
 
     def _encoder(self, cls: type) -> _Encoder:
         encoder = self._encoders.get(cls)
@@ -183,73 +616,132 @@ class Serializer:
             decoder = self._decoders[cls]
         return decoder
 
+    def _nested_name(self, cls: type) -> str:
+        """The type name of a class found in a field's annotation; it must be registered."""
+        if cls not in self._by_type:
+            raise UnknownEventTypeError(cls.__qualname__, self._by_name)
+        return self._by_type[cls]
+
     def _compile(self, cls: type) -> None:
         type_name = self._by_type[cls]
         try:
             hints = typing.get_type_hints(cls)
         except Exception as exc:  # a forward reference that cannot be resolved
             raise SerializationError(type_name, f"cannot resolve field annotations: {exc}") from exc
-        fields: list[tuple[str, _Encoder | None, _Decoder | None]] = []
+        fields = []
         for field in attrs.fields(cls):
             if not field.init:
                 continue
             annotation = hints.get(field.name, field.type)
             try:
-                enc, dec = self._codec(annotation)
+                enc, dec, nested = self._codec(annotation)
             except SerializationError as exc:
                 raise SerializationError(type_name, f"field {field.name!r}: {exc}") from None
-            fields.append((field.name, enc, dec))
-        decoded = tuple((name, dec) for name, _, dec in fields)
-        exact = {field.name: hints.get(field.name, field.type) for field in attrs.fields(cls)}
-        encode, to_json = _compile_encoders(cls, [(name, enc, exact[name]) for name, enc, _ in fields])
-
-        def decode(data: dict[str, Any]) -> Any:
-            kwargs = {}
-            for name, dec in decoded:
-                if name in data:
-                    value = data[name]
-                    kwargs[name] = value if dec is None else dec(value)
-            return cls(**kwargs)
-
+            has_default = field.default is not attrs.NOTHING
+            alias = field.alias or field.name
+            fields.append(_Field(field.name, alias, annotation, enc, dec, nested, has_default))
+        encode, to_json = _compile_encoders(cls, fields)
         self._encoders[cls] = encode
         self._json_encoders[cls] = to_json
-        self._decoders[cls] = decode
+        self._decoders[cls] = _compile_decoder(cls, fields)
 
-    def _codec(self, tp: Any) -> tuple[_Encoder | None, _Decoder | None]:
-        """Encoder and decoder for one annotation; ``None`` means the value is JSON as is."""
-        if tp in _NATIVE or tp is type(None):
-            return _checked(tp), None
-        if tp is Decimal:
-            return _encode_decimal, Decimal
-        if tp is uuid.UUID:
-            return _encode_uuid, uuid.UUID
-        if tp is datetime:
-            return _encode_datetime, datetime.fromisoformat
-        if tp is date:
-            return _encode_date, date.fromisoformat
-        if isinstance(tp, type) and issubclass(tp, enum.Enum):
-            return _enum_encoder(tp), tp
-        if isinstance(tp, type) and attrs.has(tp):
-            if tp not in self._by_type:
-                raise UnknownEventTypeError(tp.__qualname__, self._by_name)
-            return (lambda v: self._encoder(tp)(v)), (lambda v: self._decoder(tp)(v))
+    def _codec(self, tp: Any) -> tuple[_Encoder, _Decoder, bool]:
+        """Encoder, decoder, and whether they nest (take a depth), for one annotation."""
+        if isinstance(tp, type):
+            leaf = _LEAVES.get(tp)
+            if leaf is not None:
+                return leaf[0], leaf[1], False
+            if issubclass(tp, enum.Enum):
+                return (*_enum_codec(tp), False)
+            if attrs.has(tp):
+                return (*self._class_codec(tp), True)
         origin = typing.get_origin(tp)
         args = typing.get_args(tp)
         if origin in (typing.Union, types.UnionType):
             others = [a for a in args if a is not type(None)]
             if len(others) != 1 or len(args) != 2:
                 raise SerializationError(repr(tp), "only X | None unions are supported")
-            enc, dec = self._codec(others[0])
-            return _optional(enc, others[0]), (None if dec is None else _optional(dec, None))
+            enc, dec, nested = self._codec(others[0])
+            return _optional(enc, nested), _optional(dec, nested), nested
         if origin in (list, tuple, frozenset, set) and args:
             if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
                 raise SerializationError(repr(tp), "use tuple[X, ...] for tuples")
-            enc, dec = self._codec(args[0])
-            return _sequence_encoder(enc), _sequence_decoder(dec, origin)
+            enc, dec, nested = self._codec(args[0])
+            return _sequence_encoder(enc, nested, origin), _sequence_decoder(dec, nested, origin), True
         if origin is dict and args and args[0] is str:
-            enc, dec = self._codec(args[1])
-            return _mapping(enc), _mapping(dec)
+            enc, dec, nested = self._codec(args[1])
+            return _mapping_encoder(enc, nested), _mapping_decoder(dec, nested), True
         raise SerializationError(repr(tp), "unsupported field type")
+
+    def _class_codec(self, tp: type) -> tuple[_Encoder, _Decoder]:
+        self._nested_name(tp)
+        encoders, decoders = self._encoders, self._decoders
+        expected = tp.__qualname__
+
+        # Looked up on each call, not bound now: a class may nest itself, and is compiled lazily.
+        def encode(value: Any, depth: int) -> dict[str, Any]:
+            if type(value) is not tp:  # a subclass would lose its own fields on the way
+                raise _wrong(expected, value)
+            return (encoders.get(tp) or self._encoder(tp))(value, depth)  # type: ignore[no-any-return]
+
+        def decode(value: Any, depth: int) -> Any:
+            return (decoders.get(tp) or self._decoder(tp))(value, depth)
+
+        return encode, decode
+
+
+class StructuralSerializer(Serializer):
+    """Encodes any attrs class with every check :class:`Serializer` makes, without registration.
+
+    An event's type name is its class name (or the name it was registered under). It decodes
+    nothing: with no registry there is no list of classes that stored data may build. The
+    in-memory store uses it by default to check the events it keeps as objects, so a test on
+    that store refuses what a durable store would refuse (a float for money, NaN, an object that
+    is not an attrs class, a field type that cannot be stored) -- except a class you forgot to
+    register: only your own serializer can know that.
+    """
+
+    def __init__(self, types: Iterable[type] = ()) -> None:
+        super().__init__(types)
+        self._checking: dict[type, tuple[str, _Encoder]] = {}
+
+    def check(self, obj: object) -> str:
+        """Make every check :meth:`encode` makes on ``obj`` and return its type name.
+
+        The JSON text is not written: once every value has passed its field's check, writing it
+        cannot fail, and skipping it halves the cost of a check.
+        """
+        cls = type(obj)
+        known = self._checking.get(cls)
+        if known is None:
+            known = self._checking[cls] = (self.name_of(cls), self._encoder(cls))
+        type_name, to_dict = known
+        try:
+            to_dict(obj, 1)
+        except _Refused as refused:
+            raise SerializationError(type_name, refused.describe()) from None
+        return type_name
+
+    def name_of(self, cls: type) -> str:
+        """The type name of any attrs class; anything else is refused."""
+        name = self._by_type.get(cls)
+        if name is None:
+            if not attrs.has(cls):
+                raise SerializationError(
+                    getattr(cls, "__qualname__", repr(cls)),
+                    "not an attrs class: events are attrs classes, or a durable store could not store them",
+                )
+            with self._lock:
+                # Names may repeat here (two tests' classes called Happened): nothing is decoded by name.
+                name = self._by_type.setdefault(cls, cls.__name__)
+        return name
+
+    def _nested_name(self, cls: type) -> str:
+        return self.name_of(cls)
+
+    def class_of(self, type_name: str) -> type:
+        """Refuse: a structural serializer decodes nothing."""
+        raise SerializationError(type_name, "a StructuralSerializer checks encoding only and decodes nothing")
 
 
 @attrs.frozen
@@ -295,6 +787,8 @@ class RawSerializer(Serializer):
         """Parse the stored JSON object into a RawEvent; damaged JSON raises SerializationError."""
         try:
             parsed = _loads(data)
+        except RecursionError:
+            raise SerializationError(type_name, "stored data nests too deeply to parse") from None
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both are
             raise SerializationError(type_name, f"cannot decode stored data: {exc!r}") from exc
         if type(parsed) is not dict:
@@ -323,113 +817,145 @@ def _loads(data: bytes | str) -> Any:
     return json.loads(data)
 
 
-def _compile_encoders(cls: type, fields: list[tuple[str, _Encoder | None, Any]]) -> tuple[_Encoder, _Encoder]:
-    """Two functions of an instance of ``cls``, generated for its fields: to its JSON dict, and
-    straight to its compact JSON text (what :meth:`Serializer.encode` stores).
+# -- the generated per-class codecs -----------------------------------------------------------
+
+# Checks a field's value skips when it already has exactly its JSON type (and, for text, is
+# ASCII, which cannot hold a lone surrogate; isascii() is O(1)): the generated code calls the
+# codec only when this test is true, which is what a value of the wrong type makes it.
+_GUARDS: dict[Any, str] = {
+    str: "type({v}) is not str or not {v}.isascii()",
+    int: "type({v}) is not int",
+    bool: "type({v}) is not bool",
+    type(None): "{v} is not None",
+}
+_TEXT_RESULTS = (str, Decimal, uuid.UUID, datetime, date)
+"""Annotations whose encoder returns a str, which the JSON text writes with ``quote``."""
+
+
+def _is_name(text: str) -> bool:
+    return text.isidentifier() and not keyword.iskeyword(text) and not text.startswith("__")
+
+
+def _call(k: int, f: _Field, prefix: str) -> str:
+    return f"{prefix}{k}(v{k}, depth + 1)" if f.nested else f"{prefix}{k}(v{k})"
+
+
+def _compile_encoders(cls: type, fields: list[_Field]) -> tuple[_Encoder, _Encoder]:
+    """Two functions of an instance of ``cls`` and its depth, generated for its fields: to its
+    JSON dict, and straight to its compact JSON text (what :meth:`Serializer.encode` stores).
 
     Generated like attrs' own methods (and cattrs' unstructure functions): a loop over the
     fields, a call per check and a dict handed to the JSON encoder cost more than the encoding
     of a small event itself. A field whose value has exactly its annotated JSON type skips the
     check's call; strings and integers are written by the functions ``json`` itself uses.
     """
-    names: dict[str, Any] = {"dumps": _dumps_value, "quote": _quote, "int_text": int.__repr__}
-    lines = []
+    names: dict[str, Any] = {
+        "dumps": _dumps_value,
+        "quote": _quote,
+        "int_text": int.__repr__,
+        "Refused": _Refused,
+        "too_deep": _too_deep,
+        "MAX_DEPTH": MAX_DEPTH,
+    }
+    lines = ["    if depth > MAX_DEPTH:", "        raise too_deep()"]
     keys = []
     texts = []
-    for k, (name, enc, annotation) in enumerate(fields):
-        simple = name.isidentifier() and not keyword.iskeyword(name) and not name.startswith("__")
-        lines.append(f"    v{k} = obj.{name}" if simple else f"    v{k} = getattr(obj, {name!r})")
-        if enc is not None:
-            names[f"c{k}"] = enc
-            if annotation in _NATIVE:
-                names[f"t{k}"] = annotation
-                lines.append(f"    if type(v{k}) is not t{k}:")
-                lines.append(f"        v{k} = c{k}(v{k})")
-            else:
-                lines.append(f"    v{k} = c{k}(v{k})")
-        keys.append(f"{name!r}: v{k}")
-        write = {str: "quote", int: "int_text"}.get(annotation, "dumps")
-        texts.append(f"{(',' if k else '{') + _quote(name) + ':'!r} + {write}(v{k})")
+    for k, f in enumerate(fields):
+        lines.append(f"    v{k} = obj.{f.key}" if _is_name(f.key) else f"    v{k} = getattr(obj, {f.key!r})")
+        names[f"c{k}"] = f.encode
+        guard = _GUARDS.get(f.annotation)
+        indent = "    "
+        if guard is not None:
+            lines.append(f"    if {guard.format(v=f'v{k}')}:")
+            indent = "        "
+        lines += [
+            f"{indent}try:",
+            f"{indent}    v{k} = {_call(k, f, 'c')}",
+            f"{indent}except Refused as refused:",
+            f"{indent}    raise refused.at({'.' + f.key!r}) from None",
+        ]
+        keys.append(f"{f.key!r}: v{k}")
+        if f.annotation in _TEXT_RESULTS:
+            write = "quote"
+        elif f.annotation is int:
+            write = "int_text"
+        else:
+            write = "dumps"
+        texts.append(f"{(',' if k else '{') + _quote(f.key) + ':'!r} + {write}(v{k})")
     fetch = "\n".join(lines) + "\n"
     source = (
-        f"def to_dict(obj):\n{fetch}    return {{{', '.join(keys)}}}\n"
-        f"def to_json(obj):\n{fetch}    return {' + '.join(texts) if texts else repr('{')} + '}}'\n"
+        f"def to_dict(obj, depth=1):\n{fetch}    return {{{', '.join(keys)}}}\n"
+        f"def to_json(obj, depth=1):\n{fetch}    return {' + '.join(texts) if texts else repr('{')} + '}}'\n"
     )
     exec(compile(source, f"<orchestrix encoders for {cls.__qualname__}>", "exec"), names)
     return names["to_dict"], names["to_json"]
 
 
-def _checked(tp: type) -> _Encoder | None:
-    """A type check for JSON-native fields, so a wrong value fails on write, not on read."""
-    if tp is type(None):
-        return None
-    if tp is float:
-        accepted: tuple[type, ...] = (float, int)
-    else:
-        accepted = (tp,)
+def _compile_decoder(cls: type, fields: list[_Field]) -> _Decoder:
+    """A function of a parsed JSON object and its depth that checks every field of ``cls`` against
+    its annotation and builds the instance; generated like the encoders, for the same reason.
 
-    def check(value: Any) -> Any:
-        if not isinstance(value, accepted) or (tp is not bool and isinstance(value, bool)):
-            raise SerializationError(tp.__name__, f"expected {tp.__name__}, got {value!r}")
-        return value
-
-    return check
-
-
-def _encode_decimal(value: Any) -> str:
-    if type(value) is not Decimal:
-        raise SerializationError("Decimal", f"expected Decimal, got {type(value).__name__} {value!r}")
-    if not value.is_finite():
-        raise SerializationError("Decimal", f"non-finite value {value} cannot be stored")
-    return str(value)
-
-
-def _encode_uuid(value: Any) -> str:
-    if not isinstance(value, uuid.UUID):
-        raise SerializationError("UUID", f"expected UUID, got {value!r}")
-    return str(value)
-
-
-def _encode_datetime(value: Any) -> str:
-    if not isinstance(value, datetime):
-        raise SerializationError("datetime", f"expected datetime, got {value!r}")
-    return value.isoformat()
-
-
-def _encode_date(value: Any) -> str:
-    if not isinstance(value, date):
-        raise SerializationError("date", f"expected date, got {value!r}")
-    return value.isoformat()
-
-
-def _enum_encoder(tp: type[enum.Enum]) -> _Encoder:
-    def encode(value: Any) -> Any:
-        if not isinstance(value, tp):
-            raise SerializationError(tp.__name__, f"expected {tp.__name__}, got {value!r}")
-        return value.value
-
-    return encode
-
-
-def _optional(inner: _Encoder | None, tp: Any) -> _Encoder:
-    if inner is None:
-        return lambda v: v
-    return lambda v: None if v is None else inner(v)
-
-
-def _sequence_encoder(inner: _Encoder | None) -> _Encoder:
-    if inner is None:
-        return list
-    return lambda v: [inner(x) for x in v]
-
-
-def _sequence_decoder(inner: _Decoder | None, origin: type) -> _Decoder:
-    if inner is None:
-        return origin
-    return lambda v: origin(inner(x) for x in v)
-
-
-def _mapping(inner: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
-    if inner is None:
-        return dict
-    return lambda v: {k: inner(x) for k, x in v.items()}
+    Fields without a default must be present; fields with one may be missing; other keys are
+    ignored. Whatever the class raises on the checked values (a validator) is a refusal too.
+    """
+    names: dict[str, Any] = {
+        "cls": cls,
+        "Refused": _Refused,
+        "wrong": _wrong,
+        "too_deep": _too_deep,
+        "missing": _missing,
+        "refused_by_class": _refused_by_class,
+        "MAX_DEPTH": MAX_DEPTH,
+        "expected": f"a JSON object for {cls.__qualname__}",
+    }
+    lines = [
+        "def decode(data, depth):",
+        "    if type(data) is not dict:",
+        "        raise wrong(expected, data)",
+        "    if depth > MAX_DEPTH:",
+        "        raise too_deep()",
+    ]
+    optional = any(f.has_default or not _is_name(f.alias) for f in fields)
+    if optional:
+        lines.append("    kw = {}")
+    arguments = []
+    for k, f in enumerate(fields):
+        names[f"d{k}"] = f.decode
+        if f.has_default:
+            lines.append(f"    if {f.key!r} in data:")
+            indent = "        "
+            lines.append(f"{indent}v{k} = data[{f.key!r}]")
+        else:
+            indent = "    "
+            lines += [
+                "    try:",
+                f"        v{k} = data[{f.key!r}]",
+                "    except KeyError:",
+                f"        raise missing({f.key!r}) from None",
+            ]
+        guard = _GUARDS.get(f.annotation)
+        check_indent = indent
+        if guard is not None:
+            lines.append(f"{indent}if {guard.format(v=f'v{k}')}:")
+            check_indent = indent + "    "
+        lines += [
+            f"{check_indent}try:",
+            f"{check_indent}    v{k} = {_call(k, f, 'd')}",
+            f"{check_indent}except Refused as refused:",
+            f"{check_indent}    raise refused.at({'.' + f.key!r}) from None",
+        ]
+        if f.has_default or not _is_name(f.alias):
+            lines.append(f"{indent}kw[{f.alias!r}] = v{k}")
+        else:
+            arguments.append(f"{f.alias}=v{k}")
+    if optional:
+        arguments.append("**kw")
+    lines += [
+        "    try:",
+        f"        return cls({', '.join(arguments)})",
+        "    except Exception as exc:",
+        "        raise refused_by_class(cls, exc)",
+    ]
+    source = "\n".join(lines) + "\n"
+    exec(compile(source, f"<orchestrix decoder for {cls.__qualname__}>", "exec"), names)
+    return names["decode"]  # type: ignore[no-any-return]

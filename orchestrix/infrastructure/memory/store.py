@@ -23,7 +23,7 @@ from orchestrix.core.eventsourcing.store import (
     validate_stream_name,
 )
 from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
-from orchestrix.core.messaging.serializer import Serializer
+from orchestrix.core.messaging.serializer import Serializer, StructuralSerializer
 
 __all__ = ["InMemoryEventStore"]
 
@@ -31,13 +31,25 @@ __all__ = ["InMemoryEventStore"]
 class InMemoryEventStore:
     """A thread-safe event store in memory.
 
-    Events are kept as objects. Pass a ``serializer`` to have every event encoded on append
-    and decoded on read, as the durable stores do: tests then catch unregistered types and
-    values that do not survive a round trip.
+    Without a ``serializer``, events are kept as objects, and each is first checked field by
+    field as the durable stores' encoding checks it, so what they refuse is refused here too,
+    with the same ``SerializationError``: an object that is not an attrs class, a float where a
+    ``Decimal`` belongs, NaN, text that is not valid Unicode, a field type no store can keep.
+    The type of each event need not be registered anywhere (see
+    :class:`~orchestrix.core.messaging.serializer.StructuralSerializer`).
+
+    Pass your ``serializer`` to have every event encoded on append and decoded on read, exactly
+    as the durable stores do: tests then also catch a type you forgot to register, and values
+    that do not survive a round trip.
+
+    ``check_events=False`` (without a serializer) keeps events unchecked, as any Python objects:
+    for prototypes whose events are not storable yet. It changes nothing when a serializer is
+    given.
     """
 
-    def __init__(self, serializer: Serializer | None = None) -> None:
+    def __init__(self, serializer: Serializer | None = None, *, check_events: bool = True) -> None:
         self._serializer = serializer
+        self._checker = StructuralSerializer() if serializer is None and check_events else None
         self._log: list[RecordedEvent] = []
         self._streams: dict[str, list[RecordedEvent]] = {}
         self._ids: dict[uuid.UUID, tuple[str, int, int]] = {}
@@ -217,9 +229,11 @@ class InMemoryEventStore:
             self._wake_async_waiters()
 
     def _encode(self, event: Any) -> tuple[str, Any]:
-        if self._serializer is None:
-            return type(event).__name__, event
-        return self._serializer.encode(event)
+        if self._serializer is not None:
+            return self._serializer.encode(event)
+        if self._checker is not None:
+            return self._checker.check(event), event
+        return type(event).__name__, event
 
     def _decode(self, recorded: RecordedEvent) -> RecordedEvent:
         if self._serializer is None:
