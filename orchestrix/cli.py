@@ -260,9 +260,7 @@ def _open_postgres(dsn: str, schema: str, serializer: Serializer) -> _Opened:
     try:
         from orchestrix.infrastructure.postgres import PostgresEventStore
     except ImportError as exc:
-        raise _Found(
-            f"PostgreSQL support is not installed ({exc}); pip install 'orchestrix-es[postgres]'"
-        ) from None
+        raise _Found(f"PostgreSQL support is not installed: {exc}") from None  # names the extra
     # The pool logs each failed connection attempt; its cause (no such database, a refused
     # port) is worth one line, not one per retry.
     pool_log = logging.getLogger("psycopg.pool")
