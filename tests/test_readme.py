@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
@@ -48,6 +50,13 @@ def test_the_test_command_also_runs_the_other_pythons_and_the_wheel_check() -> N
     command = block_after("<!-- ci:test-command", "sh").strip()
     assert command.endswith("&& .venv/bin/python tools/other_pythons.py")
     assert (ROOT / "tools" / "other_pythons.py").is_file()
+
+
+@pytest.mark.parametrize("marker", ["<!-- example:usage -->", "<!-- example:standalone -->"])
+def test_the_docs_home_page_shows_the_readme_examples_verbatim(marker: str) -> None:
+    # The page's own test (tests/docs) runs them and checks their output.
+    home = (ROOT / "docs" / "index.md").read_text()
+    assert f"```python\n{block_after(marker, 'python')}```" in home
 
 
 def test_ci_runs_the_readme_test_command() -> None:
