@@ -111,7 +111,8 @@ def _parser() -> argparse.ArgumentParser:
         type=_non_negative_float,
         default=1.0,
         metavar="SECONDS",
-        help="seconds between progress lines on stderr during long reads (default: 1)",
+        help="seconds between progress reports during long reads, on stderr (replay --json: JSON "
+        "lines on stdout) (default: 1)",
     )
     store.add_argument(
         "--json",

@@ -56,7 +56,7 @@ EXTRAS = "testing,postgres-binary"
 
 def main(argv: list[str] | None = None) -> int:
     """Run the wheel check and the other interpreters' tests; return the exit status."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--no-wheel", action="store_true", help="skip the wheel check")
     parser.add_argument("--no-pythons", action="store_true", help="skip the other interpreters")
     parser.add_argument("--full", action="store_true", help="run the whole suite, not the subset")
