@@ -5,6 +5,11 @@ name plus JSON), so it works on any store without the user's event classes and n
 name found in the data. ``--serializer module:factory`` is the user naming their own serializer
 on the command line; events are then decoded into their classes.
 
+With ``--json`` every command writes JSON to stdout: one object per line (NDJSON) for ``tail``
+(an event each) and ``replay`` (progress reports, then the result), one object for ``inspect``
+and ``verify``. The text form of ``tail`` writes a stream or type name that holds a space, a
+quote or a character that does not print as a JSON string, so every line splits unambiguously.
+
 Exit status: 0 success, 1 a problem was found (damage, a missing store or stream, an error from
 orchestrix), 2 a usage error. This is the only library module that prints.
 """
@@ -14,28 +19,38 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import json
 import logging
 import os
 import re
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, TextIO
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from orchestrix._cli_format import (
+    PROGRESS_CHECK,
+    Progress,
+    by_position,
+    dumps,
+    event_json,
+    event_line,
+    name_word,
+    payload,
+    timestamp,
+)
 from orchestrix.core.errors import CorruptionError, OrchestrixError
 from orchestrix.core.eventsourcing.store import EventStore
 from orchestrix.core.messaging.messages import RecordedEvent
-from orchestrix.core.messaging.serializer import RawEvent, RawSerializer, Serializer
+from orchestrix.core.messaging.serializer import RawSerializer, Serializer
 
-__all__ = ["main"]
+__all__ = ["PROGRESS_CHECK", "main"]
 
 PG_SCHEMES = ("postgresql://", "postgres://")
 DEFAULT_TOP = 10
-PROGRESS_CHECK = 1024
-"""Events between two looks at the clock: a clock read per event would show in replay rates."""
+FOLLOW_LINES = 10
+"""Events ``tail --follow`` shows before waiting when neither ``-n`` nor ``--after`` says, as ``tail -f``."""
 
 
 class UsageError(Exception):
@@ -96,7 +111,14 @@ def _parser() -> argparse.ArgumentParser:
         type=_non_negative_float,
         default=1.0,
         metavar="SECONDS",
-        help="seconds between progress lines on stderr during long reads (default: 1)",
+        help="seconds between progress reports during long reads, on stderr (replay --json: JSON "
+        "lines on stdout) (default: 1)",
+    )
+    store.add_argument(
+        "--json",
+        action="store_true",
+        help="write JSON to stdout: one object per line for tail and replay, one object for "
+        "inspect and verify",
     )
 
     parser = argparse.ArgumentParser(
@@ -135,10 +157,21 @@ def _parser() -> argparse.ArgumentParser:
         "tail",
         parents=[store],
         help="print events in global order, one line each",
-        description="Print events in global order: position, stream@version, type, payload.",
+        description="Print events in global order, one line each: position, stream@version, type, "
+        "payload. A stream or type name that holds a space, a double quote or a character that does "
+        'not print is written as a JSON string ("my stream"@0). Starts at the first event, unless '
+        "-n or --after says otherwise (--follow alone: the last 10).",
     )
-    tail.add_argument(
-        "--after", type=_non_negative_int, default=0, metavar="POS", help="start after this position"
+    start = tail.add_mutually_exclusive_group()
+    start.add_argument(
+        "--after", type=_non_negative_int, metavar="POS", help="start after this global position"
+    )
+    start.add_argument(
+        "-n",
+        "--lines",
+        type=_non_negative_int,
+        metavar="N",
+        help="start N events before the end (events are counted, whatever the positions)",
     )
     tail.add_argument("--limit", type=_positive_int, metavar="N", help="stop after N events")
     tail.add_argument("--follow", "-f", action="store_true", help="keep waiting for new events (Ctrl-C ends)")
@@ -189,6 +222,7 @@ class _Opened:
         self.store = store
         self.kind = kind
         self.where = where
+        self.serializer: Serializer = RawSerializer()
 
     def close(self) -> None:
         self.store.close()
@@ -202,6 +236,7 @@ def _open(args: argparse.Namespace) -> Iterator[_Opened]:
         opened = _open_postgres(target, args.schema, serializer)
     else:
         opened = _open_file(target, serializer)
+    opened.serializer = serializer
     try:
         yield opened
     finally:
@@ -213,6 +248,8 @@ def _open_file(path: str, serializer: Serializer) -> _Opened:
 
     # FileEventStore creates a store in a missing or empty directory; an inspecting tool must
     # not, so a path is only opened once it holds a store's STORE marker.
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise _Found(f"{path}: is a file, not a file store (a store is a directory); nothing was changed")
     if not os.path.isdir(path):
         raise _Found(f"{path}: no such directory, so not a file store (nothing was created)")
     if not FileEventStore.is_store(path):
@@ -229,9 +266,7 @@ def _open_postgres(dsn: str, schema: str, serializer: Serializer) -> _Opened:
             SchemaNotInitializedError,
         )
     except ImportError as exc:
-        raise _Found(
-            f"PostgreSQL support is not installed ({exc}); pip install 'orchestrix-es[postgres]'"
-        ) from None
+        raise _Found(f"PostgreSQL support is not installed: {exc}") from None  # names the extra
     # The pool logs each failed connection attempt; its cause (no such database, a refused
     # port) is worth one line, not one per retry.
     pool_log = logging.getLogger("psycopg.pool")
@@ -341,39 +376,15 @@ def _serializer(spec: str | None) -> Serializer:
     return serializer
 
 
-# -- printing events ---------------------------------------------------------------------------
+def _progress(args: argparse.Namespace, what: str, *, json_lines: bool = False) -> Progress:
+    """Progress reports on stderr as text, or with ``json_lines`` on stdout as JSON lines."""
+    if json_lines:
+        return Progress(args.progress_every, lambda r: _print_json(r.json()))
+    return Progress(args.progress_every, lambda r: print(r.text(what), file=sys.stderr, flush=True))
 
 
-def _payload(event: Any) -> str:
-    if isinstance(event, RawEvent):
-        return json.dumps(dict(event.data), separators=(",", ":"), ensure_ascii=False)
-    return repr(event)
-
-
-def _line(recorded: RecordedEvent) -> str:
-    r = recorded
-    return f"{r.position} {r.stream}@{r.version} {r.event_type} {_payload(r.event)}"
-
-
-class _Progress:
-    """A line on stderr every ``interval`` seconds while a long read goes on."""
-
-    def __init__(self, what: str, interval: float, out: TextIO | None = None) -> None:
-        self._what = what
-        self._interval = interval
-        self._out = out if out is not None else sys.stderr
-        self._started = self._last = time.monotonic()
-
-    def counted(self, events: Iterable[RecordedEvent]) -> Iterator[RecordedEvent]:
-        """Yield ``events`` unchanged, reporting progress as they pass."""
-        for n, event in enumerate(events, 1):
-            yield event
-            if n % PROGRESS_CHECK == 0:
-                now = time.monotonic()
-                if now - self._last >= self._interval:
-                    self._last = now
-                    rate = n / max(now - self._started, 1e-9)
-                    print(f"{self._what}: {n:,} events read ({rate:,.0f}/s)", file=self._out, flush=True)
+def _print_json(value: Any) -> None:
+    print(dumps(value), flush=True)
 
 
 # -- the commands ------------------------------------------------------------------------------
@@ -382,28 +393,43 @@ class _Progress:
 def _inspect(args: argparse.Namespace) -> int:
     with _open(args) as opened:
         if args.stream is not None:
-            return _inspect_stream(opened.store, args.stream)
+            return _inspect_stream(opened, args.stream, args.json)
         store: EventStore = opened.store
         last = store.last_position()
         per_stream: Counter[str] = Counter()
         per_type: Counter[str] = Counter()
         first = latest = None
-        for recorded in _Progress("inspect", args.progress_every).counted(store.read_all()):
+        progress = _progress(args, "inspect")
+        for recorded in progress.counted(store.read_all(0, None), by_position(0, last)):
             per_stream[recorded.stream] += 1
             per_type[recorded.event_type] += 1
             if first is None:
                 first = recorded.recorded_at
             latest = recorded.recorded_at
         total = per_type.total()
+        top = per_stream.most_common(args.top)
+        if args.json:
+            _print_json(
+                {
+                    "store": {"kind": opened.kind, "location": opened.where},
+                    "count": total,
+                    "last_position": last,
+                    "streams": len(per_stream),
+                    "first_recorded_at": None if first is None else timestamp(first),
+                    "last_recorded_at": None if latest is None else timestamp(latest),
+                    "top_streams": [{"stream": name, "count": n} for name, n in top],
+                    "event_types": [{"type": name, "count": n} for name, n in per_type.most_common()],
+                }
+            )
+            return 0
         print(f"store:         {opened.kind} {opened.where}")
         print(f"events:        {total:,} (last position {last:,})")
         print(f"streams:       {len(per_stream):,}")
         if first is not None and latest is not None:
-            print(f"recorded:      {_time(first)} .. {_time(latest)}")
+            print(f"recorded:      {timestamp(first)} .. {timestamp(latest)}")
         if per_stream:
-            shown = per_stream.most_common(args.top)
-            print(f"top streams:   ({len(shown)} of {len(per_stream):,}, by events)")
-            _counts(shown)
+            print(f"top streams:   ({len(top)} of {len(per_stream):,}, by events)")
+            _counts(top)
             print("event types:")
             _counts(per_type.most_common())
     return 0
@@ -413,43 +439,81 @@ def _counts(rows: Iterable[tuple[str, int]]) -> None:
     rows = list(rows)
     width = max(len(f"{n:,}") for _, n in rows)
     for name, n in rows:
-        print(f"  {n:>{width},}  {name}")
+        print(f"  {n:>{width},}  {name_word(name)}")
 
 
-def _time(moment: Any) -> str:
-    return str(moment.isoformat(timespec="milliseconds"))
-
-
-def _inspect_stream(store: EventStore, stream: str) -> int:
-    events = list(store.read_stream(stream))
+def _inspect_stream(opened: _Opened, stream: str, as_json: bool) -> int:
+    serializer = opened.serializer
+    events = list(opened.store.read_stream(stream))
     if not events:
         raise _Found(f"stream {stream!r} has no events")
+    if as_json:
+        _print_json(
+            {
+                "stream": stream,
+                "count": len(events),
+                "version": events[-1].version,
+                "events": [event_json(e, serializer) for e in events],
+            }
+        )
+        return 0
     print(f"stream {stream!r}: {len(events):,} events, version {events[-1].version}")
     for e in events:
-        print(
-            f"  {e.version:>4}  {e.position:>8}  {_time(e.recorded_at)}  {e.event_type}  {_payload(e.event)}"
-        )
+        when = timestamp(e.recorded_at)
+        print(f"  {e.version:>4}  {e.position:>8}  {when}  {e.event_type}  {payload(e.event)}")
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
+    result: dict[str, Any] = {}
     try:
         with _open(args) as opened:
+            result["store"] = {"kind": opened.kind, "location": opened.where}
+            progress = _progress(args, "verify")
             if opened.kind == "file":
-                count = opened.store.verify()
-                print(f"OK: {count:,} events, checksums and positions verified")
-                return 0
-            problem, count = _check_order(
-                _Progress("verify", args.progress_every).counted(opened.store.read_all())
-            )
+                count = _verify_file(opened.store, progress)
+                checked = ["checksums", "positions"]
+                problem = None
+            else:
+                last = opened.store.last_position()
+                events = progress.counted(opened.store.read_all(0, None), by_position(0, last))
+                problem, count = _check_order(events)
+                checked = ["positions", "stream versions"]
     except CorruptionError as exc:  # opening can find damage too, beyond what the index covers
-        print(f"CORRUPT: {exc}")
-        return 1
+        result.update(ok=False, problem=str(exc), file=exc.path, offset=exc.offset)
+        return _verified(args, result, f"CORRUPT: {exc}")
     if problem is not None:
-        print(f"CORRUPT: {problem}")
-        return 1
-    print(f"OK: {count:,} events, positions and stream versions verified")
-    return 0
+        result.update(ok=False, problem=problem, count=count)
+        return _verified(args, result, f"CORRUPT: {problem}")
+    result.update(ok=True, count=count, checked=checked)
+    return _verified(args, result, f"OK: {count:,} events, {' and '.join(checked)} verified")
+
+
+def _verified(args: argparse.Namespace, result: dict[str, Any], text: str) -> int:
+    if args.json:
+        _print_json(result)
+    else:
+        print(text)
+    return 0 if result["ok"] else 1
+
+
+def _verify_file(store: Any, progress: Progress) -> int:
+    """``FileEventStore.verify()``, reporting progress: the same scan of every record, in order.
+
+    ``verify()`` takes no progress callback, and a long verify must say how far it got, so
+    this walks the same records through the store's log (when ``verify`` grows a ``progress``
+    argument, this becomes that one call).
+    """
+    from orchestrix.infrastructure.file._format import SEGMENT_HEADER_SIZE, Head
+
+    end_position = store.last_position()  # checks the store is open; takes in others' commits
+    view = store._view
+    end = view.end
+    events = 0
+    for _, info in view.log.scan(Head(0, 1, SEGMENT_HEADER_SIZE), end):
+        events += info.count
+        progress.tick(events, events / end_position if end_position else None)
+    return events
 
 
 def _check_order(events: Iterable[RecordedEvent]) -> tuple[str | None, int]:
@@ -475,11 +539,14 @@ def _check_order(events: Iterable[RecordedEvent]) -> tuple[str | None, int]:
 def _tail(args: argparse.Namespace) -> int:
     with _open(args) as opened:
         store: EventStore = opened.store
-        after, remaining = args.after, args.limit
+        after, remaining = _tail_start(store, args), args.limit
         try:
             while True:
                 for recorded in store.read_all(after, remaining):
-                    print(_line(recorded))
+                    if args.json:
+                        print(dumps(event_json(recorded, opened.serializer)))
+                    else:
+                        print(event_line(recorded))
                     after = recorded.position
                     if remaining is not None:
                         remaining -= 1
@@ -491,21 +558,70 @@ def _tail(args: argparse.Namespace) -> int:
             return 0  # Ctrl-C is how --follow ends
 
 
+def _tail_start(store: EventStore, args: argparse.Namespace) -> int:
+    """The position ``tail`` starts after: ``--after``, ``-n`` events before the end, or the start."""
+    if args.after is not None:
+        return int(args.after)
+    lines = args.lines if args.lines is not None else FOLLOW_LINES if args.follow else None
+    return 0 if lines is None else _start_of_last(store, lines)
+
+
+def _start_of_last(store: EventStore, n: int) -> int:
+    """The position after which the store's last ``n`` events lie.
+
+    Positions need not be dense (PostgreSQL's are a transaction id times 2**20), so events are
+    counted, in a window before the end that grows until it holds ``n`` of them: by the density
+    it found (at most 16 times, so a dense stretch is not overshot far), so a few reads of
+    about ``n`` events each find the start, not a read of the whole store.
+    """
+    last = store.last_position()
+    if n == 0:
+        return last
+    span = n
+    while True:
+        after = max(0, last - span)
+        window: deque[int] = deque(maxlen=n + 1)
+        for recorded in store.read_all(after, None):
+            if recorded.position > last:
+                break  # appended since we looked: after the start, whatever it is
+            window.append(recorded.position)
+        if len(window) > n:
+            return window[0]
+        if len(window) == n or after == 0:
+            return after
+        span *= min(16, max(2, -(-2 * n // max(len(window), 1))))
+
+
 def _replay(args: argparse.Namespace) -> int:
     with _open(args) as opened:
         store: EventStore = opened.store
         if args.all:
-            what, events = "the whole store", store.read_all()
+            what, events = "the whole store", store.read_all(0, None)
+            done = by_position(0, store.last_position())
         else:
             what, events = f"stream {args.stream!r}", store.read_stream(args.stream)
+            total = store.stream_version(args.stream) + 1
+            done = (lambda e: (e.version + 1) / total) if total > 0 else None
         mode = "decoded" if args.serializer else "raw JSON"
         started = time.perf_counter()
         count = 0
-        for _ in _Progress("replay", args.progress_every).counted(events):
+        for _ in _progress(args, "replay", json_lines=args.json).counted(events, done):
             count += 1
         seconds = time.perf_counter() - started
     if count == 0:
         raise _Found(f"{what} has no events")
     rate = count / max(seconds, 1e-9)
+    if args.json:
+        _print_json(
+            {
+                "kind": "result",
+                "stream": None if args.all else args.stream,
+                "count": count,
+                "decoded": bool(args.serializer),
+                "seconds": round(seconds, 6),
+                "rate": round(rate, 1),
+            }
+        )
+        return 0
     print(f"replayed {count:,} events of {what} ({mode}) in {seconds:.3f} s: {rate:,.0f} events/s")
     return 0

@@ -319,6 +319,20 @@ def test_a_directory_that_is_not_a_store_is_refused_and_left_alone(
     assert list(empty.iterdir()) == []
 
 
+def test_a_regular_file_is_said_to_be_a_file_and_left_alone(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    (tmp_path / "events.log").write_text("my data")
+    for command in (["inspect"], ["verify"], ["tail"], ["replay", "--all"]):
+        status, out, err = run(capsys, command[0], tmp_path / "events.log", *command[1:])
+        assert (status, out) == (1, "")
+        assert err == (
+            f"orchestrix: {tmp_path / 'events.log'}: is a file, not a file store (a store is a directory); "
+            "nothing was changed\n"
+        )
+    assert (tmp_path / "events.log").read_text() == "my data"
+
+
 @pytest.mark.parametrize(
     "argv",
     [
@@ -330,6 +344,7 @@ def test_a_directory_that_is_not_a_store_is_refused_and_left_alone(
         ["tail", "STORE", "--limit", "0"],
         ["tail", "STORE", "--after", "-1"],
         ["tail", "STORE", "--after", "soon"],
+        ["tail", "STORE", "-n", "-1"],
         ["inspect", "STORE", "--progress-every", "nan"],
     ],
 )

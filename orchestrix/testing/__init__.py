@@ -1,4 +1,16 @@
-"""What users import in their own tests: the store contract suite and hypothesis strategies."""
+"""What users import in their own tests: the store contract suite and hypothesis strategies.
+
+It needs pytest and hypothesis: ``pip install 'orchestrix-es[testing]'``.
+"""
+
+try:
+    import hypothesis  # noqa: F401  (checked here, so a missing one is named with the extra)
+    import pytest  # noqa: F401
+except ImportError as exc:
+    raise ModuleNotFoundError(
+        f"orchestrix.testing needs pytest and hypothesis ({exc}): pip install 'orchestrix-es[testing]'",
+        name=exc.name,
+    ) from exc
 
 from orchestrix.testing.contract import (
     ContractEvent,

@@ -118,8 +118,9 @@ def test_every_acknowledged_event_survives_sigkill(tmp_path: Path) -> None:
             finally:
                 store.close()
     finally:
-        assert zygote.stdin is not None
+        assert zygote.stdin is not None and zygote.stdout is not None
         zygote.stdin.close()
         zygote.wait(timeout=30)
+        zygote.stdout.close()
     assert model.acked > KILLS, "the children acknowledged too little to test anything"
     assert len(model.log) >= model.acked

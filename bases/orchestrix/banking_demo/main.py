@@ -1,10 +1,11 @@
 """The banking demo: accounts, transfers that complete, fail or are compensated, and a money check.
 
-Run from the repository root::
+Run from the repository root (``python bases/orchestrix/banking_demo/main.py`` works too)::
 
     python -m bases.orchestrix.banking_demo.main                  # file store in ./orchestrix-data
     python -m bases.orchestrix.banking_demo.main --store memory   # nothing kept
     python -m bases.orchestrix.banking_demo.main --fresh          # forget earlier runs first
+    python -m bases.orchestrix.banking_demo.main --help           # every option
 
 Each run adds to what earlier runs stored (new transfers, new deposits) and ends by checking,
 over the whole store, that money is conserved. It exits with status 1 if that check fails.
@@ -24,6 +25,9 @@ from pathlib import Path
 from typing import TextIO
 
 import attrs
+
+if not __package__:  # run as a file, so sys.path starts at this folder: add the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from bases.orchestrix.banking_demo.aggregate import Account
 from bases.orchestrix.banking_demo.errors import BankingError

@@ -1,12 +1,20 @@
 """Run the shop: three orders; one is confirmed, one is declined, one finds a product out of stock.
 
-From the repository root: ``python -m bases.orchestrix.ecommerce_demo.main``
+From the repository root: ``python -m bases.orchestrix.ecommerce_demo.main`` (or
+``python bases/orchestrix/ecommerce_demo/main.py``; ``--help`` says what it does).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import sys
+from collections.abc import Sequence
 from decimal import Decimal
+from pathlib import Path
+
+if not __package__:  # run as a file, so sys.path starts at this folder: add the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from bases.orchestrix.ecommerce_demo.handlers import ShopHandlers
 from bases.orchestrix.ecommerce_demo.models import (
@@ -65,11 +73,17 @@ async def run_shop(store: EventStore, checkpoints: CheckpointStore) -> None:
     print(f"Wallets: ada {shop.get_wallet('ada').balance}, bob {shop.get_wallet('bob').balance}")
 
 
-def main() -> None:
+def main(argv: Sequence[str] = ()) -> None:
     """Run the demo on the in-memory store: the one place that picks a store."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bases.orchestrix.ecommerce_demo.main",
+        description=__doc__.split("\n")[0],
+        epilog="It keeps nothing: every run starts from an empty in-memory store.",
+    )
+    parser.parse_args(argv)
     store = InMemoryEventStore(serializer=shop_serializer())
     asyncio.run(run_shop(store, InMemoryCheckpointStore()))
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

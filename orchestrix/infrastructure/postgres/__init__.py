@@ -1,5 +1,16 @@
 """PostgreSQL backend (``pip install 'orchestrix-es[postgres]'``): the only package importing psycopg."""
 
+try:
+    import psycopg  # noqa: F401  (here first, so a missing driver is named with the extra)
+    import psycopg_pool  # noqa: F401
+except ImportError as exc:  # not installed, or psycopg finding no libpq
+    raise ModuleNotFoundError(
+        f"the PostgreSQL store needs psycopg 3 and psycopg-pool ({exc}): "
+        "pip install 'orchestrix-es[postgres]', or 'orchestrix-es[postgres-binary]' for psycopg's "
+        "binary wheel, which brings its own libpq",
+        name=exc.name,
+    ) from exc
+
 from orchestrix.infrastructure.postgres._schema import MAX_BATCH_SIZE, SCHEMA_VERSION
 from orchestrix.infrastructure.postgres.checkpoint import PostgresCheckpointStore
 from orchestrix.infrastructure.postgres.errors import (
