@@ -111,9 +111,9 @@ class IOUnderTest(FileIO):
         self.calls.append(("open", os.path.basename(path), flags & os.O_CREAT != 0))
         return fd
 
-    def pwrite(self, fd: int, data: object, offset: int) -> int:  # type: ignore[override]
-        written = os.pwrite(fd, data, offset)  # type: ignore[call-overload]
-        is_data = bool(bytes(data[:written]).strip(b"\0"))  # type: ignore[index]  # else: space reserved
+    def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int:  # type: ignore[override]
+        written = os.pwrite(fd, data, offset)
+        is_data = bool(bytes(data[:written]).strip(b"\0"))  # else: space reserved
         self.calls.append(("pwrite", self.paths.get(fd, fd), (offset, written, is_data)))
         if is_data:
             self.data_end[fd] = max(self.data_end.get(fd, 0), offset + written)

@@ -188,7 +188,7 @@ def test_an_option_out_of_range_is_refused_before_anything_is_created(
     tmp_path: Path, option: str, value: object
 ) -> None:
     with pytest.raises(InvalidStoreOptionError, match=option):
-        open_store(tmp_path / "store", **{option: value})
+        open_store(tmp_path / "store", **{option: value})  # type: ignore[arg-type]
     assert not (tmp_path / "store").exists()
 
 

@@ -191,9 +191,9 @@ def test_every_write_and_sync_goes_through_the_io_seam_in_a_durable_order(tmp_pa
         for i in range(40):
             store.append("s", events(i))
             calls = list(io.calls)
-            segment = segments(path)[-1].name
-            wrote = max(k for k, c in enumerate(calls) if c[:2] == ("pwrite", segment) and c[2][2])  # type: ignore[index]
-            assert ("fdatasync", segment) in [c[:2] for c in calls[wrote:]], f"append {i} returned unsynced"
+            last = segments(path)[-1].name
+            wrote = max(k for k, c in enumerate(calls) if c[:2] == ("pwrite", last) and c[2][2])  # type: ignore[index]
+            assert ("fdatasync", last) in [c[:2] for c in calls[wrote:]], f"append {i} returned unsynced"
     assert len(segments(path)) > 3
     for segment in segments(path):
         name = segment.name

@@ -8,6 +8,7 @@ import sqlite3
 import uuid
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -295,8 +296,8 @@ def test_a_damaged_index_leaves_no_database_connection_open(
     opened: list[sqlite3.Connection] = []
     real_connect = sqlite3.connect
 
-    def recording_connect(*args: object, **kwargs: object) -> sqlite3.Connection:
-        conn = real_connect(*args, **kwargs)  # type: ignore[arg-type]
+    def recording_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = real_connect(*args, **kwargs)
         opened.append(conn)
         return conn
 
