@@ -6,6 +6,7 @@ layout for readers in other languages. All integers are little-endian.
 
 from __future__ import annotations
 
+import enum
 import struct
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -62,6 +63,43 @@ class FormatProblem(Exception):
     """Raised by the parsers here; the store turns it into CorruptionError or StoreFormatError."""
 
 
+class NewerFormat(FormatProblem):
+    """The file was written by a newer format version: refused as unreadable, not reported as damage."""
+
+
+class Flaw(enum.Enum):
+    """Why :func:`check_frame` found no intact record; each value is the text shown (``{}``: the detail)."""
+
+    INCOMPLETE_FRAME = "incomplete record frame"
+    BAD_MAGIC = "bad record magic"
+    IMPOSSIBLE_LENGTH = "impossible record length {}"
+    INCOMPLETE_RECORD = "incomplete record"
+    CHECKSUM_MISMATCH = "record checksum mismatch"
+    MALFORMED_BODY = "malformed record body: {}"
+    SHORT_BUFFER = "the buffer ends inside the record"
+    """Not damage: the caller reads more and asks again."""
+
+
+class RecordProblem:
+    """Why there is no intact record at an offset: ``flaw`` to branch on, ``str()`` to show."""
+
+    __slots__ = ("detail", "flaw")
+
+    def __init__(self, flaw: Flaw, detail: object = "") -> None:
+        self.flaw = flaw
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.flaw.value.format(self.detail)
+
+    def __repr__(self) -> str:
+        return f"RecordProblem({self.flaw.name}, {self.detail!r})"
+
+
+_PROBLEM = {flaw: RecordProblem(flaw) for flaw in Flaw}  # the ones without a detail, made once
+SHORT_BUFFER = _PROBLEM[Flaw.SHORT_BUFFER]
+
+
 def segment_name(number: int) -> str:
     """The file name of segment ``number`` (1-based)."""
     return f"{SEGMENT_PREFIX}{number:08d}{SEGMENT_SUFFIX}"
@@ -92,7 +130,7 @@ def unpack_store(data: bytes) -> bytes:
         raise FormatProblem("not an orchestrix file store (bad STORE magic)")
     version = U32.unpack_from(data, 8)[0]
     if version > FORMAT_VERSION:
-        raise FormatProblem(f"written by a newer format version {version} (this code reads {FORMAT_VERSION})")
+        raise NewerFormat(f"written by a newer format version {version} (this code reads {FORMAT_VERSION})")
     if len(data) != STORE_STRUCT.size:
         raise FormatProblem(f"STORE file has {len(data)} bytes, expected {STORE_STRUCT.size}")
     _, _, _, store_id, crc = STORE_STRUCT.unpack(data)
@@ -115,7 +153,7 @@ def unpack_segment_header(data: bytes) -> tuple[int, int, bytes, int]:
     if magic != SEGMENT_MAGIC:
         raise FormatProblem("bad segment magic")
     if version > FORMAT_VERSION:
-        raise FormatProblem(f"written by a newer format version {version} (this code reads {FORMAT_VERSION})")
+        raise NewerFormat(f"written by a newer format version {version} (this code reads {FORMAT_VERSION})")
     if _crc32(data[: SEGMENT_HEADER_SIZE - 4]) != crc:
         raise FormatProblem("segment header checksum mismatch")
     return version, number, store_id, base
@@ -218,24 +256,24 @@ class RecordInfo(NamedTuple):
     ids: tuple[bytes, ...]
 
 
-def check_frame(buf: bytes | memoryview, at: int, available: int) -> tuple[int, int] | str:
+def check_frame(buf: bytes | memoryview, at: int, available: int) -> tuple[int, int] | RecordProblem:
     """(body length, crc) of a whole, intact record at ``buf[at:]``, else the reason it is not one.
 
     ``available`` is how many bytes of the file follow ``at`` (the record may not extend past them).
     """
     if available < FRAME_SIZE or len(buf) - at < FRAME_SIZE:
-        return "incomplete record frame"
+        return _PROBLEM[Flaw.INCOMPLETE_FRAME]
     magic, crc, length = FRAME.unpack_from(buf, at)
     if magic != RECORD_MAGIC:
-        return "bad record magic"
+        return _PROBLEM[Flaw.BAD_MAGIC]
     if length < BODY.size or length > MAX_BODY:
-        return f"impossible record length {length}"
+        return RecordProblem(Flaw.IMPOSSIBLE_LENGTH, length)
     if FRAME_SIZE + length > available:
-        return "incomplete record"
+        return _PROBLEM[Flaw.INCOMPLETE_RECORD]
     if len(buf) - at < FRAME_SIZE + length:
-        return "short buffer"  # the caller reads more and asks again
+        return SHORT_BUFFER
     if _crc32(memoryview(buf)[at + 8 : at + FRAME_SIZE + length]) != crc:
-        return "record checksum mismatch"
+        return _PROBLEM[Flaw.CHECKSUM_MISMATCH]
     return length, crc
 
 

@@ -42,10 +42,13 @@ CREATE TABLE IF NOT EXISTS marks(
 """
 
 _INSERT_IDS = """
-WITH RECURSIVE k(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM k WHERE i + 1 < ?3)
-INSERT OR IGNORE INTO ids(id, position) SELECT substr(?1, i * 16 + 1, 16), ?2 + i FROM k ORDER BY 1
+WITH RECURSIVE k(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM k WHERE i + 1 < :count)
+INSERT OR IGNORE INTO ids(id, position) SELECT substr(:ids, i * 16 + 1, 16), :first + i FROM k ORDER BY 1
 """
-"""Inserts the ids of consecutive positions from ``?2`` on, given as one blob of 16-byte ids.
+"""Inserts the ids of consecutive positions from ``:first`` on, given as one blob of 16-byte ids.
+
+Named parameters, bound from a dict: numbered ones (``?1``) bound from a sequence are deprecated
+since Python 3.12 and an error from 3.14.
 
 Sorted first: random ids land on random B-tree pages, and in key order each page is visited
 once (a third less CPU per checkpoint once the index holds a million ids).
@@ -87,9 +90,13 @@ class IndexDamaged(Exception):
 
 def _connect(path: str, sync: bool) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=60.0, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    # NORMAL never corrupts a WAL database (it may lose the last commits: the log has them)
-    conn.execute("PRAGMA synchronous=NORMAL" if sync else "PRAGMA synchronous=OFF")
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL never corrupts a WAL database (it may lose the last commits: the log has them)
+        conn.execute("PRAGMA synchronous=NORMAL" if sync else "PRAGMA synchronous=OFF")
+    except BaseException:  # a damaged database fails here: the caller never sees this connection
+        conn.close()
+        raise
     return conn
 
 
@@ -193,7 +200,7 @@ class Index:
         if last.position + last.count - first.position == len(ids) and len(blob) == ID_SIZE * len(ids):
             # One statement for every id: SQLite runs it without the GIL, which executemany
             # takes back for each row (each time making the appenders wait for it).
-            conn.execute(_INSERT_IDS, (blob, first.position, len(ids)))
+            conn.execute(_INSERT_IDS, {"ids": blob, "first": first.position, "count": len(ids)})
         else:
             conn.executemany(
                 "INSERT OR IGNORE INTO ids(id, position) VALUES (?, ?)",

@@ -1,7 +1,8 @@
 """The log: the store directory, its segment files, the HEAD hint, writing and scanning records.
 
 The segment files are the truth. Everything here works on bytes and file descriptors; the
-store above decides what the records mean.
+store above decides what the records mean. Whatever changes a file goes through the store's
+:class:`~._io.FileIO`, and every sync through its :class:`~._io.Syncs`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import mmap
 import os
 import struct
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from orchestrix.core.errors import CorruptionError, StoreError, StoreFormatError
 from orchestrix.infrastructure.file._format import (
@@ -23,10 +24,14 @@ from orchestrix.infrastructure.file._format import (
     HEAD_STRUCT,
     LOCK_FILE,
     SEGMENT_HEADER_SIZE,
+    SHORT_BUFFER,
     STORE_FILE,
+    Flaw,
     FormatProblem,
     Head,
+    NewerFormat,
     RecordInfo,
+    RecordProblem,
     check_frame,
     pack_head,
     pack_segment_header,
@@ -38,6 +43,7 @@ from orchestrix.infrastructure.file._format import (
     unpack_segment_header,
     unpack_store,
 )
+from orchestrix.infrastructure.file._io import FileIO, Syncs
 from orchestrix.infrastructure.file._lock import WriterLock
 
 log = logging.getLogger("orchestrix.infrastructure.file")
@@ -47,15 +53,6 @@ WINDOW = 256 * 1024
 PREALLOCATE = 4 * 1024 * 1024
 HEAD_MAP_SIZE = 4096
 _FLAGS = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
-
-
-def fsync_directory(path: str) -> None:
-    """Make a directory's entries (a created, renamed or removed file) durable."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def pread_full(fd: int, size: int, offset: int) -> bytes:
@@ -102,18 +99,18 @@ class Window:
         return self.buf, 0
 
 
-def read_frame(window: Window, offset: int, end: int) -> tuple[bytes, int, int, int] | str:
+def read_frame(window: Window, offset: int, end: int) -> tuple[bytes, int, int, int] | RecordProblem:
     """(buffer, index, body length, crc) of the intact record at ``offset``, or why there is none.
 
     ``end`` is where the readable data of the file stops.
     """
     buf, i = window.get(offset, FRAME_SIZE)
     result = check_frame(buf, i, end - offset)
-    if result == "short buffer":
+    if result is SHORT_BUFFER:
         length = FRAME.unpack_from(buf, i)[2]
         buf, i = window.get(offset, FRAME_SIZE + length)
         result = check_frame(buf, i, min(end - offset, len(buf) - i))
-    if isinstance(result, str):
+    if isinstance(result, RecordProblem):
         return result
     return buf, i, result[0], result[1]
 
@@ -134,10 +131,14 @@ class Segment:
 class Log:
     """The files of one store directory. Create it with :meth:`open`."""
 
-    def __init__(self, path: str, store_id: bytes, lock_fd: int, head_fd: int, sync: bool) -> None:
+    def __init__(
+        self, path: str, store_id: bytes, lock_fd: int, head_fd: int, io: FileIO, syncs: Syncs
+    ) -> None:
         self.path = path
         self.store_id = store_id
-        self.sync = sync
+        self.io = io
+        self.syncs = syncs
+        self._pwrite = io.pwrite  # looked up once: the append path calls it for every group
         self.segment_size = 1 << 62
         self._preallocating = True
         self.lock = WriterLock(lock_fd)
@@ -152,7 +153,7 @@ class Log:
     # -- opening and creating ------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str, sync: bool) -> Log:
+    def open(cls, path: str, io: FileIO, syncs: Syncs) -> Log:
         """Open the store at ``path``, creating it if the directory is missing or empty.
 
         Anything that is not a store (a file, a foreign directory, a newer format) is refused
@@ -169,25 +170,25 @@ class Log:
                 raise StoreFormatError(
                     path, "not an orchestrix file store (no STORE file) and the directory is not empty"
                 )
-            lock_fd = os.open(os.path.join(path, LOCK_FILE), _FLAGS | os.O_CREAT, 0o644)
+            lock_fd = io.open(os.path.join(path, LOCK_FILE), _FLAGS | os.O_CREAT, 0o644)
         except OSError as exc:
             raise StoreError(f"cannot open file store at {path}: {exc.strerror or exc}") from exc
         head_fd = -1
         try:
             with WriterLock(lock_fd):
                 if not os.path.exists(os.path.join(path, STORE_FILE)):
-                    _create_store_file(path)
+                    _create_store_file(path, io, syncs)
                 store_id = _read_store_id(path)
-                head_fd = os.open(os.path.join(path, HEAD_FILE), _FLAGS | os.O_CREAT, 0o644)
+                head_fd = io.open(os.path.join(path, HEAD_FILE), _FLAGS | os.O_CREAT, 0o644)
                 if os.fstat(head_fd).st_size < HEAD_MAP_SIZE:
-                    os.ftruncate(head_fd, HEAD_MAP_SIZE)
+                    io.ftruncate(head_fd, HEAD_MAP_SIZE)
         except OSError as exc:
             _close_quietly(lock_fd, head_fd)
             raise StoreError(f"cannot open file store at {path}: {exc.strerror or exc}") from exc
         except BaseException:
             _close_quietly(lock_fd, head_fd)
             raise
-        return cls(path, store_id, lock_fd, head_fd, sync)
+        return cls(path, store_id, lock_fd, head_fd, io, syncs)
 
     def close(self) -> None:
         """Close every file descriptor."""
@@ -217,7 +218,7 @@ class Log:
             return segment
         path = os.path.join(self.path, segment_name(number))
         try:
-            fd = os.open(path, _FLAGS)
+            fd = self.io.open(path, _FLAGS)
         except FileNotFoundError:
             raise CorruptionError(path, 0, "segment file missing from the log") from None
         try:
@@ -233,9 +234,9 @@ class Log:
     def _check_header(self, path: str, fd: int, number: int) -> int:
         try:
             _, found, store_id, base = unpack_segment_header(pread_full(fd, SEGMENT_HEADER_SIZE, 0))
+        except NewerFormat as exc:
+            raise StoreFormatError(path, str(exc)) from None
         except FormatProblem as exc:
-            if "newer format" in str(exc):
-                raise StoreFormatError(path, str(exc)) from None
             raise CorruptionError(path, 0, str(exc)) from None
         if found != number:
             raise CorruptionError(path, 0, f"header names segment {found}")
@@ -245,12 +246,13 @@ class Log:
 
     def create_segment(self, number: int, base: int) -> Segment:
         """Create segment ``number`` holding positions after ``base``; durable before it is used."""
+        io = self.io
         path = os.path.join(self.path, segment_name(number))
         try:
-            fd = os.open(path, _FLAGS | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = io.open(path, _FLAGS | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             # A writer died between creating it and using it: it may hold no record.
-            fd = os.open(path, _FLAGS)
+            fd = io.open(path, _FLAGS)
             leftover = Segment(number, path, fd, base)
             if not self.is_free(leftover, SEGMENT_HEADER_SIZE, os.fstat(fd).st_size):
                 os.close(fd)
@@ -259,10 +261,10 @@ class Log:
                 ) from None
         try:
             header = pack_segment_header(number, self.store_id, base)
-            os.pwrite(fd, header, 0)
-            os.ftruncate(fd, SEGMENT_HEADER_SIZE)
-            self.fsync(fd)
-            self.fsync_directory()
+            io.pwrite(fd, header, 0)
+            io.ftruncate(fd, SEGMENT_HEADER_SIZE)
+            self.syncs.file(fd)
+            self.syncs.directory(self.path)
         except BaseException:
             os.close(fd)
             raise
@@ -281,16 +283,6 @@ class Log:
     def size(self, number: int) -> int:
         """The current size of segment ``number``'s file."""
         return os.fstat(self.segment(number).fd).st_size
-
-    def fsync(self, fd: int) -> None:
-        """fsync ``fd``, unless in unsafe mode."""
-        if self.sync:
-            os.fsync(fd)
-
-    def fsync_directory(self) -> None:
-        """fsync the store directory, unless in unsafe mode."""
-        if self.sync:
-            fsync_directory(self.path)
 
     # -- HEAD ------------------------------------------------------------------------------------
 
@@ -315,20 +307,19 @@ class Log:
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def write(self, segment: Segment, offset: int, data: bytes | bytearray, sync: bool = True) -> None:
-        """Write ``data`` at ``offset`` and, if ``sync`` and not in unsafe mode, fdatasync it."""
+    def write(self, segment: Segment, offset: int, data: bytes | bytearray) -> None:
+        """Write ``data`` at ``offset`` (not synced: the commit syncs its whole group)."""
         end = offset + len(data)
         if self._preallocating and end > segment.allocated:
             self._preallocate(segment, end)
         view = memoryview(data)
+        pwrite = self._pwrite
         while view:
-            written = os.pwrite(segment.fd, view, offset)
+            written = pwrite(segment.fd, view, offset)
             if written <= 0:
                 raise OSError(errno.EIO, "short write")
             view = view[written:]
             offset += written
-        if sync and self.sync:
-            os.fdatasync(segment.fd)
 
     def _preallocate(self, segment: Segment, end: int) -> None:
         # Writing into space that is already allocated *and written* spares each fdatasync the
@@ -342,18 +333,18 @@ class Log:
             return
         target = max(end, min(size + PREALLOCATE, self.segment_size))
         try:
-            _write_zeros(segment.fd, size, target - size)
+            _write_zeros(self._pwrite, segment.fd, size, target - size)
         except OSError:
             self._preallocating = False  # no room for the reservation: files simply grow
             return
-        self.fsync(segment.fd)
+        self.syncs.file(segment.fd)
         segment.allocated = target
 
     def seal(self, segment: Segment, end: int) -> None:
         """Cut a full segment at its last record (dropping preallocated space) before the next one starts."""
         if os.fstat(segment.fd).st_size > end:
-            os.ftruncate(segment.fd, end)
-        self.fsync(segment.fd)
+            self.io.ftruncate(segment.fd, end)
+        self.syncs.file(segment.fd)
         segment.allocated = end
 
     def dangling(self, end: Head) -> bool:
@@ -394,8 +385,8 @@ class Log:
             window = Window(segment.fd, window_size)
             while offset < end:
                 frame = read_frame(window, offset, end)
-                if isinstance(frame, str):
-                    raise CorruptionError(segment.path, offset, frame)
+                if isinstance(frame, RecordProblem):
+                    raise CorruptionError(segment.path, offset, str(frame))
                 buf, i, length, crc = frame
                 yield segment, offset, buf, i, length, crc
                 offset += FRAME_SIZE + length
@@ -420,7 +411,8 @@ class Log:
             try:
                 info = parse_info(buf, i, length, crc, offset)
             except (FormatProblem, struct.error) as exc:
-                raise CorruptionError(segment.path, offset, f"malformed record body: {exc}") from None
+                problem = RecordProblem(Flaw.MALFORMED_BODY, exc)
+                raise CorruptionError(segment.path, offset, str(problem)) from None
             if info.position != position + 1:
                 raise CorruptionError(
                     segment.path, offset, f"record starts at position {info.position}, not {position + 1}"
@@ -434,16 +426,16 @@ class Log:
                 f"HEAD says the log ends at position {stop.position}; the records end at {position}",
             )
 
-    def info_at(self, segment: Segment, window: Window, offset: int, end: int) -> RecordInfo | str:
+    def info_at(self, segment: Segment, window: Window, offset: int, end: int) -> RecordInfo | RecordProblem:
         """The index facts of the intact record at ``offset``, or why there is none."""
         frame = read_frame(window, offset, end)
-        if isinstance(frame, str):
+        if isinstance(frame, RecordProblem):
             return frame
         buf, i, length, crc = frame
         try:
             return parse_info(buf, i, length, crc, offset)
         except (FormatProblem, struct.error) as exc:
-            return f"malformed record body: {exc}"
+            return RecordProblem(Flaw.MALFORMED_BODY, exc)
 
 
 def _read_store_id(path: str) -> bytes:
@@ -456,16 +448,16 @@ def _read_store_id(path: str) -> bytes:
         raise StoreFormatError(store_file, str(exc)) from None
 
 
-def _create_store_file(path: str) -> None:
+def _create_store_file(path: str, io: FileIO, syncs: Syncs) -> None:
     tmp = os.path.join(path, STORE_TMP)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+    fd = io.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
     try:
-        os.write(fd, pack_store(uuid.uuid4().bytes))
-        os.fsync(fd)
+        io.write(fd, pack_store(uuid.uuid4().bytes))
+        syncs.marker(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, os.path.join(path, STORE_FILE))
-    fsync_directory(path)
+    io.replace(tmp, os.path.join(path, STORE_FILE))
+    syncs.marker_directory(path)
 
 
 def _close_quietly(*fds: int) -> None:
@@ -478,9 +470,9 @@ def _close_quietly(*fds: int) -> None:
 _ZEROS = bytes(1 << 20)
 
 
-def _write_zeros(fd: int, offset: int, size: int) -> None:
+def _write_zeros(pwrite: Callable[[int, memoryview, int], int], fd: int, offset: int, size: int) -> None:
     while size > 0:
-        written = os.pwrite(fd, memoryview(_ZEROS)[: min(size, len(_ZEROS))], offset)
+        written = pwrite(fd, memoryview(_ZEROS)[: min(size, len(_ZEROS))], offset)
         if written <= 0:
             raise OSError(errno.EIO, "short write while reserving space")
         offset += written

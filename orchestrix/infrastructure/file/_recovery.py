@@ -25,6 +25,7 @@ from orchestrix.infrastructure.file._format import (
     SEGMENT_HEADER_SIZE,
     Head,
     RecordInfo,
+    RecordProblem,
     segment_name,
 )
 from orchestrix.infrastructure.file._log import WINDOW, Log, Segment, Window
@@ -93,7 +94,7 @@ class recover:
 
 
 def _cut_torn_write(
-    log_: Log, numbers: list[int], segment: Segment, bad: int, end: int, wanted: int, reason: str
+    log_: Log, numbers: list[int], segment: Segment, bad: int, end: int, wanted: int, reason: RecordProblem
 ) -> None:
     """Cut the log at ``bad`` if that is a torn write; raise CorruptionError if it is damage."""
     later = _written_after(log_, numbers, segment, bad, end, wanted)
@@ -104,16 +105,16 @@ def _cut_torn_write(
     log.warning(
         "%s: dropping %d bytes of an unfinished write at offset %d (%s)", segment.path, end - bad, bad, reason
     )
-    os.ftruncate(segment.fd, bad)
-    log_.fsync(segment.fd)
+    log_.io.ftruncate(segment.fd, bad)
+    log_.syncs.file(segment.fd)
     segment.allocated = bad
     for n in numbers[1:]:  # later segments hold only writes that were never acknowledged
         path = os.path.join(log_.path, segment_name(n))
         log.warning("%s: dropping a segment of unfinished writes", path)
         log_.forget_segment(n)
-        os.unlink(path)
+        log_.io.unlink(path)
     if len(numbers) > 1:
-        log_.fsync_directory()
+        log_.syncs.directory(log_.path)
 
 
 def _written_after(
@@ -161,6 +162,6 @@ def _open_checked(log_: Log, number: int, may_be_torn: bool) -> bool:
         if not may_be_torn or os.path.getsize(path) > SEGMENT_HEADER_SIZE:
             raise
     log.warning("%s: removing a segment whose creation never finished", path)
-    os.unlink(path)
-    log_.fsync_directory()
+    log_.io.unlink(path)
+    log_.syncs.directory(log_.path)
     return False

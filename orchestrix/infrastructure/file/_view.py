@@ -1,8 +1,9 @@
 """One process's view of the log: how far it has read, what the index covers, and the tail between.
 
-The view opens the store (index check, recovery), takes in what other processes commit, answers
-"where is this stream / position / event id", and moves the tail into the index in the
-background. Appends (:mod:`._commit`) and reads (:mod:`.store`) both go through it.
+The view opens the store (index check, recovery), takes in what other processes commit, finds
+where a position's record starts, and moves the tail into the index in the background. Where an
+event id is and what a stream's version is, its locator answers (:mod:`._locator`). Appends
+(:mod:`._commit`) and reads (:mod:`.store`) both go through it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import threading
 from collections.abc import Callable, Iterator
 
 from orchestrix.core.errors import OrchestrixError, StoreError
-from orchestrix.core.eventsourcing.store import NO_STREAM
 from orchestrix.infrastructure.file._format import (
     FRAME_SIZE,
     INDEX_FILE,
@@ -23,21 +23,28 @@ from orchestrix.infrastructure.file._format import (
     FormatProblem,
     Head,
     RecordInfo,
+    RecordProblem,
     parse_info,
 )
 from orchestrix.infrastructure.file._index import EMPTY, Covered, Entry, Index, IndexDamaged
+from orchestrix.infrastructure.file._io import FileIO, Syncs
+from orchestrix.infrastructure.file._locator import Locator, Seen
 from orchestrix.infrastructure.file._log import Log, Window, read_frame
 from orchestrix.infrastructure.file._recovery import recover
-from orchestrix.infrastructure.file._seen import Seen
-from orchestrix.infrastructure.file._tail import Tail
 
 log = logging.getLogger("orchestrix.infrastructure.file")
 
 
 class LogView:
-    """The log as this process knows it. ``state`` guards ``end`` and ``tail``."""
+    """The log as this process knows it. ``state`` guards ``end`` and ``locator``."""
 
-    def __init__(self, path: str, sync: bool, segment_size: int, checkpoint_events: int) -> None:
+    locator: Locator
+    seen: Seen
+    """The locator's filters (here too for code that only waits for them to be built)."""
+
+    def __init__(
+        self, path: str, io: FileIO, syncs: Syncs, segment_size: int, checkpoint_events: int
+    ) -> None:
         self.path = path
         self.checkpoint_events = max(1, checkpoint_events)
         self.state = threading.RLock()
@@ -47,12 +54,11 @@ class LogView:
         self.closed = False
         self._flush_cond = threading.Condition(threading.Lock())
         self._flush_wanted = False
-        self.log = Log.open(path, sync)
+        self.log = Log.open(path, io, syncs)
         self.log.segment_size = segment_size
         try:
             with self.log.lock:
                 self.index = self._open_index()
-                self.seen = Seen(self.index.connect)
                 self._recover()
         except BaseException:
             index = getattr(self, "index", None)
@@ -68,12 +74,12 @@ class LogView:
     def _open_index(self) -> Index:
         path = os.path.join(self.path, INDEX_FILE)
         try:
-            index = Index(path, self.log.store_id, self.log.sync)
+            index = Index(path, self.log.store_id, self.log.syncs.durable)
         except IndexDamaged as exc:
             log.warning("%s: rebuilding the index from the log (%s)", path, exc)
             Index.remove(path)
             try:
-                index = Index(path, self.log.store_id, self.log.sync)
+                index = Index(path, self.log.store_id, self.log.syncs.durable)
             except IndexDamaged as again:
                 raise StoreError(f"cannot create the index {path}: {again}") from again
         covered = index.covered()
@@ -90,7 +96,7 @@ class LogView:
                 return False
             window = Window(self.log.segment(end.segment).fd, FRAME_SIZE)
             frame = read_frame(window, covered.record_offset, end.offset)
-            if isinstance(frame, str):
+            if isinstance(frame, RecordProblem):
                 return False
             buf, i, length, crc = frame
             info = parse_info(buf, i, length, crc, covered.record_offset)
@@ -105,20 +111,21 @@ class LogView:
     def _recover(self) -> None:
         """Scan what the index does not cover, repair a torn tail, publish the end (writer lock held)."""
         covered = self.index.covered()
-        self.tail = Tail(covered.end.position)
+        self.locator = Locator(self.index, covered.end.position, self.records_from)
+        self.seen = self.locator.seen
         self.end = covered.end
         added = 0
         recovery = recover(self.log, covered.end)
         for number, info in recovery:
-            self.tail.add(entry_of(number, info))
+            self.locator.add(entry_of(number, info))
             self.end = Head(info.position + info.count - 1, number, info.offset + info.size)
             added += info.count
-            if self.tail.events >= self.checkpoint_events:
+            if self.locator.events >= self.checkpoint_events:
                 self.flush()  # a long uncovered log (a rebuild): index as we go, memory stays bounded
         self.end = recovery.end
-        if added and self.log.sync:
+        if added:
             # the records may sit in the page cache of a writer that died before syncing them
-            os.fsync(self.log.segment(self.end.segment).fd)
+            self.log.syncs.file(self.log.segment(self.end.segment).fd)
         self.log.write_head(self.end)
 
     # -- taking in what was committed --------------------------------------------------------
@@ -126,11 +133,11 @@ class LogView:
     def publish(self, entries: list[Entry], end: Head) -> None:
         """Make committed records visible to this process and wake its waiters."""
         with self.state:
-            self.tail.extend(entries)
+            self.locator.extend(entries)
             self.end = end
             if self.sync_waiters:
                 self.changed.notify_all()
-            wanted = self.tail.events >= self.checkpoint_events
+            wanted = self.locator.events >= self.checkpoint_events
         if self.async_waiters:
             self.wake_async_waiters()
         if wanted:
@@ -177,32 +184,12 @@ class LogView:
         recovery = recover(self.log, self.end)
         entries = [entry_of(n, info) for n, info in recovery]
         end = recovery.end
-        if entries and self.log.sync:
-            os.fsync(self.log.segment(end.segment).fd)
+        if entries:
+            self.log.syncs.file(self.log.segment(end.segment).fd)
         self.log.write_head(end)
         self.publish(entries, end)
 
-    # -- looking up ----------------------------------------------------------------------------
-
-    def version_locked(self, stream: str) -> int:
-        """The stream's current version, as far as this view has read (state held)."""
-        version = self.tail.version(stream)
-        if version is None:
-            indexed = self.tail.bound and self.seen.may_hold_stream(stream)
-            found = self.index.stream_version(stream, self.tail.bound) if indexed else None
-            version = NO_STREAM if found is None else found
-            self.tail.remember(stream, version)
-        return version
-
-    def place_at(self, position: int, event_id: bytes) -> tuple[str, int, int]:
-        """(stream, version, position) of the indexed event ``event_id`` at ``position``."""
-        for _, info in self.records_from(position):
-            if info.position <= position < info.position + info.count:
-                if info.ids[position - info.position] != event_id:
-                    break
-                return info.stream, info.version + position - info.position, position
-        path = os.path.join(self.path, INDEX_FILE)
-        raise StoreError(f"{path}: the index disagrees with the log about position {position}; delete it")
+    # -- finding records -----------------------------------------------------------------------
 
     def records_from(self, position: int) -> Iterator[tuple[int, RecordInfo]]:
         """The committed records from the one holding ``position`` on."""
@@ -213,7 +200,8 @@ class LogView:
     def start_of(self, position: int) -> tuple[int, int]:
         """(segment, offset) of a record at or shortly before the one holding ``position``."""
         with self.state:
-            entry = self.tail.entry_at(position) if position > self.tail.bound else None
+            locator = self.locator
+            entry = locator.entry_at(position) if position > locator.bound else None
         if entry is not None:
             return entry.segment, entry.offset
         mark = self.index.mark_before(position)
@@ -239,16 +227,16 @@ class LogView:
     def flush(self) -> None:
         """Add the tail's records to the index, then drop them from memory."""
         with self.state:
-            entries = list(self.tail.entries)
+            entries = list(self.locator.entries)
             end = self.end.position
         if not entries:
             return
         covered = self.index.add(entries)
         bound = min(covered, end)
         # the filters first: at every moment a handed-over key is in the tail, the filters or both
-        self.seen.add([e for e in entries if e.position <= bound])
+        self.locator.seen.add([e for e in entries if e.position <= bound])
         with self.state:
-            self.tail.trim(bound)
+            self.locator.trim(bound)
 
     def close(self, checkpoint: bool) -> None:
         """Stop the background checkpoint, checkpoint once more if asked, wake waiters, close files."""
@@ -264,7 +252,7 @@ class LogView:
         with self.changed:
             self.changed.notify_all()
         self.wake_async_waiters()
-        self.seen.stop()
+        self.locator.seen.stop()
         self.index.close()
         self.log.close()
 

@@ -10,7 +10,7 @@ import threading
 from typing import Any
 
 from orchestrix.core.errors import StoreError, StoreFormatError
-from orchestrix.infrastructure.file._log import fsync_directory
+from orchestrix.infrastructure.file._io import fsync_directory
 from orchestrix.infrastructure.file.errors import InvalidCheckpointError
 
 __all__ = ["FileCheckpointStore"]

@@ -10,7 +10,8 @@ How it works, in short (``docs/file-format.md`` has the bytes):
   processes added, then check expected versions and assign positions 1, 2, 3… in log order.
   After syncing they publish the committed end in HEAD, which readers in other processes poll.
 * An SQLite index (rebuilt from the log when missing or stale) maps streams to their records
-  and event ids to positions; records it does not cover yet are kept in memory (:mod:`._tail`).
+  and event ids to positions; records it does not cover yet are kept in memory, and where an
+  event id is or what a stream's version is, one locator answers (:mod:`._locator`).
 * On open the uncovered end of the log is scanned; a torn last write is cut off with a warning,
   damage that later records prove was once on disk raises
   :class:`~orchestrix.core.errors.CorruptionError` (:mod:`._recovery`).
@@ -32,7 +33,7 @@ from orchestrix.core.errors import CorruptionError, StoreClosedError, StoreForma
 from orchestrix.core.eventsourcing.store import ANY, AppendResult, AsyncStoreMixin, validate_stream_name
 from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
 from orchestrix.core.messaging.serializer import Serializer
-from orchestrix.infrastructure.file._commit import GroupCommit, prepare
+from orchestrix.infrastructure.file._commit import GroupCommit
 from orchestrix.infrastructure.file._format import (
     FRAME_SIZE,
     HEAD_FILE,
@@ -41,11 +42,15 @@ from orchestrix.infrastructure.file._format import (
     SEGMENT_HEADER_SIZE,
     STORE_FILE,
     Head,
+    RecordProblem,
     decode_events,
     segment_number,
 )
 from orchestrix.infrastructure.file._index import Entry
+from orchestrix.infrastructure.file._io import Syncs
 from orchestrix.infrastructure.file._log import Window, read_frame
+from orchestrix.infrastructure.file._policy import DEFAULT_POLICY, FilePolicy
+from orchestrix.infrastructure.file._request import prepare
 from orchestrix.infrastructure.file._view import LogView, ahead
 from orchestrix.infrastructure.file.checkpoint import FileCheckpointStore
 from orchestrix.infrastructure.file.errors import InvalidStoreOptionError
@@ -74,8 +79,10 @@ class FileEventStore(AsyncStoreMixin):
     ``loop_sync_max``: asyncio appends are committed by the event loop itself, which then
     blocks for one fdatasync, while the disk's syncs average at most this many seconds (a
     hand-over to a writer thread and back costs more than a fast sync); ``0`` keeps every
-    sync off the loop. Several stores (in this or other processes) may open one directory at
-    once.
+    sync off the loop. ``policy`` sets how long the writer lock is kept and which calls do the
+    file I/O (:class:`~orchestrix.infrastructure.file._policy.FilePolicy`; its defaults suit
+    production, tests and fault injection pass their own). Several stores (in this or other
+    processes) may open one directory at once.
     """
 
     def __init__(
@@ -87,13 +94,14 @@ class FileEventStore(AsyncStoreMixin):
         segment_size: int = DEFAULT_SEGMENT_SIZE,
         checkpoint_events: int = DEFAULT_CHECKPOINT_EVENTS,
         loop_sync_max: float = DEFAULT_LOOP_SYNC_MAX,
+        policy: FilePolicy = DEFAULT_POLICY,
     ) -> None:
-        _check_options(segment_size, checkpoint_events, loop_sync_max)
+        _check_options(segment_size, checkpoint_events, loop_sync_max, policy)
         self.path = os.fspath(path)
         self._serializer = serializer
         self._names: dict[Any, bytes] = {}
-        self._view = LogView(self.path, sync, segment_size, checkpoint_events)
-        self._commits = GroupCommit(self._view, segment_size, loop_sync_max)
+        self._view = LogView(self.path, policy.io, Syncs(policy.io, sync), segment_size, checkpoint_events)
+        self._commits = GroupCommit(self._view, segment_size, loop_sync_max, policy)
         self._closing = threading.RLock()  # one close at a time: two would close each file twice
 
     # -- appending ---------------------------------------------------------------------------
@@ -136,8 +144,8 @@ class FileEventStore(AsyncStoreMixin):
         from_version = max(from_version, 0)
         view = self._view
         with view.state:
-            bound = view.tail.bound
-            tail = view.tail.stream_entries(stream, from_version)
+            bound = view.locator.bound
+            tail = view.locator.stream_entries(stream, from_version)
         return self._stream_events(stream, from_version, bound, tail)
 
     def _stream_events(
@@ -161,8 +169,8 @@ class FileEventStore(AsyncStoreMixin):
         if window is None:
             window = windows[number] = Window(segment.fd, STREAM_WINDOW, 65536)
         frame = read_frame(window, offset, 1 << 62)
-        if isinstance(frame, str):
-            raise CorruptionError(segment.path, offset, frame)
+        if isinstance(frame, RecordProblem):
+            raise CorruptionError(segment.path, offset, str(frame))
         buf, i, _, _ = frame
         if _record_position(buf, i) != position:
             raise CorruptionError(segment.path, offset, f"expected the record of position {position} here")
@@ -242,7 +250,7 @@ class FileEventStore(AsyncStoreMixin):
         self._check_open()
         self._view.refresh()
         with self._view.state:
-            return self._view.version_locked(stream)
+            return self._view.locator.version(stream)
 
     def last_position(self) -> int:
         """The highest committed global position (0 for an empty store)."""
@@ -374,7 +382,9 @@ class FileEventStore(AsyncStoreMixin):
         return f"FileEventStore({self.path!r})"
 
 
-def _check_options(segment_size: object, checkpoint_events: object, loop_sync_max: object) -> None:
+def _check_options(
+    segment_size: object, checkpoint_events: object, loop_sync_max: object, policy: object
+) -> None:
     if type(segment_size) is not int or not MIN_SEGMENT_SIZE <= segment_size <= MAX_SEGMENT_SIZE:
         raise InvalidStoreOptionError(
             "segment_size", segment_size, f"an int from {MIN_SEGMENT_SIZE} to {MAX_SEGMENT_SIZE} bytes"
@@ -383,6 +393,8 @@ def _check_options(segment_size: object, checkpoint_events: object, loop_sync_ma
         raise InvalidStoreOptionError("checkpoint_events", checkpoint_events, "an int of at least 1")
     if type(loop_sync_max) not in (int, float) or not 0 <= loop_sync_max < math.inf:  # type: ignore[operator]
         raise InvalidStoreOptionError("loop_sync_max", loop_sync_max, "a finite number of seconds, 0 or more")
+    if not isinstance(policy, FilePolicy):
+        raise InvalidStoreOptionError("policy", policy, "a FilePolicy")
 
 
 def _record_position(buf: bytes, at: int) -> int:

@@ -1,0 +1,116 @@
+"""Encoding an append: validate it and build its record on the caller's own thread, before any lock.
+
+A :class:`Request` then carries the record through the commit (:mod:`._commit`) and brings its
+outcome back to the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from orchestrix.core.errors import SerializationError
+from orchestrix.core.eventsourcing.store import (
+    AppendResult,
+    to_new_events,
+    validate_expected_version,
+    validate_stream_name,
+)
+from orchestrix.core.messaging.messages import NewEvent
+from orchestrix.core.messaging.serializer import Serializer
+from orchestrix.infrastructure.file._format import (
+    FRAME_SIZE,
+    MAX_BODY,
+    FormatProblem,
+    prepare_record,
+    type_field,
+)
+from orchestrix.infrastructure.file.errors import BatchTooLargeError
+
+NAMES_CACHED = 4096
+"""Stream and type names a store keeps encoded; past that the cache starts over."""
+
+
+class Request:
+    """One caller's append: its encoded record, and then its outcome."""
+
+    __slots__ = (
+        "batch",
+        "done",
+        "error",
+        "expected",
+        "future",
+        "handed",
+        "ids",
+        "loop",
+        "record",
+        "result",
+        "stream",
+        "wake",
+    )
+
+    def __init__(
+        self, stream: str, batch: list[NewEvent], ids: tuple[bytes, ...], record: bytearray, expected: int
+    ) -> None:
+        self.stream = stream
+        self.batch = batch
+        self.ids = ids
+        self.record = record
+        self.expected = expected
+        self.result: AppendResult | None = None
+        self.error: BaseException | None = None
+        self.done = False
+        self.wake: threading.Lock | None = None  # a waiting thread's: released when done, or to write
+        self.handed = False  # its caller was told to write the next group
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.future: asyncio.Future[None] | None = None
+
+
+def prepare(
+    serializer: Serializer,
+    names: dict[Any, bytes],
+    stream: str,
+    events: Sequence[NewEvent | Any],
+    expected_version: int,
+) -> Request:
+    """Validate and encode an append outside every lock, so concurrent callers do it in parallel.
+
+    ``names`` caches, per store, the UTF-8 form of stream names already checked and of type
+    names already made into record fields: an append usually goes to a stream it has seen.
+    """
+    raw_stream = names.get(stream) if type(stream) is str else None
+    if raw_stream is None:
+        raw_stream = validate_stream_name(stream).encode()
+        if len(names) >= NAMES_CACHED:
+            names.clear()
+        names[stream] = raw_stream
+    if type(expected_version) is not int or expected_version < 0:  # the named modes, or bad input
+        validate_expected_version(expected_version)
+    batch = to_new_events(stream, events)
+    encode = serializer.encode
+    prepared = []
+    for new in batch:
+        type_name, payload = encode(new.event)
+        field = names.get((type_name,))
+        if field is None:
+            try:
+                field = names[(type_name,)] = type_field(type_name)
+            except FormatProblem as exc:
+                raise SerializationError(type_name, str(exc)) from None
+        correlation, causation = new.correlation_id, new.causation_id
+        prepared.append(
+            (
+                new.event_id.int.to_bytes(16, "big"),  # UUID.bytes, without its Python-level property
+                None if correlation is None else correlation.bytes,
+                None if causation is None else causation.bytes,
+                field,
+                payload,
+            )
+        )
+    record = prepare_record(raw_stream, prepared)
+    if len(record) - FRAME_SIZE > MAX_BODY:
+        raise BatchTooLargeError(stream, len(record), MAX_BODY + FRAME_SIZE)
+    ids = (prepared[0][0],) if len(prepared) == 1 else tuple([p[0] for p in prepared])
+    return Request(stream, batch, ids, record, expected_version)
