@@ -84,6 +84,7 @@ def schema() -> Iterator[str]:
 
 
 def test_a_partition_lease_is_exclusive_and_freed_when_its_connection_dies(schema: str) -> None:
+    PostgresEventStore(DSN, banking_serializer(), schema=schema).close()  # creates the fences table
     first = PartitionLease(DSN, schema=schema, group="g", count=2)
     second = PartitionLease(DSN, schema=schema, group="g", count=2)
     standby = PartitionLease(DSN, schema=schema, group="g", count=2)
