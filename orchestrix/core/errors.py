@@ -42,6 +42,7 @@ __all__ = [
     "DomainError",
     "DuplicateEventIdError",
     "EmptyBatchError",
+    "EventLoopRequiredError",
     "FencedError",
     "InvalidEventIdError",
     "InvalidExpectedVersionError",
@@ -231,6 +232,18 @@ class UnknownCommandError(SagaError, LookupError):
         known = ", ".join(sorted(t.__name__ for t in registered)) or "none"
         super().__init__(f"no handler for command {command_type.__name__} (registered: {known})")
         self.command_type = command_type
+
+
+class EventLoopRequiredError(OrchestrixError, RuntimeError):
+    """Code run by a sync form (``run_once``, ``CommandBus.handle`` ...) awaited something that
+    only an event loop provides; call the asyncio form (``run_once_async`` ...) instead."""
+
+    def __init__(self, code: str, awaited: object) -> None:
+        super().__init__(
+            f"{code} awaited {awaited!r}, which needs an event loop: orchestrix's sync forms run "
+            "coroutines that await only orchestrix operations; call the asyncio form instead"
+        )
+        self.code = code
 
 
 class DomainError(OrchestrixError):

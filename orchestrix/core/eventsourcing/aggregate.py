@@ -7,15 +7,16 @@ exactly the same state. Dispatch from event type to handler is resolved once per
 
 from __future__ import annotations
 
-import asyncio
 import collections
+import functools
 import random
 import threading
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, TypeVar
 
+from orchestrix.core import _io
+from orchestrix.core._io import run_sync
 from orchestrix.core.errors import (
     AggregateError,
     AggregateNotFoundError,
@@ -141,21 +142,18 @@ class AggregateRepository:
 
     def load(self, cls: type[A], aggregate_id: str) -> A:
         """Rebuild the aggregate from its stream; raise AggregateNotFoundError if it has none."""
-        stream = cls.stream_name(aggregate_id)
-        aggregate = cls()
-        aggregate.id = aggregate_id
-        for recorded in self.event_store.read_stream(stream):
-            aggregate._replay(recorded)
-        return _found(aggregate, cls, aggregate_id, stream)
+        return run_sync(self.load_async(cls, aggregate_id))
 
     async def load_async(self, cls: type[A], aggregate_id: str) -> A:
         """Asyncio form of :meth:`load`."""
         stream = cls.stream_name(aggregate_id)
         aggregate = cls()
         aggregate.id = aggregate_id
-        async for recorded in self.event_store.read_stream_async(stream):
+        for recorded in await _io.read_stream(self.event_store, stream):
             aggregate._replay(recorded)
-        return _found(aggregate, cls, aggregate_id, stream)
+        if aggregate.version == NO_STREAM:
+            raise AggregateNotFoundError(cls, aggregate_id, stream)
+        return aggregate
 
     def save(
         self,
@@ -169,12 +167,7 @@ class AggregateRepository:
         Raises ConcurrencyError (and stores nothing) if the stream moved on meanwhile.
         Returns None when there was nothing to save.
         """
-        stream, batch, expected = _prepare(aggregate, correlation_id, causation_id)
-        if not batch:
-            return None
-        result = self.event_store.append(stream, batch, expected)
-        aggregate._pending.clear()
-        return result
+        return run_sync(self.save_async(aggregate, correlation_id=correlation_id, causation_id=causation_id))
 
     async def save_async(
         self,
@@ -187,7 +180,7 @@ class AggregateRepository:
         stream, batch, expected = _prepare(aggregate, correlation_id, causation_id)
         if not batch:
             return None
-        result = await self.event_store.append_async(stream, batch, expected)
+        result: AppendResult = await _io.append(self.event_store, stream, batch, expected)
         aggregate._pending.clear()
         return result
 
@@ -208,21 +201,7 @@ class AggregateRepository:
         ``decide`` gets an aggregate that only this call uses (from the cache, caught up, or
         replayed); it must not keep it after returning. What it returns is returned.
         """
-
-        def once() -> T:
-            aggregate = self._take(cls, aggregate_id)
-            if aggregate is None or not self._caught_up(aggregate):
-                aggregate = self.load(cls, aggregate_id)
-            try:
-                outcome = decide(aggregate)
-            except DomainError:
-                if _records_refusal(aggregate):
-                    self._put_back(aggregate, self.save(aggregate))
-                raise
-            self._put_back(aggregate, self.save(aggregate))
-            return outcome
-
-        return retry_on_conflict(once, attempts=attempts)
+        return run_sync(self.update_async(cls, aggregate_id, decide, attempts=attempts))
 
     async def update_async(
         self,
@@ -236,7 +215,7 @@ class AggregateRepository:
 
         async def once() -> T:
             aggregate = self._take(cls, aggregate_id)
-            if aggregate is None or not await self._caught_up_async(aggregate):
+            if aggregate is None or not await self._caught_up(aggregate):
                 aggregate = await self.load_async(cls, aggregate_id)
             try:
                 outcome = decide(aggregate)
@@ -273,26 +252,15 @@ class AggregateRepository:
             while len(self._idle) > self.cache_size:
                 self._idle.popitem(last=False)
 
-    def _caught_up(self, aggregate: AggregateRoot) -> bool:
+    async def _caught_up(self, aggregate: AggregateRoot) -> bool:
         """Replay what was stored after the cached version; False if the stream is not as cached."""
         stream = type(aggregate).stream_name(aggregate.id or "")
-        current = self.event_store.stream_version(stream)
+        current = await _io.stream_version(self.event_store, stream)
         if current == aggregate.version:
             return True
         if current < aggregate.version:
             return False  # the store lost events this aggregate has seen: start from its stream
-        for recorded in self.event_store.read_stream(stream, aggregate.version + 1):
-            aggregate._replay(recorded)
-        return True
-
-    async def _caught_up_async(self, aggregate: AggregateRoot) -> bool:
-        stream = type(aggregate).stream_name(aggregate.id or "")
-        current = await self.event_store.stream_version_async(stream)
-        if current == aggregate.version:
-            return True
-        if current < aggregate.version:
-            return False
-        async for recorded in self.event_store.read_stream_async(stream, aggregate.version + 1):
+        for recorded in await _io.read_stream(self.event_store, stream, aggregate.version + 1):
             aggregate._replay(recorded)
         return True
 
@@ -303,16 +271,7 @@ def retry_on_conflict(operation: Callable[[], T], *, attempts: int = 5) -> T:
     The first retry is immediate; later ones wait a short random time (see :func:`conflict_backoff`),
     so that writers who keep colliding on one stream fall out of step instead of colliding again.
     """
-    if attempts < 1:
-        raise ValueError("attempts must be at least 1")
-    for attempt in range(1, attempts + 1):
-        try:
-            return operation()
-        except ConcurrencyError:
-            if attempt == attempts:
-                raise
-        time.sleep(conflict_backoff(attempt))
-    raise AssertionError("unreachable")  # pragma: no cover
+    return run_sync(retry_on_conflict_async(functools.partial(_io.call, operation), attempts=attempts))
 
 
 async def retry_on_conflict_async(operation: Callable[[], Awaitable[T]], *, attempts: int = 5) -> T:
@@ -325,7 +284,7 @@ async def retry_on_conflict_async(operation: Callable[[], Awaitable[T]], *, atte
         except ConcurrencyError:
             if attempt == attempts:
                 raise
-        await asyncio.sleep(conflict_backoff(attempt))
+        await _io.sleep(conflict_backoff(attempt))
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -340,12 +299,6 @@ def _records_refusal(aggregate: AggregateRoot) -> bool:
     """True if a refused decision left exactly its key's refusal record to store (see keys.py)."""
     pending = aggregate._pending
     return bool(pending) and all(type(new.event) is KeyRefused for new in pending)
-
-
-def _found(aggregate: A, cls: type[A], aggregate_id: str, stream: str) -> A:
-    if aggregate.version == NO_STREAM:
-        raise AggregateNotFoundError(cls, aggregate_id, stream)
-    return aggregate
 
 
 def _prepare(
