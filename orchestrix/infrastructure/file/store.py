@@ -29,8 +29,16 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
+from orchestrix.core._checks import (
+    check_after,
+    check_from_version,
+    check_limit,
+    check_stream_name,
+    check_timeout,
+)
 from orchestrix.core.errors import CorruptionError, StoreClosedError, StoreFormatError
-from orchestrix.core.eventsourcing.store import ANY, AppendResult, AsyncStoreMixin, validate_stream_name
+from orchestrix.core.eventsourcing._backend import AsyncStoreMixin
+from orchestrix.core.eventsourcing.store import ANY, AppendResult
 from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
 from orchestrix.core.messaging.serializer import Serializer
 from orchestrix.infrastructure.file._commit import GroupCommit
@@ -104,6 +112,10 @@ class FileEventStore(AsyncStoreMixin):
         self._commits = GroupCommit(self._view, segment_size, loop_sync_max, policy)
         self._closing = threading.RLock()  # one close at a time: two would close each file twice
 
+    checks_fences = False
+    """Appends made under a fence are not checked: the file store grants no leases (its writers,
+    on one machine, take turns through a file lock)."""
+
     # -- appending ---------------------------------------------------------------------------
 
     def append(
@@ -138,10 +150,10 @@ class FileEventStore(AsyncStoreMixin):
 
     def read_stream(self, stream: str, from_version: int = 0) -> Iterator[RecordedEvent]:
         """Yield the stream's events from ``from_version`` on, decoding one at a time."""
-        validate_stream_name(stream)
+        check_stream_name(stream)
+        check_from_version(from_version)
         self._check_open()
         self._view.refresh()
-        from_version = max(from_version, 0)
         view = self._view
         with view.state:
             bound = view.locator.bound
@@ -178,11 +190,13 @@ class FileEventStore(AsyncStoreMixin):
 
     def read_all(self, after: int = 0, limit: int | None = None) -> Iterator[RecordedEvent]:
         """Yield every event with a position greater than ``after``, in global order, lazily."""
+        check_after(after)
+        check_limit(limit)
         self._check_open()
         self._view.refresh()
         end = self._view.end
-        start = max(after, 0) + 1
-        if start > end.position or (limit is not None and limit <= 0):
+        start = after + 1
+        if start > end.position or limit == 0:
             return iter(())
         return self._all_events(start, end, limit)
 
@@ -246,7 +260,7 @@ class FileEventStore(AsyncStoreMixin):
 
     def stream_version(self, stream: str) -> int:
         """The version of the stream's last event, or NO_STREAM (-1) if it has none."""
-        validate_stream_name(stream)
+        check_stream_name(stream)
         self._check_open()
         self._view.refresh()
         with self._view.state:
@@ -311,6 +325,8 @@ class FileEventStore(AsyncStoreMixin):
 
     def wait_for_events(self, after: int, timeout: float) -> bool:
         """Block until an event after ``after`` is committed (by any process) or ``timeout`` passes."""
+        check_after(after)
+        check_timeout(timeout)
         view = self._view
         deadline = time.monotonic() + timeout
         while True:
@@ -330,6 +346,8 @@ class FileEventStore(AsyncStoreMixin):
 
     async def wait_for_events_async(self, after: int, timeout: float) -> bool:
         """Asyncio form of :meth:`wait_for_events`; holds no thread while it waits."""
+        check_after(after)
+        check_timeout(timeout)
         view = self._view
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
