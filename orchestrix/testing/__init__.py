@@ -1,4 +1,4 @@
-"""What users import in their own tests: the store contract suite and hypothesis strategies.
+"""What users import in their own tests: the store contract suites and hypothesis strategies.
 
 It needs pytest and hypothesis: ``pip install 'orchestrix-es[testing]'``.
 """
@@ -12,6 +12,7 @@ except ImportError as exc:
         name=exc.name,
     ) from exc
 
+from orchestrix.testing.checkpoint_contract import CheckpointStoreContract
 from orchestrix.testing.contract import (
     ContractEvent,
     EventStoreContract,
@@ -23,6 +24,7 @@ from orchestrix.testing.fencing_contract import FencingContract
 from orchestrix.testing.strategies import identifiers, invalid_amounts, money, stream_names
 
 __all__ = [
+    "CheckpointStoreContract",
     "ContractEvent",
     "EventStoreContract",
     "FencingContract",

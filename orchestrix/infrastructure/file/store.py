@@ -63,7 +63,15 @@ from orchestrix.infrastructure.file._view import LogView, ahead
 from orchestrix.infrastructure.file.checkpoint import FileCheckpointStore
 from orchestrix.infrastructure.file.errors import InvalidStoreOptionError
 
-__all__ = ["FileEventStore"]
+__all__ = [
+    "CHECKPOINT_FILE",
+    "DEFAULT_CHECKPOINT_EVENTS",
+    "DEFAULT_LOOP_SYNC_MAX",
+    "DEFAULT_SEGMENT_SIZE",
+    "MAX_SEGMENT_SIZE",
+    "MIN_SEGMENT_SIZE",
+    "FileEventStore",
+]
 
 CHECKPOINT_FILE = "checkpoints.json"
 DEFAULT_SEGMENT_SIZE = 128 * 1024 * 1024
@@ -71,9 +79,9 @@ DEFAULT_CHECKPOINT_EVENTS = 16384
 DEFAULT_LOOP_SYNC_MAX = 0.001
 MIN_SEGMENT_SIZE = 512  # tiny segments are for tests of rollovers
 MAX_SEGMENT_SIZE = 1 << 40  # the index keeps offsets in 40 bits
-STREAM_WINDOW = 4096
+_STREAM_WINDOW = 4096
 """First read size of a stream read: most streams are short, and their records far apart."""
-POLL_INTERVAL = 0.02
+_POLL_INTERVAL = 0.02
 """How often a waiting reader looks at HEAD for other processes' appends (seconds)."""
 
 
@@ -179,7 +187,7 @@ class FileEventStore(AsyncStoreMixin):
         segment = self._view.log.segment(number)
         window = windows.get(number)
         if window is None:
-            window = windows[number] = Window(segment.fd, STREAM_WINDOW, 65536)
+            window = windows[number] = Window(segment.fd, _STREAM_WINDOW, 65536)
         frame = read_frame(window, offset, 1 << 62)
         if isinstance(frame, RecordProblem):
             raise CorruptionError(segment.path, offset, str(frame))
@@ -340,7 +348,7 @@ class FileEventStore(AsyncStoreMixin):
                     return False
                 view.sync_waiters += 1
                 try:
-                    view.changed.wait(min(remaining, POLL_INTERVAL))
+                    view.changed.wait(min(remaining, _POLL_INTERVAL))
                 finally:
                     view.sync_waiters -= 1
 
@@ -373,7 +381,7 @@ class FileEventStore(AsyncStoreMixin):
                 # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancel that lands in
                 # the loop turn in which the event is set, and the task would wait on for ever.
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(remaining, POLL_INTERVAL)):
+                    async with asyncio.timeout(min(remaining, _POLL_INTERVAL)):
                         await woken.wait()
         finally:
             view.async_waiters.discard(token)

@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 
-def one_line(exc: BaseException) -> str:
+def _one_line(exc: BaseException) -> str:
     """A driver error's words on one line (libpq puts hints on lines of their own), minus
     psycopg's "connection failed:" prefix, which the words that follow say better."""
     text = " ".join(str(exc).split())
@@ -49,7 +49,7 @@ class DatabaseUnavailableError(StoreError):
     """
 
     def __init__(self, operation: str, attempts: int, waited: float, cause: BaseException) -> None:
-        last = one_line(cause)
+        last = _one_line(cause)
         super().__init__(
             f"PostgreSQL unavailable: {operation} failed {attempts} time(s) over {waited:.1f} s; "
             f"last error: {last}"
