@@ -404,7 +404,7 @@ def test_a_failing_handler_stops_the_runner_before_the_event_and_nothing_is_skip
     projection = Fragile()
     runner = ProjectionRunner(store, [projection], checkpoints, page_size=4)
     with (
-        caplog.at_level(logging.ERROR, logger="orchestrix.projections"),
+        caplog.at_level(logging.ERROR, logger="orchestrix"),
         pytest.raises(ProjectionError) as raised,
     ):
         runner.run_until_idle()
@@ -504,7 +504,7 @@ def test_a_long_catch_up_reports_progress_at_most_once_per_interval(caplog: pyte
         catch_up_threshold=200,
         clock=clock,
     )
-    with caplog.at_level(logging.INFO, logger="orchestrix.projections"):
+    with caplog.at_level(logging.INFO, logger="orchestrix"):
         runner.run_until_idle()
     assert [(r.position, r.events, round(r.seconds, 6), r.done) for r in reports] == [
         (300, 300, 3.0, False),

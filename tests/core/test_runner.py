@@ -139,7 +139,7 @@ def test_an_event_for_a_missing_saga_is_reported_as_unmatched(
     store, warehouse = make_store(), Warehouse()
     store.append("Order-o-404", [OrderCancelled("o-404")])
     runner = make_runner(store, warehouse)
-    with caplog.at_level(logging.WARNING, logger="orchestrix.sagas"):
+    with caplog.at_level(logging.WARNING, logger="orchestrix"):
         drain(runner, mode)
     assert runner.stats.unmatched == 1
     [unmatched] = runner.unmatched
@@ -301,7 +301,7 @@ def test_an_unexpected_error_gets_the_saga_stuck_and_the_runner_goes_on(
     place(store, "o-bad")
     place(store, "o-good")
     runner = make_runner(store, warehouse)
-    with caplog.at_level(logging.ERROR, logger="orchestrix.sagas"):
+    with caplog.at_level(logging.ERROR, logger="orchestrix"):
         drain(runner, mode)
     assert load(store, "o-good").status == "shipped"
     bad = load(store, "o-bad")
