@@ -21,6 +21,7 @@ shortcut                      what it skips                                  pla
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -171,7 +172,7 @@ def plain_quote(text: str) -> str:
 quote: Callable[[str], str] = getattr(json.encoder, "c_encode_basestring", None) or plain_quote
 """``plain_quote``, by the C function ``json`` itself writes strings with."""
 
-_SCAN = json.JSONDecoder().scan_once
+_SCAN = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 def loads(data: bytes | str) -> Any:
@@ -199,12 +200,12 @@ def loads(data: bytes | str) -> Any:
 
 def _signal_module() -> ModuleType:
     try:  # the C module: signal's own wrappers turn every handler into an enum, ~3 us a call
-        import _signal
+        fast = importlib.import_module("_signal")
     except ImportError:  # pragma: no cover - an interpreter without it
         return signal
-    if _signal.default_int_handler is not signal.default_int_handler:  # pragma: no cover
+    if getattr(fast, "default_int_handler", None) is not signal.default_int_handler:  # pragma: no cover
         return signal
-    return _signal
+    return fast
 
 
 signal_module: ModuleType = _signal_module()

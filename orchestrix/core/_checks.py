@@ -97,7 +97,7 @@ def check_events(value: Any) -> list[Any] | tuple[Any, ...]:
         raise InvalidArgumentError(
             "events", value, f"a list or tuple of events, not {type(value).__name__} (wrap one event in [ ])"
         )
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def check_checkpoint_name(name: object) -> str:

@@ -16,6 +16,7 @@ Durable stores should also override :meth:`CheckpointStoreContract.reopen`, so t
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -77,12 +78,13 @@ class CheckpointStoreContract:
 
     @pytest.mark.parametrize("name", _BAD_NAMES)
     def test_invalid_names_are_refused(self, checkpoints: CheckpointStore, name: object) -> None:
-        for call in (
+        calls: list[Callable[[], object]] = [
             lambda: checkpoints.save(name, 1),  # type: ignore[arg-type]
             lambda: checkpoints.load(name),  # type: ignore[arg-type]
             lambda: asyncio.run(checkpoints.save_async(name, 1)),  # type: ignore[arg-type]
             lambda: asyncio.run(checkpoints.load_async(name)),  # type: ignore[arg-type]
-        ):
+        ]
+        for call in calls:
             with pytest.raises(InvalidCheckpointError) as raised:
                 call()
             assert raised.value.parameter == "name"
@@ -93,11 +95,12 @@ class CheckpointStoreContract:
         self, checkpoints: CheckpointStore, position: object
     ) -> None:
         checkpoints.save("runner", 5)
-        for call in (
+        calls: list[Callable[[], object]] = [
             lambda: checkpoints.save("runner", position),  # type: ignore[arg-type]
             lambda: checkpoints.save("fresh", position),  # type: ignore[arg-type]
             lambda: asyncio.run(checkpoints.save_async("runner", position)),  # type: ignore[arg-type]
-        ):
+        ]
+        for call in calls:
             with pytest.raises(InvalidCheckpointError) as raised:
                 call()
             assert raised.value.parameter == "position"

@@ -108,7 +108,7 @@ class EventStore(Protocol):
         ...
 
     def __exit__(
-        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None, /
     ) -> None:
         """Close the store."""
         ...
