@@ -249,8 +249,8 @@ class SagaRunner(PageLoop):
             await _io.each(lanes.values(), self._run_lane, self.max_concurrency)
             if page:
                 await self._steps.check_lease("store its checkpoint")
-                self._position = page[-1].position
-                await _io.save_checkpoint(self.checkpoints, self.checkpoint_name, self._position)
+                self._position = last = page[-1].position
+                await _io.save_checkpoint(self.checkpoints, self.checkpoint_name, last)
                 self._monitor.read(len(page))
             return len(page)
 
