@@ -93,6 +93,27 @@ def test_the_module_has_what_it_is_listed_for(module: str) -> None:
     assert any(isinstance(node, ast.AsyncFunctionDef) for node in ast.walk(tree)), module
 
 
+@pytest.mark.parametrize("module", ONE_SOURCE)
+def test_the_module_reaches_asyncio_only_through_the_io_operations(module: str) -> None:
+    # asyncio.to_thread, asyncio.gather, asyncio.Lock ... in a converted module would be a
+    # second, asyncio-only way of doing what an operation of orchestrix.core._io does for both.
+    tree = ast.parse((CORE / module).read_text())
+    typing_only = {
+        id(node)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and ast.unparse(block.test) == "TYPE_CHECKING"
+        for node in ast.walk(block)
+    }
+    imported = [
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom) and id(node) not in typing_only
+        for alias in node.names
+        if (node.module if isinstance(node, ast.ImportFrom) else alias.name) == "asyncio"
+    ]
+    assert imported == [], module
+
+
 def test_a_sync_form_written_out_is_found() -> None:
     twice = '''
 class Runner:

@@ -89,7 +89,9 @@ class SagaRunner(PageLoop):
     ``dispatcher`` executes the commands sagas yield. ``checkpoints`` keeps the position of the
     last page handled under ``name`` (plus the partition, if any). ``stuck_after`` makes
     :meth:`stuck` also list open sagas whose last event is older than that. The asyncio form
-    handles up to ``max_concurrency`` sagas of one page at once (each saga's own events in order).
+    handles up to ``max_concurrency`` sagas of one page at once (each saga's own events in order);
+    the sync form, the same logic run by the sync driver, handles them one after another, in the
+    order of their first event in the page.
 
     On start the runner reads the history before its checkpoint once, to know which sagas are
     still open (for :meth:`stuck`); pass ``index_history=False`` to skip that on a huge store.
