@@ -27,11 +27,10 @@ logger at most once per ``progress_every`` seconds (events done of total, events
 once when it has caught up; the optional ``progress`` callback receives the same figures as
 :class:`ProjectionProgress` records.
 
-One idea per module: :mod:`~orchestrix.core.execution.projection.base` holds the
-:class:`Projection` base class and :func:`projects`,
-:mod:`~orchestrix.core.execution.projection.runner` the :class:`ProjectionRunner`, and
-:mod:`orchestrix.core.execution.progress` the progress reports, which the ``orchestrix``
-command shares.
+One idea per module: ``projection.base`` holds the :class:`Projection` base class and
+:func:`projects`, ``projection.runner`` the :class:`ProjectionRunner`, and
+``orchestrix.core.execution.progress`` the progress reports, which the ``orchestrix`` command
+shares.
 """
 
 from orchestrix.core.execution.progress import ProjectionProgress
