@@ -12,6 +12,8 @@ import asyncio
 import functools
 import logging
 import re
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -356,3 +358,75 @@ def test_sync_and_asyncio_runs_give_identical_checkpoints_stats_progress_and_mod
         sync.log_lines[-1]
         == "projections totals: caught up at position 400, 400 events in 6m40s (1 events/s)"
     )
+
+
+# -- one runner, driven from one place at a time, in either form -----------------------------------
+
+
+class Gated(Projection):
+    """Its handler waits for ``gate``, so a page can be held open from another thread."""
+
+    name = "gated"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.seen: list[int] = []
+
+    @projects(Deposited, Withdrawn)
+    def on_event(self, event: Event, recorded: RecordedEvent) -> None:
+        self.entered.set()
+        assert self.gate.wait(5)
+        self.seen.append(recorded.position)
+
+    def reset(self) -> None:
+        self.seen.clear()
+
+
+def test_a_page_in_one_thread_makes_either_form_elsewhere_refuse_as_busy() -> None:
+    store = InMemoryEventStore(serializer=serializer())
+    fill(store, 3)
+    projection = Gated()
+    runner = ProjectionRunner(store, [projection], InMemoryCheckpointStore())
+    worker = threading.Thread(target=runner.run_once)
+    worker.start()
+    try:
+        assert projection.entered.wait(5)
+        with pytest.raises(RuntimeError, match="busy: run_once cannot start"):
+            runner.run_once()
+        with pytest.raises(RuntimeError, match="busy: run_once_async cannot start"):
+            asyncio.run(runner.run_once_async())
+        with pytest.raises(RuntimeError, match="busy: rebuild cannot start"):
+            runner.rebuild()
+    finally:
+        projection.gate.set()
+        worker.join(5)
+    assert projection.seen == [1, 2, 3]
+
+
+def test_a_rebuild_is_refused_while_the_sync_run_forever_feeds_the_model() -> None:
+    store = InMemoryEventStore(serializer=serializer())
+    fill(store, 3)
+    projection = Gated()
+    projection.gate.set()
+    runner = ProjectionRunner(store, [projection], InMemoryCheckpointStore())
+    stop = threading.Event()
+    live = threading.Thread(target=runner.run_forever, args=(stop, 1.0))
+    live.start()
+    try:
+        deadline = time.monotonic() + 5
+        while runner.positions != {"gated": 3}:  # caught up: the loop now waits for new events
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        time.sleep(0.05)
+        with pytest.raises(RuntimeError, match="stop run_forever before rebuilding"):
+            runner.rebuild()
+        with pytest.raises(RuntimeError, match="stop run_forever before rebuilding"):
+            asyncio.run(runner.rebuild_async())
+    finally:
+        stop.set()
+        live.join(5)
+    assert not live.is_alive()
+    assert runner.rebuild() == 3  # stopped: now it may
+    assert projection.seen == [1, 2, 3]
