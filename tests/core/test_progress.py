@@ -61,7 +61,7 @@ class Clock:
 
 
 def test_the_reporter_reports_at_most_once_per_interval_and_once_at_the_end() -> None:
-    clock, reports = Clock(), []
+    clock, reports = Clock(), list[Progress]()
     reporter = ProgressReporter(
         "r", reports.append, record=Progress, start=0, target=100, every=2.0, clock=clock
     )
@@ -79,7 +79,7 @@ def test_the_reporter_reports_at_most_once_per_interval_and_once_at_the_end() ->
 
 
 def test_the_reporter_takes_a_grown_target_and_never_reports_a_position_past_it() -> None:
-    clock, reports = Clock(), []
+    clock, reports = Clock(), list[Progress]()
     reporter = ProgressReporter(
         "r", reports.append, record=Progress, start=0, target=10, every=0, clock=clock
     )

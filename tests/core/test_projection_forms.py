@@ -70,7 +70,7 @@ def fold(store: EventStore) -> dict[str, int]:
     return balances
 
 
-def drive(runner: ProjectionRunner, driver: str) -> Callable[[str], Any]:
+def drive(runner: ProjectionRunner, driver: str) -> Callable[..., Any]:
     """``call("run_until_idle")`` runs that method of ``runner`` in the chosen form."""
 
     def call(method: str, *args: Any) -> Any:
@@ -89,7 +89,7 @@ async def settled(value: Any) -> Any:
     return value
 
 
-def ledger_class(handlers: str, hooks: str) -> type[Projection]:
+def ledger_class(handlers: str, hooks: str) -> type[Any]:
     """An exactly-once ledger whose handlers and hooks are plain methods or ``async def``.
 
     It fails once, at the event of amount 7, so each run also goes through a rollback; every

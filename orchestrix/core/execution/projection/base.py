@@ -9,7 +9,7 @@ handler natively as long as it awaits only orchestrix operations (see :mod:`orch
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, TypeVar
 
 import attrs
@@ -59,13 +59,18 @@ def projects(*event_types: type) -> Callable[[F], F]:
             raise TypeError(f"projects() takes event classes, not {event_type!r}{hint}")
 
     def mark(func: F) -> F:
-        if not inspect.isfunction(func):
+        if not _is_function(func):
             raise TypeError(f"@projects decorates a plain method, not {func!r}")
         marks = getattr(func, "__orchestrix_projects__", ())
         func.__orchestrix_projects__ = (*marks, *event_types)  # type: ignore[attr-defined]
         return func
 
     return mark
+
+
+def _is_function(candidate: object) -> bool:
+    # Not inspect.isfunction inline: that narrows the decorated method's type to FunctionType.
+    return inspect.isfunction(candidate)
 
 
 @attrs.frozen
@@ -142,7 +147,7 @@ class Projection:
         """The event types this projection has handlers for."""
         return frozenset(cls._handlers)
 
-    def position(self) -> int | None:
+    def position(self) -> int | Awaitable[int | None] | None:
         """The position the model has durably reached, if it stores one; None to trust the checkpoint.
 
         Return 0 for an empty model that stores its position. Read when a runner starts, and again
@@ -150,15 +155,15 @@ class Projection:
         """
         return None
 
-    def commit(self, position: int) -> None:
+    def commit(self, position: int) -> Awaitable[None] | None:
         """Called after the events of a page up to ``position`` were handled, before the checkpoint.
 
         A projection that stores its own position writes it here, atomically with its data.
         """
 
-    def rollback(self) -> None:
+    def rollback(self) -> Awaitable[None] | None:
         """Called when a page failed (or was interrupted) before :meth:`commit`: drop its changes."""
 
-    def reset(self) -> None:
+    def reset(self) -> Awaitable[None] | None:
         """Empty the model (and its stored position) for a rebuild; a rebuildable projection overrides it."""
         raise NotImplementedError(f"{type(self).__name__} does not define reset(), so it cannot be rebuilt")
