@@ -44,7 +44,7 @@ class PageLoop(abc.ABC):
         """Asyncio form of :meth:`run_until_idle`."""
         total = pages = 0
         while max_pages is None or pages < max_pages:
-            read = await self._page()
+            read = await self.run_once_async()
             total += read
             pages += 1
             if read == 0:
@@ -60,12 +60,5 @@ class PageLoop(abc.ABC):
     ) -> None:
         """Asyncio form of :meth:`run_forever`; also ends when its task is cancelled."""
         while stop is None or not stop.is_set():
-            if await self._page() < self.page_size:
+            if await self.run_once_async() < self.page_size:
                 await _io.wait_for_events(self.store, self._read_position(), idle_timeout)
-
-    async def _page(self) -> int:
-        # The sync driver asks for ``run_once``: a subclass whose page is one coroutine makes that
-        # ``run_sync(run_once_async())``, and one whose sync page is written apart still works.
-        if _io.is_sync():
-            return self.run_once()
-        return await self.run_once_async()

@@ -8,13 +8,12 @@ coroutine with :func:`~orchestrix.core._io.run_sync`, so the two forms cannot dr
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -27,6 +26,9 @@ from orchestrix.core.execution.checkpoint import CheckpointStore
 from orchestrix.core.execution.progress import ProgressReporter, ProjectionProgress
 from orchestrix.core.execution.projection.base import Projection, ProjectionError, _Handler
 from orchestrix.core.messaging.messages import RecordedEvent
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["ProjectionRunner", "ProjectionStats"]
 
@@ -129,11 +131,6 @@ class ProjectionRunner(PageLoop):
                 raise
             self._track(after, len(page), began, target)
             return len(page)
-
-    def run_forever(self, stop: threading.Event, idle_timeout: float = 0.5) -> None:
-        """Run pages, waiting for new events when caught up, until ``stop`` is set."""
-        with self._driving():
-            super().run_forever(stop, idle_timeout)
 
     async def run_forever_async(
         self, stop: asyncio.Event | threading.Event | None = None, idle_timeout: float = 0.5
