@@ -34,7 +34,7 @@ def store() -> InMemoryEventStore:
 @pytest.fixture
 def bank(store: InMemoryEventStore) -> BankingCommandHandlers:
     bank = BankingCommandHandlers(AggregateRepository(event_store=store))
-    bank.open_account(OpenAccount("acc-1", "Alice", Decimal("100")))
+    bank.handle(OpenAccount("acc-1", "Alice", Decimal("100")))
     return bank
 
 
@@ -55,9 +55,9 @@ def refused(
 
 
 def test_open_deposit_withdraw_keep_an_exact_balance_and_audit_trail(bank: BankingCommandHandlers) -> None:
-    bank.deposit_money(DepositMoney("acc-1", Decimal("0.10"), "ten cents"))
-    bank.deposit_money(DepositMoney("acc-1", Decimal("0.20"), "twenty cents"))
-    bank.withdraw_money(WithdrawMoney("acc-1", Decimal("0.30"), "thirty cents"))
+    bank.handle(DepositMoney("acc-1", Decimal("0.10"), "ten cents"))
+    bank.handle(DepositMoney("acc-1", Decimal("0.20"), "twenty cents"))
+    bank.handle(WithdrawMoney("acc-1", Decimal("0.30"), "thirty cents"))
     account = bank.get_account("acc-1")
     assert account.balance == Decimal("100")
     assert account.status is AccountStatus.ACTIVE
@@ -76,41 +76,41 @@ def test_no_overdraft(bank: BankingCommandHandlers, store: InMemoryEventStore) -
     error = refused(
         store,
         errors.InsufficientFunds,
-        lambda: bank.withdraw_money(WithdrawMoney("acc-1", Decimal("100.01"))),
+        lambda: bank.handle(WithdrawMoney("acc-1", Decimal("100.01"))),
     )
     assert (error.balance, error.requested) == (Decimal("100"), Decimal("100.01"))
-    bank.withdraw_money(WithdrawMoney("acc-1", Decimal("100")))
+    bank.handle(WithdrawMoney("acc-1", Decimal("100")))
     assert bank.get_account("acc-1").balance == 0
 
 
 @pytest.mark.parametrize(
     "operation",
     [
-        lambda bank: bank.deposit_money(DepositMoney("acc-1", Decimal("1"))),
-        lambda bank: bank.withdraw_money(WithdrawMoney("acc-1", Decimal("1"))),
-        lambda bank: bank.suspend_account(SuspendAccount("acc-1", "again")),
-        lambda bank: bank.close_account(CloseAccount("acc-1")),
+        lambda bank: bank.handle(DepositMoney("acc-1", Decimal("1"))),
+        lambda bank: bank.handle(WithdrawMoney("acc-1", Decimal("1"))),
+        lambda bank: bank.handle(SuspendAccount("acc-1", "again")),
+        lambda bank: bank.handle(CloseAccount("acc-1")),
     ],
 )
 def test_nothing_moves_on_a_suspended_account(
     bank: BankingCommandHandlers, store: InMemoryEventStore, operation
 ) -> None:
-    bank.suspend_account(SuspendAccount("acc-1", "fraud check"))
+    bank.handle(SuspendAccount("acc-1", "fraud check"))
     refused(store, errors.AccountSuspended, lambda: operation(bank), "SUSPENDED")
-    bank.reactivate_account(ReactivateAccount("acc-1"))
-    bank.deposit_money(DepositMoney("acc-1", Decimal("1")))
+    bank.handle(ReactivateAccount("acc-1"))
+    bank.handle(DepositMoney("acc-1", Decimal("1")))
 
 
 @pytest.mark.parametrize(
     ("operation", "error"),
     [
-        (lambda bank: bank.deposit_money(DepositMoney("acc-1", Decimal("1"))), errors.AccountClosed),
-        (lambda bank: bank.withdraw_money(WithdrawMoney("acc-1", Decimal("1"))), errors.AccountClosed),
-        (lambda bank: bank.suspend_account(SuspendAccount("acc-1", "x")), errors.AccountClosed),
-        (lambda bank: bank.reactivate_account(ReactivateAccount("acc-1")), errors.AccountNotSuspended),
-        (lambda bank: bank.close_account(CloseAccount("acc-1")), errors.AccountClosed),
+        (lambda bank: bank.handle(DepositMoney("acc-1", Decimal("1"))), errors.AccountClosed),
+        (lambda bank: bank.handle(WithdrawMoney("acc-1", Decimal("1"))), errors.AccountClosed),
+        (lambda bank: bank.handle(SuspendAccount("acc-1", "x")), errors.AccountClosed),
+        (lambda bank: bank.handle(ReactivateAccount("acc-1")), errors.AccountNotSuspended),
+        (lambda bank: bank.handle(CloseAccount("acc-1")), errors.AccountClosed),
         (
-            lambda bank: bank.open_account(OpenAccount("acc-1", "Mallory", Decimal("5"))),
+            lambda bank: bank.handle(OpenAccount("acc-1", "Mallory", Decimal("5"))),
             errors.AccountAlreadyOpen,
         ),
     ],
@@ -118,21 +118,21 @@ def test_nothing_moves_on_a_suspended_account(
 def test_nothing_happens_on_a_closed_account(
     bank: BankingCommandHandlers, store: InMemoryEventStore, operation, error
 ) -> None:
-    bank.withdraw_money(WithdrawMoney("acc-1", Decimal("100")))
-    bank.close_account(CloseAccount("acc-1"))
+    bank.handle(WithdrawMoney("acc-1", Decimal("100")))
+    bank.handle(CloseAccount("acc-1"))
     refused(store, error, lambda: operation(bank))
     assert bank.get_account("acc-1").status is AccountStatus.CLOSED
 
 
 def test_no_closing_with_money_left(bank: BankingCommandHandlers, store: InMemoryEventStore) -> None:
-    error = refused(store, errors.NonZeroBalanceOnClose, lambda: bank.close_account(CloseAccount("acc-1")))
+    error = refused(store, errors.NonZeroBalanceOnClose, lambda: bank.handle(CloseAccount("acc-1")))
     assert error.balance == Decimal("100")
 
 
 def test_reactivating_an_active_account_is_refused(
     bank: BankingCommandHandlers, store: InMemoryEventStore
 ) -> None:
-    refused(store, errors.AccountNotSuspended, lambda: bank.reactivate_account(ReactivateAccount("acc-1")))
+    refused(store, errors.AccountNotSuspended, lambda: bank.handle(ReactivateAccount("acc-1")))
 
 
 def test_opening_twice_is_refused_and_does_not_reset_the_balance(
@@ -141,7 +141,7 @@ def test_opening_twice_is_refused_and_does_not_reset_the_balance(
     refused(
         store,
         errors.AccountAlreadyOpen,
-        lambda: bank.open_account(OpenAccount("acc-1", "Alice", Decimal("1000000"))),
+        lambda: bank.handle(OpenAccount("acc-1", "Alice", Decimal("1000000"))),
     )
     assert bank.get_account("acc-1").balance == Decimal("100")
     account = bank.get_account("acc-1")
@@ -152,11 +152,11 @@ def test_opening_twice_is_refused_and_does_not_reset_the_balance(
 @pytest.mark.parametrize(
     "operation",
     [
-        lambda bank: bank.deposit_money(DepositMoney("ghost", Decimal("1"))),
-        lambda bank: bank.withdraw_money(WithdrawMoney("ghost", Decimal("1"))),
-        lambda bank: bank.suspend_account(SuspendAccount("ghost", "x")),
-        lambda bank: bank.reactivate_account(ReactivateAccount("ghost")),
-        lambda bank: bank.close_account(CloseAccount("ghost")),
+        lambda bank: bank.handle(DepositMoney("ghost", Decimal("1"))),
+        lambda bank: bank.handle(WithdrawMoney("ghost", Decimal("1"))),
+        lambda bank: bank.handle(SuspendAccount("ghost", "x")),
+        lambda bank: bank.handle(ReactivateAccount("ghost")),
+        lambda bank: bank.handle(CloseAccount("ghost")),
         lambda bank: bank.get_account("ghost"),
     ],
 )
@@ -196,8 +196,8 @@ def test_an_unopened_account_object_refuses_money() -> None:
 def test_bad_amounts_are_refused_everywhere(
     bank: BankingCommandHandlers, store: InMemoryEventStore, amount: object
 ) -> None:
-    refused(store, errors.InvalidAmount, lambda: bank.deposit_money(DepositMoney("acc-1", amount)))  # type: ignore[arg-type]
-    refused(store, errors.InvalidAmount, lambda: bank.withdraw_money(WithdrawMoney("acc-1", amount)))  # type: ignore[arg-type]
+    refused(store, errors.InvalidAmount, lambda: bank.handle(DepositMoney("acc-1", amount)))  # type: ignore[arg-type]
+    refused(store, errors.InvalidAmount, lambda: bank.handle(WithdrawMoney("acc-1", amount)))  # type: ignore[arg-type]
 
 
 @given(amount=invalid_amounts())
@@ -219,14 +219,14 @@ def test_generated_good_amounts_are_accepted_exactly(amount: Decimal) -> None:
 
 def test_an_opening_balance_may_be_zero_but_not_negative(store: InMemoryEventStore) -> None:
     bank = BankingCommandHandlers(AggregateRepository(event_store=store))
-    bank.open_account(OpenAccount("zero", "Zoe", Decimal("0")))
+    bank.handle(OpenAccount("zero", "Zoe", Decimal("0")))
     assert bank.get_account("zero").transactions == []
     for bad in (Decimal("-1"), Decimal("Infinity"), 0.0, Decimal("0.001")):
         refused(
-            store, errors.InvalidAmount, lambda bad=bad: bank.open_account(OpenAccount("neg", "Ned", bad))
+            store, errors.InvalidAmount, lambda bad=bad: bank.handle(OpenAccount("neg", "Ned", bad))
         )
     refused(
-        store, errors.InvalidOwnerName, lambda: bank.open_account(OpenAccount("anon", "  ", Decimal("1")))
+        store, errors.InvalidOwnerName, lambda: bank.handle(OpenAccount("anon", "  ", Decimal("1")))
     )
 
 
@@ -234,49 +234,49 @@ def test_a_repeated_idempotency_key_returns_the_original_outcome(
     bank: BankingCommandHandlers, store: InMemoryEventStore
 ) -> None:
     command = WithdrawMoney("acc-1", Decimal("30"), "rent", idempotency_key="rent-2026-11")
-    first = bank.withdraw_money(command)
+    first = bank.handle(command)
     position = store.last_position()
-    again = bank.withdraw_money(command)
+    again = bank.handle(command)
     assert again == first
     assert store.last_position() == position
     assert bank.get_account("acc-1").balance == Decimal("70")
     refused(
         store,
         errors.IdempotencyKeyReused,
-        lambda: bank.withdraw_money(WithdrawMoney("acc-1", Decimal("31"), idempotency_key="rent-2026-11")),
+        lambda: bank.handle(WithdrawMoney("acc-1", Decimal("31"), idempotency_key="rent-2026-11")),
     )
     refused(
         store,
         errors.IdempotencyKeyReused,
-        lambda: bank.deposit_money(DepositMoney("acc-1", Decimal("30"), idempotency_key="rent-2026-11")),
+        lambda: bank.handle(DepositMoney("acc-1", Decimal("30"), idempotency_key="rent-2026-11")),
     )
 
 
 def test_a_transfer_debit_blocks_closing_until_it_is_settled_or_reversed(
     bank: BankingCommandHandlers, store: InMemoryEventStore
 ) -> None:
-    bank.withdraw_money(
+    bank.handle(
         WithdrawMoney("acc-1", Decimal("100"), transfer_id="t-1", idempotency_key="t-1:debit")
     )
     error = refused(
-        store, errors.AccountHasTransfersInFlight, lambda: bank.close_account(CloseAccount("acc-1"))
+        store, errors.AccountHasTransfersInFlight, lambda: bank.handle(CloseAccount("acc-1"))
     )
     assert error.transfer_ids == ("t-1",)
     repo = bank.repository
     repo.update(Account, "acc-1", lambda a: a.settle_transfer("t-1"))
-    bank.close_account(CloseAccount("acc-1"))
+    bank.handle(CloseAccount("acc-1"))
 
 
 def test_a_reversal_lands_on_a_suspended_source_but_ordinary_deposits_do_not(
     bank: BankingCommandHandlers, store: InMemoryEventStore
 ) -> None:
-    bank.withdraw_money(WithdrawMoney("acc-1", Decimal("40"), transfer_id="t-1", idempotency_key="t-1:debit"))
-    bank.withdraw_money(WithdrawMoney("acc-1", Decimal("10"), transfer_id="t-3", idempotency_key="t-3:debit"))
-    bank.suspend_account(SuspendAccount("acc-1", "review"))
+    bank.handle(WithdrawMoney("acc-1", Decimal("40"), transfer_id="t-1", idempotency_key="t-1:debit"))
+    bank.handle(WithdrawMoney("acc-1", Decimal("10"), transfer_id="t-3", idempotency_key="t-3:debit"))
+    bank.handle(SuspendAccount("acc-1", "review"))
     refused(
         store,
         errors.AccountSuspended,
-        lambda: bank.deposit_money(
+        lambda: bank.handle(
             DepositMoney("acc-1", Decimal("40"), transfer_id="t-2", idempotency_key="t-2:reverse")
         ),
     )
@@ -284,11 +284,11 @@ def test_a_reversal_lands_on_a_suspended_source_but_ordinary_deposits_do_not(
     refused(
         store,
         errors.AccountSuspended,
-        lambda: bank.deposit_money(
+        lambda: bank.handle(
             DepositMoney("acc-1", Decimal("9"), transfer_id="t-3", idempotency_key="t-3:reverse")
         ),
     )
-    bank.deposit_money(DepositMoney("acc-1", Decimal("40"), transfer_id="t-1", idempotency_key="t-1:reverse"))
+    bank.handle(DepositMoney("acc-1", Decimal("40"), transfer_id="t-1", idempotency_key="t-1:reverse"))
     account = bank.get_account("acc-1")
     assert account.balance == Decimal("90")
     assert account.transfers_in_flight == {"t-3": Decimal("10")}

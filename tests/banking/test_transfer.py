@@ -94,7 +94,7 @@ class World:
         return runner
 
     def open(self, account_id: str, balance: str = "0") -> None:
-        self.bank.open_account(OpenAccount(account_id, account_id.title(), D(balance)))
+        self.bank.handle(OpenAccount(account_id, account_id.title(), D(balance)))
 
     def account(self, account_id: str) -> Account:
         return self.bank.get_account(account_id)
@@ -106,7 +106,7 @@ class World:
         return self.bank.get_transfer(transfer_id)
 
     def send(self, transfer_id: str, source: str, target: str, amount: str) -> TransferSaga:
-        return self.bank.transfer_money(TransferMoney(transfer_id, source, target, D(amount), "test"))
+        return self.bank.handle(TransferMoney(transfer_id, source, target, D(amount), "test"))
 
     def transfer_events(self, transfer_id: str) -> list[type]:
         return [type(r.event) for r in self.store.read_stream(f"transfer-{transfer_id}")]
@@ -146,7 +146,7 @@ def test_transfer_money_stores_only_the_initiated_event_in_the_transfer_stream(w
 
 
 def test_transfer_money_async_does_the_same(world: World) -> None:
-    transfer = asyncio.run(world.bank.transfer_money_async(TransferMoney("t1", "alice", "bob", D("30"))))
+    transfer = asyncio.run(world.bank.transfer_money(TransferMoney("t1", "alice", "bob", D("30"))))
     assert transfer.status is TransferStatus.INITIATED
     assert world.transfer_events("t1") == [TransferInitiated]
 
@@ -170,9 +170,9 @@ def test_a_bad_transfer_is_refused_and_nothing_is_stored(
 ) -> None:
     before = world.store.last_position()
     with pytest.raises(error):
-        world.bank.transfer_money(command)
+        world.bank.handle(command)
     with pytest.raises(error):
-        asyncio.run(world.bank.transfer_money_async(command))
+        asyncio.run(world.bank.transfer_money(command))
     assert world.store.last_position() == before
 
 
@@ -181,7 +181,7 @@ def test_no_invalid_amount_starts_a_transfer(amount: object) -> None:
     w = World()
     w.open("alice", "100")
     with pytest.raises(errors.InvalidAmount):
-        w.bank.transfer_money(TransferMoney("t1", "alice", "bob", amount))  # type: ignore[arg-type]
+        w.bank.handle(TransferMoney("t1", "alice", "bob", amount))  # type: ignore[arg-type]
     assert w.store.last_position() == 1
 
 
@@ -191,10 +191,10 @@ def test_an_inactive_source_is_refused_up_front(how: str) -> None:
     w.open("alice", "0")
     w.open("bob")
     if how == "suspended":
-        w.bank.suspend_account(SuspendAccount("alice", "audit"))
+        w.bank.handle(SuspendAccount("alice", "audit"))
         error: type = errors.AccountSuspended
     else:
-        w.bank.close_account(CloseAccount("alice"))
+        w.bank.handle(CloseAccount("alice"))
         error = errors.AccountClosed
     before = w.store.last_position()
     with pytest.raises(error, match="send transfer 't1'"):
@@ -220,7 +220,7 @@ def test_a_transfer_id_reused_for_a_different_transfer_is_refused(world: World) 
     with pytest.raises(errors.TransferIdReused, match=r"amount Decimal\('30'\) \(asked: Decimal\('31'\)\)"):
         world.send("t1", "alice", "bob", "31")
     with pytest.raises(errors.TransferIdReused, match="to_account_id"):
-        asyncio.run(world.bank.transfer_money_async(TransferMoney("t1", "alice", "carol", D("30"), "test")))
+        asyncio.run(world.bank.transfer_money(TransferMoney("t1", "alice", "carol", D("30"), "test")))
     assert world.store.last_position() == position
 
 
@@ -279,10 +279,10 @@ def test_a_refused_debit_fails_the_transfer_without_moving_money(
     source = "alice" if setup == "insufficient" else "carol"
     world.send("t1", source, "bob", "500" if setup == "insufficient" else "10")
     if setup == "source suspended":
-        world.bank.suspend_account(SuspendAccount("carol"))
+        world.bank.handle(SuspendAccount("carol"))
     elif setup == "source closed":
-        world.bank.withdraw_money(WithdrawMoney("carol", D("10")))
-        world.bank.close_account(CloseAccount("carol"))
+        world.bank.handle(WithdrawMoney("carol", D("10")))
+        world.bank.handle(CloseAccount("carol"))
     balances = {a: world.balance(a) for a in ("alice", "bob", "carol")}
     world.drain(mode)
     transfer = world.transfer("t1")
@@ -308,9 +308,9 @@ def test_a_refused_credit_is_compensated_by_reversing_the_debit(
     target = {"suspended": "dora", "closed": "dora", "missing": "ghost"}[destination]
     world.open("dora")
     if destination == "suspended":
-        world.bank.suspend_account(SuspendAccount("dora"))
+        world.bank.handle(SuspendAccount("dora"))
     elif destination == "closed":
-        world.bank.close_account(CloseAccount("dora"))
+        world.bank.handle(CloseAccount("dora"))
     world.send("t1", "alice", target, "40")
     world.drain(mode)
     transfer = world.transfer("t1")
@@ -338,8 +338,8 @@ def test_a_refused_credit_is_compensated_by_reversing_the_debit(
 def test_the_reversal_lands_even_if_the_source_was_suspended_meanwhile(world: World, mode: str) -> None:
     def before(command: Any) -> None:
         if isinstance(command, DepositMoney) and command.idempotency_key == "t1:credit":
-            world.bank.suspend_account(SuspendAccount("alice", "fraud check"))
-            world.bank.suspend_account(SuspendAccount("bob", "fraud check"))
+            world.bank.handle(SuspendAccount("alice", "fraud check"))
+            world.bank.handle(SuspendAccount("bob", "fraud check"))
 
     world.hooked.before.append(before)
     world.send("t1", "alice", "bob", "60")
@@ -359,7 +359,7 @@ def test_the_source_cannot_be_closed_while_a_transfer_holds_its_money(world: Wor
         if isinstance(command, DepositMoney) and command.idempotency_key == "t1:credit":
             assert world.balance("carol") == 0
             try:
-                world.bank.close_account(CloseAccount("carol"))
+                world.bank.handle(CloseAccount("carol"))
             except errors.AccountHasTransfersInFlight as exc:
                 refusals.append(exc)
 
@@ -368,15 +368,15 @@ def test_the_source_cannot_be_closed_while_a_transfer_holds_its_money(world: Wor
     world.drain()
     assert [e.transfer_ids for e in refusals] == [("t1",)]  # type: ignore[attr-defined]
     assert world.transfer("t1").status is TransferStatus.COMPLETED
-    world.bank.close_account(CloseAccount("carol"))  # settled: now it may close
+    world.bank.handle(CloseAccount("carol"))  # settled: now it may close
     assert world.account("carol").status.value == "CLOSED"
 
 
 def test_a_source_closed_before_the_debit_fails_the_transfer_cleanly(world: World) -> None:
     world.open("carol", "5")
     world.send("t1", "carol", "bob", "5")
-    world.bank.withdraw_money(WithdrawMoney("carol", D("5")))
-    world.bank.close_account(CloseAccount("carol"))
+    world.bank.handle(WithdrawMoney("carol", D("5")))
+    world.bank.handle(CloseAccount("carol"))
     world.drain()
     assert world.transfer("t1").status is TransferStatus.FAILED
     assert world.keys_applied() == []
@@ -398,7 +398,7 @@ def test_many_transfers_in_flight_at_once_all_finish_and_conserve_money(mode: st
     for name in names:
         w.open(name, "1000")
     w.open("frozen")
-    w.bank.suspend_account(SuspendAccount("frozen"))
+    w.bank.handle(SuspendAccount("frozen"))
     for i in range(64):
         target = "frozen" if i % 9 == 0 else names[(i * 3 + 1) % 8]
         source = names[i % 8]
@@ -427,7 +427,7 @@ def test_a_reversal_that_is_refused_leaves_the_transfer_stuck_holding_the_money(
     world: World, mode: str
 ) -> None:
     world.open("dora")
-    world.bank.suspend_account(SuspendAccount("dora"))
+    world.bank.handle(SuspendAccount("dora"))
     refused = [0]
 
     def before(command: Any) -> None:
@@ -461,9 +461,9 @@ def test_a_reversal_that_is_refused_leaves_the_transfer_stuck_holding_the_money(
 
 def test_a_reversal_blocked_by_a_conflicting_key_stays_stuck_and_listed(world: World) -> None:
     # Someone used the reversal's key for another deposit: the account refuses the real reversal.
-    world.bank.deposit_money(DepositMoney("alice", D("1"), "odd", idempotency_key="t1:reverse"))
+    world.bank.handle(DepositMoney("alice", D("1"), "odd", idempotency_key="t1:reverse"))
     world.open("dora")
-    world.bank.close_account(CloseAccount("dora"))
+    world.bank.handle(CloseAccount("dora"))
     world.send("t1", "alice", "dora", "40")
     runner = world.drain()
     [stuck] = runner.stuck()
@@ -482,7 +482,7 @@ def _scenario(w: World) -> None:
     w.open("alice", "100")
     w.open("bob", "50")
     w.open("dora")
-    w.bank.suspend_account(SuspendAccount("dora"))
+    w.bank.handle(SuspendAccount("dora"))
     w.send("ok", "alice", "bob", "30")
     w.send("poor", "bob", "alice", "500")
     w.send("back", "alice", "dora", "20")
@@ -579,10 +579,10 @@ def test_a_crash_mid_saga_then_a_restart_resumes_from_the_saga_stream_with_a_fre
 
 def test_reactivating_the_destination_after_a_failed_credit_does_not_undo_the_reversal(world: World) -> None:
     world.open("dora")
-    world.bank.suspend_account(SuspendAccount("dora"))
+    world.bank.handle(SuspendAccount("dora"))
     world.send("t1", "alice", "dora", "40")
     world.drain()
-    world.bank.reactivate_account(ReactivateAccount("dora"))
+    world.bank.handle(ReactivateAccount("dora"))
     World(world.store).runner().run_until_idle()  # everything redelivered
     assert world.transfer("t1").status is TransferStatus.FAILED
     assert (world.balance("alice"), world.balance("dora")) == (D("100"), D("0"))
@@ -597,7 +597,7 @@ def test_a_crash_right_after_a_leg_then_a_changed_world_never_applies_a_leg_twic
     w = World()
     w.open("alice", "100")
     w.open("dora")
-    w.bank.suspend_account(SuspendAccount("dora"))
+    w.bank.handle(SuspendAccount("dora"))
     w.send("t1", "alice", "dora", "40")
 
     def crash(command: Any) -> None:
@@ -607,7 +607,7 @@ def test_a_crash_right_after_a_leg_then_a_changed_world_never_applies_a_leg_twic
     w.hooked.after.append(crash)
     with pytest.raises(SimulatedCrash):
         w.drain(mode)
-    w.bank.reactivate_account(ReactivateAccount("dora"))  # the world changes while the process is down
+    w.bank.handle(ReactivateAccount("dora"))  # the world changes while the process is down
     restarted = World(w.store)
     restarted.checkpoints = w.checkpoints
     restarted.drain(mode)

@@ -86,5 +86,5 @@ class CommandBus:
 
 def _is_coroutine_function(handler: Callable[..., Any]) -> bool:
     # Also an object whose __call__ is a coroutine function: inspect does not look there on 3.11.
-    call = vars(type(handler)).get("__call__") if not inspect.isroutine(handler) else None
+    call = None if inspect.isroutine(handler) else inspect.getattr_static(type(handler), "__call__", None)
     return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call)
