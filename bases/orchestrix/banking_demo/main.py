@@ -268,7 +268,7 @@ class Demo:
         ]
         for command in story:
             await self.bank.transfer_money(command)
-        await asyncio.gather(*(self.bank.handle(c) for c in ring))
+        await asyncio.gather(*(self.bank.transfer_money(c) for c in ring))
         finished = await self._wait([c.transfer_id for c in story + ring])
         for command in story:
             self._print_transfer(command, finished[command.transfer_id])
