@@ -183,4 +183,3 @@ def _same_transfer(existing: TransferSaga, command: TransferMoney) -> TransferSa
     if differences:
         raise TransferIdReused(command.transfer_id, "with " + ", ".join(differences))
     return existing
-
