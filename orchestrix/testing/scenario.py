@@ -326,7 +326,8 @@ class SagaScenario(Generic[S]):
     The saga's commands go to ``handlers`` (built on the scenario's repository, so their effects
     are stored beside the saga's) or, without handlers, are answered from ``replies``: command
     type -> the result, an exception to raise, or a function of the command. A command type
-    missing from ``replies`` gets None. ``driver="asyncio"`` runs the runner's asyncio form.
+    missing from ``replies`` gets None. ``driver="asyncio"`` runs the runner's asyncio form;
+    ``runner_options`` are passed to the :class:`SagaRunner` (``max_concurrency=``, ...).
     """
 
     def __init__(
@@ -339,6 +340,7 @@ class SagaScenario(Generic[S]):
         serializer: Serializer | None = None,
         store: EventStore | None = None,
         driver: str = "sync",
+        runner_options: dict[str, Any] | None = None,
     ) -> None:
         if driver not in ("sync", "asyncio"):
             raise ValueError(f"driver must be 'sync' or 'asyncio', not {driver!r}")
@@ -347,10 +349,12 @@ class SagaScenario(Generic[S]):
         self.saga_type = saga_type
         self.saga_id = saga_id
         self.driver = driver
+        self.runner_options = dict(runner_options or {})
         self._world = _World(serializer, store, handlers)
         target = self._world.handlers if self._world.handlers is not None else _Replies(replies or {})
         self._dispatcher = _Recording(target)
-        self.runner = self._new_runner()
+        self.checkpoints = InMemoryCheckpointStore()
+        self.runner = self._new_runner(self.checkpoints)
         self._since_commands = 0
 
     @property
@@ -362,6 +366,13 @@ class SagaScenario(Generic[S]):
     def repository(self) -> AggregateRepository:
         """The repository on that store (the handlers' repository)."""
         return self._world.repository
+
+    @property
+    def handlers(self) -> Any:
+        """The handlers built from ``handlers=`` (for their queries); TypeError if there are none."""
+        if self._world.handlers is None:
+            raise TypeError("the scenario has no handlers: pass handlers=")
+        return self._world.handlers
 
     def given(self, *events: Any, stream: str | None = None) -> Self:
         """Store these events (in ``stream``; by default an event the saga applies itself goes to
@@ -430,8 +441,8 @@ class SagaScenario(Generic[S]):
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def _new_runner(self) -> SagaRunner:
-        return SagaRunner(self.store, [self.saga_type], self._dispatcher, InMemoryCheckpointStore())
+    def _new_runner(self, checkpoints: InMemoryCheckpointStore) -> SagaRunner:
+        return SagaRunner(self.store, [self.saga_type], self._dispatcher, checkpoints, **self.runner_options)
 
     def _drain(self, runner: SagaRunner) -> None:
         if self.driver == "sync":
@@ -466,7 +477,7 @@ class SagaScenario(Generic[S]):
     def _check_redelivery(self, saga: S) -> None:
         sent, position = len(self._dispatcher.sent), self.store.last_position()
         state, version = saga.state, saga.version
-        self._drain(self._new_runner())  # a runner that lost its checkpoint: everything again
+        self._drain(self._new_runner(InMemoryCheckpointStore()))  # lost its checkpoint: everything again
         for recorded in list(self.store.read_all()):  # and each event once more to the same runner
             self._redeliver_one(recorded)
         again = self._dispatcher.sent[sent:]
