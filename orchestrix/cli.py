@@ -32,7 +32,6 @@ from urllib.parse import urlsplit, urlunsplit
 from orchestrix._cli_format import (
     PROGRESS_CHECK,
     Progress,
-    by_position,
     dumps,
     event_json,
     event_line,
@@ -376,15 +375,21 @@ def _serializer(spec: str | None) -> Serializer:
     return serializer
 
 
-def _progress(args: argparse.Namespace, what: str, *, json_lines: bool = False) -> Progress:
-    """Progress reports on stderr as text, or with ``json_lines`` on stdout as JSON lines."""
+def _progress(args: argparse.Namespace, what: str, target: int, *, json_lines: bool = False) -> Progress:
+    """Progress toward position ``target``: reports on stderr as text, or with ``json_lines``
+    on stdout as JSON lines."""
     if json_lines:
-        return Progress(args.progress_every, lambda r: _print_json(r.json()))
-    return Progress(args.progress_every, lambda r: print(r.text(what), file=sys.stderr, flush=True))
+        return Progress(what, args.progress_every, target, lambda r: _print_json(r.json()))
+    return Progress(what, args.progress_every, target, lambda r: print(r.text(), file=sys.stderr, flush=True))
 
 
 def _print_json(value: Any) -> None:
     print(dumps(value), flush=True)
+
+
+def _position(recorded: RecordedEvent) -> int:
+    """How far into the global order an event is: the target of a whole-store read is a position."""
+    return recorded.position
 
 
 # -- the commands ------------------------------------------------------------------------------
@@ -399,8 +404,8 @@ def _inspect(args: argparse.Namespace) -> int:
         per_stream: Counter[str] = Counter()
         per_type: Counter[str] = Counter()
         first = latest = None
-        progress = _progress(args, "inspect")
-        for recorded in progress.counted(store.read_all(0, None), by_position(0, last)):
+        progress = _progress(args, "inspect", last)
+        for recorded in progress.counted(store.read_all(0, None), _position):
             per_stream[recorded.stream] += 1
             per_type[recorded.event_type] += 1
             if first is None:
@@ -469,14 +474,13 @@ def _verify(args: argparse.Namespace) -> int:
     try:
         with _open(args) as opened:
             result["store"] = {"kind": opened.kind, "location": opened.where}
-            progress = _progress(args, "verify")
             if opened.kind == "file":
-                count = _verify_file(opened.store, progress)
+                count = _verify_file(opened.store, args)
                 checked = ["checksums", "positions"]
                 problem = None
             else:
-                last = opened.store.last_position()
-                events = progress.counted(opened.store.read_all(0, None), by_position(0, last))
+                progress = _progress(args, "verify", opened.store.last_position())
+                events = progress.counted(opened.store.read_all(0, None), _position)
                 problem, count = _check_order(events)
                 checked = ["positions", "stream versions"]
     except CorruptionError as exc:  # opening can find damage too, beyond what the index covers
@@ -497,7 +501,7 @@ def _verified(args: argparse.Namespace, result: dict[str, Any], text: str) -> in
     return 0 if result["ok"] else 1
 
 
-def _verify_file(store: Any, progress: Progress) -> int:
+def _verify_file(store: Any, args: argparse.Namespace) -> int:
     """``FileEventStore.verify()``, reporting progress: the same scan of every record, in order.
 
     ``verify()`` takes no progress callback, and a long verify must say how far it got, so
@@ -507,12 +511,13 @@ def _verify_file(store: Any, progress: Progress) -> int:
     from orchestrix.infrastructure.file._format import SEGMENT_HEADER_SIZE, Head
 
     end_position = store.last_position()  # checks the store is open; takes in others' commits
+    progress = _progress(args, "verify", end_position)  # positions are dense: events checked measure it
     view = store._view
     end = view.end
     events = 0
     for _, info in view.log.scan(Head(0, 1, SEGMENT_HEADER_SIZE), end):
         events += info.count
-        progress.tick(events, events / end_position if end_position else None)
+        progress.tick(events, events)
     return events
 
 
@@ -592,20 +597,25 @@ def _start_of_last(store: EventStore, n: int) -> int:
         span *= min(16, max(2, -(-2 * n // max(len(window), 1))))
 
 
+def _versions_read(recorded: RecordedEvent) -> int:
+    """How far into its stream an event is: the target of a stream's replay is its event count."""
+    return recorded.version + 1
+
+
 def _replay(args: argparse.Namespace) -> int:
     with _open(args) as opened:
         store: EventStore = opened.store
         if args.all:
             what, events = "the whole store", store.read_all(0, None)
-            done = by_position(0, store.last_position())
+            target, reached = store.last_position(), _position
         else:
             what, events = f"stream {args.stream!r}", store.read_stream(args.stream)
-            total = store.stream_version(args.stream) + 1
-            done = (lambda e: (e.version + 1) / total) if total > 0 else None
+            target, reached = store.stream_version(args.stream) + 1, _versions_read
         mode = "decoded" if args.serializer else "raw JSON"
         started = time.perf_counter()
         count = 0
-        for _ in _progress(args, "replay", json_lines=args.json).counted(events, done):
+        progress = _progress(args, "replay", target, json_lines=args.json)
+        for _ in progress.counted(events, reached):
             count += 1
         seconds = time.perf_counter() - started
     if count == 0:

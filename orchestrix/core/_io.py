@@ -179,7 +179,8 @@ async def call(function: Callable[..., Any], *args: Any) -> Any:
     if not inspect.isawaitable(result):
         return result
     if _sync_mode.get():
-        return run_sync(_awaiting(result))
+        # A coroutine is run as itself, so an EventLoopRequiredError names the user's function.
+        return run_sync(result if inspect.iscoroutine(result) else _awaiting(result))
     return await result
 
 

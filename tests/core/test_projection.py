@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from orchestrix.core.errors import EventLoopRequiredError
 from orchestrix.core.eventsourcing.store import EventStore
 from orchestrix.core.execution import (
     CheckpointStore,
@@ -132,7 +133,8 @@ class OwnPosition(Projection):
 
 
 class Counter(Projection):
-    """Counts events per type name, with an ``async def`` handler: only the asyncio forms run it."""
+    """Counts events per type name, with an ``async def`` handler that awaits asyncio itself:
+    only the asyncio forms can run it."""
 
     name = "counter"
 
@@ -614,8 +616,8 @@ def test_runner_misuse_is_refused_before_anything_runs() -> None:
     assert checkpoints.load("plain") == 3  # untouched by the refused rebuilds
 
     counter = ProjectionRunner(store, [Counter()], checkpoints)
-    with pytest.raises(TypeError, match=r"async on_any\(\): run it with the \*_async methods"):
-        counter.run_once()
+    with pytest.raises(EventLoopRequiredError, match=r"Counter\.on_any.* awaited"):
+        counter.run_once()  # on_any awaits asyncio.sleep, which only an event loop provides
     assert checkpoints.load("counter") == 0
 
 
