@@ -30,7 +30,6 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from orchestrix._cli_format import (
-    PROGRESS_CHECK,
     Progress,
     dumps,
     event_json,
@@ -44,15 +43,15 @@ from orchestrix.core.eventsourcing.store import EventStore
 from orchestrix.core.messaging.messages import RecordedEvent
 from orchestrix.core.messaging.serializer import RawSerializer, Serializer
 
-__all__ = ["PROGRESS_CHECK", "main"]
+__all__ = ["main"]
 
-PG_SCHEMES = ("postgresql://", "postgres://")
-DEFAULT_TOP = 10
-FOLLOW_LINES = 10
+_PG_SCHEMES = ("postgresql://", "postgres://")
+_DEFAULT_TOP = 10
+_FOLLOW_LINES = 10
 """Events ``tail --follow`` shows before waiting when neither ``-n`` nor ``--after`` says, as ``tail -f``."""
 
 
-class UsageError(Exception):
+class _UsageError(Exception):
     """A command line that names something unusable (exit status 2)."""
 
 
@@ -69,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     try:
         return int(args.run(args))
-    except UsageError as exc:
+    except _UsageError as exc:
         print(f"orchestrix: error: {exc} (see orchestrix --help)", file=sys.stderr)
         return 2
     except _Found as exc:
@@ -139,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("--stream", metavar="NAME", help="list this stream's events instead")
     inspect.add_argument(
-        "--top", type=_positive_int, default=DEFAULT_TOP, metavar="N", help="streams to list (default: 10)"
+        "--top", type=_positive_int, default=_DEFAULT_TOP, metavar="N", help="streams to list (default: 10)"
     )
     inspect.set_defaults(run=_inspect)
 
@@ -298,7 +297,7 @@ def _open_postgres(dsn: str, schema: str, serializer: Serializer) -> _Opened:
 
 def _is_dsn(target: str) -> bool:
     """Whether ``target`` names a PostgreSQL database (a URI or libpq ``key=value`` words), not a path."""
-    if target.lower().startswith(PG_SCHEMES):
+    if target.lower().startswith(_PG_SCHEMES):
         return True
     keywords = re.search(r"(^|\s)(host|hostaddr|dbname|user|port)=", target)
     return keywords is not None and not os.path.exists(target)
@@ -333,7 +332,7 @@ class _Once(logging.Filter):
 
 def _hide_password(dsn: str) -> str:
     """``dsn`` with any password replaced by ``***``, fit to print."""
-    if not dsn.lower().startswith(PG_SCHEMES):
+    if not dsn.lower().startswith(_PG_SCHEMES):
         return _scrub(dsn, dsn)  # libpq key=value words
     try:
         parts = urlsplit(dsn)
@@ -353,7 +352,7 @@ def _serializer(spec: str | None) -> Serializer:
         return RawSerializer()
     module_name, colon, attribute = spec.partition(":")
     if not colon or not module_name or not attribute:
-        raise UsageError(f"--serializer wants MODULE:FACTORY, not {spec!r}")
+        raise _UsageError(f"--serializer wants MODULE:FACTORY, not {spec!r}")
     # The console script's sys.path lacks the working directory, where `python -m` has it;
     # a user naming their own module from their project directory expects it to be found.
     if os.getcwd() not in sys.path and "" not in sys.path:
@@ -363,15 +362,15 @@ def _serializer(spec: str | None) -> Serializer:
         for name in attribute.split("."):
             target = getattr(target, name)
     except (ImportError, AttributeError) as exc:
-        raise UsageError(f"--serializer {spec}: {exc}") from None
+        raise _UsageError(f"--serializer {spec}: {exc}") from None
     serializer = target
     if callable(target) and not isinstance(target, Serializer):
         try:
             serializer = target()
         except Exception as exc:  # the user's own factory: say what it raised, not where
-            raise UsageError(f"--serializer {spec}: calling it raised {type(exc).__name__}: {exc}") from None
+            raise _UsageError(f"--serializer {spec}: calling it raised {type(exc).__name__}: {exc}") from None
     if not isinstance(serializer, Serializer):
-        raise UsageError(f"--serializer {spec} gave {type(serializer).__name__}, not a Serializer")
+        raise _UsageError(f"--serializer {spec} gave {type(serializer).__name__}, not a Serializer")
     return serializer
 
 
@@ -567,7 +566,7 @@ def _tail_start(store: EventStore, args: argparse.Namespace) -> int:
     """The position ``tail`` starts after: ``--after``, ``-n`` events before the end, or the start."""
     if args.after is not None:
         return int(args.after)
-    lines = args.lines if args.lines is not None else FOLLOW_LINES if args.follow else None
+    lines = args.lines if args.lines is not None else _FOLLOW_LINES if args.follow else None
     return 0 if lines is None else _start_of_last(store, lines)
 
 

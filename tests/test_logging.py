@@ -13,7 +13,7 @@ import orchestrix
 ROOT = Path(orchestrix.__file__).resolve().parent
 
 # Rewritten on other branches at the same time: their loggers are renamed when those land.
-_RENAMED_ELSEWHERE = {"core/execution/_saga_monitor.py", "core/execution/projection/runner.py"}
+_RENAMED_ELSEWHERE: set[str] = set()
 
 
 def _logger_names(path: Path) -> list[str]:

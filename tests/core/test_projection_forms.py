@@ -211,12 +211,12 @@ class Sleepy(Projection):
     @projects(Deposited, Withdrawn)
     async def on_event(self, event: Event, recorded: RecordedEvent) -> None:
         if not self.in_commit:
-            await asyncio.sleep(0)  # hands control to the event loop
+            await asyncio.sleep(0.001)  # needs an event loop
         self.seen.append(recorded.position)
 
     async def commit(self, position: int) -> None:
         if self.in_commit:
-            await asyncio.sleep(0)
+            await asyncio.sleep(0.001)
         self.committed.append(position)
 
     def rollback(self) -> None:
@@ -311,7 +311,7 @@ def run_totals(
     )
     call = drive(runner, driver)
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="orchestrix.projections"):
+    with caplog.at_level(logging.INFO, logger="orchestrix"):
         read = [call("run_until_idle", 3), call("run_until_idle"), call("rebuild")]
     return Outcome(
         read=read,
@@ -319,9 +319,12 @@ def run_totals(
         stats=runner.stats["totals"],
         positions=runner.positions,
         reports=reports,
-        log_lines=[r.getMessage() for r in caplog.records if r.name == "orchestrix.projections"],
+        log_lines=[r.getMessage() for r in caplog.records if r.name == RUNNER_LOGGER],
         model=dict(projection.totals),
     )
+
+
+RUNNER_LOGGER = "orchestrix.core.execution.projection.runner"
 
 
 @pytest.fixture(params=["memory", "file"])

@@ -26,7 +26,7 @@ from orchestrix.core.messaging.messages import RecordedEvent
 
 __all__ = ["RunnerStats", "StuckSaga", "UnmatchedEvent"]
 
-log = logging.getLogger("orchestrix.sagas")
+_log = logging.getLogger(__name__)
 
 SagaKey = tuple[type[Saga], str]
 """A saga: its class and its id."""
@@ -202,7 +202,7 @@ class SagaMonitor:
         with self._lock:
             self.stats.failed += 1
         cls, saga_id = key
-        log.error(
+        _log.error(
             "%s %r is stuck: step for %s at position %d raised %s: %s",
             cls.__name__,
             saga_id,
@@ -262,7 +262,7 @@ class SagaMonitor:
             cls.category, saga_id, recorded.event_type, recorded.stream, recorded.position, recorded.event_id
         )
         self.unmatched.append(entry)
-        log.warning(
+        _log.warning(
             "unmatched event: %s at position %d (stream %r) is addressed to %s %r, which does not exist",
             recorded.event_type,
             recorded.position,

@@ -56,12 +56,3 @@ class RecordedEvent:
     event: Any
     correlation_id: uuid.UUID | None = None
     causation_id: uuid.UUID | None = None
-
-
-def __getattr__(name: str) -> Any:
-    # ``new_event`` moved to the stores' support module; aggregate.py still imports it from here.
-    if name == "new_event":
-        from orchestrix.core.eventsourcing._backend import new_event
-
-        return new_event
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

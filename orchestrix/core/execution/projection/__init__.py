@@ -22,10 +22,10 @@ checkpoint stays before the failing event (which is logged with its position and
 nothing is ever skipped silently. Fix the cause and run again: the runner reloads its positions.
 
 Long replays show progress: when a runner is more than ``catch_up_threshold`` events behind
-the store (and always while rebuilding), it logs at INFO on the ``orchestrix.projections``
-logger at most once per ``progress_every`` seconds (events done of total, events/s, ETA), and
-once when it has caught up; the optional ``progress`` callback receives the same figures as
-:class:`ProjectionProgress` records.
+the store (and always while rebuilding), it logs at INFO on the
+``orchestrix.core.execution.projection.runner`` logger at most once per ``progress_every``
+seconds (events done of total, events/s, ETA), and once when it has caught up; the optional
+``progress`` callback receives the same figures as :class:`ProjectionProgress` records.
 
 One idea per module: ``projection.base`` holds the :class:`Projection` base class and
 :func:`projects`, ``projection.runner`` the :class:`ProjectionRunner`, and
@@ -33,8 +33,9 @@ One idea per module: ``projection.base`` holds the :class:`Projection` base clas
 shares.
 """
 
+from orchestrix.core.errors import ProjectionError
 from orchestrix.core.execution.progress import ProjectionProgress
-from orchestrix.core.execution.projection.base import Projection, ProjectionError, projects
+from orchestrix.core.execution.projection.base import Projection, projects
 from orchestrix.core.execution.projection.runner import ProjectionRunner, ProjectionStats
 
 __all__ = [

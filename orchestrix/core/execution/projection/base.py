@@ -14,34 +14,9 @@ from typing import Any, ClassVar, TypeVar
 
 import attrs
 
-from orchestrix.core.errors import OrchestrixError
-
-__all__ = ["Projection", "ProjectionError", "projects"]
+__all__ = ["Projection", "projects"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class ProjectionError(OrchestrixError):
-    """A projection's handler or hook failed; the runner stopped before ``position``.
-
-    ``event_type`` and ``stream`` name the event whose handler raised (None when a hook such as
-    ``commit`` failed); the original exception is the ``__cause__``.
-    """
-
-    def __init__(
-        self,
-        projection: str,
-        position: int,
-        message: str,
-        *,
-        event_type: str | None = None,
-        stream: str | None = None,
-    ) -> None:
-        super().__init__(f"projection {projection!r} at position {position}: {message}")
-        self.projection = projection
-        self.position = position
-        self.event_type = event_type
-        self.stream = stream
 
 
 def projects(*event_types: type) -> Callable[[F], F]:

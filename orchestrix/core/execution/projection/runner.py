@@ -19,12 +19,12 @@ import attrs
 
 from orchestrix.core import _io
 from orchestrix.core._io import run_sync
-from orchestrix.core.errors import EventLoopRequiredError
+from orchestrix.core.errors import EventLoopRequiredError, ProjectionError
 from orchestrix.core.eventsourcing.store import EventStore
 from orchestrix.core.execution._paging import PageLoop
 from orchestrix.core.execution.checkpoint import CheckpointStore
 from orchestrix.core.execution.progress import ProgressReporter, ProjectionProgress
-from orchestrix.core.execution.projection.base import Projection, ProjectionError, _Handler
+from orchestrix.core.execution.projection.base import Projection, _Handler
 from orchestrix.core.messaging.messages import RecordedEvent
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ProjectionRunner", "ProjectionStats"]
 
-log = logging.getLogger("orchestrix.projections")
+_log = logging.getLogger(__name__)
 
 
 @attrs.define
@@ -210,7 +210,7 @@ class ProjectionRunner(PageLoop):
         try:
             await _io.call(projection.rollback)
         except Exception:
-            log.exception("projection %r: rollback() failed after a failed page", name)
+            _log.exception("projection %r: rollback() failed after a failed page", name)
 
     # -- one runner, driven from one place at a time ------------------------------------------
 
@@ -296,7 +296,7 @@ class ProjectionRunner(PageLoop):
         self, name: str, recorded: RecordedEvent, handler: _Handler | None, exc: Exception
     ) -> ProjectionError:
         if handler is None:
-            log.error(
+            _log.error(
                 "projection %r stopped: commit() of the page from position %d raised %s: %s",
                 name,
                 recorded.position,
@@ -305,7 +305,7 @@ class ProjectionRunner(PageLoop):
                 exc_info=exc,
             )
             return ProjectionError(name, recorded.position, f"commit() raised {type(exc).__name__}: {exc}")
-        log.error(
+        _log.error(
             "projection %r stopped: %s() for %s at position %d (stream %r) raised %s: %s",
             name,
             handler.name,
@@ -368,6 +368,6 @@ class ProjectionRunner(PageLoop):
         )
 
     def _report(self, report: ProjectionProgress) -> None:
-        log.info("%s", report.text())
+        _log.info("%s", report.text())
         if self.progress is not None:
             self.progress(report)
