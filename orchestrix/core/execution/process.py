@@ -35,7 +35,7 @@ from orchestrix.core.errors import InvalidArgumentError, MultiStreamConflictErro
 from orchestrix.core.eventsourcing.store import NO_STREAM, EventStore, StreamAppend
 from orchestrix.core.messaging.messages import Event, NewEvent, RecordedEvent
 
-__all__ = ["PROCESS_EVENTS", "ProcessCheckpoint", "ProcessStats", "ProcessStep"]
+__all__ = ["PROCESS_EVENTS", "ProcessCheckpoint", "ProcessHandler", "ProcessStats", "ProcessStep"]
 
 
 @attrs.frozen
@@ -48,7 +48,7 @@ class ProcessCheckpoint(Event):
 PROCESS_EVENTS: tuple[type, ...] = (ProcessCheckpoint,)
 """Event types a process step stores: register them with the store's serializer."""
 
-Handler = Callable[[RecordedEvent], Sequence[StreamAppend] | None | Awaitable[Sequence[StreamAppend] | None]]
+ProcessHandler = Callable[[RecordedEvent], Sequence[StreamAppend] | None | Awaitable[Sequence[StreamAppend] | None]]
 """A process step's handler: an event's output (or None), directly or from a coroutine."""
 
 
@@ -78,7 +78,7 @@ class ProcessStep:
         self,
         name: str,
         store: EventStore,
-        handle: Handler,
+        handle: ProcessHandler,
         *,
         page_size: int = 500,
         checkpoint_every: int = 1000,
