@@ -345,10 +345,18 @@ SUITES: dict[str, tuple[list[Row], list[Check]]] = {
         ],
         [
             Check(
-                "file: atomic pair vs 2 appends", "orx_file_pair_atomic", "orx_file_pair_two", 1.8, source="issue 17"
+                "file: atomic pair vs 2 appends",
+                "orx_file_pair_atomic",
+                "orx_file_pair_two",
+                1.8,
+                source="issue 17",
             ),
             Check(
-                "postgres: atomic pair vs 2 appends", "orx_pg_pair_atomic", "orx_pg_pair_two", 1.5, source="issue 17"
+                "postgres: atomic pair vs 2 appends",
+                "orx_pg_pair_atomic",
+                "orx_pg_pair_two",
+                1.5,
+                source="issue 17",
             ),
         ],
     ),

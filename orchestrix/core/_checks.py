@@ -116,7 +116,9 @@ def check_appends(value: Any) -> list[StreamAppend] | tuple[StreamAppend, ...]:
     for part in value:
         if type(part) is not StreamAppend:
             raise InvalidArgumentError(
-                "appends", part, f"a StreamAppend(stream, events, expected_version), not {type(part).__name__}"
+                "appends",
+                part,
+                f"a StreamAppend(stream, events, expected_version), not {type(part).__name__}",
             )
         stream = check_stream_name(part.stream)
         check_expected_version_arg(part.expected_version)

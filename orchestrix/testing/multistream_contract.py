@@ -125,7 +125,9 @@ class MultiStreamContract:
         assert (caught.value.parameter, caught.value.value) == ("appends", "m-1")
         assert list(store.read_all()) == []
 
-    @pytest.mark.parametrize("appends", [[], (), None, "m-1", [("m-1", [], ANY)], iter([StreamAppend("m-1", [])])])
+    @pytest.mark.parametrize(
+        "appends", [[], (), None, "m-1", [("m-1", [], ANY)], iter([StreamAppend("m-1", [])])]
+    )
     def test_appends_that_are_no_list_of_stream_appends_are_refused(
         self, store: EventStore, appends: object
     ) -> None:

@@ -30,7 +30,9 @@ class Line(Event):
 def _line(recorded: RecordedEvent) -> list[StreamAppend] | None:
     if not isinstance(recorded.event, Paid):
         return None
-    return [StreamAppend(f"statement-{recorded.event.account}", [Line(recorded.event.cents, recorded.position)])]
+    return [
+        StreamAppend(f"statement-{recorded.event.account}", [Line(recorded.event.cents, recorded.position)])
+    ]
 
 
 def _store() -> InMemoryEventStore:
@@ -150,4 +152,4 @@ def test_the_async_form_runs_the_same_logic_and_handlers_may_be_coroutines() -> 
     step = ProcessStep("statements", store, handler)
     assert asyncio.run(step.run_until_caught_up_async()) == 1
     assert _lines(store) == [("statement-a", 5, 1)]
-    assert isinstance(list(store.read_stream("process-statements"))[0].event, ProcessCheckpoint)
+    assert isinstance(next(iter(store.read_stream("process-statements"))).event, ProcessCheckpoint)

@@ -130,7 +130,9 @@ def crash_child(path: str, ack_path: str, seed: int, writers: int, ready_fd: int
         for (stream, events), result in zip(parts, results, strict=True):
             first = events[0].event
             ids = [e.event_id.hex for e in events]
-            lines.append(json.dumps([stream, first.batch, ids, result.versions, result.positions, first.index]))
+            lines.append(
+                json.dumps([stream, first.batch, ids, result.versions, result.positions, first.index])
+            )
         os.write(ack, ("\n".join(lines) + "\n").encode())  # one write: a kill leaves whole lines or a cut one
 
     def appends(parts: list[tuple[str, list[NewEvent]]], versions: list[int]) -> list[StreamAppend]:

@@ -71,7 +71,9 @@ class Model:
         complete = raw[:end].split(b"\n")[:-1]
         for line in complete[self.acked :]:
             stream, batch, ids, versions, positions, first = json.loads(line)
-            for i, (event_id, version, position) in enumerate(zip(ids, versions, positions, strict=True), first):
+            for i, (event_id, version, position) in enumerate(
+                zip(ids, versions, positions, strict=True), first
+            ):
                 assert position <= len(self.log), f"acknowledged position {position} lost"
                 stored = self.log[position - 1]
                 assert stored[:5] == (event_id, stream, version, batch, i), f"position {position} differs"

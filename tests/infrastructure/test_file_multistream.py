@@ -64,7 +64,11 @@ def _three_streams_then_one(path: Path) -> tuple[Path, list[int]]:
     with open_store(path) as store:
         store.append("s-0", events(0), NO_STREAM)
         store.append_many(
-            [StreamAppend("s-1", events(1, 2)), StreamAppend("s-2", events(3)), StreamAppend("s-3", events(4))]
+            [
+                StreamAppend("s-1", events(1, 2)),
+                StreamAppend("s-2", events(3)),
+                StreamAppend("s-3", events(4)),
+            ]
         )
         store.append("s-0", events(5), 0)
     (segment,) = segments(path)
@@ -107,7 +111,9 @@ def test_a_multi_stream_append_torn_at_any_offset_is_kept_whole_or_not_at_all(
 
 def _record(stream: bytes, position: int, durable: int, n: int, continues: bool) -> bytes:
     type_name, payload = contract_serializer().encode(ContractEvent(n))
-    record = prepare_record(stream, [(uuid.uuid4().bytes, None, None, type_field(type_name), payload)], continues)
+    record = prepare_record(
+        stream, [(uuid.uuid4().bytes, None, None, type_field(type_name), payload)], continues
+    )
     seal_record(record, durable, position, 0, 0)
     return bytes(record)
 

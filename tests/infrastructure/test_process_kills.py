@@ -13,6 +13,7 @@ are fresh each time; only the atomic append of output and checkpoint keeps them 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import random
 import signal
@@ -41,12 +42,18 @@ def _add_work(store: FileEventStore, rng: random.Random, count: int) -> None:
     for _ in range(count):
         transfer = uuid.UUID(int=rng.getrandbits(128)).hex[:12]
         done = TransferCompleted(
-            transfer, f"acc-{rng.randrange(5)}", Decimal(rng.randint(1, 999)) / 100, uuid.uuid4(), datetime.now(UTC)
+            transfer,
+            f"acc-{rng.randrange(5)}",
+            Decimal(rng.randint(1, 999)) / 100,
+            uuid.uuid4(),
+            datetime.now(UTC),
         )
         if rng.random() < 0.5:
             store.append(f"Transfer-{transfer}", [done])
         else:  # now and then stored with an unrelated stream in one append
-            store.append_many([StreamAppend(f"Transfer-{transfer}", [done]), StreamAppend("noise", [Noise(1)])])
+            store.append_many(
+                [StreamAppend(f"Transfer-{transfer}", [done]), StreamAppend("noise", [Noise(1)])]
+            )
 
 
 def _check(store: FileEventStore, final: bool) -> int:
@@ -99,5 +106,5 @@ def test_each_transfer_becomes_exactly_one_statement_line_under_sigkill(tmp_path
     with FileEventStore(path, serializer()) as store:
         step(store).run_until_caught_up()
         _check(store, final=True)
-    moved = sum(b > a for a, b in zip(progress, progress[1:], strict=False))
+    moved = sum(b > a for a, b in itertools.pairwise(progress))
     assert moved > KILLS // 3, f"the process made progress between too few kills: {progress}"

@@ -85,7 +85,9 @@ def to_parts(appends: Sequence[StreamAppend]) -> list[Part]:
         for stream, batch, _ in parts:
             for e in batch:
                 if e.event_id in seen:
-                    raise DuplicateEventIdError(stream, e.event_id, "appears twice in one multi-stream append")
+                    raise DuplicateEventIdError(
+                        stream, e.event_id, "appears twice in one multi-stream append"
+                    )
                 seen.add(e.event_id)
     return parts
 

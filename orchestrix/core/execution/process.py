@@ -48,7 +48,9 @@ class ProcessCheckpoint(Event):
 PROCESS_EVENTS: tuple[type, ...] = (ProcessCheckpoint,)
 """Event types a process step stores: register them with the store's serializer."""
 
-ProcessHandler = Callable[[RecordedEvent], Sequence[StreamAppend] | None | Awaitable[Sequence[StreamAppend] | None]]
+ProcessHandler = Callable[
+    [RecordedEvent], Sequence[StreamAppend] | Awaitable[Sequence[StreamAppend] | None] | None
+]
 """A process step's handler: an event's output (or None), directly or from a coroutine."""
 
 

@@ -115,7 +115,9 @@ class recover:
             return
         self.end = Head(position, number, offset)
 
-    def _cut_held(self, numbers: list[int], held: list[tuple[int, RecordInfo]], reason: RecordProblem | None) -> None:
+    def _cut_held(
+        self, numbers: list[int], held: list[tuple[int, RecordInfo]], reason: RecordProblem | None
+    ) -> None:
         """Cut the log where the unended multi-stream append in ``held`` starts."""
         number, first = held[0]
         segment = self.log.segment(number)

@@ -158,7 +158,9 @@ Queued = Request | ManyRequest
 """What callers queue for a group commit: a one-stream or a multi-stream append."""
 
 
-def prepare_many(serializer: Serializer, names: dict[Any, bytes], appends: Sequence[StreamAppend]) -> ManyRequest:
+def prepare_many(
+    serializer: Serializer, names: dict[Any, bytes], appends: Sequence[StreamAppend]
+) -> ManyRequest:
     """Validate and encode a multi-stream append outside every lock: one record per stream, each
     but the last marked as continued by the next, so recovery keeps them together or not at all."""
     parts = to_parts(appends)

@@ -209,7 +209,8 @@ class Statements:
         many_current = (
             "WITH req AS (SELECT r.stream, r.expected, r.k, "
             "(SELECT coalesce(max(version), -1) FROM {events} WHERE stream = r.stream) AS v "
-            "FROM unnest(%(streams)s::text[], %(expecteds)s::bigint[]) WITH ORDINALITY AS r(stream, expected, k)), "
+            "FROM unnest(%(streams)s::text[], %(expecteds)s::bigint[]) "
+            "WITH ORDINALITY AS r(stream, expected, k)), "
             "ok AS (SELECT bool_and(expected = -2 OR (expected = -4 AND v >= 0) OR v = expected) AS good "
             "FROM req) "
         )

@@ -175,7 +175,10 @@ class PostgresEventStore:
         total = sum(len(batch) for _, batch, _ in parts)
         if total > MAX_BATCH_SIZE:
             raise BatchTooLargeError(parts[0][0], "events", MAX_BATCH_SIZE, total)
-        return [(stream, _ops.encode_batch(self._serializer, batch), expected) for stream, batch, expected in parts]
+        return [
+            (stream, _ops.encode_batch(self._serializer, batch), expected)
+            for stream, batch, expected in parts
+        ]
 
     def _prepare(
         self, stream: str, events: Sequence[NewEvent | Any], expected_version: int
