@@ -18,7 +18,9 @@ def _opened(repo: AggregateRepository, *ids: str) -> None:
     accounts = []
     for account_id in ids:
         account = Account()
-        account.open(OpenAccount(account_id=account_id, owner_name=account_id, initial_balance=Decimal("100")))
+        account.open(
+            OpenAccount(account_id=account_id, owner_name=account_id, initial_balance=Decimal("100"))
+        )
         accounts.append(account)
     repo.save_all(accounts)
 
