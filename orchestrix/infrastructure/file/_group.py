@@ -143,12 +143,13 @@ class GroupWriter:
                 r.result = find_replayed_many(parts, lambda event_id: self._place(event_id, indexed))
                 if r.result is not None:
                     return position
-            check_expected_versions(parts, self._current)
+            currents = {p.stream: self._current(p.stream) for p in r.parts}  # each stream once in r
+            check_expected_versions(parts, currents.__getitem__)
         except OrchestrixError as exc:
             r.error = exc
             return position
         for part in r.parts:
-            position = self._place_record(part, self._current(part.stream), position, seq, planned)
+            position = self._place_record(part, currents[part.stream], position, seq, planned)
         return position
 
     def _place_record(self, r: Request, current: int, position: int, seq: int, planned: list[Planned]) -> int:
