@@ -22,6 +22,7 @@ ONE_SOURCE = [
     "execution/runner.py",
     "execution/_saga_steps.py",
     "execution/_saga_monitor.py",
+    "execution/deadlines.py",
 ]
 
 _Function = ast.FunctionDef | ast.AsyncFunctionDef

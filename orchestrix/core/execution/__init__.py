@@ -1,6 +1,15 @@
 """Running things from the store's global order: subscriptions, sagas, projections."""
 
 from orchestrix.core.execution.checkpoint import CheckpointStore, InMemoryCheckpointStore
+from orchestrix.core.execution.deadlines import (
+    Deadline,
+    DeadlineCancelled,
+    DeadlineFired,
+    DeadlineScheduled,
+    on_deadline,
+    pending_deadlines,
+    pending_deadlines_async,
+)
 from orchestrix.core.execution.dispatch import CommandBus, CommandDispatcher
 from orchestrix.core.execution.projection import (
     Projection,
@@ -33,6 +42,10 @@ __all__ = [
     "CheckpointStore",
     "CommandBus",
     "CommandDispatcher",
+    "Deadline",
+    "DeadlineCancelled",
+    "DeadlineFired",
+    "DeadlineScheduled",
     "InMemoryCheckpointStore",
     "Projection",
     "ProjectionError",
@@ -48,7 +61,10 @@ __all__ = [
     "StuckSaga",
     "UnmatchedEvent",
     "handles",
+    "on_deadline",
     "partition_of",
+    "pending_deadlines",
+    "pending_deadlines_async",
     "projects",
     "saga_event_id",
     "subscribe",

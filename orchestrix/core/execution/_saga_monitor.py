@@ -11,6 +11,8 @@ counts included: a count is a read-modify-write, and one taken outside the lock 
 from __future__ import annotations
 
 import collections
+import heapq
+import itertools
 import logging
 import threading
 import uuid
@@ -21,7 +23,8 @@ from typing import Any
 import attrs
 
 from orchestrix.core import _io
-from orchestrix.core.execution.saga import HandlerSpec, Saga
+from orchestrix.core.execution.deadlines import Deadline, DeadlineBook
+from orchestrix.core.execution.saga import HandlerSpec, Saga, SagaRetried
 from orchestrix.core.messaging.messages import RecordedEvent
 
 __all__ = ["RunnerStats", "StuckSaga", "UnmatchedEvent"]
@@ -79,6 +82,8 @@ class RunnerStats:
     """Steps that raised and got their saga stuck."""
     other_partition: int = 0
     """Events for sagas of another partition."""
+    deadlines_fired: int = 0
+    """Deadlines this runner fired (appended ``DeadlineFired`` for)."""
 
 
 class SagaMonitor:
@@ -105,6 +110,13 @@ class SagaMonitor:
         self._open: dict[SagaKey, None] = {}
         self._completed: collections.OrderedDict[SagaKey, None] = collections.OrderedDict()
         self._lock = threading.RLock()
+        # Pending deadlines as read (a hint: firing checks the saga's stream), and a heap of them
+        # by due time with stale entries skipped when popped; deadlines of a stuck saga wait in
+        # _held until the saga is retried.
+        self._book = DeadlineBook()
+        self._due: list[tuple[datetime, int, Deadline, type[Saga]]] = []
+        self._held: dict[str, list[tuple[Deadline, type[Saga]]]] = {}
+        self._order = itertools.count()
 
     # -- what the runner reads ----------------------------------------------------------------
 
@@ -124,6 +136,12 @@ class SagaMonitor:
                     self._remember_completed(key)
                 elif key not in self._completed:
                     self._open[key] = None
+                scheduled = self._book.fold(recorded.stream, recorded.version, recorded.event)
+                if scheduled is not None:
+                    self._push(scheduled, cls)
+                elif isinstance(recorded.event, SagaRetried):
+                    for deadline, held_cls in self._held.pop(recorded.stream, ()):
+                        self._push(deadline, held_cls)
 
     def targets(self, recorded: RecordedEvent) -> list[Target]:
         """The sagas of this runner's partition the event is addressed to."""
@@ -248,7 +266,49 @@ class SagaMonitor:
             type(saga).category, saga.id or "", saga.stream, saga.state, reason, last, saga.version
         )
 
+    # -- deadlines ----------------------------------------------------------------------------
+
+    def due(self, now: datetime) -> list[tuple[type[Saga], Deadline]]:
+        """Take the pending deadlines due at ``now`` (soonest first) for the runner to fire."""
+        found = []
+        with self._lock:
+            while self._due and self._due[0][0] <= now:
+                _when, _n, deadline, cls = heapq.heappop(self._due)
+                if self._book.pending.get((deadline.stream, deadline.name)) == deadline:
+                    found.append((cls, deadline))
+        return found
+
+    def fired(self, cls: type[Saga], deadline: Deadline, outcome: str) -> None:
+        """The runner tried to fire ``deadline``: ``fired``, ``gone`` (nothing to do) or ``held``."""
+        with self._lock:
+            if outcome == "fired":
+                self.stats.deadlines_fired += 1
+                self._book.pending.pop((deadline.stream, deadline.name), None)
+            elif outcome == "held":
+                self._held.setdefault(deadline.stream, []).append((deadline, cls))
+            elif self._book.pending.get((deadline.stream, deadline.name)) == deadline:
+                del self._book.pending[(deadline.stream, deadline.name)]
+
+    def next_due(self) -> datetime | None:
+        """When the soonest pending deadline is due (None if none is pending)."""
+        with self._lock:
+            while self._due:
+                deadline = self._due[0][2]
+                if self._book.pending.get((deadline.stream, deadline.name)) == deadline:
+                    return deadline.due_at
+                heapq.heappop(self._due)
+            return None
+
+    def deadlines(self) -> list[Deadline]:
+        """Pending deadlines of this runner's sagas as read, soonest first."""
+        with self._lock:
+            pending = list(self._book.pending.values())
+        return sorted(pending, key=lambda d: (d.due_at, d.stream, d.name))
+
     # -- under the lock -----------------------------------------------------------------------
+
+    def _push(self, deadline: Deadline, cls: type[Saga]) -> None:
+        heapq.heappush(self._due, (deadline.due_at, next(self._order), deadline, cls))
 
     def _remember_completed(self, key: SagaKey) -> None:
         self._completed[key] = None

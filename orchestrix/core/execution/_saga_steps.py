@@ -12,7 +12,10 @@ asyncio forms on the loop. Why a step is ordered as it is:
   the store refuses what a runner that lost its lease still appends); a lost lease or a store
   failure stops the runner, any other exception gets the saga recorded stuck, under the fence
   too, and the runner goes on with other sagas;
-* one saga is never stepped twice at once in a runner (a lock per saga).
+* one saga is never stepped twice at once in a runner (a lock per saga);
+* firing a deadline is a step too (same lock, fence and lease check): it appends
+  ``DeadlineFired`` with the id derived from the schedule, only if the saga's stream still
+  holds the deadline pending, so it happens once in effect whoever fires it how often.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from orchestrix.core.errors import ConcurrencyError, LeaseLostError, SagaError, 
 from orchestrix.core.eventsourcing.aggregate import AggregateRepository, retry_on_conflict_async
 from orchestrix.core.eventsourcing.fencing import Fence, Lease, fenced
 from orchestrix.core.execution._saga_monitor import SagaKey, SagaMonitor, Target
+from orchestrix.core.execution.deadlines import Deadline, DeadlineFired, deadline_event_id
 from orchestrix.core.execution.saga import Saga, SagaRetried, SagaStuck
 from orchestrix.core.messaging.messages import RecordedEvent
 
@@ -98,6 +102,7 @@ class SagaSteps:
         saga = self.monitor.admit(await self._load(cls, saga_id), target, recorded)
         if saga is None:
             return
+        saga._clock = self.clock  # a new saga too: its deadlines are due by the runner's time
         await self._drive(saga, spec.method(saga, recorded.event), recorded.event_id)
         self._stepped(saga)
 
@@ -117,15 +122,44 @@ class SagaSteps:
         await self._save(saga, cause)
 
     async def _save(self, saga: Saga, cause: uuid.UUID | None) -> None:
+        saga._settle_deadlines()
         saved = await self.repository.save_async(saga, correlation_id=_correlation(saga), causation_id=cause)
         if saved is not None:
             self.monitor.saved(saga)
 
     async def _load(self, cls: type[Saga], saga_id: str) -> Saga | None:
         saga = cls(saga_id)
+        saga._clock = self.clock
         for recorded in await _io.read_stream(self.store, cls.stream_name(saga_id)):
             saga._replay(recorded)
         return saga if saga.version >= 0 else None
+
+    # -- deadlines ------------------------------------------------------------------------------
+
+    async def fire(self, cls: type[Saga], deadline: Deadline) -> str:
+        """Fire ``deadline`` if its saga still holds it pending: ``fired``, ``gone`` or ``held``
+        (the saga is stuck; it fires once the saga is retried)."""
+        async with self._locks.hold((cls, deadline.saga_id)):
+            return await retry_on_conflict_async(
+                functools.partial(self._fire_once, cls, deadline), attempts=self.attempts
+            )
+
+    async def _fire_once(self, cls: type[Saga], deadline: Deadline) -> str:
+        saga = await self._load(cls, deadline.saga_id)
+        if saga is None or saga.completed:
+            return "gone"
+        pending = saga.deadlines.get(deadline.name)
+        if pending is None or pending.scheduled_version != deadline.scheduled_version:
+            return "gone"  # cancelled, replaced or fired since it was read
+        if saga.stuck_reason is not None:
+            return "held"
+        await self.check_lease(f"fire deadline {deadline.name!r}")
+        fired = DeadlineFired(
+            cls.category, saga.id or "", pending.name, pending.due_at, pending.scheduled_version, self.clock()
+        )
+        saga.raise_event(fired, event_id=deadline_event_id(saga.stream, pending.name, pending.scheduled_version))
+        await self._save(saga, None)
+        return "fired"
 
     def _stepped(self, saga: Saga) -> None:
         if saga.version < 0:
@@ -177,6 +211,7 @@ class SagaSteps:
 
     async def _retry_once(self, saga_type: type[Saga], saga_id: str) -> Saga:
         saga = await self.repository.load_async(saga_type, saga_id)
+        saga._clock = self.clock
         if saga.completed:
             return saga
         position = saga.stuck_event_position
