@@ -48,7 +48,11 @@ def test_a_deadline_fires_once_when_due_and_its_handler_runs() -> None:
     runner = make_runner(store, desk, clock)
     runner.run_until_idle()
     [deadline] = runner.deadlines()
-    assert (deadline.saga_id, deadline.name, deadline.due_at) == ("h-1", "expire", START + timedelta(seconds=30))
+    assert (deadline.saga_id, deadline.name, deadline.due_at) == (
+        "h-1",
+        "expire",
+        START + timedelta(seconds=30),
+    )
 
     clock.advance(29)
     runner.run_until_idle()

@@ -23,8 +23,13 @@ from typing import Any
 import attrs
 
 from orchestrix.core import _io
-from orchestrix.core.execution.deadlines import Deadline, DeadlineBook
-from orchestrix.core.execution.saga import HandlerSpec, Saga, SagaRetried
+from orchestrix.core.execution.dead_letters import (
+    DEAD_LETTER_STREAM,
+    DeadLetterDiscardRequested,
+    DeadLetterRetryRequested,
+)
+from orchestrix.core.execution.deadlines import Deadline, DeadlineBook, DeadlineFired
+from orchestrix.core.execution.saga import HandlerSpec, Saga, SagaRetried, SagaRetryRequested
 from orchestrix.core.messaging.messages import RecordedEvent
 
 __all__ = ["RunnerStats", "StuckSaga", "UnmatchedEvent"]
@@ -35,6 +40,8 @@ SagaKey = tuple[type[Saga], str]
 """A saga: its class and its id."""
 Target = tuple[type[Saga], HandlerSpec, str]
 """Where an event goes: the saga class, the handler for the event, the saga id."""
+Request = tuple[type[Saga], str, str, str]
+"""An operator's request this runner carries out: saga class, saga id, what, dead-letter id."""
 
 _COMPLETED_KEPT = 10_000  # completed sagas remembered, so their late events skip loading them
 
@@ -84,6 +91,10 @@ class RunnerStats:
     """Events for sagas of another partition."""
     deadlines_fired: int = 0
     """Deadlines this runner fired (appended ``DeadlineFired`` for)."""
+    retries_scheduled: int = 0
+    """Failed steps given another attempt later by their retry policy."""
+    dead_lettered: int = 0
+    """Failed steps whose message was parked as a dead letter."""
 
 
 class SagaMonitor:
@@ -160,6 +171,22 @@ class SagaMonitor:
             targets.append((cls, spec, saga_id))
         return targets
 
+    def request(self, recorded: RecordedEvent) -> Request | None:
+        """The operator's request ``recorded`` holds, if it is one for a saga of this runner."""
+        event = recorded.event
+        if isinstance(event, SagaRetryRequested):
+            what, dead_letter, category = "retry saga", "", recorded.stream[: -len(event.saga_id) - 1]
+        elif recorded.stream == DEAD_LETTER_STREAM and isinstance(event, DeadLetterRetryRequested):
+            what, dead_letter, category = "retry", event.dead_letter_id, event.saga_type
+        elif recorded.stream == DEAD_LETTER_STREAM and isinstance(event, DeadLetterDiscardRequested):
+            what, dead_letter, category = "discard", event.dead_letter_id, event.saga_type
+        else:
+            return None
+        for cls in self.sagas:
+            if cls.category == category and self.mine(event.saga_id):
+                return (cls, event.saga_id, what, dead_letter)
+        return None
+
     def read(self, events: int) -> None:
         """Count a page of events handled (its checkpoint stored)."""
         with self._lock:
@@ -188,7 +215,10 @@ class SagaMonitor:
                 self.stats.ignored += 1
                 self._remember_completed((cls, saga_id))
                 return None
-            if saga.stuck_reason is not None:
+            # A saga waiting for a retry holds its events too (their order matters to it), but
+            # its own deadlines still fire: a timeout may well be what ends the waiting.
+            waiting = saga.retrying is not None and not isinstance(recorded.event, DeadlineFired)
+            if saga.stuck_reason is not None or waiting:
                 self.stats.held += 1
                 return None
             self.stats.deliveries += 1
@@ -215,15 +245,32 @@ class SagaMonitor:
             else:
                 self._open[key] = None
 
-    def failed(self, key: SagaKey, recorded: RecordedEvent, exc: Exception) -> None:
-        """A step raised: count it and log it with its traceback (the saga is recorded stuck)."""
-        with self._lock:
-            self.stats.failed += 1
+    def failed(self, key: SagaKey, recorded: RecordedEvent, exc: Exception, outcome: str = "stuck") -> None:
+        """A step raised: count it and log it (``outcome``: ``retrying``, ``dead-lettered``, ``stuck``)."""
         cls, saga_id = key
+        with self._lock:
+            if outcome == "retrying":
+                self.stats.retries_scheduled += 1
+            else:
+                self.stats.failed += 1
+                if outcome == "dead-lettered":
+                    self.stats.dead_lettered += 1
+        if outcome == "retrying":
+            log.warning(
+                "%s %r: step for %s at position %d raised %s: %s; retry scheduled",
+                cls.__name__,
+                saga_id,
+                recorded.event_type,
+                recorded.position,
+                type(exc).__name__,
+                exc,
+            )
+            return
         log.error(
-            "%s %r is stuck: step for %s at position %d raised %s: %s",
+            "%s %r is stuck%s: step for %s at position %d raised %s: %s",
             cls.__name__,
             saga_id,
+            " (dead-lettered)" if outcome == "dead-lettered" else "",
             recorded.event_type,
             recorded.position,
             type(exc).__name__,

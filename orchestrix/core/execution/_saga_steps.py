@@ -31,8 +31,11 @@ from orchestrix.core import _io
 from orchestrix.core.errors import ConcurrencyError, LeaseLostError, SagaError, StoreError
 from orchestrix.core.eventsourcing.aggregate import AggregateRepository, retry_on_conflict_async
 from orchestrix.core.eventsourcing.fencing import Fence, Lease, fenced
+from orchestrix.core.eventsourcing.store import ANY
 from orchestrix.core.execution._saga_monitor import SagaKey, SagaMonitor, Target
+from orchestrix.core.execution.dead_letters import DEAD_LETTER_STREAM, MessageDeadLettered, dead_letter_id
 from orchestrix.core.execution.deadlines import Deadline, DeadlineFired, deadline_event_id
+from orchestrix.core.execution.retry import RETRY_DEADLINE, RetryPolicy, StepFailed, policy_of
 from orchestrix.core.execution.saga import Saga, SagaRetried, SagaStuck
 from orchestrix.core.messaging.messages import RecordedEvent
 
@@ -140,9 +143,21 @@ class SagaSteps:
         """Fire ``deadline`` if its saga still holds it pending: ``fired``, ``gone`` or ``held``
         (the saga is stuck; it fires once the saga is retried)."""
         async with self._locks.hold((cls, deadline.saga_id)):
-            return await retry_on_conflict_async(
-                functools.partial(self._fire_once, cls, deadline), attempts=self.attempts
-            )
+            if deadline.name != RETRY_DEADLINE:
+                return await retry_on_conflict_async(
+                    functools.partial(self._fire_once, cls, deadline), attempts=self.attempts
+                )
+            seen: list[RecordedEvent] = []
+            try:
+                return await retry_on_conflict_async(
+                    functools.partial(self._retry_due, cls, deadline, seen), attempts=self.attempts
+                )
+            except (StoreError, LeaseLostError):
+                raise
+            except Exception as exc:
+                trigger = seen[0] if seen else self._trigger(cls, deadline.saga_id)
+                await self._record_failure((cls, deadline.saga_id), trigger, exc)
+                return "fired"
 
     async def _fire_once(self, cls: type[Saga], deadline: Deadline) -> str:
         saga = await self._load(cls, deadline.saga_id)
@@ -157,7 +172,9 @@ class SagaSteps:
         fired = DeadlineFired(
             cls.category, saga.id or "", pending.name, pending.due_at, pending.scheduled_version, self.clock()
         )
-        saga.raise_event(fired, event_id=deadline_event_id(saga.stream, pending.name, pending.scheduled_version))
+        saga.raise_event(
+            fired, event_id=deadline_event_id(saga.stream, pending.name, pending.scheduled_version)
+        )
         await self._save(saga, None)
         return "fired"
 
@@ -169,30 +186,97 @@ class SagaSteps:
     # -- failures -------------------------------------------------------------------------------
 
     async def _record_failure(self, key: SagaKey, recorded: RecordedEvent, exc: Exception) -> None:
+        """Record a failed step: a retry due later (transient, attempts left), or stuck and, under
+        a retry policy, dead-lettered."""
         cls, saga_id = key
-        self.monitor.failed(key, recorded, exc)
+        policy = _policy(cls, recorded)
 
-        async def record() -> None:
+        async def record() -> str:
             saga = await self._load(cls, saga_id) or cls(saga_id)
-            if self._stuck_event(saga, recorded, exc):
+            saga._clock = self.clock
+            if saga.completed:
+                return "completed"
+            if recorded.version >= 0:
+                position = recorded.position
+            else:
+                position = saga.failed_position or saga.stuck_event_position
+            repeat = saga.failed_position == position and saga.failed_attempts > 0
+            attempt = saga.failed_attempts + 1 if repeat else 1
+            reason = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, ConcurrencyError):
+                reason = f"still conflicting after {self.attempts} attempts: {exc}"
+            now = self.clock()
+            if policy is not None and policy.retries(exc, attempt):
+                retry_at = now + policy.delay(attempt)
+                saga.raise_event(
+                    StepFailed(
+                        saga_id,
+                        reason,
+                        type(exc).__name__,
+                        recorded.event_type,
+                        position,
+                        attempt,
+                        retry_at,
+                        now,
+                    )
+                )
+                saga.schedule_deadline(RETRY_DEADLINE, at=retry_at)
+                self.monitor.saved(saga)
                 await self._save(saga, recorded.event_id)
+                return "retrying"
+            if policy is not None:
+                first = saga.first_failed_at if repeat and saga.first_failed_at is not None else now
+                why = "retries exhausted" if policy.is_transient(exc) else "permanent error"
+                plural = "s" if attempt > 1 else ""
+                reason = f"{reason} ({why} after {attempt} attempt{plural}; dead-lettered)"
+                await self._dead_letter(saga, recorded, position, exc, attempt, first, now)
+            if self._stuck_event(saga, recorded, reason, position):
+                await self._save(saga, recorded.event_id)
+            return "dead-lettered" if policy is not None else "stuck"
 
-        await retry_on_conflict_async(record, attempts=self.attempts)
+        outcome = await retry_on_conflict_async(record, attempts=self.attempts)
+        self.monitor.failed(key, recorded, exc, outcome)
 
-    def _stuck_event(self, saga: Saga, recorded: RecordedEvent, exc: Exception) -> bool:
+    async def _dead_letter(
+        self,
+        saga: Saga,
+        recorded: RecordedEvent,
+        position: int,
+        exc: Exception,
+        attempts: int,
+        first: datetime,
+        now: datetime,
+    ) -> None:
+        await self.check_lease("park a dead letter")
+        parked = MessageDeadLettered(
+            dead_letter_id(saga.stream, position),
+            type(saga).category,
+            saga.id or "",
+            saga.stream,
+            recorded.event_type,
+            recorded.stream,
+            position,
+            str(recorded.event_id),
+            type(exc).__name__,
+            str(exc),
+            attempts,
+            first,
+            now,
+        )
+        # Parked before the saga is recorded stuck: a crash in between leaves a step that fails
+        # again when redelivered, never a stuck saga without its record.
+        await _io.append(self.store, DEAD_LETTER_STREAM, [parked], ANY)
+
+    def _stuck_event(self, saga: Saga, recorded: RecordedEvent, reason: str, position: int) -> bool:
         if saga.completed:
             return False
-        reason = f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, ConcurrencyError):
-            reason = f"still conflicting after {self.attempts} attempts: {exc}"
-        position = recorded.position if recorded.version >= 0 else saga.stuck_event_position
         saga.raise_event(SagaStuck(saga.id or "", reason, recorded.event_type, position, self.clock()))
         self.monitor.saved(saga)
         return True
 
     # -- retries --------------------------------------------------------------------------------
 
-    async def retry(self, saga_type: type[Saga], saga_id: str) -> Saga:
+    async def retry(self, saga_type: type[Saga], saga_id: str, *, only_if_stuck: bool = False) -> Saga:
         """Clear a recorded stuck state and resume the saga; see :meth:`SagaRunner.retry`."""
         key = (saga_type, saga_id)
         async with self._locks.hold(key):
@@ -201,7 +285,8 @@ class SagaSteps:
             with fenced(await self.fence()):
                 try:
                     return await retry_on_conflict_async(
-                        functools.partial(self._retry_once, saga_type, saga_id), attempts=self.attempts
+                        functools.partial(self._retry_once, saga_type, saga_id, only_if_stuck),
+                        attempts=self.attempts,
                     )
                 except (StoreError, LeaseLostError):
                     raise
@@ -209,10 +294,55 @@ class SagaSteps:
                     await self._record_failure(key, self._trigger(saga_type, saga_id), exc)
                     return await self.repository.load_async(saga_type, saga_id)
 
-    async def _retry_once(self, saga_type: type[Saga], saga_id: str) -> Saga:
+    async def release(self, saga_type: type[Saga], saga_id: str) -> Saga:
+        """Clear a recorded stuck state without running anything (a discarded dead letter)."""
+        async with self._locks.hold((saga_type, saga_id)):
+
+            async def once() -> Saga:
+                saga = await self.repository.load_async(saga_type, saga_id)
+                saga._clock = self.clock
+                if saga.stuck_reason is not None and not saga.completed:
+                    await self.check_lease("release a saga")
+                    saga.raise_event(SagaRetried(saga.id or "", self.clock()))
+                    await self._save(saga, None)
+                return saga
+
+            return await retry_on_conflict_async(once, attempts=self.attempts)
+
+    async def _retry_due(self, cls: type[Saga], deadline: Deadline, seen: list[RecordedEvent]) -> str:
+        """The runner's retry deadline came due: run the failed step again, from the saga's state."""
+        saga = await self._load(cls, deadline.saga_id)
+        if saga is None or saga.completed:
+            return "gone"
+        pending = saga.deadlines.get(deadline.name)
+        if pending is None or pending.scheduled_version != deadline.scheduled_version:
+            return "gone"
+        if saga.stuck_reason is not None:
+            return "held"
+        await self.check_lease("retry a failed step")
+        position = saga.failed_position
+        fired = DeadlineFired(
+            cls.category, saga.id or "", pending.name, pending.due_at, pending.scheduled_version, self.clock()
+        )
+        saga.raise_event(
+            fired, event_id=deadline_event_id(saga.stream, pending.name, pending.scheduled_version)
+        )
+        trigger = await self._read_at(position)
+        seen[:] = [trigger] if trigger is not None else []
+        outcome, cause = saga.resume(), None
+        if outcome is None and trigger is not None:
+            spec = cls.handlers.get(type(trigger.event))
+            if spec is not None:
+                self.monitor.delivered()
+                outcome, cause = spec.method(saga, trigger.event), trigger.event_id
+        await self._drive(saga, outcome, cause)
+        self._stepped(saga)
+        return "fired"
+
+    async def _retry_once(self, saga_type: type[Saga], saga_id: str, only_if_stuck: bool = False) -> Saga:
         saga = await self.repository.load_async(saga_type, saga_id)
         saga._clock = self.clock
-        if saga.completed:
+        if saga.completed or (only_if_stuck and saga.stuck_reason is None):
             return saga
         position = saga.stuck_event_position
         if saga.stuck_reason is not None:
@@ -249,6 +379,18 @@ class SagaSteps:
             "retry",
             None,
         )
+
+
+def _policy(cls: type[Saga], recorded: RecordedEvent) -> RetryPolicy | None:
+    """The retry policy for a failed step: the handler's own, else the saga's."""
+    event = recorded.event if recorded.version >= 0 else None
+    method = None
+    if isinstance(event, DeadlineFired):
+        method = cls.deadline_handlers.get(event.name)
+    elif event is not None:
+        spec = cls.handlers.get(type(event))
+        method = spec.method if spec is not None else None
+    return policy_of(method) or cls.retry_policy
 
 
 def _correlation(saga: Saga) -> uuid.UUID:

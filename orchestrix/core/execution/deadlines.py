@@ -35,6 +35,7 @@ import attrs
 
 from orchestrix.core import _io
 from orchestrix.core._io import run_sync
+from orchestrix.core.execution.retry import RetryPolicy, set_policy
 from orchestrix.core.messaging.messages import Event
 
 __all__ = [
@@ -111,11 +112,14 @@ def deadline_event_id(stream: str, name: str, scheduled_version: int) -> uuid.UU
     return uuid.uuid5(_FIRED_IDS, f"{stream}\x00{name}\x00{scheduled_version}")
 
 
-def on_deadline(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def on_deadline(
+    name: str, *, retry: RetryPolicy | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Mark a saga method as the handler of its deadline ``name``.
 
     The method receives the :class:`DeadlineFired` event; like a ``@handles`` method it raises
-    events, or is a generator that yields commands.
+    events, or is a generator that yields commands. ``retry`` overrides the saga's retry policy
+    for this handler.
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"on_deadline() needs a non-empty deadline name, not {name!r}")
@@ -126,6 +130,7 @@ def on_deadline(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]
         names = list(getattr(func, "__orchestrix_deadlines__", ()))
         names.append(name)
         func.__orchestrix_deadlines__ = tuple(names)  # type: ignore[attr-defined]
+        set_policy(func, retry)
         return func
 
     return mark

@@ -48,9 +48,10 @@ from orchestrix.core._io import run_sync
 from orchestrix.core.errors import SagaError
 from orchestrix.core.eventsourcing.aggregate import AggregateRepository
 from orchestrix.core.eventsourcing.fencing import Lease, fenced
-from orchestrix.core.eventsourcing.store import EventStore
+from orchestrix.core.eventsourcing.store import ANY, EventStore
 from orchestrix.core.execution._paging import PageLoop
 from orchestrix.core.execution._saga_monitor import (
+    Request,
     RunnerStats,
     SagaKey,
     SagaMonitor,
@@ -60,6 +61,7 @@ from orchestrix.core.execution._saga_monitor import (
 )
 from orchestrix.core.execution._saga_steps import SagaSteps
 from orchestrix.core.execution.checkpoint import CheckpointStore
+from orchestrix.core.execution.dead_letters import DEAD_LETTER_STREAM, DeadLetterResolved, DeadLetters
 from orchestrix.core.execution.deadlines import Deadline
 from orchestrix.core.execution.dispatch import CommandDispatcher
 from orchestrix.core.execution.saga import Saga
@@ -266,6 +268,10 @@ class SagaRunner(PageLoop):
                     lanes.setdefault((target[0], target[2]), []).append((target, recorded))
             # One lane per saga, its events in order; lanes run concurrently under asyncio.
             await _io.each(lanes.values(), self._run_lane, self.max_concurrency)
+            for recorded in page:
+                request = self._monitor.request(recorded)
+                if request is not None:
+                    await self._carry_out(request)
             if page:
                 await self._steps.check_lease("store its checkpoint")
                 self._position = last = page[-1].position
@@ -284,6 +290,28 @@ class SagaRunner(PageLoop):
             self._monitor.observe(recorded)
             for target in self._monitor.targets(recorded):
                 await self._deliver(target, recorded)
+
+    async def _carry_out(self, request: Request) -> None:
+        """An operator's stored request (retry a saga, retry or discard a dead letter), done once:
+        a redelivered request finds its saga no longer stuck, or its record no longer waiting."""
+        cls, saga_id, what, dead_letter = request
+        if what == "retry saga":
+            await self._in_step(lambda: self._steps.retry(cls, saga_id, only_if_stuck=True))
+            return
+        letters = DeadLetters(self.store, clock=self.clock)
+        record = await letters.get_async(dead_letter)
+        if record.status != f"{what} requested":
+            return
+        await self._steps.check_lease(f"{what} dead letter {dead_letter}")
+        if what == "discard":
+            await self._in_step(lambda: self._steps.release(cls, saga_id))
+            outcome, detail = "discarded", record.detail
+        else:
+            saga = await self._in_step(lambda: self._steps.retry(cls, saga_id, only_if_stuck=True))
+            outcome = "failed again" if saga.stuck_reason is not None else "retried"
+            detail = saga.stuck_reason or f"saga {saga.state}"
+        resolved = DeadLetterResolved(dead_letter, outcome, detail, self.clock())
+        await _io.append(self.store, DEAD_LETTER_STREAM, [resolved], ANY)
 
     async def _fire_due(self) -> None:
         """Fire every deadline due by the clock; what they append, the page read next delivers."""

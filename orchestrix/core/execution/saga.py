@@ -53,6 +53,7 @@ import attrs
 
 from orchestrix.core.errors import InvalidDeadlineError, SagaError
 from orchestrix.core.eventsourcing.aggregate import AggregateRoot, applies
+from orchestrix.core.execution.dead_letters import DEAD_LETTER_EVENTS
 from orchestrix.core.execution.deadlines import (
     DEADLINE_EVENTS,
     RESERVED_PREFIX,
@@ -61,6 +62,7 @@ from orchestrix.core.execution.deadlines import (
     DeadlineFired,
     DeadlineScheduled,
 )
+from orchestrix.core.execution.retry import RETRY_DEADLINE, RETRY_EVENTS, RetryPolicy, StepFailed, set_policy
 from orchestrix.core.messaging.messages import Event
 
 __all__ = [
@@ -68,6 +70,7 @@ __all__ = [
     "HandlerSpec",
     "Saga",
     "SagaRetried",
+    "SagaRetryRequested",
     "SagaStep",
     "SagaStuck",
     "handles",
@@ -108,8 +111,24 @@ class SagaRetried(Event):
     occurred_at: datetime
 
 
-SAGA_EVENTS: tuple[type, ...] = (SagaStuck, SagaRetried, *DEADLINE_EVENTS)
-"""The events every saga stream may hold; register them with the store's serializer."""
+@attrs.frozen
+class SagaRetryRequested(Event):
+    """Someone (``orchestrix sagas retry``) asked the owning runner to retry this stuck saga."""
+
+    saga_id: str
+    requested_at: datetime
+
+
+SAGA_EVENTS: tuple[type, ...] = (
+    SagaStuck,
+    SagaRetried,
+    SagaRetryRequested,
+    *DEADLINE_EVENTS,
+    *RETRY_EVENTS,
+    *DEAD_LETTER_EVENTS,
+)
+"""The events every saga stream (and the dead-letter stream) may hold; register them with the
+store's serializer."""
 
 
 def _utcnow() -> datetime:
@@ -137,13 +156,15 @@ def handles(
     *event_types: type,
     start: bool = False,
     correlate: str | Callable[[Any], Any] | None = None,
+    retry: RetryPolicy | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Mark a saga method as the handler of ``event_types``.
 
     ``start=True`` lets the event create the saga when none exists for its correlation id.
     ``correlate`` names the event field holding the saga id (default: the saga class's
     ``correlation_field``) or is a function from the event to the saga id; a None or empty id
-    means the event is addressed to no saga.
+    means the event is addressed to no saga. ``retry`` overrides the saga's ``retry_policy``
+    for this handler.
     """
     if not event_types:
         raise TypeError("handles() needs at least one event type")
@@ -152,6 +173,7 @@ def handles(
         marks = list(getattr(func, "__orchestrix_handles__", ()))
         marks.append((event_types, start, correlate))
         func.__orchestrix_handles__ = tuple(marks)  # type: ignore[attr-defined]
+        set_policy(func, retry)
         return func
 
     return mark
@@ -179,6 +201,9 @@ class Saga(AggregateRoot):
 
     terminal_events: ClassVar[tuple[type, ...]] = ()
     """Applying one of these completes the saga; it then ignores every later event."""
+
+    retry_policy: ClassVar[RetryPolicy | None] = None
+    """How failed steps are retried and then dead-lettered; None: a failed step is stuck at once."""
 
     handlers: ClassVar[dict[type, HandlerSpec]] = {}
 
@@ -216,6 +241,11 @@ class Saga(AggregateRoot):
         self.stuck_event_position: int = 0
         self.deadlines: dict[str, Deadline] = {}
         """Pending deadlines, by name."""
+        self.retrying: StepFailed | None = None
+        """The failure whose step waits for its retry deadline, if one does."""
+        self.failed_position = 0
+        self.failed_attempts = 0
+        self.first_failed_at: datetime | None = None
         self._clock: Callable[[], datetime] = _utcnow
 
     @property
@@ -223,7 +253,9 @@ class Saga(AggregateRoot):
         """A short description of where the saga is; subclasses usually return their status."""
         if self.completed:
             return "completed"
-        return "stuck" if self.stuck_reason is not None else "open"
+        if self.stuck_reason is not None:
+            return "stuck"
+        return "retrying" if self.retrying is not None else "open"
 
     @property
     def stream(self) -> str:
@@ -326,17 +358,37 @@ class Saga(AggregateRoot):
     @applies(SagaRetried)
     def _retried(self, event: SagaRetried) -> None:
         self.stuck_reason = None
+        self.retrying = None
+        self.failed_attempts = 0  # an operator's retry starts a fresh budget of attempts
+
+    @applies(SagaRetryRequested)
+    def _retry_requested(self, event: SagaRetryRequested) -> None:
+        pass  # a request to the runner; the saga's state changes when the retry runs
+
+    @applies(StepFailed)
+    def _step_failed(self, event: StepFailed) -> None:
+        if event.attempt == 1 or self.first_failed_at is None:
+            self.first_failed_at = event.occurred_at
+        self.retrying = event
+        self.failed_position = event.position
+        self.failed_attempts = event.attempt
 
     @applies(DeadlineScheduled)
     def _deadline_scheduled(self, event: DeadlineScheduled) -> None:
         self.deadlines[event.name] = Deadline(
-            type(self).category, event.saga_id, self.stream_name(event.saga_id), event.name,
-            event.due_at, self.version + 1,
+            type(self).category,
+            event.saga_id,
+            self.stream_name(event.saga_id),
+            event.name,
+            event.due_at,
+            self.version + 1,
         )
 
     @applies(DeadlineCancelled, DeadlineFired)
     def _deadline_gone(self, event: DeadlineCancelled | DeadlineFired) -> None:
         self.deadlines.pop(event.name, None)
+        if event.name == RETRY_DEADLINE:
+            self.retrying = None
 
 
 def _deadline_correlation(category: str) -> Callable[[Any], str | None]:
