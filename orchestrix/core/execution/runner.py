@@ -309,7 +309,7 @@ class SagaRunner(PageLoop):
         else:
             saga = await self._in_step(lambda: self._steps.retry(cls, saga_id, only_if_stuck=True))
             outcome = "failed again" if saga.stuck_reason is not None else "retried"
-            detail = saga.stuck_reason or f"saga {saga.state}"
+            detail = saga.stuck_reason or ("saga completed" if saga.completed else f"saga {saga.state}")
         resolved = DeadLetterResolved(dead_letter, outcome, detail, self.clock())
         await _io.append(self.store, DEAD_LETTER_STREAM, [resolved], ANY)
 
