@@ -1,5 +1,8 @@
 """The ``orchestrix`` command: inspect, verify, tail and replay an event store.
 
+``deadlines``, ``dead-letters`` and ``sagas`` (pending deadlines, parked messages, stuck sagas)
+live in ``_cli_sagas.py``.
+
 It reads stored events as :class:`~orchestrix.core.messaging.serializer.RawEvent` records (type
 name plus JSON), so it works on any store without the user's event classes and never imports a
 name found in the data. ``--serializer module:factory`` is the user naming their own serializer
@@ -29,6 +32,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from orchestrix import _cli_sagas
 from orchestrix._cli_format import (
     PROGRESS_CHECK,
     Progress,
@@ -187,6 +191,7 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--stream", metavar="NAME", help="replay this stream")
     which.add_argument("--all", action="store_true", help="replay the whole store in global order")
     replay.set_defaults(run=_replay)
+    _cli_sagas.add_commands(commands, store)
     return parser
 
 

@@ -27,6 +27,7 @@ Errors carry their facts as attributes, so callers branch on data, not on messag
     │   ├── InvalidDeadlineError (ValueError)  name, detail: a deadline no handler takes, a naive time
     │   ├── InvalidRetryPolicyError (ValueError)  field, value
     │   ├── DeadLetterNotFoundError (LookupError)  dead_letter_id
+    │   ├── SagaNotStuckError (LookupError)  stream: a retry asked for a saga that is not stuck
     │   └── LeaseLostError               a runner no longer holds its partition lease
     │       └── FencedError              a store refused an append made under an old lease
     └── DomainError                      base of business-rule violations that bases subclass
@@ -58,6 +59,7 @@ __all__ = [
     "NotFoundError",
     "OrchestrixError",
     "SagaError",
+    "SagaNotStuckError",
     "SerializationError",
     "StoreClosedError",
     "StoreError",
@@ -258,6 +260,14 @@ class InvalidRetryPolicyError(SagaError, ValueError):
         super().__init__(f"RetryPolicy {field}={value!r}: {detail}")
         self.field = field
         self.value = value
+
+
+class SagaNotStuckError(SagaError, LookupError):
+    """A retry was asked for a saga stream that holds no unresolved ``SagaStuck``."""
+
+    def __init__(self, stream: str, detail: str) -> None:
+        super().__init__(f"saga stream {stream!r}: {detail}")
+        self.stream = stream
 
 
 class DeadLetterNotFoundError(SagaError, LookupError):

@@ -130,7 +130,9 @@ def test_a_transient_failure_is_retried_after_its_backoff_and_then_succeeds() ->
     assert DeadLetters(store).list() == []
 
 
-def test_retries_exhausted_park_a_dead_letter_and_get_the_saga_stuck(caplog: pytest.LogCaptureFixture) -> None:
+def test_retries_exhausted_park_a_dead_letter_and_get_the_saga_stuck(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     store, warehouse, clock, runner = make()
     warehouse.hooks[Reserve] = failing(99, Flaky("unreachable"))
     place(store, "o-1")
@@ -242,7 +244,11 @@ def test_retrying_a_dead_letter_is_carried_out_by_the_owning_runner() -> None:
     record = DeadLetters(store).get(letter_id)
     assert record.status == "retried" and record.detail == "saga completed"
     runner.run_until_idle()  # a redelivered request does nothing more
-    assert types(store, DEAD_LETTER_STREAM) == ["MessageDeadLettered", "DeadLetterRetryRequested", "DeadLetterResolved"]
+    assert types(store, DEAD_LETTER_STREAM) == [
+        "MessageDeadLettered",
+        "DeadLetterRetryRequested",
+        "DeadLetterResolved",
+    ]
 
 
 def test_discarding_a_dead_letter_releases_the_saga_without_the_message() -> None:
