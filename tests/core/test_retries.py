@@ -1,4 +1,4 @@
-"""Retry policies and dead letters: transient failures wait their backoff, the rest are parked, never dropped."""
+"""Retry policies and dead letters: transient failures wait their backoff, the rest are parked."""
 
 from __future__ import annotations
 
@@ -152,7 +152,7 @@ def test_retries_exhausted_park_a_dead_letter_and_get_the_saga_stuck(
 
 
 def test_a_permanent_error_is_parked_at_once() -> None:
-    store, warehouse, clock, runner = make()
+    store, warehouse, _clock, runner = make()
     warehouse.hooks[Reserve] = failing(1, KeyError("no such shelf"))
     place(store, "o-1")
     runner.run_until_idle()
@@ -184,7 +184,7 @@ def test_a_handler_policy_overrides_the_saga_policy() -> None:
         def on_placed(self, event: OrderPlaced) -> Any:
             return ShippingSaga.on_placed(self, event)
 
-    store, warehouse, clock, runner = make(Patient)
+    store, warehouse, _clock, runner = make(Patient)
     warehouse.hooks[Reserve] = failing(1, Flaky("unreachable"))
     place(store, "o-1")
     runner.run_until_idle()
@@ -193,7 +193,7 @@ def test_a_handler_policy_overrides_the_saga_policy() -> None:
 
 
 def test_without_a_policy_a_failed_step_is_stuck_at_once_and_nothing_is_parked() -> None:
-    store, warehouse, clock, runner = make(ShippingSaga)
+    store, warehouse, _clock, runner = make(ShippingSaga)
     warehouse.hooks[Reserve] = failing(1, Flaky("unreachable"))
     place(store, "o-1")
     runner.run_until_idle()
@@ -202,7 +202,7 @@ def test_without_a_policy_a_failed_step_is_stuck_at_once_and_nothing_is_parked()
 
 
 def test_a_domain_refusal_the_saga_handles_is_no_failure() -> None:
-    store, warehouse, clock, runner = make()
+    store, warehouse, _clock, runner = make()
     warehouse.stock = 0
     place(store, "o-1", items=5)
     runner.run_until_idle()
@@ -226,9 +226,9 @@ def test_retry_state_survives_a_restart() -> None:
 # -- operators: dead letters and stuck sagas ----------------------------------------------------
 
 
-def parked(reason: Exception = KeyError("no such shelf")) -> tuple[Any, Warehouse, Clock, SagaRunner, str]:
+def parked() -> tuple[Any, Warehouse, Clock, SagaRunner, str]:
     store, warehouse, clock, runner = make()
-    warehouse.hooks[Reserve] = failing(1, reason)
+    warehouse.hooks[Reserve] = failing(1, KeyError("no such shelf"))
     place(store, "o-1")
     runner.run_until_idle()
     [letter] = DeadLetters(store).list()
@@ -236,7 +236,7 @@ def parked(reason: Exception = KeyError("no such shelf")) -> tuple[Any, Warehous
 
 
 def test_retrying_a_dead_letter_is_carried_out_by_the_owning_runner() -> None:
-    store, warehouse, clock, runner, letter_id = parked()
+    store, warehouse, _clock, runner, letter_id = parked()
     assert DeadLetters(store).retry(letter_id).status == "retry requested"
     runner.run_until_idle()
     assert warehouse.applied == ["o-1:reserve", "o-1:ship"]
@@ -252,7 +252,7 @@ def test_retrying_a_dead_letter_is_carried_out_by_the_owning_runner() -> None:
 
 
 def test_discarding_a_dead_letter_releases_the_saga_without_the_message() -> None:
-    store, warehouse, clock, runner, letter_id = parked()
+    store, warehouse, _clock, runner, letter_id = parked()
     DeadLetters(store).discard(letter_id, "shelf retired")
     runner.run_until_idle()
     assert warehouse.applied == []
@@ -263,7 +263,7 @@ def test_discarding_a_dead_letter_releases_the_saga_without_the_message() -> Non
 
 
 def test_a_dead_letter_that_is_not_parked_cannot_be_retried_or_discarded() -> None:
-    store, warehouse, clock, runner, letter_id = parked()
+    store, _warehouse, _clock, _runner, letter_id = parked()
     letters = DeadLetters(store)
     letters.discard(letter_id)
     with pytest.raises(DeadLetterNotFoundError, match="is discard requested, not parked"):
