@@ -106,6 +106,8 @@ def test_a_credit_applied_but_not_recorded_is_found_by_the_last_attempt() -> Non
     run_for(runner, clock, 2)
     assert bank.get_transfer("t-1").state == "COMPLETED"
     assert bank.get_account("erin").balance == D("40") and bank.get_account("alice").balance == D("60")
+    fired = [r.event.name for r in store.read_stream("transfer-t-1") if r.event_type == "DeadlineFired"]
+    assert fired[-1] == "credit-timeout"  # retries ran at 1, 3, 7 .. 27 s; the next was due at 31 s
 
 
 def test_the_credit_timeout_survives_a_restart() -> None:
