@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -140,3 +144,54 @@ def test_a_credit_timeout_must_be_a_positive_timedelta(bad: Any) -> None:
 def test_the_configured_saga_keeps_the_transfer_stream() -> None:
     assert Transfers.category == "transfer" and Transfers.stream_name("t-1") == "transfer-t-1"
     assert Transfers.credit_timeout == timedelta(seconds=30) and TransferSaga.credit_timeout is None
+
+
+# -- the demo program --------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+SLOW_SECTION = re.compile(
+    r"== A slow destination: credits to erin-r1 time out after 1 s\n"
+    r"  erin-r1 +Erin Evans +opened with 0\.00\n"
+    r"  erin-r1 banks elsewhere, and that bank does not answer today\n"
+    r"  r1-slow +alice -> erin-r1 +30\.00  FAILED\n"
+    r" +reason: credit not confirmed within 1 s "
+    r"\(DestinationUnavailable: the bank of 'erin-r1' did not answer\)\n"
+    r" +compensated: 30\.00 re-credited to alice\n"
+    r" +the credit failed (\d+) times?, each retried after its backoff "
+    r"\(0\.1 s(, 0\.2 s)?(, 0\.4 s)*(, \.\.\.)?\); "
+    r"then the credit-timeout deadline fired\n"
+)
+
+
+def test_the_demo_shows_a_slow_destination_compensated_by_its_deadline() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bases.orchestrix.banking_demo.main",
+            "--store",
+            "memory",
+            "--slow-destination",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    match = SLOW_SECTION.search(out)
+    assert match, out
+    assert int(match.group(1)) >= 1
+    assert re.search(r"^  alice +Alice Anderson +990\.00  ACTIVE$", out, re.M)
+    assert re.search(r"^  erin-r1 +Erin Evans +0\.00  ACTIVE$", out, re.M)
+    assert "5 accounts, 16 transfers (13 COMPLETED, 3 FAILED)" in out
+    assert out.rstrip().endswith("no key applied twice")
+
+
+def test_the_readme_shows_a_real_slow_destination_run() -> None:
+    readme = (ROOT / "bases" / "orchestrix" / "banking_demo" / "README.md").read_text()
+    match = re.search(r"<!-- demo-output: slow destination -->\n```text\n(.*?)```", readme, re.S)
+    assert match, "README.md lost its slow destination block"
+    assert SLOW_SECTION.search(match.group(1))
+    assert "5 accounts, 16 transfers (13 COMPLETED, 3 FAILED)" in match.group(1)

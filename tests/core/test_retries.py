@@ -136,7 +136,7 @@ def test_retries_exhausted_park_a_dead_letter_and_get_the_saga_stuck(
     store, warehouse, clock, runner = make()
     warehouse.hooks[Reserve] = failing(99, Flaky("unreachable"))
     place(store, "o-1")
-    with caplog.at_level(logging.WARNING, "orchestrix.sagas"):
+    with caplog.at_level(logging.INFO, "orchestrix.sagas"):
         for _ in range(5):
             runner.run_until_idle()
             clock.advance(10)
@@ -148,7 +148,7 @@ def test_retries_exhausted_park_a_dead_letter_and_get_the_saga_stuck(
     [stuck] = runner.stuck()
     assert "retries exhausted after 3 attempts; dead-lettered" in stuck.reason
     assert runner.stats.dead_lettered == 1 and runner.stats.retries_scheduled == 2
-    assert [r.levelname for r in caplog.records] == ["WARNING", "WARNING", "ERROR"]
+    assert [r.levelname for r in caplog.records] == ["INFO", "INFO", "ERROR"]
 
 
 def test_a_permanent_error_is_parked_at_once() -> None:

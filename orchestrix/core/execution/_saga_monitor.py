@@ -255,8 +255,8 @@ class SagaMonitor:
                 self.stats.failed += 1
                 if outcome == "dead-lettered":
                     self.stats.dead_lettered += 1
-        if outcome == "retrying":
-            log.warning(
+        if outcome == "retrying":  # expected under a retry policy: worth a line, not an alarm
+            log.info(
                 "%s %r: step for %s at position %d raised %s: %s; retry scheduled",
                 cls.__name__,
                 saga_id,
