@@ -320,7 +320,8 @@ class Demo:
         ]
         waits = ", ".join(f"{(f.retry_at - f.occurred_at).total_seconds():g} s" for f in attempts[:4])
         self.say(
-            f"  {'':<12} the credit failed {len(attempts)} times, each retried after its backoff "
+            f"  {'':<12} the credit failed {len(attempts)} time{'' if len(attempts) == 1 else 's'}, "
+            "each retried after its backoff "
             f"({waits}{', ...' if len(attempts) > 4 else ''}); then the credit-timeout deadline fired"
         )
 
