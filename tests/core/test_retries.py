@@ -148,6 +148,7 @@ def test_retries_exhausted_park_a_dead_letter_and_get_the_saga_stuck(
     [stuck] = runner.stuck()
     assert "retries exhausted after 3 attempts; dead-lettered" in stuck.reason
     assert runner.stats.dead_lettered == 1 and runner.stats.retries_scheduled == 2
+    assert runner.deadlines() == []  # a stuck saga waits for a person, not a timer
     assert [r.levelname for r in caplog.records] == ["INFO", "INFO", "ERROR"]
 
 

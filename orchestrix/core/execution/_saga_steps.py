@@ -230,6 +230,8 @@ class SagaSteps:
                 plural = "s" if attempt > 1 else ""
                 reason = f"{reason} ({why} after {attempt} attempt{plural}; dead-lettered)"
                 await self._dead_letter(saga, recorded, position, exc, attempt, first, now)
+            if RETRY_DEADLINE in saga.deadlines:  # a stuck saga waits for a person, not a timer
+                saga.cancel_deadline(RETRY_DEADLINE, "the saga is stuck")
             if self._stuck_event(saga, recorded, reason, position):
                 await self._save(saga, recorded.event_id)
             return "dead-lettered" if policy is not None else "stuck"
@@ -348,6 +350,8 @@ class SagaSteps:
         if saga.stuck_reason is not None:
             saga.raise_event(SagaRetried(saga.id or "", self.clock()))
             self.monitor.saved(saga)
+        if RETRY_DEADLINE in saga.deadlines:  # this retry is the one the deadline waited for
+            saga.cancel_deadline(RETRY_DEADLINE, "retried")
         outcome = saga.resume()
         cause = None
         if outcome is None and position:

@@ -103,7 +103,9 @@ class SagaRunner(PageLoop):
     order of their first event in the page.
 
     On start the runner reads the history before its checkpoint once, to know which sagas are
-    still open (for :meth:`stuck`); pass ``index_history=False`` to skip that on a huge store.
+    still open (for :meth:`stuck`) and which deadlines are pending; pass ``index_history=False``
+    to skip that on a huge store (the runner then knows only the deadlines scheduled after its
+    checkpoint, so sagas that use deadlines want the index).
 
     ``step_threads=True`` makes the asyncio form run each saga step's *sync* code (sync store
     calls, ``dispatcher.handle``) in a worker thread of the loop's default executor: one thread
