@@ -46,7 +46,7 @@ class _SagaTools(RawSerializer):
     def from_dict(self, type_name: str, data: dict[str, Any]) -> Any:  # type: ignore[override]
         if type_name in self._known.type_names:
             return self._known.from_dict(type_name, data)
-        return RawEvent(type_name, data)
+        return RawEvent(type_name, data)  # type: ignore[arg-type]  # attrs converts it
 
 
 def tool_serializer() -> Serializer:

@@ -285,3 +285,34 @@ def test_a_stored_saga_retry_request_runs_a_stuck_saga_again() -> None:
     store.append("shipping-o-1", [SagaRetryRequested("o-1", clock())])
     runner.run_until_idle()
     assert warehouse.applied == ["o-1:reserve", "o-1:ship"] and runner.stuck() == []
+
+
+@pytest.mark.parametrize("step_threads", [False, True], ids=["loop", "step-threads"])
+def test_the_asyncio_form_retries_and_parks_alike(step_threads: bool) -> None:
+    import asyncio
+
+    store = InMemoryEventStore(serializer=Serializer(types=EVENTS))
+    warehouse, clock = Warehouse(), Clock()
+    runner = SagaRunner(
+        store,
+        [RetryingShipping],
+        warehouse,
+        InMemoryCheckpointStore(),
+        clock=clock,
+        step_threads=step_threads,
+    )
+    flaky = failing(1, Flaky("unreachable"))
+    broken = failing(1, KeyError("no such shelf"))
+    warehouse.hooks[Reserve] = lambda c: flaky(c) if c.order_id == "o-1" else broken(c)
+    place(store, "o-1")
+    place(store, "o-2")
+
+    async def main() -> None:
+        await runner.run_until_idle_async()
+        clock.advance(1)
+        await runner.run_until_idle_async()
+
+    asyncio.run(main())
+    assert "o-1:ship" in warehouse.applied and "o-2:reserve" not in warehouse.applied
+    [letter] = DeadLetters(store).list()
+    assert letter.saga_id == "o-2" and letter.attempts == 1

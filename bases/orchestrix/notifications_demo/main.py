@@ -243,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line and run the demo."""
     parser = argparse.ArgumentParser(
         prog="python -m bases.orchestrix.notifications_demo.main",
-        description=__doc__.split("\n")[0],
+        description=(__doc__ or "").split("\n")[0],
         epilog="It keeps nothing: every run starts from an empty in-memory store, in virtual time.",
     )
     parser.add_argument("--seed", type=int, default=7, help="seed of the channels' failures (default: 7)")

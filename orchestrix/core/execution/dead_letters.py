@@ -16,6 +16,7 @@ is folded from the stream, so a record's history stays visible.
 
 from __future__ import annotations
 
+import builtins
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -185,11 +186,11 @@ class DeadLetters:
         self.store = store
         self.clock = clock
 
-    def list(self, *, include_closed: bool = False) -> list[DeadLetter]:
+    def list(self, *, include_closed: bool = False) -> builtins.list[DeadLetter]:
         """Open records (parked, or a request pending), oldest failure first; all with ``include_closed``."""
         return run_sync(self.list_async(include_closed=include_closed))
 
-    async def list_async(self, *, include_closed: bool = False) -> list[DeadLetter]:
+    async def list_async(self, *, include_closed: bool = False) -> builtins.list[DeadLetter]:
         """Asyncio form of :meth:`list`."""
         records = await self._records()
         found = [r for r in records.values() if include_closed or r.open]

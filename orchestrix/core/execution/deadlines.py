@@ -127,7 +127,7 @@ def on_deadline(
         raise TypeError(f"deadline names starting with {RESERVED_PREFIX!r} are the runner's own")
 
     def mark(func: Callable[..., Any]) -> Callable[..., Any]:
-        names = list(getattr(func, "__orchestrix_deadlines__", ()))
+        names: list[str] = list(getattr(func, "__orchestrix_deadlines__", ()))
         names.append(name)
         func.__orchestrix_deadlines__ = tuple(names)  # type: ignore[attr-defined]
         set_policy(func, retry)
