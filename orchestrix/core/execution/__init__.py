@@ -1,6 +1,7 @@
 """Running things from the store's global order: subscriptions, sagas, projections."""
 
 from orchestrix.core.execution.checkpoint import CheckpointStore, InMemoryCheckpointStore
+from orchestrix.core.execution.dead_letters import DeadLetter, DeadLetters
 from orchestrix.core.execution.deadlines import (
     Deadline,
     DeadlineCancelled,
@@ -19,6 +20,7 @@ from orchestrix.core.execution.projection import (
     ProjectionStats,
     projects,
 )
+from orchestrix.core.execution.retry import RetryPolicy, StepFailed
 from orchestrix.core.execution.runner import (
     RunnerStats,
     SagaRunner,
@@ -30,6 +32,7 @@ from orchestrix.core.execution.saga import (
     SAGA_EVENTS,
     Saga,
     SagaRetried,
+    SagaRetryRequested,
     SagaStep,
     SagaStuck,
     handles,
@@ -42,6 +45,8 @@ __all__ = [
     "CheckpointStore",
     "CommandBus",
     "CommandDispatcher",
+    "DeadLetter",
+    "DeadLetters",
     "Deadline",
     "DeadlineCancelled",
     "DeadlineFired",
@@ -52,12 +57,15 @@ __all__ = [
     "ProjectionProgress",
     "ProjectionRunner",
     "ProjectionStats",
+    "RetryPolicy",
     "RunnerStats",
     "Saga",
     "SagaRetried",
+    "SagaRetryRequested",
     "SagaRunner",
     "SagaStep",
     "SagaStuck",
+    "StepFailed",
     "StuckSaga",
     "UnmatchedEvent",
     "handles",
