@@ -160,14 +160,22 @@ class SagaSteps:
                 return "fired"
 
     async def _fire_once(self, cls: type[Saga], deadline: Deadline) -> str:
+        saga, outcome = await self._take_due(cls, deadline)
+        if saga is not None:
+            await self._save(saga, None)
+        return outcome
+
+    async def _take_due(self, cls: type[Saga], deadline: Deadline) -> tuple[Saga | None, str]:
+        """The saga with ``DeadlineFired`` raised (not saved yet) and ``fired``; or None and why not:
+        ``gone`` (cancelled, replaced, fired, or the saga completed) or ``held`` (the saga is stuck)."""
         saga = await self._load(cls, deadline.saga_id)
         if saga is None or saga.completed:
-            return "gone"
+            return None, "gone"
         pending = saga.deadlines.get(deadline.name)
         if pending is None or pending.scheduled_version != deadline.scheduled_version:
-            return "gone"  # cancelled, replaced or fired since it was read
+            return None, "gone"  # cancelled, replaced or fired since it was read
         if saga.stuck_reason is not None:
-            return "held"
+            return None, "held"
         await self.check_lease(f"fire deadline {deadline.name!r}")
         fired = DeadlineFired(
             cls.category, saga.id or "", pending.name, pending.due_at, pending.scheduled_version, self.clock()
@@ -175,8 +183,7 @@ class SagaSteps:
         saga.raise_event(
             fired, event_id=deadline_event_id(saga.stream, pending.name, pending.scheduled_version)
         )
-        await self._save(saga, None)
-        return "fired"
+        return saga, "fired"
 
     def _stepped(self, saga: Saga) -> None:
         if saga.version < 0:
@@ -312,24 +319,13 @@ class SagaSteps:
             return await retry_on_conflict_async(once, attempts=self.attempts)
 
     async def _retry_due(self, cls: type[Saga], deadline: Deadline, seen: list[RecordedEvent]) -> str:
-        """The runner's retry deadline came due: run the failed step again, from the saga's state."""
-        saga = await self._load(cls, deadline.saga_id)
-        if saga is None or saga.completed:
-            return "gone"
-        pending = saga.deadlines.get(deadline.name)
-        if pending is None or pending.scheduled_version != deadline.scheduled_version:
-            return "gone"
-        if saga.stuck_reason is not None:
-            return "held"
-        await self.check_lease("retry a failed step")
-        position = saga.failed_position
-        fired = DeadlineFired(
-            cls.category, saga.id or "", pending.name, pending.due_at, pending.scheduled_version, self.clock()
-        )
-        saga.raise_event(
-            fired, event_id=deadline_event_id(saga.stream, pending.name, pending.scheduled_version)
-        )
-        trigger = await self._read_at(position)
+        """The runner's retry deadline came due: run the failed step again, from the saga's state.
+
+        ``DeadlineFired`` is saved with the step's first decisions (before its first command)."""
+        saga, outcome = await self._take_due(cls, deadline)
+        if saga is None:
+            return outcome
+        trigger = await self._read_at(saga.failed_position)
         seen[:] = [trigger] if trigger is not None else []
         outcome, cause = saga.resume(), None
         if outcome is None and trigger is not None:
