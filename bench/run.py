@@ -3,8 +3,8 @@
 
     python3 bench/run.py [SUITE ...] [--reps N] [--json OUT.json] [--quick] [--rev REV]
 
-Suites: memory, file, postgres, multistream, saga (default: all). Every workload runs in a fresh child
-process per repetition, with a fresh store; repetitions are interleaved across workloads so
+Suites: memory, file, postgres, multistream, saga, deadlines (default: all). Every workload runs
+in a fresh child process per repetition, with a fresh store; repetitions are interleaved across workloads so
 that machine drift hits every side alike. Prints medians [min-max], ratios and targets, and
 writes JSON (default bench/results/<timestamp>.json). On first run it creates bench/.venv
 with eventsourcing==9.5.6, psycopg and orchestrix (editable); the project itself never
@@ -387,6 +387,41 @@ SUITES: dict[str, tuple[list[Row], list[Check]]] = {
                 source="issue 4",
             ),
             Check("memory store (info)", "saga_memory", None, None, kind="min"),
+        ],
+    ),
+    "deadlines": (
+        [
+            Row(
+                "deadlines_rss",
+                "10,000 open sagas with a pending deadline (file store): runner peak RSS growth",
+                "deadlines.open_sagas",
+                "MiB",
+                better="lower",
+                params={"n": 10_000},
+                scale=MiB,
+            ),
+            Row(
+                "deadlines_latency",
+                "deadlines due at 1,000/s (file store, asyncio runner): firing latency p99",
+                "deadlines.firing_latency",
+                "ms",
+                better="lower",
+                params={"n": 2_000, "rate": 1_000.0},
+                scale=1e3,
+            ),
+        ],
+        [
+            Check(
+                "runner memory with 10,000 pending deadlines (info)", "deadlines_rss", None, None, kind="max"
+            ),
+            Check(
+                "firing latency p99 < 50 ms at 1,000/s",
+                "deadlines_latency",
+                None,
+                0.050,
+                kind="max",
+                source="issue 16",
+            ),
         ],
     ),
 }

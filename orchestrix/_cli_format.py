@@ -104,3 +104,7 @@ class Progress:
             return
         self._next_check = count + PROGRESS_CHECK
         self._reporter.reached(position, count)
+
+
+class UsageError(Exception):
+    """A command line that names something unusable (exit status 2)."""

@@ -1,5 +1,8 @@
 """The ``orchestrix`` command: inspect, verify, tail and replay an event store.
 
+``deadlines``, ``dead-letters`` and ``sagas`` (pending deadlines, parked messages, stuck sagas)
+live in ``_cli_sagas.py``.
+
 It reads stored events as :class:`~orchestrix.core.messaging.serializer.RawEvent` records (type
 name plus JSON), so it works on any store without the user's event classes and never imports a
 name found in the data. ``--serializer module:factory`` is the user naming their own serializer
@@ -29,8 +32,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from orchestrix import _cli_sagas
 from orchestrix._cli_format import (
     Progress,
+    UsageError,
     dumps,
     event_json,
     event_line,
@@ -51,10 +56,6 @@ _FOLLOW_LINES = 10
 """Events ``tail --follow`` shows before waiting when neither ``-n`` nor ``--after`` says, as ``tail -f``."""
 
 
-class _UsageError(Exception):
-    """A command line that names something unusable (exit status 2)."""
-
-
 class _Found(Exception):
     """A problem the command found and has described in one line (exit status 1)."""
 
@@ -68,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     try:
         return int(args.run(args))
-    except _UsageError as exc:
+    except UsageError as exc:
         print(f"orchestrix: error: {exc} (see orchestrix --help)", file=sys.stderr)
         return 2
     except _Found as exc:
@@ -186,6 +187,7 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--stream", metavar="NAME", help="replay this stream")
     which.add_argument("--all", action="store_true", help="replay the whole store in global order")
     replay.set_defaults(run=_replay)
+    _cli_sagas.add_commands(commands, store)
     return parser
 
 
@@ -352,7 +354,7 @@ def _serializer(spec: str | None) -> Serializer:
         return RawSerializer()
     module_name, colon, attribute = spec.partition(":")
     if not colon or not module_name or not attribute:
-        raise _UsageError(f"--serializer wants MODULE:FACTORY, not {spec!r}")
+        raise UsageError(f"--serializer wants MODULE:FACTORY, not {spec!r}")
     # The console script's sys.path lacks the working directory, where `python -m` has it;
     # a user naming their own module from their project directory expects it to be found.
     if os.getcwd() not in sys.path and "" not in sys.path:
@@ -362,15 +364,15 @@ def _serializer(spec: str | None) -> Serializer:
         for name in attribute.split("."):
             target = getattr(target, name)
     except (ImportError, AttributeError) as exc:
-        raise _UsageError(f"--serializer {spec}: {exc}") from None
+        raise UsageError(f"--serializer {spec}: {exc}") from None
     serializer = target
     if callable(target) and not isinstance(target, Serializer):
         try:
             serializer = target()
         except Exception as exc:  # the user's own factory: say what it raised, not where
-            raise _UsageError(f"--serializer {spec}: calling it raised {type(exc).__name__}: {exc}") from None
+            raise UsageError(f"--serializer {spec}: calling it raised {type(exc).__name__}: {exc}") from None
     if not isinstance(serializer, Serializer):
-        raise _UsageError(f"--serializer {spec} gave {type(serializer).__name__}, not a Serializer")
+        raise UsageError(f"--serializer {spec} gave {type(serializer).__name__}, not a Serializer")
     return serializer
 
 

@@ -19,7 +19,7 @@ def python(*argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_bases_are_found() -> None:
-    assert {"banking_demo", "ecommerce_demo"} <= set(BASES)
+    assert {"banking_demo", "ecommerce_demo", "notifications_demo"} <= set(BASES)
 
 
 @pytest.mark.parametrize("base", BASES)

@@ -29,6 +29,10 @@ Errors carry their facts as attributes, so callers branch on data, not on messag
     ├── ProjectionError                  projection, position: a projection's handler or hook failed
     ├── SagaError                        saga and runner problems
     │   ├── UnknownCommandError (LookupError)  no handler for a command a saga sent
+    │   ├── InvalidDeadlineError (ValueError)  name, detail: a deadline no handler takes, a naive time
+    │   ├── InvalidRetryPolicyError (ValueError)  field, value
+    │   ├── DeadLetterNotFoundError (LookupError)  dead_letter_id
+    │   ├── SagaNotStuckError (LookupError)  stream: a retry asked for a saga that is not stuck
     │   └── LeaseLostError               a runner no longer holds its partition lease
     │       └── FencedError              a store refused an append made under an old lease
     └── DomainError                      base of business-rule violations that bases subclass
@@ -49,11 +53,14 @@ __all__ = [
     "DuplicateEventIdError",
     "EmptyBatchError",
     "EventLoopRequiredError",
+    "DeadLetterNotFoundError",
     "FencedError",
     "InvalidArgumentError",
     "InvalidCheckpointError",
     "InvalidEventIdError",
+    "InvalidDeadlineError",
     "InvalidExpectedVersionError",
+    "InvalidRetryPolicyError",
     "InvalidStreamNameError",
     "KeyAlreadyRefusedError",
     "LeaseLostError",
@@ -62,6 +69,7 @@ __all__ = [
     "OrchestrixError",
     "ProjectionError",
     "SagaError",
+    "SagaNotStuckError",
     "SerializationError",
     "StoreClosedError",
     "StoreError",
@@ -348,6 +356,42 @@ class UnknownCommandError(SagaError, LookupError):
         known = ", ".join(sorted(t.__name__ for t in registered)) or "none"
         super().__init__(f"no handler for command {command_type.__name__} (registered: {known})")
         self.command_type = command_type
+
+
+class InvalidDeadlineError(SagaError, ValueError):
+    """A saga scheduled a deadline it cannot keep: no ``@on_deadline`` handler takes the name,
+    or the due time is not a timezone-aware datetime. Nothing was scheduled."""
+
+    def __init__(self, saga_type: str, name: str, detail: str) -> None:
+        super().__init__(f"{saga_type}: deadline {name!r}: {detail}")
+        self.saga_type = saga_type
+        self.name = name
+        self.detail = detail
+
+
+class InvalidRetryPolicyError(SagaError, ValueError):
+    """A RetryPolicy was built with a value it cannot work with (a field, and why)."""
+
+    def __init__(self, field: str, value: object, detail: str) -> None:
+        super().__init__(f"RetryPolicy {field}={value!r}: {detail}")
+        self.field = field
+        self.value = value
+
+
+class SagaNotStuckError(SagaError, LookupError):
+    """A retry was asked for a saga stream that holds no unresolved ``SagaStuck``."""
+
+    def __init__(self, stream: str, detail: str) -> None:
+        super().__init__(f"saga stream {stream!r}: {detail}")
+        self.stream = stream
+
+
+class DeadLetterNotFoundError(SagaError, LookupError):
+    """No dead-letter record has this id (or it was discarded, for an operation that needs it open)."""
+
+    def __init__(self, dead_letter_id: str, detail: str = "no such dead letter") -> None:
+        super().__init__(f"dead letter {dead_letter_id!r}: {detail}")
+        self.dead_letter_id = dead_letter_id
 
 
 class EventLoopRequiredError(OrchestrixError, RuntimeError):

@@ -23,6 +23,9 @@ ONE_SOURCE = [
     "execution/_saga_steps.py",
     "execution/_saga_monitor.py",
     "execution/projection/runner.py",
+    "execution/deadlines.py",
+    "execution/dead_letters.py",
+    "execution/stuck.py",
 ]
 
 _Function = ast.FunctionDef | ast.AsyncFunctionDef

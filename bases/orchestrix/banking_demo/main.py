@@ -5,6 +5,7 @@ Run from the repository root (``python bases/orchestrix/banking_demo/main.py`` w
     python -m bases.orchestrix.banking_demo.main                  # file store in ./orchestrix-data
     python -m bases.orchestrix.banking_demo.main --store memory   # nothing kept
     python -m bases.orchestrix.banking_demo.main --fresh          # forget earlier runs first
+    python -m bases.orchestrix.banking_demo.main --slow-destination  # a credit that times out
     python -m bases.orchestrix.banking_demo.main --help           # every option
 
 Each run adds to what earlier runs stored (new transfers, new deposits) and ends by checking,
@@ -49,6 +50,7 @@ from bases.orchestrix.banking_demo.saga import TransferSaga
 from orchestrix.core.errors import StoreError
 from orchestrix.core.eventsourcing import NO_STREAM, AggregateRepository, EventStore
 from orchestrix.core.execution import CheckpointStore, InMemoryCheckpointStore, SagaRunner
+from orchestrix.core.execution.retry import RetryPolicy
 
 __all__ = ["Audit", "audit", "main", "run_demo"]
 
@@ -164,17 +166,27 @@ class Demo:
     """One run of the demo: writes what happens to ``out``."""
 
     def __init__(
-        self, store: EventStore, checkpoints: CheckpointStore, out: TextIO, crash_after_debit: bool = False
+        self,
+        store: EventStore,
+        checkpoints: CheckpointStore,
+        out: TextIO,
+        crash_after_debit: bool = False,
+        slow_destination: bool = False,
     ) -> None:
         self.store = store
         self.out = out
         self.bank = BankingCommandHandlers(AggregateRepository(store))
         self.crash_after_debit = crash_after_debit
+        self.slow_destination = slow_destination
         self.run_number = 0
-        self.dispatcher = _CrashAfterDebit(self) if crash_after_debit else self.bank
+        self.dispatcher: object = _CrashAfterDebit(self) if crash_after_debit else self.bank
+        transfers: type[TransferSaga] = TransferSaga
+        if slow_destination:
+            self.dispatcher = _SlowBank(self.dispatcher, SLOW_BANK_PREFIX)
+            transfers = TransferSaga.configured(credit_timeout=CREDIT_TIMEOUT, retry_policy=CREDIT_RETRY)
         self.runner = SagaRunner(
             store,
-            [TransferSaga],
+            [transfers],
             self.dispatcher,
             checkpoints,
             name="banking-demo",
@@ -203,6 +215,8 @@ class Demo:
                 for transfer in (await self._wait(earlier)).values():
                     self._print_transfer(_command_of(transfer), transfer)
             await self._story(run)
+            if self.slow_destination:
+                await self._slow_destination(run)
         finally:
             stop.set()
             await runner
@@ -287,6 +301,29 @@ class Demo:
             await self.bank.close_account(CloseAccount("bob"))
         except BankingError as refused:
             self.say(f"  closing bob refused: {refused}")
+
+    async def _slow_destination(self, run: int) -> None:
+        erin = f"{SLOW_BANK_PREFIX}-r{run}"
+        self.heading(
+            f"A slow destination: credits to {erin} time out after {CREDIT_TIMEOUT.total_seconds():g} s"
+        )
+        await self._open(erin, "Erin Evans", D("0"))
+        self.say(f"  {erin} banks elsewhere, and that bank does not answer today")
+        command = TransferMoney(f"r{run}-slow", "alice", erin, D("30"), "Invoice 17")
+        await self.bank.handle_async(command)
+        transfer = (await self._wait([command.transfer_id]))[command.transfer_id]
+        self._print_transfer(command, transfer)
+        attempts = [
+            r.event
+            async for r in self.store.read_stream_async(transfer.stream)
+            if r.event_type == "StepFailed"
+        ]
+        waits = ", ".join(f"{(f.retry_at - f.occurred_at).total_seconds():g} s" for f in attempts[:4])
+        self.say(
+            f"  {'':<12} the credit failed {len(attempts)} time{'' if len(attempts) == 1 else 's'}, "
+            "each retried after its backoff "
+            f"({waits}{', ...' if len(attempts) > 4 else ''}); then the credit-timeout deadline fired"
+        )
 
     async def _open(self, account_id: str, owner: str, opening: Decimal) -> None:
         try:
@@ -389,6 +426,38 @@ def _command_of(transfer: TransferSaga) -> TransferMoney:
     )
 
 
+SLOW_BANK_PREFIX = "erin"
+CREDIT_TIMEOUT = timedelta(seconds=1)
+CREDIT_RETRY = RetryPolicy(
+    max_attempts=50, initial_delay=0.1, backoff_multiplier=2.0, max_delay=0.4, transient=(ConnectionError,)
+)
+"""The slow destination's failures are transient; the credit timeout ends the retrying."""
+
+
+class DestinationUnavailable(ConnectionError):
+    """The destination's bank did not answer."""
+
+
+class _SlowBank:
+    """The bank, except that deposits to accounts held at another bank (``erin-...``) get no answer."""
+
+    def __init__(self, bank: object, prefix: str) -> None:
+        self.bank = bank
+        self.prefix = prefix
+
+    def handle(self, command: object) -> object:
+        self._check(command)
+        return self.bank.handle(command)  # type: ignore[attr-defined]
+
+    async def handle_async(self, command: object) -> object:
+        self._check(command)
+        return await self.bank.handle_async(command)  # type: ignore[attr-defined]
+
+    def _check(self, command: object) -> None:
+        if isinstance(command, DepositMoney) and command.account_id.startswith(f"{self.prefix}-"):
+            raise DestinationUnavailable(f"the bank of {command.account_id!r} did not answer")
+
+
 class _CrashAfterDebit:
     """The bank, except that the process dies right after this run's rent transfer is debited.
 
@@ -419,13 +488,18 @@ class _CrashAfterDebit:
 
 
 async def run_demo(
-    store_kind: str, data: Path, fresh: bool, out: TextIO = sys.stdout, crash_after_debit: bool = False
+    store_kind: str,
+    data: Path,
+    fresh: bool,
+    out: TextIO = sys.stdout,
+    crash_after_debit: bool = False,
+    slow_destination: bool = False,
 ) -> int:
     """Run the demo once; returns the exit status (0 when the conservation check holds)."""
     store, checkpoints = open_stores(store_kind, data, fresh)
     where = "the in-memory store" if store_kind == "memory" else f"the file store in {data}"
     try:
-        return await Demo(store, checkpoints, out, crash_after_debit).run(where)
+        return await Demo(store, checkpoints, out, crash_after_debit, slow_destination).run(where)
     finally:
         store.close()
         close = getattr(checkpoints, "close", None)
@@ -453,10 +527,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="die (exit status 3) right after the rent transfer's debit, to let the next run resume it",
     )
+    parser.add_argument(
+        "--slow-destination",
+        action="store_true",
+        help="add a transfer to an account whose bank does not answer: its credit is retried with "
+        f"backoff until a {CREDIT_TIMEOUT.total_seconds():g} s deadline compensates it",
+    )
     args = parser.parse_args(argv)
     try:
         return asyncio.run(
-            run_demo(args.store, args.data, args.fresh, crash_after_debit=args.crash_after_debit)
+            run_demo(
+                args.store,
+                args.data,
+                args.fresh,
+                crash_after_debit=args.crash_after_debit,
+                slow_destination=args.slow_destination,
+            )
         )
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -21,13 +21,21 @@ that holds an open transfer debit refuses ``CloseAccount`` (``AccountHasTransfer
 until the transfer completes (``SettleTransfer``) or is reversed. Should a reversal be refused
 anyway, the saga records ``SagaStuck``: the money stays visibly held by the transfer, listed by
 ``SagaRunner.stuck()``, until a retry succeeds.
+
+A slow destination: with ``credit_timeout`` set (see :meth:`TransferSaga.configured`), the debit
+schedules the durable deadline ``credit-timeout``. If the transfer is still waiting for its
+credit when it fires (the destination kept failing with a transient error, retried under the
+saga's ``retry_policy``), the saga makes one last credit attempt with the same key (a credit
+the destination did apply is found that way and completes the transfer) and otherwise records
+``TransferCreditFailed`` and compensates, as for a refused credit. A transfer that completes or
+fails first cancels the deadline.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 from bases.orchestrix.banking_demo.models import (
     DepositMoney,
@@ -45,6 +53,8 @@ from bases.orchestrix.banking_demo.models import (
 )
 from orchestrix.core.errors import DomainError
 from orchestrix.core.eventsourcing.aggregate import applies
+from orchestrix.core.execution.deadlines import DeadlineFired, on_deadline
+from orchestrix.core.execution.retry import RetryPolicy
 from orchestrix.core.execution.saga import Saga, SagaStep, handles
 
 __all__ = ["TransferSaga"]
@@ -60,6 +70,28 @@ class TransferSaga(Saga):
     category = "transfer"
     correlation_field = "transfer_id"
     terminal_events = (TransferCompleted, TransferFailed)
+
+    credit_timeout: ClassVar[timedelta | None] = None
+    """How long the credit may take before the transfer is compensated (None: no limit)."""
+
+    @classmethod
+    def configured(
+        cls, *, credit_timeout: timedelta | None = None, retry_policy: RetryPolicy | None = None
+    ) -> type[TransferSaga]:
+        """The saga class to hand a runner: transfers compensated once their credit has taken
+        longer than ``credit_timeout``, failed steps retried under ``retry_policy``."""
+        if credit_timeout is not None and (
+            not isinstance(credit_timeout, timedelta) or credit_timeout <= timedelta(0)
+        ):
+            raise ValueError(f"credit_timeout must be a positive timedelta, not {credit_timeout!r}")
+        attributes = {
+            "category": cls.category,
+            "credit_timeout": credit_timeout,
+            "retry_policy": retry_policy,
+            "__module__": cls.__module__,
+            "__doc__": cls.__doc__,
+        }
+        return type(cls.__name__, (cls,), attributes)
 
     def __init__(self, id: str | None = None) -> None:
         super().__init__(id)
@@ -145,6 +177,36 @@ class TransferSaga(Saga):
         self.raise_event(
             TransferDebited(self.id, self.from_account_id, self.amount, debit.transaction_id, _now())
         )
+        if self.credit_timeout is not None:
+            # Saved with TransferDebited, before the credit is sent: the limit holds across crashes.
+            self.schedule_deadline("credit-timeout", after=self.credit_timeout)
+
+    @on_deadline("credit-timeout")
+    def credit_timed_out(self, deadline: DeadlineFired) -> SagaStep:
+        """The credit has not succeeded in time: one last attempt with its key, else compensate."""
+        if self.status is not TransferStatus.DEBITED or self.id is None:
+            return
+        try:
+            credit: Transaction = yield DepositMoney(
+                self.to_account_id,
+                self.amount,
+                f"Transfer {self.id} from {self.from_account_id}",
+                self.id,
+                self.key("credit"),
+            )
+        except DomainError as refused:
+            reason = f"credit refused: {refused}"
+        except Exception as unavailable:  # the destination still does not answer: give up on it
+            limit = _seconds(self.credit_timeout) if self.credit_timeout is not None else "its time"
+            reason = f"credit not confirmed within {limit} ({type(unavailable).__name__}: {unavailable})"
+        else:
+            yield SettleTransfer(self.from_account_id, self.id)
+            self.raise_event(
+                TransferCompleted(self.id, self.to_account_id, self.amount, credit.transaction_id, _now())
+            )
+            return
+        self.raise_event(TransferCreditFailed(self.id, self.to_account_id, reason, _now()))
+        yield from self.advance()
 
     def _credit(self) -> SagaStep:
         assert self.id is not None
@@ -220,3 +282,8 @@ class TransferSaga(Saga):
     def _failed(self, event: TransferFailed) -> None:
         self.status = TransferStatus.FAILED
         self.failure_reason = event.reason
+
+
+def _seconds(waited: timedelta) -> str:
+    seconds = waited.total_seconds()
+    return f"{seconds:g} s" if seconds < 120 else f"{seconds / 60:g} min"

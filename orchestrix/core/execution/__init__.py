@@ -1,6 +1,16 @@
 """Running things from the store's global order: subscriptions, sagas, projections."""
 
 from orchestrix.core.execution.checkpoint import CheckpointStore, InMemoryCheckpointStore
+from orchestrix.core.execution.dead_letters import DeadLetter, DeadLetters
+from orchestrix.core.execution.deadlines import (
+    Deadline,
+    DeadlineCancelled,
+    DeadlineFired,
+    DeadlineScheduled,
+    on_deadline,
+    pending_deadlines,
+    pending_deadlines_async,
+)
 from orchestrix.core.execution.dispatch import CommandBus, CommandDispatcher
 from orchestrix.core.execution.process import PROCESS_EVENTS, ProcessCheckpoint, ProcessStats, ProcessStep
 from orchestrix.core.execution.projection import (
@@ -11,6 +21,7 @@ from orchestrix.core.execution.projection import (
     ProjectionStats,
     projects,
 )
+from orchestrix.core.execution.retry import RetryPolicy, StepFailed
 from orchestrix.core.execution.runner import (
     RunnerStats,
     SagaRunner,
@@ -22,6 +33,7 @@ from orchestrix.core.execution.saga import (
     SAGA_EVENTS,
     Saga,
     SagaRetried,
+    SagaRetryRequested,
     SagaStep,
     SagaStuck,
     handles,
@@ -35,6 +47,12 @@ __all__ = [
     "CheckpointStore",
     "CommandBus",
     "CommandDispatcher",
+    "DeadLetter",
+    "DeadLetters",
+    "Deadline",
+    "DeadlineCancelled",
+    "DeadlineFired",
+    "DeadlineScheduled",
     "InMemoryCheckpointStore",
     "ProcessCheckpoint",
     "ProcessStats",
@@ -44,16 +62,22 @@ __all__ = [
     "ProjectionProgress",
     "ProjectionRunner",
     "ProjectionStats",
+    "RetryPolicy",
     "RunnerStats",
     "Saga",
     "SagaRetried",
+    "SagaRetryRequested",
     "SagaRunner",
     "SagaStep",
     "SagaStuck",
+    "StepFailed",
     "StuckSaga",
     "UnmatchedEvent",
     "handles",
+    "on_deadline",
     "partition_of",
+    "pending_deadlines",
+    "pending_deadlines_async",
     "projects",
     "saga_event_id",
     "subscribe",

@@ -11,6 +11,8 @@ counts included: a count is a read-modify-write, and one taken outside the lock 
 from __future__ import annotations
 
 import collections
+import heapq
+import itertools
 import logging
 import threading
 import uuid
@@ -21,7 +23,13 @@ from typing import Any
 import attrs
 
 from orchestrix.core import _io
-from orchestrix.core.execution.saga import HandlerSpec, Saga
+from orchestrix.core.execution.dead_letters import (
+    DEAD_LETTER_STREAM,
+    DeadLetterDiscardRequested,
+    DeadLetterRetryRequested,
+)
+from orchestrix.core.execution.deadlines import Deadline, DeadlineFired, _DeadlineBook
+from orchestrix.core.execution.saga import HandlerSpec, Saga, SagaRetried, SagaRetryRequested
 from orchestrix.core.messaging.messages import RecordedEvent
 
 __all__ = ["RunnerStats", "StuckSaga", "UnmatchedEvent"]
@@ -32,6 +40,8 @@ SagaKey = tuple[type[Saga], str]
 """A saga: its class and its id."""
 Target = tuple[type[Saga], HandlerSpec, str]
 """Where an event goes: the saga class, the handler for the event, the saga id."""
+Request = tuple[type[Saga], str, str, str]
+"""An operator's request this runner carries out: saga class, saga id, what, dead-letter id."""
 
 _COMPLETED_KEPT = 10_000  # completed sagas remembered, so their late events skip loading them
 
@@ -79,6 +89,12 @@ class RunnerStats:
     """Steps that raised and got their saga stuck."""
     other_partition: int = 0
     """Events for sagas of another partition."""
+    deadlines_fired: int = 0
+    """Deadlines this runner fired (appended ``DeadlineFired`` for)."""
+    retries_scheduled: int = 0
+    """Failed steps given another attempt later by their retry policy."""
+    dead_lettered: int = 0
+    """Failed steps whose message was parked as a dead letter."""
 
 
 class SagaMonitor:
@@ -105,6 +121,13 @@ class SagaMonitor:
         self._open: dict[SagaKey, None] = {}
         self._completed: collections.OrderedDict[SagaKey, None] = collections.OrderedDict()
         self._lock = threading.RLock()
+        # Pending deadlines as read (a hint: firing checks the saga's stream), and a heap of them
+        # by due time with stale entries skipped when popped; deadlines of a stuck saga wait in
+        # _held until the saga is retried.
+        self._book = _DeadlineBook()
+        self._due: list[tuple[datetime, int, Deadline, type[Saga]]] = []
+        self._held: dict[str, list[tuple[Deadline, type[Saga]]]] = {}
+        self._order = itertools.count()
 
     # -- what the runner reads ----------------------------------------------------------------
 
@@ -124,6 +147,12 @@ class SagaMonitor:
                     self._remember_completed(key)
                 elif key not in self._completed:
                     self._open[key] = None
+                scheduled = self._book.fold(recorded.stream, recorded.version, recorded.event)
+                if scheduled is not None:
+                    self._push(scheduled, cls)
+                elif isinstance(recorded.event, SagaRetried):
+                    for deadline, held_cls in self._held.pop(recorded.stream, ()):
+                        self._push(deadline, held_cls)
 
     def targets(self, recorded: RecordedEvent) -> list[Target]:
         """The sagas of this runner's partition the event is addressed to."""
@@ -141,6 +170,22 @@ class SagaMonitor:
                 continue
             targets.append((cls, spec, saga_id))
         return targets
+
+    def request(self, recorded: RecordedEvent) -> Request | None:
+        """The operator's request ``recorded`` holds, if it is one for a saga of this runner."""
+        event = recorded.event
+        if isinstance(event, SagaRetryRequested):
+            what, dead_letter, category = "retry saga", "", recorded.stream[: -len(event.saga_id) - 1]
+        elif recorded.stream == DEAD_LETTER_STREAM and isinstance(event, DeadLetterRetryRequested):
+            what, dead_letter, category = "retry", event.dead_letter_id, event.saga_type
+        elif recorded.stream == DEAD_LETTER_STREAM and isinstance(event, DeadLetterDiscardRequested):
+            what, dead_letter, category = "discard", event.dead_letter_id, event.saga_type
+        else:
+            return None
+        for cls in self.sagas:
+            if cls.category == category and self.mine(event.saga_id):
+                return (cls, event.saga_id, what, dead_letter)
+        return None
 
     def read(self, events: int) -> None:
         """Count a page of events handled (its checkpoint stored)."""
@@ -170,7 +215,10 @@ class SagaMonitor:
                 self.stats.ignored += 1
                 self._remember_completed((cls, saga_id))
                 return None
-            if saga.stuck_reason is not None:
+            # A saga waiting for a retry holds its events too (their order matters to it), but
+            # its own deadlines still fire: a timeout may well be what ends the waiting.
+            waiting = saga.retrying is not None and not isinstance(recorded.event, DeadlineFired)
+            if saga.stuck_reason is not None or waiting:
                 self.stats.held += 1
                 return None
             self.stats.deliveries += 1
@@ -197,15 +245,32 @@ class SagaMonitor:
             else:
                 self._open[key] = None
 
-    def failed(self, key: SagaKey, recorded: RecordedEvent, exc: Exception) -> None:
-        """A step raised: count it and log it with its traceback (the saga is recorded stuck)."""
-        with self._lock:
-            self.stats.failed += 1
+    def failed(self, key: SagaKey, recorded: RecordedEvent, exc: Exception, outcome: str = "stuck") -> None:
+        """A step raised: count it and log it (``outcome``: ``retrying``, ``dead-lettered``, ``stuck``)."""
         cls, saga_id = key
+        with self._lock:
+            if outcome == "retrying":
+                self.stats.retries_scheduled += 1
+            else:
+                self.stats.failed += 1
+                if outcome == "dead-lettered":
+                    self.stats.dead_lettered += 1
+        if outcome == "retrying":  # expected under a retry policy: worth a line, not an alarm
+            _log.info(
+                "%s %r: step for %s at position %d raised %s: %s; retry scheduled",
+                cls.__name__,
+                saga_id,
+                recorded.event_type,
+                recorded.position,
+                type(exc).__name__,
+                exc,
+            )
+            return
         _log.error(
-            "%s %r is stuck: step for %s at position %d raised %s: %s",
+            "%s %r is stuck%s: step for %s at position %d raised %s: %s",
             cls.__name__,
             saga_id,
+            " (dead-lettered)" if outcome == "dead-lettered" else "",
             recorded.event_type,
             recorded.position,
             type(exc).__name__,
@@ -248,7 +313,49 @@ class SagaMonitor:
             type(saga).category, saga.id or "", saga.stream, saga.state, reason, last, saga.version
         )
 
+    # -- deadlines ----------------------------------------------------------------------------
+
+    def due(self, now: datetime) -> list[tuple[type[Saga], Deadline]]:
+        """Take the pending deadlines due at ``now`` (soonest first) for the runner to fire."""
+        found = []
+        with self._lock:
+            while self._due and self._due[0][0] <= now:
+                _when, _n, deadline, cls = heapq.heappop(self._due)
+                if self._book.pending.get((deadline.stream, deadline.name)) == deadline:
+                    found.append((cls, deadline))
+        return found
+
+    def fired(self, cls: type[Saga], deadline: Deadline, outcome: str) -> None:
+        """The runner tried to fire ``deadline``: ``fired``, ``gone`` (nothing to do) or ``held``."""
+        with self._lock:
+            if outcome == "fired":
+                self.stats.deadlines_fired += 1
+                self._book.pending.pop((deadline.stream, deadline.name), None)
+            elif outcome == "held":
+                self._held.setdefault(deadline.stream, []).append((deadline, cls))
+            elif self._book.pending.get((deadline.stream, deadline.name)) == deadline:
+                del self._book.pending[(deadline.stream, deadline.name)]
+
+    def next_due(self) -> datetime | None:
+        """When the soonest pending deadline is due (None if none is pending)."""
+        with self._lock:
+            while self._due:
+                deadline = self._due[0][2]
+                if self._book.pending.get((deadline.stream, deadline.name)) == deadline:
+                    return deadline.due_at
+                heapq.heappop(self._due)
+            return None
+
+    def deadlines(self) -> list[Deadline]:
+        """Pending deadlines of this runner's sagas as read, soonest first."""
+        with self._lock:
+            pending = list(self._book.pending.values())
+        return sorted(pending, key=lambda d: (d.due_at, d.stream, d.name))
+
     # -- under the lock -----------------------------------------------------------------------
+
+    def _push(self, deadline: Deadline, cls: type[Saga]) -> None:
+        heapq.heappush(self._due, (deadline.due_at, next(self._order), deadline, cls))
 
     def _remember_completed(self, key: SagaKey) -> None:
         self._completed[key] = None

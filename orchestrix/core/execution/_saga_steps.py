@@ -12,7 +12,10 @@ asyncio forms on the loop. Why a step is ordered as it is:
   the store refuses what a runner that lost its lease still appends); a lost lease or a store
   failure stops the runner, any other exception gets the saga recorded stuck, under the fence
   too, and the runner goes on with other sagas;
-* one saga is never stepped twice at once in a runner (a lock per saga).
+* one saga is never stepped twice at once in a runner (a lock per saga);
+* firing a deadline is a step too (same lock, fence and lease check): it appends
+  ``DeadlineFired`` with the id derived from the schedule, only if the saga's stream still
+  holds the deadline pending, so it happens once in effect whoever fires it how often.
 """
 
 from __future__ import annotations
@@ -28,7 +31,11 @@ from orchestrix.core import _io
 from orchestrix.core.errors import ConcurrencyError, LeaseLostError, SagaError, StoreError
 from orchestrix.core.eventsourcing.aggregate import AggregateRepository, retry_on_conflict_async
 from orchestrix.core.eventsourcing.fencing import Fence, Lease, fenced
+from orchestrix.core.eventsourcing.store import ANY
 from orchestrix.core.execution._saga_monitor import SagaKey, SagaMonitor, Target
+from orchestrix.core.execution.dead_letters import DEAD_LETTER_STREAM, MessageDeadLettered, dead_letter_id
+from orchestrix.core.execution.deadlines import Deadline, DeadlineFired, deadline_event_id
+from orchestrix.core.execution.retry import RETRY_DEADLINE, RetryPolicy, StepFailed, _policy_of
 from orchestrix.core.execution.saga import Saga, SagaRetried, SagaStuck
 from orchestrix.core.messaging.messages import RecordedEvent
 
@@ -98,6 +105,7 @@ class SagaSteps:
         saga = self.monitor.admit(await self._load(cls, saga_id), target, recorded)
         if saga is None:
             return
+        saga._clock = self.clock  # a new saga too: its deadlines are due by the runner's time
         await self._drive(saga, spec.method(saga, recorded.event), recorded.event_id)
         self._stepped(saga)
 
@@ -117,15 +125,65 @@ class SagaSteps:
         await self._save(saga, cause)
 
     async def _save(self, saga: Saga, cause: uuid.UUID | None) -> None:
+        saga._settle_deadlines()
         saved = await self.repository.save_async(saga, correlation_id=_correlation(saga), causation_id=cause)
         if saved is not None:
             self.monitor.saved(saga)
 
     async def _load(self, cls: type[Saga], saga_id: str) -> Saga | None:
         saga = cls(saga_id)
+        saga._clock = self.clock
         for recorded in await _io.read_stream(self.store, cls.stream_name(saga_id)):
             saga._replay(recorded)
         return saga if saga.version >= 0 else None
+
+    # -- deadlines ------------------------------------------------------------------------------
+
+    async def fire(self, cls: type[Saga], deadline: Deadline) -> str:
+        """Fire ``deadline`` if its saga still holds it pending: ``fired``, ``gone`` or ``held``
+        (the saga is stuck; it fires once the saga is retried)."""
+        async with self._locks.hold((cls, deadline.saga_id)):
+            if deadline.name != RETRY_DEADLINE:
+                return await retry_on_conflict_async(
+                    functools.partial(self._fire_once, cls, deadline), attempts=self.attempts
+                )
+            seen: list[RecordedEvent] = []
+            try:
+                return await retry_on_conflict_async(
+                    functools.partial(self._retry_due, cls, deadline, seen), attempts=self.attempts
+                )
+            except (StoreError, LeaseLostError):
+                raise
+            except Exception as exc:
+                trigger = seen[0] if seen else self._trigger(cls, deadline.saga_id)
+                await self._record_failure((cls, deadline.saga_id), trigger, exc)
+                return "fired"
+
+    async def _fire_once(self, cls: type[Saga], deadline: Deadline) -> str:
+        saga, outcome = await self._take_due(cls, deadline)
+        if saga is not None:
+            await self._save(saga, None)
+        return outcome
+
+    async def _take_due(self, cls: type[Saga], deadline: Deadline) -> tuple[Saga | None, str]:
+        """The saga with ``DeadlineFired`` raised (not saved yet) and ``fired``; or None and why not:
+        ``gone`` (cancelled, replaced, fired, or the saga completed) or ``held`` (the saga is stuck)."""
+        saga = await self._load(cls, deadline.saga_id)
+        if saga is None or saga.completed:
+            return None, "gone"
+        pending = saga.deadlines.get(deadline.name)
+        if pending is None or pending.scheduled_version != deadline.scheduled_version:
+            return None, "gone"  # cancelled, replaced or fired since it was read
+        if saga.stuck_reason is not None:
+            return None, "held"
+        await self.check_lease(f"fire deadline {deadline.name!r}")
+        fired = DeadlineFired(
+            cls.category, saga.id or "", pending.name, pending.due_at, pending.scheduled_version, self.clock()
+        )
+        saga.raise_event(
+            fired, event_id=deadline_event_id(saga.stream, pending.name, pending.scheduled_version)
+        )
+        return saga, "fired"
 
     def _stepped(self, saga: Saga) -> None:
         if saga.version < 0:
@@ -135,30 +193,99 @@ class SagaSteps:
     # -- failures -------------------------------------------------------------------------------
 
     async def _record_failure(self, key: SagaKey, recorded: RecordedEvent, exc: Exception) -> None:
+        """Record a failed step: a retry due later (transient, attempts left), or stuck and, under
+        a retry policy, dead-lettered."""
         cls, saga_id = key
-        self.monitor.failed(key, recorded, exc)
+        policy = _policy(cls, recorded)
 
-        async def record() -> None:
+        async def record() -> str:
             saga = await self._load(cls, saga_id) or cls(saga_id)
-            if self._stuck_event(saga, recorded, exc):
+            saga._clock = self.clock
+            if saga.completed:
+                return "completed"
+            if recorded.version >= 0:
+                position = recorded.position
+            else:
+                position = saga.failed_position or saga.stuck_event_position
+            repeat = saga.failed_position == position and saga.failed_attempts > 0
+            attempt = saga.failed_attempts + 1 if repeat else 1
+            reason = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, ConcurrencyError):
+                reason = f"still conflicting after {self.attempts} attempts: {exc}"
+            now = self.clock()
+            if policy is not None and policy.retries(exc, attempt):
+                retry_at = now + policy.delay(attempt)
+                saga.raise_event(
+                    StepFailed(
+                        saga_id,
+                        reason,
+                        type(exc).__name__,
+                        recorded.event_type,
+                        position,
+                        attempt,
+                        retry_at,
+                        now,
+                    )
+                )
+                saga.schedule_deadline(RETRY_DEADLINE, at=retry_at)
+                self.monitor.saved(saga)
                 await self._save(saga, recorded.event_id)
+                return "retrying"
+            if policy is not None:
+                first = saga.first_failed_at if repeat and saga.first_failed_at is not None else now
+                why = "retries exhausted" if policy.is_transient(exc) else "permanent error"
+                plural = "s" if attempt > 1 else ""
+                reason = f"{reason} ({why} after {attempt} attempt{plural}; dead-lettered)"
+                await self._dead_letter(saga, recorded, position, exc, attempt, first, now)
+            if RETRY_DEADLINE in saga.deadlines:  # a stuck saga waits for a person, not a timer
+                saga.cancel_deadline(RETRY_DEADLINE, "the saga is stuck")
+            if self._stuck_event(saga, recorded, reason, position):
+                await self._save(saga, recorded.event_id)
+            return "dead-lettered" if policy is not None else "stuck"
 
-        await retry_on_conflict_async(record, attempts=self.attempts)
+        outcome = await retry_on_conflict_async(record, attempts=self.attempts)
+        self.monitor.failed(key, recorded, exc, outcome)
 
-    def _stuck_event(self, saga: Saga, recorded: RecordedEvent, exc: Exception) -> bool:
+    async def _dead_letter(
+        self,
+        saga: Saga,
+        recorded: RecordedEvent,
+        position: int,
+        exc: Exception,
+        attempts: int,
+        first: datetime,
+        now: datetime,
+    ) -> None:
+        await self.check_lease("park a dead letter")
+        parked = MessageDeadLettered(
+            dead_letter_id(saga.stream, position),
+            type(saga).category,
+            saga.id or "",
+            saga.stream,
+            recorded.event_type,
+            recorded.stream,
+            position,
+            str(recorded.event_id),
+            type(exc).__name__,
+            str(exc),
+            attempts,
+            first,
+            now,
+        )
+        # Parked before the saga is recorded stuck: a crash in between leaves a step that fails
+        # again when redelivered, never a stuck saga without its record.
+        await _io.append(self.store, DEAD_LETTER_STREAM, [parked], ANY)
+
+    def _stuck_event(self, saga: Saga, recorded: RecordedEvent, reason: str, position: int) -> bool:
         if saga.completed:
             return False
-        reason = f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, ConcurrencyError):
-            reason = f"still conflicting after {self.attempts} attempts: {exc}"
-        position = recorded.position if recorded.version >= 0 else saga.stuck_event_position
         saga.raise_event(SagaStuck(saga.id or "", reason, recorded.event_type, position, self.clock()))
         self.monitor.saved(saga)
         return True
 
     # -- retries --------------------------------------------------------------------------------
 
-    async def retry(self, saga_type: type[Saga], saga_id: str) -> Saga:
+    async def retry(self, saga_type: type[Saga], saga_id: str, *, only_if_stuck: bool = False) -> Saga:
         """Clear a recorded stuck state and resume the saga; see :meth:`SagaRunner.retry`."""
         key = (saga_type, saga_id)
         async with self._locks.hold(key):
@@ -167,7 +294,8 @@ class SagaSteps:
             with fenced(await self.fence()):
                 try:
                     return await retry_on_conflict_async(
-                        functools.partial(self._retry_once, saga_type, saga_id), attempts=self.attempts
+                        functools.partial(self._retry_once, saga_type, saga_id, only_if_stuck),
+                        attempts=self.attempts,
                     )
                 except (StoreError, LeaseLostError):
                     raise
@@ -175,14 +303,51 @@ class SagaSteps:
                     await self._record_failure(key, self._trigger(saga_type, saga_id), exc)
                     return await self.repository.load_async(saga_type, saga_id)
 
-    async def _retry_once(self, saga_type: type[Saga], saga_id: str) -> Saga:
+    async def release(self, saga_type: type[Saga], saga_id: str) -> Saga:
+        """Clear a recorded stuck state without running anything (a discarded dead letter)."""
+        async with self._locks.hold((saga_type, saga_id)):
+
+            async def once() -> Saga:
+                saga = await self.repository.load_async(saga_type, saga_id)
+                saga._clock = self.clock
+                if saga.stuck_reason is not None and not saga.completed:
+                    await self.check_lease("release a saga")
+                    saga.raise_event(SagaRetried(saga.id or "", self.clock()))
+                    await self._save(saga, None)
+                return saga
+
+            return await retry_on_conflict_async(once, attempts=self.attempts)
+
+    async def _retry_due(self, cls: type[Saga], deadline: Deadline, seen: list[RecordedEvent]) -> str:
+        """The runner's retry deadline came due: run the failed step again, from the saga's state.
+
+        ``DeadlineFired`` is saved with the step's first decisions (before its first command)."""
+        saga, outcome = await self._take_due(cls, deadline)
+        if saga is None:
+            return outcome
+        trigger = await self._read_at(saga.failed_position)
+        seen[:] = [trigger] if trigger is not None else []
+        outcome, cause = saga.resume(), None
+        if outcome is None and trigger is not None:
+            spec = cls.handlers.get(type(trigger.event))
+            if spec is not None:
+                self.monitor.delivered()
+                outcome, cause = spec.method(saga, trigger.event), trigger.event_id
+        await self._drive(saga, outcome, cause)
+        self._stepped(saga)
+        return "fired"
+
+    async def _retry_once(self, saga_type: type[Saga], saga_id: str, only_if_stuck: bool = False) -> Saga:
         saga = await self.repository.load_async(saga_type, saga_id)
-        if saga.completed:
+        saga._clock = self.clock
+        if saga.completed or (only_if_stuck and saga.stuck_reason is None):
             return saga
         position = saga.stuck_event_position
         if saga.stuck_reason is not None:
             saga.raise_event(SagaRetried(saga.id or "", self.clock()))
             self.monitor.saved(saga)
+        if RETRY_DEADLINE in saga.deadlines:  # this retry is the one the deadline waited for
+            saga.cancel_deadline(RETRY_DEADLINE, "retried")
         outcome = saga.resume()
         cause = None
         if outcome is None and position:
@@ -214,6 +379,18 @@ class SagaSteps:
             "retry",
             None,
         )
+
+
+def _policy(cls: type[Saga], recorded: RecordedEvent) -> RetryPolicy | None:
+    """The retry policy for a failed step: the handler's own, else the saga's."""
+    event = recorded.event if recorded.version >= 0 else None
+    method = None
+    if isinstance(event, DeadlineFired):
+        method = cls.deadline_handlers.get(event.name)
+    elif event is not None:
+        spec = cls.handlers.get(type(event))
+        method = spec.method if spec is not None else None
+    return _policy_of(method) or cls.retry_policy
 
 
 def _correlation(saga: Saga) -> uuid.UUID:

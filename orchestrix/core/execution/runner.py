@@ -23,6 +23,12 @@ Problems are visible, never dropped:
 * :meth:`SagaRunner.stuck` lists stuck sagas and sagas without progress for ``stuck_after``,
   with their state and reason; :meth:`SagaRunner.retry` runs one again.
 
+Deadlines: before each page the runner fires the deadlines of its partition's sagas that its
+``clock`` says are due (each a fenced step that appends ``DeadlineFired`` once in effect; the
+page loop then delivers it to the ``@on_deadline`` handler); :meth:`SagaRunner.deadlines` lists
+the pending ones. It learns them from the history before its checkpoint (``index_history``) and
+from each page, so a deadline that came due while no runner was up fires when one starts.
+
 This module is the runner itself: construction, the public API and the page loop, each
 behaviour written once as a coroutine (the sync forms run it with the sync driver of
 :mod:`orchestrix.core._io`). A saga step (load, admit, handle, save, dispatch, record stuck,
@@ -42,9 +48,10 @@ from orchestrix.core._io import run_sync
 from orchestrix.core.errors import SagaError
 from orchestrix.core.eventsourcing.aggregate import AggregateRepository
 from orchestrix.core.eventsourcing.fencing import Lease, fenced
-from orchestrix.core.eventsourcing.store import EventStore
+from orchestrix.core.eventsourcing.store import ANY, EventStore
 from orchestrix.core.execution._paging import PageLoop
 from orchestrix.core.execution._saga_monitor import (
+    Request,
     RunnerStats,
     SagaKey,
     SagaMonitor,
@@ -54,6 +61,8 @@ from orchestrix.core.execution._saga_monitor import (
 )
 from orchestrix.core.execution._saga_steps import SagaSteps
 from orchestrix.core.execution.checkpoint import CheckpointStore
+from orchestrix.core.execution.dead_letters import DEAD_LETTER_STREAM, DeadLetterResolved, DeadLetters
+from orchestrix.core.execution.deadlines import Deadline
 from orchestrix.core.execution.dispatch import CommandDispatcher
 from orchestrix.core.execution.saga import Saga
 from orchestrix.core.messaging.messages import RecordedEvent
@@ -94,7 +103,9 @@ class SagaRunner(PageLoop):
     order of their first event in the page.
 
     On start the runner reads the history before its checkpoint once, to know which sagas are
-    still open (for :meth:`stuck`); pass ``index_history=False`` to skip that on a huge store.
+    still open (for :meth:`stuck`) and which deadlines are pending; pass ``index_history=False``
+    to skip that on a huge store (the runner then knows only the deadlines scheduled after its
+    checkpoint, so sagas that use deadlines want the index).
 
     ``step_threads=True`` makes the asyncio form run each saga step's *sync* code (sync store
     calls, ``dispatcher.handle``) in a worker thread of the loop's default executor: one thread
@@ -218,6 +229,15 @@ class SagaRunner(PageLoop):
         """How long an open saga may go without progress before :meth:`stuck` lists it."""
         return self._monitor.stuck_after
 
+    def deadlines(self) -> list[Deadline]:
+        """The pending deadlines of this runner's sagas, soonest first, as far as read."""
+        return run_sync(self.deadlines_async())
+
+    async def deadlines_async(self) -> list[Deadline]:
+        """Asyncio form of :meth:`deadlines`."""
+        await self._start()
+        return self._monitor.deadlines()
+
     def open_sagas(self) -> list[tuple[type[Saga], str]]:
         """The sagas of this runner's partition that have started and not completed, as far as read."""
         return run_sync(self.open_sagas_async())
@@ -240,6 +260,7 @@ class SagaRunner(PageLoop):
         """Asyncio form of :meth:`run_once`; sagas of one page are handled concurrently."""
         await self._start()
         with fenced(await self._steps.fence()):
+            await self._fire_due()
             assert self._position is not None  # set by _start
             page = await _io.read_all(self.store, self._position, self.page_size)
             lanes: dict[SagaKey, list[tuple[Target, RecordedEvent]]] = {}
@@ -249,6 +270,10 @@ class SagaRunner(PageLoop):
                     lanes.setdefault((target[0], target[2]), []).append((target, recorded))
             # One lane per saga, its events in order; lanes run concurrently under asyncio.
             await _io.each(lanes.values(), self._run_lane, self.max_concurrency)
+            for recorded in page:
+                request = self._monitor.request(recorded)
+                if request is not None:
+                    await self._carry_out(request)
             if page:
                 await self._steps.check_lease("store its checkpoint")
                 self._position = last = page[-1].position
@@ -267,6 +292,47 @@ class SagaRunner(PageLoop):
             self._monitor.observe(recorded)
             for target in self._monitor.targets(recorded):
                 await self._deliver(target, recorded)
+
+    async def _carry_out(self, request: Request) -> None:
+        """An operator's stored request (retry a saga, retry or discard a dead letter), done once:
+        a redelivered request finds its saga no longer stuck, or its record no longer waiting."""
+        cls, saga_id, what, dead_letter = request
+        if what == "retry saga":
+            await self._in_step(lambda: self._steps.retry(cls, saga_id, only_if_stuck=True))
+            return
+        letters = DeadLetters(self.store, clock=self.clock)
+        record = await letters.get_async(dead_letter)
+        if record.status != f"{what} requested":
+            return
+        await self._steps.check_lease(f"{what} dead letter {dead_letter}")
+        if what == "discard":
+            await self._in_step(lambda: self._steps.release(cls, saga_id))
+            outcome, detail = "discarded", record.detail
+        else:
+            saga = await self._in_step(lambda: self._steps.retry(cls, saga_id, only_if_stuck=True))
+            outcome = "failed again" if saga.stuck_reason is not None else "retried"
+            detail = saga.stuck_reason or ("saga completed" if saga.completed else f"saga {saga.state}")
+        resolved = DeadLetterResolved(dead_letter, outcome, detail, self.clock())
+        await _io.append(self.store, DEAD_LETTER_STREAM, [resolved], ANY)
+
+    async def _fire_due(self) -> None:
+        """Fire every deadline due by the clock; what they append, the page read next delivers."""
+        due = self._monitor.due(self.clock())
+
+        async def fire(item: tuple[type[Saga], Deadline]) -> None:
+            cls, deadline = item
+            outcome = await self._in_step(lambda: self._steps.fire(cls, deadline))
+            self._monitor.fired(cls, deadline, outcome)
+
+        if due:
+            await _io.each(due, fire, self.max_concurrency)
+
+    def _idle_timeout(self, idle_timeout: float) -> float:
+        """Wait for new events no longer than until the next deadline is due."""
+        due = self._monitor.next_due()
+        if due is None:
+            return idle_timeout
+        return max(0.0, min(idle_timeout, (due - self.clock()).total_seconds()))
 
     def _read_position(self) -> int:
         assert self._position is not None  # run_once has started the runner

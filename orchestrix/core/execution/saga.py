@@ -36,19 +36,33 @@ Applying one of ``terminal_events`` completes the saga, and a completed saga ign
 event. A step that fails unexpectedly records :class:`SagaStuck`; a stuck saga holds further
 events until :meth:`SagaRunner.retry <orchestrix.core.execution.runner.SagaRunner.retry>`
 records :class:`SagaRetried` and runs it again.
+
+Time: a step schedules a durable deadline with :meth:`Saga.schedule_deadline` and a method
+marked :func:`~orchestrix.core.execution.deadlines.on_deadline` handles it when it comes due
+(see :mod:`orchestrix.core.execution.deadlines`); :meth:`Saga.now` is the runner's clock.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Generator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 import attrs
 
-from orchestrix.core.errors import SagaError
+from orchestrix.core.errors import InvalidDeadlineError, SagaError
 from orchestrix.core.eventsourcing.aggregate import AggregateRoot, applies
+from orchestrix.core.execution.dead_letters import DEAD_LETTER_EVENTS
+from orchestrix.core.execution.deadlines import (
+    DEADLINE_EVENTS,
+    RESERVED_PREFIX,
+    Deadline,
+    DeadlineCancelled,
+    DeadlineFired,
+    DeadlineScheduled,
+)
+from orchestrix.core.execution.retry import RETRY_DEADLINE, RETRY_EVENTS, RetryPolicy, StepFailed, _set_policy
 from orchestrix.core.messaging.messages import Event
 
 __all__ = [
@@ -56,6 +70,7 @@ __all__ = [
     "HandlerSpec",
     "Saga",
     "SagaRetried",
+    "SagaRetryRequested",
     "SagaStep",
     "SagaStuck",
     "handles",
@@ -96,8 +111,28 @@ class SagaRetried(Event):
     occurred_at: datetime
 
 
-SAGA_EVENTS: tuple[type, ...] = (SagaStuck, SagaRetried)
-"""The events every saga stream may hold; register them with the store's serializer."""
+@attrs.frozen
+class SagaRetryRequested(Event):
+    """Someone (``orchestrix sagas retry``) asked the owning runner to retry this stuck saga."""
+
+    saga_id: str
+    requested_at: datetime
+
+
+SAGA_EVENTS: tuple[type, ...] = (
+    SagaStuck,
+    SagaRetried,
+    SagaRetryRequested,
+    *DEADLINE_EVENTS,
+    *RETRY_EVENTS,
+    *DEAD_LETTER_EVENTS,
+)
+"""The events every saga stream (and the dead-letter stream) may hold; register them with the
+store's serializer."""
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 @attrs.frozen
@@ -121,13 +156,15 @@ def handles(
     *event_types: type,
     start: bool = False,
     correlate: str | Callable[[Any], Any] | None = None,
+    retry: RetryPolicy | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Mark a saga method as the handler of ``event_types``.
 
     ``start=True`` lets the event create the saga when none exists for its correlation id.
     ``correlate`` names the event field holding the saga id (default: the saga class's
     ``correlation_field``) or is a function from the event to the saga id; a None or empty id
-    means the event is addressed to no saga.
+    means the event is addressed to no saga. ``retry`` overrides the saga's ``retry_policy``
+    for this handler.
     """
     if not event_types:
         raise TypeError("handles() needs at least one event type")
@@ -136,6 +173,7 @@ def handles(
         marks = list(getattr(func, "__orchestrix_handles__", ()))
         marks.append((event_types, start, correlate))
         func.__orchestrix_handles__ = tuple(marks)  # type: ignore[attr-defined]
+        _set_policy(func, retry)
         return func
 
     return mark
@@ -164,13 +202,22 @@ class Saga(AggregateRoot):
     terminal_events: ClassVar[tuple[type, ...]] = ()
     """Applying one of these completes the saga; it then ignores every later event."""
 
+    retry_policy: ClassVar[RetryPolicy | None] = None
+    """How failed steps are retried and then dead-lettered; None: a failed step is stuck at once."""
+
     handlers: ClassVar[dict[type, HandlerSpec]] = {}
+
+    deadline_handlers: ClassVar[dict[str, Callable[..., Any]]] = {}
+    """The ``@on_deadline`` methods, by deadline name."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         specs: dict[type, HandlerSpec] = {}
+        deadlines: dict[str, Callable[..., Any]] = {}
         for klass in reversed(cls.__mro__):
             for member in vars(klass).values():
+                for name in getattr(member, "__orchestrix_deadlines__", ()):
+                    deadlines[name] = member
                 for event_types, start, correlate in getattr(member, "__orchestrix_handles__", ()):
                     for event_type in event_types:
                         if correlate is None:
@@ -180,6 +227,11 @@ class Saga(AggregateRoot):
                         else:
                             getter = correlate
                         specs[event_type] = HandlerSpec(event_type, member, start, getter)
+        cls.deadline_handlers = deadlines
+        if deadlines:
+            specs[DeadlineFired] = HandlerSpec(
+                DeadlineFired, Saga._deadline_fired, False, _deadline_correlation(cls.category)
+            )
         cls.handlers = specs
 
     def __init__(self, id: str | None = None) -> None:
@@ -187,13 +239,23 @@ class Saga(AggregateRoot):
         self.completed: bool = False
         self.stuck_reason: str | None = None
         self.stuck_event_position: int = 0
+        self.deadlines: dict[str, Deadline] = {}
+        """Pending deadlines, by name."""
+        self.retrying: StepFailed | None = None
+        """The failure whose step waits for its retry deadline, if one does."""
+        self.failed_position = 0
+        self.failed_attempts = 0
+        self.first_failed_at: datetime | None = None
+        self._clock: Callable[[], datetime] = _utcnow
 
     @property
     def state(self) -> str:
         """A short description of where the saga is; subclasses usually return their status."""
         if self.completed:
             return "completed"
-        return "stuck" if self.stuck_reason is not None else "open"
+        if self.stuck_reason is not None:
+            return "stuck"
+        return "retrying" if self.retrying is not None else "open"
 
     @property
     def stream(self) -> str:
@@ -207,6 +269,60 @@ class Saga(AggregateRoot):
         if not self.id:
             raise SagaError(f"{type(self).__name__} has no id; a saga's id is its correlation id")
         return f"{self.id}:{step}"
+
+    def now(self) -> datetime:
+        """The current time by the clock of the runner driving the saga (the wall clock otherwise)."""
+        return self._clock()
+
+    def schedule_deadline(
+        self, name: str, *, at: datetime | None = None, after: timedelta | None = None
+    ) -> Deadline:
+        """Schedule deadline ``name`` at ``at``, or ``after`` from :meth:`now`; replaces a pending one.
+
+        The ``@on_deadline(name)`` handler runs once it is due, unless it is cancelled first or the
+        saga completes. Raises InvalidDeadlineError (nothing scheduled) for a name no handler takes
+        or a time that is not a timezone-aware datetime.
+        """
+        if name not in self.deadline_handlers and not (
+            isinstance(name, str) and name.startswith(RESERVED_PREFIX)
+        ):
+            known = ", ".join(sorted(self.deadline_handlers)) or "none"
+            raise InvalidDeadlineError(
+                type(self).__name__, str(name), f"no @on_deadline handler takes it (handled: {known})"
+            )
+        if (at is None) == (after is None):
+            raise InvalidDeadlineError(type(self).__name__, name, "give exactly one of at= and after=")
+        if after is not None:
+            if not isinstance(after, timedelta):
+                raise InvalidDeadlineError(
+                    type(self).__name__, name, f"after= must be a timedelta, not {type(after).__name__}"
+                )
+            at = self.now() + after
+        if not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
+            raise InvalidDeadlineError(
+                type(self).__name__, name, f"the due time must be a timezone-aware datetime, not {at!r}"
+            )
+        self.raise_event(DeadlineScheduled(self.id or "", name, at, self.now()))
+        return self.deadlines[name]
+
+    def cancel_deadline(self, name: str, reason: str = "cancelled") -> bool:
+        """Cancel pending deadline ``name``; False if none of that name is pending."""
+        if name not in self.deadlines:
+            return False
+        self.raise_event(DeadlineCancelled(self.id or "", name, reason, self.now()))
+        return True
+
+    def _deadline_fired(self, event: DeadlineFired) -> SagaStep | None:
+        handler = self.deadline_handlers.get(event.name)
+        if handler is None:
+            return None  # a deadline whose handler was removed since: nothing to run
+        return handler(self, event)  # type: ignore[no-any-return]
+
+    def _settle_deadlines(self) -> None:
+        """A completed saga cancels what is still pending, so the store shows no live deadline."""
+        if self.completed:
+            for name in sorted(self.deadlines):
+                self.raise_event(DeadlineCancelled(self.id or "", name, "saga completed", self.now()))
 
     def resume(self) -> SagaStep | None:
         """Continue from the current state after a retry; override in sagas driven by their state.
@@ -242,3 +358,45 @@ class Saga(AggregateRoot):
     @applies(SagaRetried)
     def _retried(self, event: SagaRetried) -> None:
         self.stuck_reason = None
+        self.retrying = None
+        self.failed_attempts = 0  # an operator's retry starts a fresh budget of attempts
+
+    @applies(SagaRetryRequested)
+    def _retry_requested(self, event: SagaRetryRequested) -> None:
+        pass  # a request to the runner; the saga's state changes when the retry runs
+
+    @applies(StepFailed)
+    def _step_failed(self, event: StepFailed) -> None:
+        if event.attempt == 1 or self.first_failed_at is None:
+            self.first_failed_at = event.occurred_at
+        self.retrying = event
+        self.failed_position = event.position
+        self.failed_attempts = event.attempt
+
+    @applies(DeadlineScheduled)
+    def _deadline_scheduled(self, event: DeadlineScheduled) -> None:
+        self.deadlines[event.name] = Deadline(
+            type(self).category,
+            event.saga_id,
+            self.stream_name(event.saga_id),
+            event.name,
+            event.due_at,
+            self.version + 1,
+        )
+
+    @applies(DeadlineCancelled, DeadlineFired)
+    def _deadline_gone(self, event: DeadlineCancelled | DeadlineFired) -> None:
+        self.deadlines.pop(event.name, None)
+        if event.name == RETRY_DEADLINE:
+            self.retrying = None
+
+
+def _deadline_correlation(category: str) -> Callable[[Any], str | None]:
+    """DeadlineFired reaches the saga class it names; the runner's own deadlines reach no handler."""
+
+    def correlate(event: Any) -> str | None:
+        if event.saga_type != category or event.name.startswith(RESERVED_PREFIX):
+            return None
+        return event.saga_id  # type: ignore[no-any-return]
+
+    return correlate
