@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+import zlib
 from pathlib import Path
 
 import pytest
@@ -258,5 +259,9 @@ def test_a_header_of_a_newer_format_is_a_problem_of_its_own_kind() -> None:
         unpack_segment_header(bytes(header))
     assert not isinstance(damaged.value, NewerFormat)
     header[8:12] = (FORMAT_VERSION + 1).to_bytes(4, "little")
-    with pytest.raises(NewerFormat, match="newer format version 2"):
+    with pytest.raises(FormatProblem, match="fails its check") as damaged:  # no version check: damage
+        unpack_segment_header(bytes(header))
+    assert not isinstance(damaged.value, NewerFormat)
+    header[40:44] = zlib.crc32(bytes(header[:12])).to_bytes(4, "little")
+    with pytest.raises(NewerFormat, match=f"newer format version {FORMAT_VERSION + 1}"):
         unpack_segment_header(bytes(header))
