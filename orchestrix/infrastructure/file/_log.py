@@ -52,6 +52,8 @@ STORE_TMP = STORE_FILE + ".tmp"
 WINDOW = 256 * 1024
 PREALLOCATE = 4 * 1024 * 1024
 HEAD_MAP_SIZE = 4096
+_SPAN = struct.Struct("<Q16xI")  # a record's first position and its event count
+_SPAN_AT = FRAME_SIZE + 8  # after the frame and the durable position
 _FLAGS = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -373,14 +375,23 @@ class Log:
     # -- reading ---------------------------------------------------------------------------------
 
     def frames(
-        self, number: int, offset: int, stop: Head, window_size: int = WINDOW
+        self, number: int, offset: int, stop: Head, window_size: int = WINDOW, first: int | None = None
     ) -> Iterator[tuple[Segment, int, bytes, int, int, int]]:
         """The committed records from ``offset`` in segment ``number`` up to ``stop``, in log order.
 
         Yields (segment, offset, buffer, index in buffer, body length, crc); any damage is corruption.
+        ``first``, if given, is the position the record at ``offset`` starts at: then every record
+        must start where the one before it ended, and every segment where the one before it
+        ended, up to ``stop``, so that damaged storage (a record copied to the end of a segment,
+        a segment of another log) is corruption, never a position read twice or skipped.
         """
+        expected = first
         while True:
             segment = self.segment(number)
+            if expected is not None and offset == SEGMENT_HEADER_SIZE and segment.base != expected - 1:
+                raise CorruptionError(
+                    segment.path, 0, f"segment starts after {segment.base}, not {expected - 1}"
+                )
             end = stop.offset if number == stop.segment else os.fstat(segment.fd).st_size
             window = Window(segment.fd, window_size)
             while offset < end:
@@ -388,9 +399,22 @@ class Log:
                 if isinstance(frame, RecordProblem):
                     raise CorruptionError(segment.path, offset, str(frame))
                 buf, i, length, crc = frame
+                if expected is not None:
+                    position, count = _SPAN.unpack_from(buf, i + _SPAN_AT)
+                    if position != expected:
+                        raise CorruptionError(
+                            segment.path, offset, f"record starts at position {position}, not {expected}"
+                        )
+                    expected += count
                 yield segment, offset, buf, i, length, crc
                 offset += FRAME_SIZE + length
             if number >= stop.segment:
+                if expected is not None and expected - 1 != stop.position:
+                    raise CorruptionError(
+                        segment.path,
+                        offset,
+                        f"the log should end at position {stop.position}; its records end at {expected - 1}",
+                    )
                 return
             number += 1
             offset = SEGMENT_HEADER_SIZE

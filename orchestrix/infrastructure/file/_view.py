@@ -30,7 +30,7 @@ from orchestrix.infrastructure.file._index import EMPTY, Covered, Entry, Index, 
 from orchestrix.infrastructure.file._io import FileIO, Syncs
 from orchestrix.infrastructure.file._locator import Locator, Seen
 from orchestrix.infrastructure.file._log import Log, Window, read_frame
-from orchestrix.infrastructure.file._recovery import recover
+from orchestrix.infrastructure.file._recovery import Known, known_end, recover
 
 log = logging.getLogger("orchestrix.infrastructure.file")
 
@@ -58,8 +58,9 @@ class LogView:
         self.log.segment_size = segment_size
         try:
             with self.log.lock:
+                head = self.log.read_head()
                 self.index = self._open_index()
-                self._recover()
+                self._recover(known_end((head, "HEAD"), (self._index_claims, "the index")))
         except BaseException:
             index = getattr(self, "index", None)
             if index is not None:
@@ -83,9 +84,8 @@ class LogView:
             except IndexDamaged as again:
                 raise StoreError(f"cannot create the index {path}: {again}") from again
         covered = index.covered()
-        if covered != EMPTY and not self._matches_log(covered):
-            log.warning("%s: the index does not match the log; rebuilding it from the log", path)
-            index.reset()
+        self._index_claims = covered.end  # the index covers only what was acknowledged: the log reached it
+        self._stale_index = covered != EMPTY and not self._matches_log(covered)
         return index
 
     def _matches_log(self, covered: Covered) -> bool:
@@ -108,14 +108,25 @@ class LogView:
             and info.position + info.count - 1 == end.position
         )
 
-    def _recover(self) -> None:
-        """Scan what the index does not cover, repair a torn tail, publish the end (writer lock held)."""
+    def _recover(self, known: Known | None) -> None:
+        """Scan what the index does not cover, repair a torn tail, publish the end (writer lock held).
+
+        ``known`` is where HEAD or the index say the log reached: a log that ends before it lost
+        acknowledged events, and opening it is refused (CorruptionError), nothing cut.
+        """
+        if self._stale_index:
+            # The index covers only acknowledged records: the log must reach as far before the
+            # index is dropped (a read-only scan: nothing is cut, nothing changed, if it does not).
+            for _ in recover(self.log, EMPTY.end, known, read_only=True):
+                pass
+            log.warning("%s: the index does not match the log; rebuilding it from the log", self.index.path)
+            self.index.reset()
         covered = self.index.covered()
         self.locator = Locator(self.index, covered.end.position, self.records_from)
         self.seen = self.locator.seen
         self.end = covered.end
         added = 0
-        recovery = recover(self.log, covered.end)
+        recovery = recover(self.log, covered.end, known)
         for number, info in recovery:
             self.locator.add(entry_of(number, info))
             self.end = Head(info.position + info.count - 1, number, info.offset + info.size)
@@ -193,21 +204,21 @@ class LogView:
 
     def records_from(self, position: int) -> Iterator[tuple[int, RecordInfo]]:
         """The committed records from the one holding ``position`` on."""
-        segment, offset = self.start_of(position)
-        for seg, at, buf, i, length, crc in self.log.frames(segment, offset, self.end, 65536):
+        segment, offset, first = self.start_of(position)
+        for seg, at, buf, i, length, crc in self.log.frames(segment, offset, self.end, 65536, first):
             yield seg.number, parse_info(buf, i, length, crc, at)
 
-    def start_of(self, position: int) -> tuple[int, int]:
-        """(segment, offset) of a record at or shortly before the one holding ``position``."""
+    def start_of(self, position: int) -> tuple[int, int, int]:
+        """(segment, offset, first position) of a record at or shortly before the one holding ``position``."""
         with self.state:
             locator = self.locator
             entry = locator.entry_at(position) if position > locator.bound else None
         if entry is not None:
-            return entry.segment, entry.offset
+            return entry.segment, entry.offset, entry.position
         mark = self.index.mark_before(position)
         if mark is None:
-            return 1, SEGMENT_HEADER_SIZE
-        return mark[1], mark[2]
+            return 1, SEGMENT_HEADER_SIZE, 1
+        return mark[1], mark[2], mark[0]
 
     # -- the index checkpoint ------------------------------------------------------------------
 

@@ -187,10 +187,10 @@ class FileEventStore(AsyncStoreMixin):
         return self._all_events(start, end, limit)
 
     def _all_events(self, start: int, end: Head, limit: int | None) -> Iterator[RecordedEvent]:
-        segment, offset = self._view.start_of(start)
+        segment, offset, first = self._view.start_of(start)
         decode = self._serializer.decode
         remaining = -1 if limit is None else limit
-        for _, _, buf, i, _, _ in self._view.log.frames(segment, offset, end):
+        for _, _, buf, i, _, _ in self._view.log.frames(segment, offset, end, first=first):
             self._check_open()
             for event in decode_events(buf, i, decode, 0, start):
                 yield event
