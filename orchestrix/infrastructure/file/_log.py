@@ -142,6 +142,7 @@ class Log:
         self.syncs = syncs
         self._pwrite = io.pwrite  # looked up once: the append path calls it for every group
         self.segment_size = 1 << 62
+        self.reserve_margin = 0
         self._preallocating = True
         self.lock = WriterLock(lock_fd)
         self._lock_fd = lock_fd
@@ -334,10 +335,23 @@ class Log:
             segment.allocated = size
             return
         target = max(end, min(size + PREALLOCATE, self.segment_size))
+        # Never reserve the last free space: the records themselves, the index and the
+        # checkpoints need it. Reserve what fits above the margin, or nothing (the file grows).
+        try:
+            stat = self.io.statvfs(self.path)
+            room = stat.f_bavail * stat.f_frsize - self.reserve_margin
+        except OSError:
+            room = target - size
+        target = min(target, size + room)
+        if target < end:
+            return  # nearly full: no reservation now; each write grows the file
         try:
             _write_zeros(self._pwrite, segment.fd, size, target - size)
         except OSError:
-            self._preallocating = False  # no room for the reservation: files simply grow
+            # No room after all (another writer took it): give back what was reserved, and
+            # reserve no more in this process; files simply grow.
+            self._preallocating = False
+            self.io.ftruncate(segment.fd, size)
             return
         self.syncs.file(segment.fd)
         segment.allocated = target

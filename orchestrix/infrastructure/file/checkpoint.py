@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import os
 import threading
 from typing import Any
 
-from orchestrix.core.errors import StoreError, StoreFormatError
+from orchestrix.core.errors import StoreError, StoreFailedError, StoreFormatError
 from orchestrix.infrastructure.file._io import fsync_directory
 from orchestrix.infrastructure.file.errors import InvalidCheckpointError
 
@@ -54,11 +55,18 @@ class FileCheckpointStore:
         _check_name(name)
         if type(position) is not int or position < 0:
             raise InvalidCheckpointError(position, "a position is an int >= 0")
-        with self._threads, open(self._lock_path, "a") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # read-modify-write against other processes
-            positions = self._read()
-            positions[name] = position
-            self._replace(positions)
+        with self._threads:
+            try:
+                lock = open(self._lock_path, "a")  # noqa: SIM115  (closed by the with below)
+            except OSError as exc:
+                raise StoreFailedError(
+                    f"cannot save checkpoints to {self.path}: {exc.strerror or exc}"
+                ) from exc
+            with lock:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # read-modify-write against other processes
+                positions = self._read()
+                positions[name] = position
+                self._replace(positions)
 
     async def load_async(self, name: str) -> int:
         """Asyncio form of :meth:`load`."""
@@ -92,16 +100,29 @@ class FileCheckpointStore:
 
     def _replace(self, positions: dict[str, int]) -> None:
         text = json.dumps({"format": _FORMAT, "version": _VERSION, "positions": positions}, sort_keys=True)
-        fd = os.open(self._tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            data = memoryview(text.encode())
-            while data:
-                data = data[os.write(fd, data) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(self._tmp_path, self.path)
-        fsync_directory(self._directory)
+            fd = os.open(self._tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                data = memoryview(text.encode())
+                while data:
+                    data = data[os.write(fd, data) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(self._tmp_path, self.path)
+        except OSError as exc:  # a full disk, a file-size limit: the old checkpoints stay in force
+            with contextlib.suppress(OSError):
+                os.unlink(self._tmp_path)
+            raise StoreFailedError(
+                f"cannot save checkpoints to {self.path}: {exc.strerror or exc}; the previous "
+                "positions are still in force (a runner resumes from them and processes those events again)"
+            ) from exc
+        try:
+            fsync_directory(self._directory)
+        except OSError as exc:  # the new file is in place, but it may not survive a power loss
+            raise StoreFailedError(
+                f"cannot make the checkpoints in {self.path} durable: {exc.strerror or exc}"
+            ) from exc
 
     def __repr__(self) -> str:
         return f"FileCheckpointStore({self.path!r})"

@@ -101,6 +101,7 @@ class FileEventStore(AsyncStoreMixin):
         self._serializer = serializer
         self._names: dict[Any, bytes] = {}
         self._view = LogView(self.path, policy.io, Syncs(policy.io, sync), segment_size, checkpoint_events)
+        self._view.log.reserve_margin = policy.reserve_margin
         self._commits = GroupCommit(self._view, segment_size, loop_sync_max, policy)
         self._closing = threading.RLock()  # one close at a time: two would close each file twice
 
