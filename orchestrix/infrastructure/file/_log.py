@@ -55,6 +55,7 @@ HEAD_MAP_SIZE = 4096
 _SPAN = struct.Struct("<Q16xI")  # a record's first position and its event count
 _SPAN_AT = FRAME_SIZE + 8  # after the frame and the durable position
 _FLAGS = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 
 
 def pread_full(fd: int, size: int, offset: int) -> bytes:
@@ -134,10 +135,18 @@ class Log:
     """The files of one store directory. Create it with :meth:`open`."""
 
     def __init__(
-        self, path: str, store_id: bytes, lock_fd: int, head_fd: int, io: FileIO, syncs: Syncs
+        self,
+        path: str,
+        store_id: bytes,
+        lock_fd: int,
+        head_fd: int,
+        io: FileIO,
+        syncs: Syncs,
+        read_only: bool = False,
     ) -> None:
         self.path = path
         self.store_id = store_id
+        self.read_only = read_only
         self.io = io
         self.syncs = syncs
         self._pwrite = io.pwrite  # looked up once: the append path calls it for every group
@@ -149,11 +158,37 @@ class Log:
         self._head_fd = head_fd
         # HEAD is read on every operation and written on every commit: a shared mapping makes
         # both plain memory accesses, coherent across processes through the page cache.
-        self._head = mmap.mmap(head_fd, HEAD_MAP_SIZE)
+        if not read_only:
+            self._head = mmap.mmap(head_fd, HEAD_MAP_SIZE)
+        elif head_fd >= 0:
+            self._head = mmap.mmap(head_fd, HEAD_MAP_SIZE, prot=mmap.PROT_READ)
+        else:  # no HEAD to read (a store whose writers never published one): a blank one, never ahead
+            self._head = mmap.mmap(-1, HEAD_MAP_SIZE)
         self._head_cache: tuple[bytes, Head | None] = (b"", None)  # last bytes seen, and their meaning
         self._segments: dict[int, Segment] = {}
 
     # -- opening and creating ------------------------------------------------------------------
+
+    @classmethod
+    def open_read_only(cls, path: str, io: FileIO, syncs: Syncs) -> Log:
+        """Open the store at ``path`` to read it only: no lock, no file created or written."""
+        head_fd = -1
+        try:
+            if not os.path.isdir(path):
+                what = "is not a directory" if os.path.lexists(path) else "does not exist"
+                raise StoreFormatError(path, f"{what}, so it holds no file store (nothing was created)")
+            if not os.path.isfile(os.path.join(path, STORE_FILE)):
+                raise StoreFormatError(path, "not an orchestrix file store (no STORE file)")
+            store_id = _read_store_id(path)
+            with contextlib.suppress(FileNotFoundError):
+                head_fd = os.open(os.path.join(path, HEAD_FILE), _READ_FLAGS)
+            if head_fd >= 0 and os.fstat(head_fd).st_size < HEAD_MAP_SIZE:
+                _close_quietly(head_fd)
+                head_fd = -1
+        except OSError as exc:
+            _close_quietly(head_fd)
+            raise StoreError(f"cannot open file store at {path}: {exc.strerror or exc}") from exc
+        return cls(path, store_id, -1, head_fd, io, syncs, read_only=True)
 
     @classmethod
     def open(cls, path: str, io: FileIO, syncs: Syncs) -> Log:
@@ -221,7 +256,7 @@ class Log:
             return segment
         path = os.path.join(self.path, segment_name(number))
         try:
-            fd = self.io.open(path, _FLAGS)
+            fd = os.open(path, _READ_FLAGS) if self.read_only else self.io.open(path, _FLAGS)
         except FileNotFoundError:
             raise CorruptionError(path, 0, "segment file missing from the log") from None
         try:

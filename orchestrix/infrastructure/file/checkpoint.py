@@ -12,7 +12,7 @@ from typing import Any
 
 from orchestrix.core.errors import StoreError, StoreFailedError, StoreFormatError
 from orchestrix.infrastructure.file._io import fsync_directory
-from orchestrix.infrastructure.file.errors import InvalidCheckpointError
+from orchestrix.infrastructure.file.errors import InvalidCheckpointError, ReadOnlyStoreError
 
 __all__ = ["FileCheckpointStore"]
 
@@ -24,12 +24,14 @@ class FileCheckpointStore:
     """Named positions in the JSON file ``path``; several processes may share it.
 
     Each save rewrites the file through a temporary file, fsync, rename and a directory fsync,
-    so a crash leaves either the old or the new content, never a mix. Names are data: they
+    so a crash leaves either the old or the new content, never a mix. ``read_only=True`` (a
+    read-only store's checkpoints) loads and refuses every save (ReadOnlyStoreError). Names are data: they
     are keys inside the file, never file names.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False) -> None:
         self.path = os.fspath(path)
+        self.read_only = read_only
         self._lock_path = self.path + ".lock"
         self._tmp_path = self.path + ".tmp"
         self._threads = threading.Lock()
@@ -37,7 +39,8 @@ class FileCheckpointStore:
         try:
             if os.path.isdir(self.path):
                 raise StoreFormatError(self.path, "is a directory, not a checkpoint file")
-            os.makedirs(directory, exist_ok=True)
+            if not read_only:
+                os.makedirs(directory, exist_ok=True)
             if os.path.exists(self.path):
                 self._read()  # refuse a foreign or newer file now, not at the first save
         except OSError as exc:
@@ -55,6 +58,8 @@ class FileCheckpointStore:
         _check_name(name)
         if type(position) is not int or position < 0:
             raise InvalidCheckpointError(position, "a position is an int >= 0")
+        if self.read_only:
+            raise ReadOnlyStoreError(os.path.dirname(self.path), f"cannot save checkpoint {name!r}")
         with self._threads:
             try:
                 lock = open(self._lock_path, "a")  # noqa: SIM115  (closed by the with below)

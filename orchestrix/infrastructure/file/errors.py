@@ -5,13 +5,14 @@
     BatchTooLargeError (ValueError)    one append's record would exceed the format's limit
     InvalidCheckpointError (ValueError) a checkpoint name or position that cannot be stored
     InvalidStoreOptionError (ValueError) a FileEventStore option out of its range
+    ReadOnlyStoreError (StoreError)     a write to a store opened with ``read_only=True``
 """
 
 from __future__ import annotations
 
-from orchestrix.core.errors import OrchestrixError
+from orchestrix.core.errors import OrchestrixError, StoreError
 
-__all__ = ["BatchTooLargeError", "InvalidCheckpointError", "InvalidStoreOptionError"]
+__all__ = ["BatchTooLargeError", "InvalidCheckpointError", "InvalidStoreOptionError", "ReadOnlyStoreError"]
 
 
 class BatchTooLargeError(OrchestrixError, ValueError):
@@ -42,3 +43,11 @@ class InvalidStoreOptionError(OrchestrixError, ValueError):
         self.name = name
         self.value = value
         self.reason = reason
+
+
+class ReadOnlyStoreError(StoreError):
+    """An append or a checkpoint save on a file store opened read-only; nothing was written."""
+
+    def __init__(self, path: str, what: str) -> None:
+        super().__init__(f"{what}: the file store at {path} is open read-only (read_only=True)")
+        self.path = path
