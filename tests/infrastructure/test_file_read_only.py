@@ -16,7 +16,15 @@ from orchestrix.cli import main
 from orchestrix.core.errors import StoreFormatError
 from orchestrix.infrastructure.file import FileEventStore, ReadOnlyStoreError
 from orchestrix.testing import contract_serializer
-from tests.infrastructure.file_support import events, numbers, open_store, record_offsets, segments, snapshot
+from tests.infrastructure.file_support import (
+    events,
+    in_thread,
+    numbers,
+    open_store,
+    record_offsets,
+    segments,
+    snapshot,
+)
 
 _WRITER = """
 import fcntl, os, sys
@@ -67,11 +75,12 @@ def test_a_read_only_open_beside_a_live_writer_reads_and_changes_nothing(
             os.close(lock)
         before = snapshot(path)
         # the command: inspect, verify and tail, while the writer holds its lock
-        assert main(["inspect", str(path), "--json"]) == 0
+        # (a command that waited for the lock would hang: in_thread says "HUNG" after 20 s)
+        assert in_thread(lambda: main(["inspect", str(path), "--json"]), 20) == 0
         assert json.loads(capsys.readouterr().out)["count"] == 30
-        assert main(["verify", str(path), "--json"]) == 0
+        assert in_thread(lambda: main(["verify", str(path), "--json"]), 20) == 0
         assert json.loads(capsys.readouterr().out)["count"] == 30
-        assert main(["tail", str(path), "-n", "2", "--json"]) == 0
+        assert in_thread(lambda: main(["tail", str(path), "-n", "2", "--json"]), 20) == 0
         assert [json.loads(line)["position"] for line in capsys.readouterr().out.splitlines()] == [29, 30]
         assert snapshot(path) == before
         with _read_only(path) as store:
