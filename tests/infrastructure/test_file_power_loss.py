@@ -1,6 +1,6 @@
 """Power loss: every disk state a POSIX file system may leave after a power cut opens correctly.
 
-In the manner of ALICE and CrashMonkey. A small workload (appends of batches of 1 to 12 events
+In the manner of ALICE and CrashMonkey. A small workload (appends of batches of 1 to 10 events
 to three streams, with segment rolls and index checkpoints) runs once against a real store
 whose I/O seam (:class:`~orchestrix.infrastructure.file._io.FileIO`) records every file
 creation, write, truncation, sync, rename, removal and directory sync, and when each append was
