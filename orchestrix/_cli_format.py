@@ -7,11 +7,12 @@ name that could break that is written as a JSON string (see :func:`name_word`).
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
+from orchestrix.core.execution.progress import Progress as ProgressReport
+from orchestrix.core.execution.progress import ProgressReporter
 from orchestrix.core.messaging.messages import RecordedEvent
 from orchestrix.core.messaging.serializer import RawEvent, Serializer
 
@@ -72,87 +73,34 @@ def event_json(recorded: RecordedEvent, serializer: Serializer) -> dict[str, Any
     }
 
 
-def duration(seconds: float) -> str:
-    """``seconds`` as ``1h02m``, ``3m05s`` or ``12s``."""
-    hours, rest = divmod(round(seconds), 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
-
-
-class Report(NamedTuple):
-    """How far a long read has got: events read, their rate, and (when known) fraction done and ETA."""
-
-    events: int
-    rate: float
-    done: float | None
-    eta: float | None
-
-    def text(self, what: str) -> str:
-        """``replay: 2,048 events read (10,240/s), 40%, ETA 3s``."""
-        line = f"{what}: {self.events:,} events read ({self.rate:,.0f}/s)"
-        if self.done is not None:
-            line += f", {100 * self.done:.0f}%"
-        if self.eta is not None:
-            line += f", ETA {duration(self.eta)}"
-        return line
-
-    def json(self) -> dict[str, Any]:
-        """The report as a JSON object of kind ``progress``."""
-        return {
-            "kind": "progress",
-            "count": self.events,
-            "rate": round(self.rate, 1),
-            "percent": None if self.done is None else round(100 * self.done, 1),
-            "eta_seconds": None if self.eta is None else round(self.eta, 1),
-        }
-
-
 class Progress:
-    """Hands ``report`` a :class:`Report` every ``interval`` seconds while a long read goes on."""
+    """Hands ``report`` a progress record every ``interval`` seconds while a long read goes on.
 
-    def __init__(self, interval: float, report: Callable[[Report], None]) -> None:
-        self._interval = interval
-        self._report = report
-        self._started = self._last = time.monotonic()
+    The read goes toward position ``target`` (see :mod:`orchestrix.core.execution.progress`,
+    which computes and writes the reports); the clock is looked at once per
+    :data:`PROGRESS_CHECK` events.
+    """
+
+    def __init__(
+        self, what: str, interval: float, target: int, report: Callable[[ProgressReport], None]
+    ) -> None:
+        self._reporter = ProgressReporter(
+            what, report, record=ProgressReport, start=0, target=target, every=interval
+        )
         self._next_check = PROGRESS_CHECK
 
     def counted(
-        self, events: Iterable[RecordedEvent], done: Callable[[RecordedEvent], float] | None = None
+        self, events: Iterable[RecordedEvent], position: Callable[[RecordedEvent], int]
     ) -> Iterator[RecordedEvent]:
-        """Yield ``events`` unchanged, noting progress; ``done(event)`` is the fraction read, if known."""
+        """Yield ``events`` unchanged, noting progress; ``position(event)`` measures the way done."""
         for n, event in enumerate(events, 1):
             yield event
             if n >= self._next_check:
-                self.tick(n, None if done is None else done(event))
+                self.tick(n, position(event))
 
-    def tick(self, count: int, done: float | None) -> None:
-        """Note that ``count`` events (a fraction ``done`` of all, if known) have been read."""
+    def tick(self, count: int, position: int) -> None:
+        """Note that ``count`` events have been read, reaching ``position``."""
         if count < self._next_check:
             return
         self._next_check = count + PROGRESS_CHECK
-        now = time.monotonic()
-        if now - self._last < self._interval:
-            return
-        self._last = now
-        elapsed = max(now - self._started, 1e-9)
-        eta = None
-        if done is not None:
-            done = min(max(done, 0.0), 1.0)
-            eta = elapsed * (1 - done) / done if done > 0 else None
-        self._report(Report(count, count / elapsed, done, eta))
-
-
-def by_position(after: int, last: int) -> Callable[[RecordedEvent], float] | None:
-    """The fraction of (``after``, ``last``] an event's position has reached.
-
-    Exact where positions are dense (the file store); where they have gaps (PostgreSQL) it is
-    an estimate, as good as the gaps are even.
-    """
-    if last <= after:
-        return None
-    span = last - after
-    return lambda e: (e.position - after) / span
+        self._reporter.reached(position, count)

@@ -30,9 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from orchestrix._cli_format import (
-    PROGRESS_CHECK,
     Progress,
-    by_position,
     dumps,
     event_json,
     event_line,
@@ -45,15 +43,15 @@ from orchestrix.core.eventsourcing.store import EventStore
 from orchestrix.core.messaging.messages import RecordedEvent
 from orchestrix.core.messaging.serializer import RawSerializer, Serializer
 
-__all__ = ["PROGRESS_CHECK", "main"]
+__all__ = ["main"]
 
-PG_SCHEMES = ("postgresql://", "postgres://")
-DEFAULT_TOP = 10
-FOLLOW_LINES = 10
+_PG_SCHEMES = ("postgresql://", "postgres://")
+_DEFAULT_TOP = 10
+_FOLLOW_LINES = 10
 """Events ``tail --follow`` shows before waiting when neither ``-n`` nor ``--after`` says, as ``tail -f``."""
 
 
-class UsageError(Exception):
+class _UsageError(Exception):
     """A command line that names something unusable (exit status 2)."""
 
 
@@ -70,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     try:
         return int(args.run(args))
-    except UsageError as exc:
+    except _UsageError as exc:
         print(f"orchestrix: error: {exc} (see orchestrix --help)", file=sys.stderr)
         return 2
     except _Found as exc:
@@ -140,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("--stream", metavar="NAME", help="list this stream's events instead")
     inspect.add_argument(
-        "--top", type=_positive_int, default=DEFAULT_TOP, metavar="N", help="streams to list (default: 10)"
+        "--top", type=_positive_int, default=_DEFAULT_TOP, metavar="N", help="streams to list (default: 10)"
     )
     inspect.set_defaults(run=_inspect)
 
@@ -301,7 +299,7 @@ def _open_postgres(dsn: str, schema: str, serializer: Serializer) -> _Opened:
 
 def _is_dsn(target: str) -> bool:
     """Whether ``target`` names a PostgreSQL database (a URI or libpq ``key=value`` words), not a path."""
-    if target.lower().startswith(PG_SCHEMES):
+    if target.lower().startswith(_PG_SCHEMES):
         return True
     keywords = re.search(r"(^|\s)(host|hostaddr|dbname|user|port)=", target)
     return keywords is not None and not os.path.exists(target)
@@ -336,7 +334,7 @@ class _Once(logging.Filter):
 
 def _hide_password(dsn: str) -> str:
     """``dsn`` with any password replaced by ``***``, fit to print."""
-    if not dsn.lower().startswith(PG_SCHEMES):
+    if not dsn.lower().startswith(_PG_SCHEMES):
         return _scrub(dsn, dsn)  # libpq key=value words
     try:
         parts = urlsplit(dsn)
@@ -356,7 +354,7 @@ def _serializer(spec: str | None) -> Serializer:
         return RawSerializer()
     module_name, colon, attribute = spec.partition(":")
     if not colon or not module_name or not attribute:
-        raise UsageError(f"--serializer wants MODULE:FACTORY, not {spec!r}")
+        raise _UsageError(f"--serializer wants MODULE:FACTORY, not {spec!r}")
     # The console script's sys.path lacks the working directory, where `python -m` has it;
     # a user naming their own module from their project directory expects it to be found.
     if os.getcwd() not in sys.path and "" not in sys.path:
@@ -366,27 +364,33 @@ def _serializer(spec: str | None) -> Serializer:
         for name in attribute.split("."):
             target = getattr(target, name)
     except (ImportError, AttributeError) as exc:
-        raise UsageError(f"--serializer {spec}: {exc}") from None
+        raise _UsageError(f"--serializer {spec}: {exc}") from None
     serializer = target
     if callable(target) and not isinstance(target, Serializer):
         try:
             serializer = target()
         except Exception as exc:  # the user's own factory: say what it raised, not where
-            raise UsageError(f"--serializer {spec}: calling it raised {type(exc).__name__}: {exc}") from None
+            raise _UsageError(f"--serializer {spec}: calling it raised {type(exc).__name__}: {exc}") from None
     if not isinstance(serializer, Serializer):
-        raise UsageError(f"--serializer {spec} gave {type(serializer).__name__}, not a Serializer")
+        raise _UsageError(f"--serializer {spec} gave {type(serializer).__name__}, not a Serializer")
     return serializer
 
 
-def _progress(args: argparse.Namespace, what: str, *, json_lines: bool = False) -> Progress:
-    """Progress reports on stderr as text, or with ``json_lines`` on stdout as JSON lines."""
+def _progress(args: argparse.Namespace, what: str, target: int, *, json_lines: bool = False) -> Progress:
+    """Progress toward position ``target``: reports on stderr as text, or with ``json_lines``
+    on stdout as JSON lines."""
     if json_lines:
-        return Progress(args.progress_every, lambda r: _print_json(r.json()))
-    return Progress(args.progress_every, lambda r: print(r.text(what), file=sys.stderr, flush=True))
+        return Progress(what, args.progress_every, target, lambda r: _print_json(r.json()))
+    return Progress(what, args.progress_every, target, lambda r: print(r.text(), file=sys.stderr, flush=True))
 
 
 def _print_json(value: Any) -> None:
     print(dumps(value), flush=True)
+
+
+def _position(recorded: RecordedEvent) -> int:
+    """How far into the global order an event is: the target of a whole-store read is a position."""
+    return recorded.position
 
 
 # -- the commands ------------------------------------------------------------------------------
@@ -401,8 +405,8 @@ def _inspect(args: argparse.Namespace) -> int:
         per_stream: Counter[str] = Counter()
         per_type: Counter[str] = Counter()
         first = latest = None
-        progress = _progress(args, "inspect")
-        for recorded in progress.counted(store.read_all(0, None), by_position(0, last)):
+        progress = _progress(args, "inspect", last)
+        for recorded in progress.counted(store.read_all(0, None), _position):
             per_stream[recorded.stream] += 1
             per_type[recorded.event_type] += 1
             if first is None:
@@ -471,14 +475,13 @@ def _verify(args: argparse.Namespace) -> int:
     try:
         with _open(args) as opened:
             result["store"] = {"kind": opened.kind, "location": opened.where}
-            progress = _progress(args, "verify")
             if opened.kind == "file":
-                count = _verify_file(opened.store, progress)
+                count = _verify_file(opened.store, args)
                 checked = ["checksums", "positions"]
                 problem = None
             else:
-                last = opened.store.last_position()
-                events = progress.counted(opened.store.read_all(0, None), by_position(0, last))
+                progress = _progress(args, "verify", opened.store.last_position())
+                events = progress.counted(opened.store.read_all(0, None), _position)
                 problem, count = _check_order(events)
                 checked = ["positions", "stream versions"]
     except CorruptionError as exc:  # opening can find damage too, beyond what the index covers
@@ -499,11 +502,13 @@ def _verified(args: argparse.Namespace, result: dict[str, Any], text: str) -> in
     return 0 if result["ok"] else 1
 
 
-def _verify_file(store: Any, progress: Progress) -> int:
-    """``FileEventStore.verify()``, reporting how far it got."""
+def _verify_file(store: Any, args: argparse.Namespace) -> int:
+    """``FileEventStore.verify()``, reporting how far it got (positions are dense: events checked
+    measure it)."""
+    progress = _progress(args, "verify", store.last_position())
 
     def checked(events: int, total: int) -> None:
-        progress.tick(events, events / total if total else None)
+        progress.tick(events, events)
 
     count: int = store.verify(progress=checked)
     return count
@@ -555,7 +560,7 @@ def _tail_start(store: EventStore, args: argparse.Namespace) -> int:
     """The position ``tail`` starts after: ``--after``, ``-n`` events before the end, or the start."""
     if args.after is not None:
         return int(args.after)
-    lines = args.lines if args.lines is not None else FOLLOW_LINES if args.follow else None
+    lines = args.lines if args.lines is not None else _FOLLOW_LINES if args.follow else None
     return 0 if lines is None else _start_of_last(store, lines)
 
 
@@ -585,20 +590,25 @@ def _start_of_last(store: EventStore, n: int) -> int:
         span *= min(16, max(2, -(-2 * n // max(len(window), 1))))
 
 
+def _versions_read(recorded: RecordedEvent) -> int:
+    """How far into its stream an event is: the target of a stream's replay is its event count."""
+    return recorded.version + 1
+
+
 def _replay(args: argparse.Namespace) -> int:
     with _open(args) as opened:
         store: EventStore = opened.store
         if args.all:
             what, events = "the whole store", store.read_all(0, None)
-            done = by_position(0, store.last_position())
+            target, reached = store.last_position(), _position
         else:
             what, events = f"stream {args.stream!r}", store.read_stream(args.stream)
-            total = store.stream_version(args.stream) + 1
-            done = (lambda e: (e.version + 1) / total) if total > 0 else None
+            target, reached = store.stream_version(args.stream) + 1, _versions_read
         mode = "decoded" if args.serializer else "raw JSON"
         started = time.perf_counter()
         count = 0
-        for _ in _progress(args, "replay", json_lines=args.json).counted(events, done):
+        progress = _progress(args, "replay", target, json_lines=args.json)
+        for _ in progress.counted(events, reached):
             count += 1
         seconds = time.perf_counter() - started
     if count == 0:

@@ -16,7 +16,8 @@ from pathlib import Path
 import attrs
 import pytest
 
-from orchestrix.cli import PROGRESS_CHECK, main
+from orchestrix._cli_format import PROGRESS_CHECK
+from orchestrix.cli import main
 from orchestrix.core.eventsourcing.store import NO_STREAM
 from orchestrix.core.messaging import Event, Serializer
 from orchestrix.infrastructure.file import FileEventStore

@@ -17,7 +17,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrix.cli import PROGRESS_CHECK, _start_of_last, main
+from orchestrix._cli_format import PROGRESS_CHECK
+from orchestrix.cli import _start_of_last, main
 from orchestrix.core.eventsourcing.store import NO_STREAM
 from orchestrix.core.messaging import Event, RecordedEvent, Serializer
 from orchestrix.infrastructure.file import FileEventStore

@@ -62,7 +62,7 @@ def transfers(
         bank = BankingCommandHandlers(AggregateRepository(es))
         accounts = [f"acc-{i:05d}" for i in range(accounts_per_client * in_flight)]
         for account in accounts:
-            bank.open_account(OpenAccount(account, account.upper(), OPENING))
+            bank.handle(OpenAccount(account, account.upper(), OPENING))
         runner = SagaRunner(es, [TransferSaga], bank, checkpoints, max_concurrency=in_flight)
         runner.run_until_idle()  # past the account openings, outside the timing
         after = es.last_position()
@@ -95,7 +95,7 @@ def transfers(
                     source, target = ring[turn % len(ring)], ring[(turn + 1) % len(ring)]
                     waiting[transfer_id] = loop.create_future()
                     command = TransferMoney(transfer_id, source, target, Decimal("1.00"))
-                    await bank.transfer_money_async(command)
+                    await bank.transfer_money(command)
                     outcomes[await waiting[transfer_id]] += 1
 
             watcher = asyncio.create_task(watch())

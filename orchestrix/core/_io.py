@@ -48,10 +48,17 @@ def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
         awaited = coroutine.send(None)
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
+    except RuntimeError as exc:
+        # asyncio.sleep, wait_for ... ask for the running loop before they await anything;
+        # CPython signals "there is none" only by this RuntimeError and its text.
+        if str(exc) != "no running event loop" or asyncio._get_running_loop() is not None:
+            raise
+        raise EventLoopRequiredError(_traceback_chain(exc), asyncio.get_running_loop) from exc
     finally:
         _sync_mode.reset(token)
+    code = _name(coroutine)  # before close(), while the chain of awaits is still there
     coroutine.close()
-    raise EventLoopRequiredError(_name(coroutine), awaited)
+    raise EventLoopRequiredError(code, awaited)
 
 
 def is_sync() -> bool:
@@ -60,7 +67,28 @@ def is_sync() -> bool:
 
 
 def _name(coroutine: Coroutine[Any, Any, Any]) -> str:
-    return getattr(coroutine, "__qualname__", None) or type(coroutine).__name__
+    """The chain of coroutines down to the one that awaited (``Bus.handle_async -> reserve -> sleep``),
+    so the error names the user's code, not only the entry point that ran it."""
+    names: list[str] = []
+    current: Any = coroutine
+    while current is not None and len(names) < 20:
+        names.append(getattr(current, "__qualname__", None) or type(current).__name__)
+        current = getattr(current, "cr_await", None)
+        if not inspect.iscoroutine(current):
+            break
+    return " -> ".join(names)
+
+
+def _traceback_chain(exc: BaseException) -> str:
+    """The coroutines an exception passed through, outermost first (the chain is gone by then)."""
+    names: list[str] = []
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_flags & inspect.CO_COROUTINE:
+            names.append(code.co_qualname)
+        tb = tb.tb_next
+    return " -> ".join(names) or "a coroutine"
 
 
 # -- the event store ----------------------------------------------------------------------------
@@ -151,7 +179,8 @@ async def call(function: Callable[..., Any], *args: Any) -> Any:
     if not inspect.isawaitable(result):
         return result
     if _sync_mode.get():
-        return run_sync(_awaiting(result))
+        # A coroutine is run as itself, so an EventLoopRequiredError names the user's function.
+        return run_sync(result if inspect.iscoroutine(result) else _awaiting(result))
     return await result
 
 
@@ -251,4 +280,3 @@ class _Held:
         self._entry[1] -= 1
         if self._entry[1] == 0:
             del table[self._key]
-

@@ -9,10 +9,13 @@ Errors carry their facts as attributes, so callers branch on data, not on messag
     ├── NotFoundError (LookupError)
     │   ├── StreamNotFoundError          stream
     │   └── AggregateNotFoundError       aggregate type, aggregate id
-    ├── InvalidStreamNameError (ValueError)
-    ├── InvalidExpectedVersionError (ValueError)
-    ├── EmptyBatchError (ValueError)     an append with no events
-    ├── InvalidEventIdError (TypeError)  an event, correlation or causation id that is no UUID
+    ├── InvalidArgumentError (ValueError, TypeError)  parameter, value, expected: nothing was done
+    │   ├── InvalidStreamNameError       stream, reason
+    │   ├── InvalidExpectedVersionError
+    │   ├── InvalidCheckpointError       a checkpoint name or position that cannot be stored
+    │   ├── EmptyBatchError              an append with no events
+    │   └── InvalidEventIdError          an event, correlation or causation id that is no UUID
+    ├── BatchTooLargeError (ValueError)  stream, limit_name, limit, value: a store's batch limit
     ├── SerializationError               type name
     │   └── UnknownEventTypeError (LookupError)
     ├── UnhandledEventError              an aggregate has no apply handler for an event type
@@ -22,6 +25,7 @@ Errors carry their facts as attributes, so callers branch on data, not on messag
     │   ├── StoreFailedError             a failed fsync poisoned the store until reopened
     │   ├── CorruptionError              file, offset
     │   └── StoreFormatError             path: not a store, or a newer format
+    ├── ProjectionError                  projection, position: a projection's handler or hook failed
     ├── SagaError                        saga and runner problems
     │   ├── UnknownCommandError (LookupError)  no handler for a command a saga sent
     │   └── LeaseLostError               a runner no longer holds its partition lease
@@ -37,6 +41,7 @@ from collections.abc import Iterable
 __all__ = [
     "AggregateError",
     "AggregateNotFoundError",
+    "BatchTooLargeError",
     "ConcurrencyError",
     "CorruptionError",
     "DomainError",
@@ -44,6 +49,8 @@ __all__ = [
     "EmptyBatchError",
     "EventLoopRequiredError",
     "FencedError",
+    "InvalidArgumentError",
+    "InvalidCheckpointError",
     "InvalidEventIdError",
     "InvalidExpectedVersionError",
     "InvalidStreamNameError",
@@ -51,6 +58,7 @@ __all__ = [
     "LeaseLostError",
     "NotFoundError",
     "OrchestrixError",
+    "ProjectionError",
     "SagaError",
     "SerializationError",
     "StoreClosedError",
@@ -118,46 +126,107 @@ class AggregateNotFoundError(NotFoundError):
         self.stream = stream
 
 
-class InvalidStreamNameError(OrchestrixError, ValueError):
+class InvalidArgumentError(OrchestrixError, ValueError, TypeError):
+    """An argument of a public call has the wrong type or is out of range; nothing was done.
+
+    ``parameter`` names the argument, ``value`` is what was passed and ``expected`` says what
+    is accepted. It is both a ValueError and a TypeError, so code that caught the builtin a
+    store used to raise for such input keeps working.
+    """
+
+    def __init__(self, parameter: str, value: object, expected: str, *, message: str | None = None) -> None:
+        super().__init__(message or f"invalid {parameter} {_show(value)}: {expected}")
+        self.parameter = parameter
+        self.value = value
+        self.expected = expected
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:79] + "…"
+
+
+class InvalidStreamNameError(InvalidArgumentError):
     """A stream name is empty, too long, not text, or holds control characters."""
 
     def __init__(self, stream: object, reason: str) -> None:
         shown = stream if not isinstance(stream, str) or len(stream) <= 60 else stream[:60] + "…"
-        super().__init__(f"invalid stream name {shown!r}: {reason}")
+        super().__init__("stream", stream, reason, message=f"invalid stream name {shown!r}: {reason}")
         self.stream = stream
         self.reason = reason
 
 
-class InvalidExpectedVersionError(OrchestrixError, ValueError):
+class InvalidExpectedVersionError(InvalidArgumentError):
     """The expected version is neither a version nor one of the named modes."""
 
     def __init__(self, value: object) -> None:
         super().__init__(
-            f"invalid expected_version {value!r}: use an int >= 0, NO_STREAM, STREAM_EXISTS or ANY"
+            "expected_version",
+            value,
+            "use an int from 0 to 2**63-1, NO_STREAM, STREAM_EXISTS or ANY",
         )
-        self.value = value
 
 
-class EmptyBatchError(OrchestrixError, ValueError):
+class InvalidCheckpointError(InvalidArgumentError):
+    """A checkpoint name or position cannot be stored; nothing was saved.
+
+    ``parameter`` is ``"name"`` or ``"position"``; every checkpoint store raises this one class.
+    """
+
+    def __init__(self, parameter: str, value: object, reason: str) -> None:
+        shown = value if not isinstance(value, str) or len(value) <= 60 else value[:60] + "…"
+        super().__init__(
+            parameter, value, reason, message=f"invalid checkpoint {parameter} {shown!r}: {reason}"
+        )
+        self.reason = reason
+
+
+class EmptyBatchError(InvalidArgumentError):
     """An append was given no events."""
 
     def __init__(self, stream: str) -> None:
-        super().__init__(f"stream {stream!r}: append needs at least one event")
+        super().__init__(
+            "events", [], "at least one event", message=f"stream {stream!r}: append needs at least one event"
+        )
         self.stream = stream
 
 
-class InvalidEventIdError(OrchestrixError, TypeError):
+class InvalidEventIdError(InvalidArgumentError):
     """An appended event's id, correlation id or causation id is not a ``uuid.UUID``; nothing was written."""
 
     def __init__(self, stream: str, field: str, value: object) -> None:
         required = "a uuid.UUID" if field == "event_id" else "a uuid.UUID or None"
         kind = type(value).__name__
-        super().__init__(
-            f"stream {stream!r}: NewEvent.{field} must be {required}, not {kind} ({value!r:.60})"
-        )
+        message = f"stream {stream!r}: NewEvent.{field} must be {required}, not {kind} ({value!r:.60})"
+        super().__init__(f"NewEvent.{field}", value, required, message=message)
         self.stream = stream
         self.field = field
         self.value = value
+
+
+_BATCH_UNITS = {"record_bytes": "bytes in one record", "events": "events in one append"}
+
+
+class BatchTooLargeError(OrchestrixError, ValueError):
+    """An append exceeds one of its store's limits on a batch; nothing was written.
+
+    ``limit_name`` says which limit: ``"record_bytes"`` (the file store: one append is one
+    record of at most ``limit`` bytes) or ``"events"`` (PostgreSQL: at most ``limit`` events
+    in one append). ``value`` is what the batch needed.
+    """
+
+    def __init__(self, stream: str, limit_name: str, limit: int, value: int) -> None:
+        unit = _BATCH_UNITS.get(limit_name, limit_name)
+        super().__init__(f"stream {stream!r}: the batch needs {value} {unit}; at most {limit} are allowed")
+        self.stream = stream
+        self.limit_name = limit_name
+        self.limit = limit
+        self.value = value
+
+    @property
+    def size(self) -> int:
+        """``value``, by the name the store-specific classes used."""
+        return self.value
 
 
 class SerializationError(OrchestrixError):
@@ -188,6 +257,29 @@ class UnhandledEventError(OrchestrixError):
 
 class AggregateError(OrchestrixError):
     """An aggregate was used wrongly (saved without an id, loaded from a foreign stream)."""
+
+
+class ProjectionError(OrchestrixError):
+    """A projection's handler or hook failed; the runner stopped before ``position``.
+
+    ``event_type`` and ``stream`` name the event whose handler raised (None when a hook such as
+    ``commit`` failed); the original exception is the ``__cause__``.
+    """
+
+    def __init__(
+        self,
+        projection: str,
+        position: int,
+        message: str,
+        *,
+        event_type: str | None = None,
+        stream: str | None = None,
+    ) -> None:
+        super().__init__(f"projection {projection!r} at position {position}: {message}")
+        self.projection = projection
+        self.position = position
+        self.event_type = event_type
+        self.stream = stream
 
 
 class StoreError(OrchestrixError):

@@ -1,4 +1,5 @@
-"""What users import in their own tests: the store contract suite and hypothesis strategies.
+"""What users import in their own tests: the store contract suites, given/when/then scenarios
+for aggregates and sagas, and hypothesis strategies.
 
 It needs pytest and hypothesis: ``pip install 'orchestrix-es[testing]'``.
 """
@@ -12,6 +13,7 @@ except ImportError as exc:
         name=exc.name,
     ) from exc
 
+from orchestrix.testing.checkpoint_contract import CheckpointStoreContract
 from orchestrix.testing.contract import (
     ContractEvent,
     EventStoreContract,
@@ -20,17 +22,23 @@ from orchestrix.testing.contract import (
     contract_serializer,
 )
 from orchestrix.testing.fencing_contract import FencingContract
+from orchestrix.testing.scenario import AggregateScenario, Like, SagaScenario, like
 from orchestrix.testing.strategies import identifiers, invalid_amounts, money, stream_names
 
 __all__ = [
+    "AggregateScenario",
+    "CheckpointStoreContract",
     "ContractEvent",
     "EventStoreContract",
     "FencingContract",
+    "Like",
     "MoneyMoved",
     "NotRegistered",
+    "SagaScenario",
     "contract_serializer",
     "identifiers",
     "invalid_amounts",
+    "like",
     "money",
     "stream_names",
 ]

@@ -35,9 +35,14 @@ def invalid_amounts() -> st.SearchStrategy[object]:
         ),
         money().map(lambda d: -d),
         st.just(Decimal("0")),
-        st.decimals(allow_nan=False, allow_infinity=False, places=3, min_value=Decimal("0.001")).filter(
-            lambda d: d.as_tuple().exponent == -3 and d != d.quantize(Decimal("0.01"))
-        ),
+        # Bounded: quantize() of a Decimal beyond the context's 28 digits raises InvalidOperation.
+        st.decimals(
+            allow_nan=False,
+            allow_infinity=False,
+            places=3,
+            min_value=Decimal("0.001"),
+            max_value=Decimal("1000000000000.000"),
+        ).filter(lambda d: d.as_tuple().exponent == -3 and d != d.quantize(Decimal("0.01"))),
     )
 
 

@@ -137,7 +137,7 @@ class BankingMachine(RuleBasedStateMachine):
     @rule(account=st.sampled_from(ACCOUNTS), initial=st.one_of(st.just(ZERO), _amounts("0", "100")))
     def open_account(self, account: str, initial: Decimal) -> None:
         try:
-            self.bank.open_account(OpenAccount(account, f"Owner {account}", initial))
+            self.bank.handle(OpenAccount(account, f"Owner {account}", initial))
         except errors.AccountAlreadyOpen:
             assert account in self.status
             return
@@ -148,7 +148,7 @@ class BankingMachine(RuleBasedStateMachine):
     @rule(account=st.sampled_from((*ACCOUNTS, GHOST)), amount=_amounts())
     def deposit(self, account: str, amount: Decimal) -> None:
         try:
-            self.bank.deposit_money(DepositMoney(account, amount, "cash"))
+            self.bank.handle(DepositMoney(account, amount, "cash"))
         except errors.AccountNotOpen:
             assert account not in self.status
             return
@@ -161,7 +161,7 @@ class BankingMachine(RuleBasedStateMachine):
     @rule(account=st.sampled_from((*ACCOUNTS, GHOST)), amount=_amounts())
     def withdraw(self, account: str, amount: Decimal) -> None:
         try:
-            self.bank.withdraw_money(WithdrawMoney(account, amount, "cash"))
+            self.bank.handle(WithdrawMoney(account, amount, "cash"))
         except errors.AccountNotOpen:
             assert account not in self.status
             return
@@ -177,7 +177,7 @@ class BankingMachine(RuleBasedStateMachine):
     @rule(account=st.sampled_from(ACCOUNTS))
     def suspend(self, account: str) -> None:
         try:
-            self.bank.suspend_account(SuspendAccount(account, "review"))
+            self.bank.handle(SuspendAccount(account, "review"))
         except (errors.AccountNotOpen, errors.AccountNotActive):
             assert self.status.get(account) is not AccountStatus.ACTIVE
             return
@@ -186,7 +186,7 @@ class BankingMachine(RuleBasedStateMachine):
     @rule(account=st.sampled_from(ACCOUNTS))
     def reactivate(self, account: str) -> None:
         try:
-            self.bank.reactivate_account(ReactivateAccount(account))
+            self.bank.handle(ReactivateAccount(account))
         except (errors.AccountNotOpen, errors.AccountNotSuspended):
             assert self.status.get(account) is not AccountStatus.SUSPENDED
             return
@@ -199,7 +199,7 @@ class BankingMachine(RuleBasedStateMachine):
             if balance > 0:
                 self.withdraw(account, balance)
         try:
-            self.bank.close_account(CloseAccount(account))
+            self.bank.handle(CloseAccount(account))
         except (errors.AccountNotOpen, errors.AccountNotActive):
             assert self.status.get(account) is not AccountStatus.ACTIVE
             return
@@ -228,9 +228,9 @@ class BankingMachine(RuleBasedStateMachine):
         before = self.store.last_position()
         try:
             if use_async:
-                transfer = asyncio.run(self.bank.transfer_money_async(command))
+                transfer = asyncio.run(self.bank.transfer_money(command))
             else:
-                transfer = self.bank.transfer_money(command)
+                transfer = self.bank.handle(command)
         except errors.SelfTransfer:
             assert source == destination
         except errors.AccountNotOpen:
@@ -270,7 +270,7 @@ class BankingMachine(RuleBasedStateMachine):
             )
         before = self.store.last_position()
         try:
-            self.bank.transfer_money(command)
+            self.bank.handle(command)
         except errors.TransferIdReused:
             assert change
         else:

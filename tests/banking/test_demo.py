@@ -173,12 +173,12 @@ def test_the_demo_fails_loudly_when_a_transfer_cannot_finish(tmp_path: Path) -> 
     data = tmp_path / "data"
     store = FileEventStore(data, serializer=banking_serializer())
     bank = BankingCommandHandlers(AggregateRepository(store))
-    bank.open_account(OpenAccount("erin", "Erin", Decimal("100")))
-    bank.open_account(OpenAccount("frank", "Frank", Decimal("0")))
-    bank.close_account(CloseAccount("frank"))
+    bank.handle(OpenAccount("erin", "Erin", Decimal("100")))
+    bank.handle(OpenAccount("frank", "Frank", Decimal("0")))
+    bank.handle(CloseAccount("frank"))
     # The reversal's key is already used for something else, so the account refuses the reversal.
-    bank.deposit_money(DepositMoney("erin", Decimal("1"), "odd", idempotency_key="x1:reverse"))
-    bank.transfer_money(TransferMoney("x1", "erin", "frank", Decimal("40")))
+    bank.handle(DepositMoney("erin", Decimal("1"), "odd", idempotency_key="x1:reverse"))
+    bank.handle(TransferMoney("x1", "erin", "frank", Decimal("40")))
     store.close()
 
     result = demo("--data", str(data))

@@ -62,7 +62,7 @@ class Partition:
         return asyncio.run(runner.run_until_idle_async())
 
     def open(self, account_id: str, balance: str) -> None:
-        self.bank.open_account(OpenAccount(account_id, account_id.title(), D(balance)))
+        self.bank.handle(OpenAccount(account_id, account_id.title(), D(balance)))
 
     def balance(self, account_id: str) -> Decimal:
         return self.bank.get_account(account_id).balance
@@ -108,13 +108,13 @@ def test_credit_race_a_late_credit_after_the_compensation_creates_no_money(guard
     p = Partition(guard, mode)
     p.open("alice", "100")
     p.open("bob", "0")
-    p.bank.transfer_money(TransferMoney("t-1", "alice", "bob", D("30"), "rent"))
+    p.bank.handle(TransferMoney("t-1", "alice", "bob", D("30"), "rent"))
     dispatcher, running = p.paused_runner("t-1:credit")  # debited; about to credit bob
 
-    p.bank.suspend_account(SuspendAccount("bob", "review"))
+    p.bank.handle(SuspendAccount("bob", "review"))
     p.drain(p.runner())  # the new holder: credit refused, debit reversed, t-1 FAILED
     assert p.bank.get_transfer("t-1").status is TransferStatus.FAILED
-    p.bank.reactivate_account(ReactivateAccount("bob"))
+    p.bank.handle(ReactivateAccount("bob"))
 
     dispatcher.resume()  # the old holder wakes up and sends its credit (key t-1:credit)
     running.join()
@@ -130,12 +130,12 @@ def test_debit_race_a_late_debit_after_the_failure_takes_no_money(guard: str, mo
     p = Partition(guard, mode)
     p.open("alice", "10")
     p.open("bob", "0")
-    p.bank.transfer_money(TransferMoney("t-1", "alice", "bob", D("30"), "rent"))
+    p.bank.handle(TransferMoney("t-1", "alice", "bob", D("30"), "rent"))
     dispatcher, running = p.paused_runner("t-1:debit")
 
     p.drain(p.runner())  # the new holder: debit refused (10 < 30), t-1 FAILED
     assert p.bank.get_transfer("t-1").status is TransferStatus.FAILED
-    p.bank.deposit_money(DepositMoney("alice", D("50"), "salary"))
+    p.bank.handle(DepositMoney("alice", D("50"), "salary"))
 
     dispatcher.resume()  # the old holder's debit (key t-1:debit) arrives now that alice has 60
     running.join()
@@ -150,7 +150,7 @@ def test_debit_race_a_late_debit_after_the_failure_takes_no_money(guard: str, mo
 def test_a_receiver_that_did_not_exist_is_kept_safe_by_the_fence(mode: str) -> None:
     p = Partition("lease", mode)
     p.open("alice", "100")
-    p.bank.transfer_money(TransferMoney("t-1", "alice", "carol", D("30"), "gift"))
+    p.bank.handle(TransferMoney("t-1", "alice", "carol", D("30"), "gift"))
     dispatcher, running = p.paused_runner("t-1:credit")
     p.drain(p.runner())  # carol has no account: credit refused, reversed, FAILED
     p.open("carol", "0")  # carol opens an account before the old holder wakes up
@@ -184,7 +184,7 @@ def test_a_runner_checks_its_lease_right_before_each_dispatch_and_checkpoint(
     p = Partition("keys", mode)
     p.open("alice", "100")
     p.open("bob", "0")
-    p.bank.transfer_money(TransferMoney("t-1", "alice", "bob", D("30"), "rent"))
+    p.bank.handle(TransferMoney("t-1", "alice", "bob", D("30"), "rent"))
     lease = InMemoryLease(p.store, LEASE)
     lease.claim()
     sent: list[str] = []
@@ -219,8 +219,13 @@ def test_a_lease_needs_a_store_that_checks_fences() -> None:
     store = NoFences(serializer=banking_serializer())
     lease = InMemoryLease(store, LEASE)
     with pytest.raises(SagaError, match="cannot check fences"):
-        SagaRunner(store, [TransferSaga], BankingCommandHandlers(AggregateRepository(store)),
-                   InMemoryCheckpointStore(), lease=lease)
+        SagaRunner(
+            store,
+            [TransferSaga],
+            BankingCommandHandlers(AggregateRepository(store)),
+            InMemoryCheckpointStore(),
+            lease=lease,
+        )
 
 
 def test_a_refused_key_is_refused_again_with_the_same_reason() -> None:
@@ -229,14 +234,14 @@ def test_a_refused_key_is_refused_again_with_the_same_reason() -> None:
     from bases.orchestrix.banking_demo.models import WithdrawMoney
 
     with pytest.raises(Exception) as first:
-        p.bank.withdraw_money(WithdrawMoney("alice", D("30"), idempotency_key="k-1"))
-    p.bank.deposit_money(DepositMoney("alice", D("50")))
+        p.bank.handle(WithdrawMoney("alice", D("30"), idempotency_key="k-1"))
+    p.bank.handle(DepositMoney("alice", D("50")))
     with pytest.raises(KeyAlreadyRefusedError) as again:
-        p.bank.withdraw_money(WithdrawMoney("alice", D("30"), idempotency_key="k-1"))
+        p.bank.handle(WithdrawMoney("alice", D("30"), idempotency_key="k-1"))
     assert str(again.value) == str(first.value)
     assert (again.value.key, again.value.error_type) == ("k-1", "InsufficientFunds")
     assert p.balance("alice") == D("60")
     # The record survives a reload: a new process refuses it too.
     fresh = BankingCommandHandlers(AggregateRepository(p.store, cache_size=0))
     with pytest.raises(KeyAlreadyRefusedError):
-        fresh.withdraw_money(WithdrawMoney("alice", D("1"), idempotency_key="k-1"))
+        fresh.handle(WithdrawMoney("alice", D("1"), idempotency_key="k-1"))

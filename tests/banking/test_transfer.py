@@ -20,6 +20,7 @@ from bases.orchestrix.banking_demo.models import (
     MoneyWithdrawn,
     OpenAccount,
     ReactivateAccount,
+    SettleTransfer,
     SuspendAccount,
     TransferCompleted,
     TransferCreditFailed,
@@ -37,7 +38,7 @@ from orchestrix.core.errors import AggregateNotFoundError, InvalidStreamNameErro
 from orchestrix.core.eventsourcing import AggregateRepository
 from orchestrix.core.execution import InMemoryCheckpointStore, SagaRunner, SagaStuck
 from orchestrix.infrastructure.memory.store import InMemoryEventStore
-from orchestrix.testing import invalid_amounts
+from orchestrix.testing import AggregateScenario, SagaScenario, invalid_amounts, like
 from tests.core.test_saga_support import CrashingStore, SimulatedCrash
 
 D = Decimal
@@ -94,7 +95,7 @@ class World:
         return runner
 
     def open(self, account_id: str, balance: str = "0") -> None:
-        self.bank.open_account(OpenAccount(account_id, account_id.title(), D(balance)))
+        self.bank.handle(OpenAccount(account_id, account_id.title(), D(balance)))
 
     def account(self, account_id: str) -> Account:
         return self.bank.get_account(account_id)
@@ -106,7 +107,7 @@ class World:
         return self.bank.get_transfer(transfer_id)
 
     def send(self, transfer_id: str, source: str, target: str, amount: str) -> TransferSaga:
-        return self.bank.transfer_money(TransferMoney(transfer_id, source, target, D(amount), "test"))
+        return self.bank.handle(TransferMoney(transfer_id, source, target, D(amount), "test"))
 
     def transfer_events(self, transfer_id: str) -> list[type]:
         return [type(r.event) for r in self.store.read_stream(f"transfer-{transfer_id}")]
@@ -136,17 +137,24 @@ def mode(request: pytest.FixtureRequest) -> str:
 # -- the command: validated up front, TransferInitiated first --------------------------------------
 
 
-def test_transfer_money_stores_only_the_initiated_event_in_the_transfer_stream(world: World) -> None:
-    before = world.store.last_position()
-    transfer = world.send("t1", "alice", "bob", "30")
-    assert transfer.status is TransferStatus.INITIATED
-    new = list(world.store.read_all(before))
-    assert [(r.stream, type(r.event)) for r in new] == [("transfer-t1", TransferInitiated)]
-    assert (world.balance("alice"), world.balance("bob")) == (D("100"), D("50"))
+def transfer_command(*history: object) -> AggregateScenario[TransferSaga]:
+    """Given alice (100) and bob (50), then ``history``; when a command, then what it stored."""
+    return AggregateScenario(
+        TransferSaga, "t1", handlers=BankingCommandHandlers, serializer=banking_serializer()
+    ).given_commands(OpenAccount("alice", "Alice", D("100")), OpenAccount("bob", "Bob", D("50")), *history)
 
 
-def test_transfer_money_async_does_the_same(world: World) -> None:
-    transfer = asyncio.run(world.bank.transfer_money_async(TransferMoney("t1", "alice", "bob", D("30"))))
+def test_transfer_money_stores_only_the_initiated_event_in_the_transfer_stream() -> None:
+    scenario = transfer_command().when(TransferMoney("t1", "alice", "bob", D("30")))
+    scenario.then(like(TransferInitiated, transfer_id="t1", from_account_id="alice", amount=D("30")))
+    assert scenario.result.status is TransferStatus.INITIATED
+    assert scenario.aggregate.version == 0  # in the transfer's own stream
+    bank = scenario.handlers
+    assert (bank.get_account("alice").balance, bank.get_account("bob").balance) == (D("100"), D("50"))
+
+
+def test_transfer_money_under_asyncio_does_the_same(world: World) -> None:
+    transfer = asyncio.run(world.bank.transfer_money(TransferMoney("t1", "alice", "bob", D("30"))))
     assert transfer.status is TransferStatus.INITIATED
     assert world.transfer_events("t1") == [TransferInitiated]
 
@@ -165,15 +173,9 @@ def test_transfer_money_async_does_the_same(world: World) -> None:
         (TransferMoney("t1", "alice", "bob", 10.0), errors.InvalidAmount),  # type: ignore[arg-type]
     ],
 )
-def test_a_bad_transfer_is_refused_and_nothing_is_stored(
-    world: World, command: TransferMoney, error: type
-) -> None:
-    before = world.store.last_position()
-    with pytest.raises(error):
-        world.bank.transfer_money(command)
-    with pytest.raises(error):
-        asyncio.run(world.bank.transfer_money_async(command))
-    assert world.store.last_position() == before
+def test_a_bad_transfer_is_refused_and_nothing_is_stored(command: TransferMoney, error: type) -> None:
+    scenario = transfer_command().when(command).then_error(error)
+    scenario.when(lambda _: asyncio.run(scenario.handlers.transfer_money(command))).then_error(error)
 
 
 @given(amount=invalid_amounts())
@@ -181,165 +183,148 @@ def test_no_invalid_amount_starts_a_transfer(amount: object) -> None:
     w = World()
     w.open("alice", "100")
     with pytest.raises(errors.InvalidAmount):
-        w.bank.transfer_money(TransferMoney("t1", "alice", "bob", amount))  # type: ignore[arg-type]
+        w.bank.handle(TransferMoney("t1", "alice", "bob", amount))  # type: ignore[arg-type]
     assert w.store.last_position() == 1
 
 
-@pytest.mark.parametrize("how", ["suspended", "closed"])
-def test_an_inactive_source_is_refused_up_front(how: str) -> None:
-    w = World()
-    w.open("alice", "0")
-    w.open("bob")
-    if how == "suspended":
-        w.bank.suspend_account(SuspendAccount("alice", "audit"))
-        error: type = errors.AccountSuspended
-    else:
-        w.bank.close_account(CloseAccount("alice"))
-        error = errors.AccountClosed
-    before = w.store.last_position()
-    with pytest.raises(error, match="send transfer 't1'"):
-        w.send("t1", "alice", "bob", "1")
-    assert w.store.last_position() == before
+@pytest.mark.parametrize(
+    ("inactive", "error"),
+    [
+        (SuspendAccount("carol", "audit"), errors.AccountSuspended),
+        (CloseAccount("carol"), errors.AccountClosed),
+    ],
+)
+def test_an_inactive_source_is_refused_up_front(inactive: object, error: type) -> None:
+    scenario = transfer_command(OpenAccount("carol", "Carol"), inactive)
+    scenario.when(TransferMoney("t1", "carol", "bob", D("1"))).then_error(error, "send transfer 't1'")
 
 
-def test_the_same_transfer_sent_again_is_an_idempotent_repeat(world: World) -> None:
-    world.send("t1", "alice", "bob", "30")
-    position = world.store.last_position()
-    assert world.send("t1", "alice", "bob", "30.00").status is TransferStatus.INITIATED
-    world.drain()
-    position = world.store.last_position()
-    again = world.send("t1", "alice", "bob", "30")
+def test_the_same_transfer_sent_again_is_an_idempotent_repeat() -> None:
+    scenario = transfer(TransferMoney("t1", "alice", "bob", D("30"), "test"))
+    assert (
+        scenario.handlers.handle(TransferMoney("t1", "alice", "bob", D("30.00"), "test")).status
+        == "INITIATED"
+    )
+    scenario.then(WithdrawMoney, DepositMoney, SettleTransfer, state="COMPLETED")
+    position = scenario.store.last_position()
+    again = scenario.handlers.handle(TransferMoney("t1", "alice", "bob", D("30"), "test"))
     assert again.status is TransferStatus.COMPLETED
-    assert world.store.last_position() == position
-    assert (world.balance("alice"), world.balance("bob")) == (D("70"), D("80"))
+    assert scenario.store.last_position() == position
 
 
-def test_a_transfer_id_reused_for_a_different_transfer_is_refused(world: World) -> None:
-    world.send("t1", "alice", "bob", "30")
-    position = world.store.last_position()
-    with pytest.raises(errors.TransferIdReused, match=r"amount Decimal\('30'\) \(asked: Decimal\('31'\)\)"):
-        world.send("t1", "alice", "bob", "31")
-    with pytest.raises(errors.TransferIdReused, match="to_account_id"):
-        asyncio.run(world.bank.transfer_money_async(TransferMoney("t1", "alice", "carol", D("30"), "test")))
-    assert world.store.last_position() == position
+def test_a_transfer_id_reused_for_a_different_transfer_is_refused() -> None:
+    scenario = transfer_command(TransferMoney("t1", "alice", "bob", D("30"), "test"))
+    scenario.when(TransferMoney("t1", "alice", "bob", D("31"), "test"))
+    scenario.then_error(errors.TransferIdReused, r"amount Decimal\('30'\) \(asked: Decimal\('31'\)\)")
+    scenario.when(
+        lambda _: asyncio.run(
+            scenario.handlers.transfer_money(TransferMoney("t1", "alice", "carol", D("30"), "test"))
+        )
+    )
+    scenario.then_error(errors.TransferIdReused, "to_account_id")
 
 
-def test_an_unknown_transfer_is_not_found(world: World) -> None:
+def test_an_unknown_transfer_is_not_found() -> None:
     with pytest.raises(AggregateNotFoundError):
-        world.transfer("nope")
+        transfer_command().handlers.get_transfer("nope")
 
 
 # -- the saga's paths ---------------------------------------------------------------------------------
 
 
-def test_a_transfer_debits_credits_and_completes(world: World, mode: str) -> None:
-    world.send("t1", "alice", "bob", "30")
-    world.drain(mode)
-    transfer = world.transfer("t1")
-    assert transfer.status is TransferStatus.COMPLETED and transfer.completed
-    assert world.transfer_events("t1") == [TransferInitiated, TransferDebited, TransferCompleted]
-    assert (world.balance("alice"), world.balance("bob")) == (D("70"), D("80"))
-    assert world.account("alice").transfers_in_flight == {}
-    assert transfer.held == 0
+def transfer(*history: object, mode: str = "sync") -> SagaScenario[TransferSaga]:
+    """Given alice (100) and bob (50), then ``history``: the TransferSaga of t1, run in ``mode``."""
+    return SagaScenario(
+        TransferSaga,
+        "t1",
+        handlers=BankingCommandHandlers,
+        serializer=banking_serializer(),
+        driver="sync" if mode == "sync" else "asyncio",
+        runner_options={"step_threads": mode == "threads"},
+    ).given_commands(OpenAccount("alice", "Alice", D("100")), OpenAccount("bob", "Bob", D("50")), *history)
 
 
-def test_each_audit_trail_shows_the_transfer_legs_with_the_transfer_id(world: World) -> None:
-    world.send("t1", "alice", "bob", "30")
-    world.drain()
-    [_, debit] = world.account("alice").transactions
-    [_, credit] = world.account("bob").transactions
-    assert (debit.kind.value, debit.amount, debit.transfer_id, debit.idempotency_key) == (
-        "withdrawal",
-        D("30"),
-        "t1",
-        "t1:debit",
+def balances(scenario: SagaScenario[TransferSaga], *accounts: str) -> tuple[Decimal, ...]:
+    return tuple(scenario.handlers.get_account(a).balance for a in accounts)
+
+
+def test_a_transfer_debits_credits_and_completes(mode: str) -> None:
+    scenario = transfer(mode=mode).when_commands(TransferMoney("t1", "alice", "bob", D("30")))
+    scenario.then(
+        WithdrawMoney("alice", D("30"), "Transfer t1 to bob", "t1", "t1:debit"),
+        DepositMoney("bob", D("30"), "Transfer t1 from alice", "t1", "t1:credit"),
+        SettleTransfer("alice", "t1"),
+        state="COMPLETED",
+        events=[TransferDebited, TransferCompleted],
     )
-    assert debit.description == "Transfer t1 to bob"
-    assert (credit.kind.value, credit.amount, credit.transfer_id, credit.idempotency_key) == (
-        "deposit",
-        D("30"),
-        "t1",
-        "t1:credit",
-    )
-    assert credit.description == "Transfer t1 from alice"
+    assert scenario.saga.completed and scenario.saga.held == 0
+    assert balances(scenario, "alice", "bob") == (D("70"), D("80"))
+    assert scenario.handlers.get_account("alice").transfers_in_flight == {}
+    [_, debit] = scenario.handlers.get_account("alice").transactions
+    [_, credit] = scenario.handlers.get_account("bob").transactions
+    assert (debit.kind.value, debit.amount, debit.transfer_id) == ("withdrawal", D("30"), "t1")
+    assert (credit.kind.value, credit.amount, credit.transfer_id) == ("deposit", D("30"), "t1")
 
 
 @pytest.mark.parametrize(
-    ("setup", "reason"),
+    ("source", "meanwhile", "reason"),
     [
-        ("insufficient", "balance 100 is less than 500"),
-        ("source suspended", "is SUSPENDED: cannot withdraw"),
-        ("source closed", "is CLOSED: cannot withdraw"),
+        ("alice", [], "balance 100 is less than 500"),
+        ("carol", [SuspendAccount("carol")], "is SUSPENDED: cannot withdraw"),
+        ("carol", [WithdrawMoney("carol", D("10")), CloseAccount("carol")], "is CLOSED: cannot withdraw"),
     ],
 )
 def test_a_refused_debit_fails_the_transfer_without_moving_money(
-    world: World, mode: str, setup: str, reason: str
+    mode: str, source: str, meanwhile: list[object], reason: str
 ) -> None:
-    world.open("carol", "10")
-    source = "alice" if setup == "insufficient" else "carol"
-    world.send("t1", source, "bob", "500" if setup == "insufficient" else "10")
-    if setup == "source suspended":
-        world.bank.suspend_account(SuspendAccount("carol"))
-    elif setup == "source closed":
-        world.bank.withdraw_money(WithdrawMoney("carol", D("10")))
-        world.bank.close_account(CloseAccount("carol"))
-    balances = {a: world.balance(a) for a in ("alice", "bob", "carol")}
-    world.drain(mode)
-    transfer = world.transfer("t1")
-    assert transfer.status is TransferStatus.FAILED
-    assert transfer.failure_reason is not None and transfer.failure_reason.startswith("debit refused: ")
-    assert reason in transfer.failure_reason
-    assert world.transfer_events("t1") == [TransferInitiated, TransferFailed]
-    assert {a: world.balance(a) for a in balances} == balances
-    assert world.keys_applied() == []
+    amount = D("500") if source == "alice" else D("10")
+    scenario = transfer(OpenAccount("carol", "Carol", D("10")), mode=mode)
+    scenario.when_commands(TransferMoney("t1", source, "bob", amount), *meanwhile)
+    before = balances(scenario, "alice", "bob", "carol")
+    scenario.then(like(WithdrawMoney, idempotency_key="t1:debit"), state="FAILED", events=[TransferFailed])
+    assert scenario.saga.failure_reason is not None
+    assert (
+        scenario.saga.failure_reason.startswith("debit refused: ") and reason in scenario.saga.failure_reason
+    )
+    assert balances(scenario, "alice", "bob", "carol") == before
 
 
 @pytest.mark.parametrize(
-    ("destination", "reason"),
+    ("target", "setup", "reason"),
     [
-        ("suspended", "is SUSPENDED: cannot deposit"),
-        ("closed", "is CLOSED: cannot deposit"),
-        ("missing", "has not been opened"),
+        ("dora", [SuspendAccount("dora")], "is SUSPENDED: cannot deposit"),
+        ("dora", [CloseAccount("dora")], "is CLOSED: cannot deposit"),
+        ("ghost", [], "has not been opened"),
     ],
 )
 def test_a_refused_credit_is_compensated_by_reversing_the_debit(
-    world: World, mode: str, destination: str, reason: str
+    mode: str, target: str, setup: list[object], reason: str
 ) -> None:
-    target = {"suspended": "dora", "closed": "dora", "missing": "ghost"}[destination]
-    world.open("dora")
-    if destination == "suspended":
-        world.bank.suspend_account(SuspendAccount("dora"))
-    elif destination == "closed":
-        world.bank.close_account(CloseAccount("dora"))
-    world.send("t1", "alice", target, "40")
-    world.drain(mode)
-    transfer = world.transfer("t1")
-    assert transfer.status is TransferStatus.FAILED and transfer.reversed
-    assert transfer.failure_reason is not None and reason in transfer.failure_reason
-    assert transfer.failure_reason.startswith("credit refused: ")
-    assert world.transfer_events("t1") == [
-        TransferInitiated,
-        TransferDebited,
-        TransferCreditFailed,
-        TransferReversed,
-        TransferFailed,
-    ]
-    assert world.balance("alice") == D("100")
-    alice = world.account("alice")
+    scenario = transfer(OpenAccount("dora", "Dora"), *setup, mode=mode)
+    scenario.when_commands(TransferMoney("t1", "alice", target, D("40")))
+    scenario.then(
+        like(WithdrawMoney, account_id="alice", idempotency_key="t1:debit"),
+        like(DepositMoney, account_id=target, idempotency_key="t1:credit"),
+        like(DepositMoney, account_id="alice", amount=D("40"), idempotency_key="t1:reverse"),
+        state="FAILED",
+        events=[TransferDebited, TransferCreditFailed, TransferReversed, TransferFailed],
+    )
+    saga = scenario.saga
+    assert saga.reversed and saga.failure_reason is not None
+    assert saga.failure_reason.startswith("credit refused: ") and reason in saga.failure_reason
+    alice = scenario.handlers.get_account("alice")
+    assert alice.balance == D("100") and alice.transfers_in_flight == {}
     assert [(t.kind.value, t.amount, t.transfer_id) for t in alice.transactions[1:]] == [
         ("withdrawal", D("40"), "t1"),
         ("deposit", D("40"), "t1"),
     ]
-    assert alice.transactions[-1].idempotency_key == "t1:reverse"
-    assert alice.transfers_in_flight == {}
-    assert world.keys_applied() == ["t1:debit", "t1:reverse"]
 
 
 def test_the_reversal_lands_even_if_the_source_was_suspended_meanwhile(world: World, mode: str) -> None:
     def before(command: Any) -> None:
         if isinstance(command, DepositMoney) and command.idempotency_key == "t1:credit":
-            world.bank.suspend_account(SuspendAccount("alice", "fraud check"))
-            world.bank.suspend_account(SuspendAccount("bob", "fraud check"))
+            world.bank.handle(SuspendAccount("alice", "fraud check"))
+            world.bank.handle(SuspendAccount("bob", "fraud check"))
 
     world.hooked.before.append(before)
     world.send("t1", "alice", "bob", "60")
@@ -359,7 +344,7 @@ def test_the_source_cannot_be_closed_while_a_transfer_holds_its_money(world: Wor
         if isinstance(command, DepositMoney) and command.idempotency_key == "t1:credit":
             assert world.balance("carol") == 0
             try:
-                world.bank.close_account(CloseAccount("carol"))
+                world.bank.handle(CloseAccount("carol"))
             except errors.AccountHasTransfersInFlight as exc:
                 refusals.append(exc)
 
@@ -368,18 +353,16 @@ def test_the_source_cannot_be_closed_while_a_transfer_holds_its_money(world: Wor
     world.drain()
     assert [e.transfer_ids for e in refusals] == [("t1",)]  # type: ignore[attr-defined]
     assert world.transfer("t1").status is TransferStatus.COMPLETED
-    world.bank.close_account(CloseAccount("carol"))  # settled: now it may close
+    world.bank.handle(CloseAccount("carol"))  # settled: now it may close
     assert world.account("carol").status.value == "CLOSED"
 
 
-def test_a_source_closed_before_the_debit_fails_the_transfer_cleanly(world: World) -> None:
-    world.open("carol", "5")
-    world.send("t1", "carol", "bob", "5")
-    world.bank.withdraw_money(WithdrawMoney("carol", D("5")))
-    world.bank.close_account(CloseAccount("carol"))
-    world.drain()
-    assert world.transfer("t1").status is TransferStatus.FAILED
-    assert world.keys_applied() == []
+def test_a_source_closed_before_the_debit_fails_the_transfer_cleanly() -> None:
+    scenario = transfer(OpenAccount("carol", "Carol", D("5")))
+    scenario.when_commands(
+        TransferMoney("t1", "carol", "bob", D("5")), WithdrawMoney("carol", D("5")), CloseAccount("carol")
+    )
+    scenario.then(like(WithdrawMoney, idempotency_key="t1:debit"), state="FAILED")
 
 
 def test_transfers_from_one_account_never_overdraw_it(world: World, mode: str) -> None:
@@ -398,7 +381,7 @@ def test_many_transfers_in_flight_at_once_all_finish_and_conserve_money(mode: st
     for name in names:
         w.open(name, "1000")
     w.open("frozen")
-    w.bank.suspend_account(SuspendAccount("frozen"))
+    w.bank.handle(SuspendAccount("frozen"))
     for i in range(64):
         target = "frozen" if i % 9 == 0 else names[(i * 3 + 1) % 8]
         source = names[i % 8]
@@ -427,7 +410,7 @@ def test_a_reversal_that_is_refused_leaves_the_transfer_stuck_holding_the_money(
     world: World, mode: str
 ) -> None:
     world.open("dora")
-    world.bank.suspend_account(SuspendAccount("dora"))
+    world.bank.handle(SuspendAccount("dora"))
     refused = [0]
 
     def before(command: Any) -> None:
@@ -459,19 +442,28 @@ def test_a_reversal_that_is_refused_leaves_the_transfer_stuck_holding_the_money(
     assert world.keys_applied() == ["t1:debit", "t1:reverse"]
 
 
-def test_a_reversal_blocked_by_a_conflicting_key_stays_stuck_and_listed(world: World) -> None:
+def test_a_reversal_blocked_by_a_conflicting_key_stays_stuck_and_listed() -> None:
     # Someone used the reversal's key for another deposit: the account refuses the real reversal.
-    world.bank.deposit_money(DepositMoney("alice", D("1"), "odd", idempotency_key="t1:reverse"))
-    world.open("dora")
-    world.bank.close_account(CloseAccount("dora"))
-    world.send("t1", "alice", "dora", "40")
-    runner = world.drain()
-    [stuck] = runner.stuck()
+    scenario = transfer(
+        DepositMoney("alice", D("1"), "odd", idempotency_key="t1:reverse"),
+        OpenAccount("dora", "Dora"),
+        CloseAccount("dora"),
+    )
+    scenario.when_commands(TransferMoney("t1", "alice", "dora", D("40")))
+    # Stuck, and held: a redelivery sends nothing.
+    scenario.then(
+        WithdrawMoney,
+        DepositMoney,
+        DepositMoney,
+        state="COMPENSATING",
+        events=[TransferDebited, TransferCreditFailed, SagaStuck],
+    )
+    [stuck] = scenario.runner.stuck()
     assert "IdempotencyKeyReused" not in stuck.reason and "reused" in stuck.reason
-    assert runner.retry(TransferSaga, "t1").stuck_reason is not None
-    assert world.transfer("t1").held == D("40")
+    assert scenario.runner.retry(TransferSaga, "t1").stuck_reason is not None
+    assert scenario.saga.held == D("40")
     # A restarted runner still lists it (from the stored history), with its state and reason.
-    fresh = world.runner()
+    fresh = SagaRunner(scenario.store, [TransferSaga], scenario.handlers, scenario.checkpoints)
     assert [(s.saga_id, s.state) for s in fresh.stuck()] == [("t1", "COMPENSATING")]
 
 
@@ -482,7 +474,7 @@ def _scenario(w: World) -> None:
     w.open("alice", "100")
     w.open("bob", "50")
     w.open("dora")
-    w.bank.suspend_account(SuspendAccount("dora"))
+    w.bank.handle(SuspendAccount("dora"))
     w.send("ok", "alice", "bob", "30")
     w.send("poor", "bob", "alice", "500")
     w.send("back", "alice", "dora", "20")
@@ -579,10 +571,10 @@ def test_a_crash_mid_saga_then_a_restart_resumes_from_the_saga_stream_with_a_fre
 
 def test_reactivating_the_destination_after_a_failed_credit_does_not_undo_the_reversal(world: World) -> None:
     world.open("dora")
-    world.bank.suspend_account(SuspendAccount("dora"))
+    world.bank.handle(SuspendAccount("dora"))
     world.send("t1", "alice", "dora", "40")
     world.drain()
-    world.bank.reactivate_account(ReactivateAccount("dora"))
+    world.bank.handle(ReactivateAccount("dora"))
     World(world.store).runner().run_until_idle()  # everything redelivered
     assert world.transfer("t1").status is TransferStatus.FAILED
     assert (world.balance("alice"), world.balance("dora")) == (D("100"), D("0"))
@@ -597,7 +589,7 @@ def test_a_crash_right_after_a_leg_then_a_changed_world_never_applies_a_leg_twic
     w = World()
     w.open("alice", "100")
     w.open("dora")
-    w.bank.suspend_account(SuspendAccount("dora"))
+    w.bank.handle(SuspendAccount("dora"))
     w.send("t1", "alice", "dora", "40")
 
     def crash(command: Any) -> None:
@@ -607,7 +599,7 @@ def test_a_crash_right_after_a_leg_then_a_changed_world_never_applies_a_leg_twic
     w.hooked.after.append(crash)
     with pytest.raises(SimulatedCrash):
         w.drain(mode)
-    w.bank.reactivate_account(ReactivateAccount("dora"))  # the world changes while the process is down
+    w.bank.handle(ReactivateAccount("dora"))  # the world changes while the process is down
     restarted = World(w.store)
     restarted.checkpoints = w.checkpoints
     restarted.drain(mode)

@@ -45,7 +45,12 @@ class RunnerProcess:
         self.lease.claim()
         self.bank = BankingCommandHandlers(AggregateRepository(machine.store))
         self.runner = SagaRunner(
-            machine.store, [TransferSaga], self, machine.checkpoints, page_size=20, max_concurrency=2,
+            machine.store,
+            [TransferSaga],
+            self,
+            machine.checkpoints,
+            page_size=20,
+            max_concurrency=2,
             lease=self.lease,
         )
         self.how = how

@@ -341,7 +341,7 @@ def test_a_store_that_lost_events_makes_the_cache_replay_from_scratch() -> None:
 
 
 def test_retries_after_the_first_wait_a_short_growing_random_time() -> None:
-    from orchestrix.core.eventsourcing.aggregate import conflict_backoff
+    from orchestrix.core.eventsourcing.aggregate import _conflict_backoff as conflict_backoff
 
     assert conflict_backoff(1) == 0.0  # the first retry is immediate
     for failed, bound in ((2, 0.001), (3, 0.002), (4, 0.004), (10, 0.05), (30, 0.05)):

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from orchestrix.core.errors import EventLoopRequiredError
 from orchestrix.core.eventsourcing.store import EventStore
 from orchestrix.core.execution import (
     CheckpointStore,
@@ -132,7 +133,8 @@ class OwnPosition(Projection):
 
 
 class Counter(Projection):
-    """Counts events per type name, with an ``async def`` handler: only the asyncio forms run it."""
+    """Counts events per type name, with an ``async def`` handler that awaits asyncio itself:
+    only the asyncio forms can run it."""
 
     name = "counter"
 
@@ -404,7 +406,7 @@ def test_a_failing_handler_stops_the_runner_before_the_event_and_nothing_is_skip
     projection = Fragile()
     runner = ProjectionRunner(store, [projection], checkpoints, page_size=4)
     with (
-        caplog.at_level(logging.ERROR, logger="orchestrix.projections"),
+        caplog.at_level(logging.ERROR, logger="orchestrix"),
         pytest.raises(ProjectionError) as raised,
     ):
         runner.run_until_idle()
@@ -504,7 +506,7 @@ def test_a_long_catch_up_reports_progress_at_most_once_per_interval(caplog: pyte
         catch_up_threshold=200,
         clock=clock,
     )
-    with caplog.at_level(logging.INFO, logger="orchestrix.projections"):
+    with caplog.at_level(logging.INFO, logger="orchestrix"):
         runner.run_until_idle()
     assert [(r.position, r.events, round(r.seconds, 6), r.done) for r in reports] == [
         (300, 300, 3.0, False),
@@ -614,8 +616,8 @@ def test_runner_misuse_is_refused_before_anything_runs() -> None:
     assert checkpoints.load("plain") == 3  # untouched by the refused rebuilds
 
     counter = ProjectionRunner(store, [Counter()], checkpoints)
-    with pytest.raises(TypeError, match=r"async on_any\(\): run it with the \*_async methods"):
-        counter.run_once()
+    with pytest.raises(EventLoopRequiredError, match=r"Counter\.on_any.* awaited"):
+        counter.run_once()  # on_any awaits asyncio.sleep, which only an event loop provides
     assert checkpoints.load("counter") == 0
 
 

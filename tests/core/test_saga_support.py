@@ -9,8 +9,9 @@ from typing import Any
 import attrs
 
 from orchestrix.core.errors import DomainError
+from orchestrix.core.eventsourcing._backend import AsyncStoreMixin
 from orchestrix.core.eventsourcing.aggregate import applies
-from orchestrix.core.eventsourcing.store import ANY, AppendResult, AsyncStoreMixin, EventStore
+from orchestrix.core.eventsourcing.store import ANY, AppendResult, EventStore
 from orchestrix.core.execution import SAGA_EVENTS, InMemoryCheckpointStore, Saga, SagaRunner, handles
 from orchestrix.core.messaging import Command, Event, NewEvent, RecordedEvent, Serializer
 from orchestrix.infrastructure.memory.store import InMemoryEventStore

@@ -23,7 +23,7 @@ from bases.orchestrix.ecommerce_demo.models import (
 )
 from bases.orchestrix.ecommerce_demo.saga import OrderSaga
 from orchestrix.core.eventsourcing import AggregateRepository
-from orchestrix.core.execution import CommandBus, InMemoryCheckpointStore, SagaRunner
+from orchestrix.core.execution import CommandDispatcher, InMemoryCheckpointStore, SagaRunner
 from orchestrix.infrastructure.file import FileCheckpointStore, FileEventStore
 from orchestrix.infrastructure.memory.store import InMemoryEventStore
 
@@ -39,16 +39,16 @@ class Shop:
         self.store = InMemoryEventStore(serializer=shop_serializer())
         self.checkpoints = InMemoryCheckpointStore()
         self.handlers = ShopHandlers(AggregateRepository(self.store))
-        self.handlers.add_product(AddProduct("tea", "Green tea", 10))
-        self.handlers.add_product(AddProduct("mug", "Mug", 2))
-        self.handlers.open_wallet(OpenWallet("ada", Decimal("50.00")))
+        self.handlers.handle(AddProduct("tea", "Green tea", 10))
+        self.handlers.handle(AddProduct("mug", "Mug", 2))
+        self.handlers.handle(OpenWallet("ada", Decimal("50.00")))
 
     def runner(self, dispatcher: Any = None) -> SagaRunner:
-        return SagaRunner(self.store, [OrderSaga], dispatcher or self.handlers.bus(), self.checkpoints)
+        return SagaRunner(self.store, [OrderSaga], dispatcher or self.handlers, self.checkpoints)
 
     def order(self, order_id: str, *lines: tuple[str, int], price: str = "5.00") -> None:
         order_lines = tuple(OrderLine(sku, quantity, Decimal(price)) for sku, quantity in lines)
-        self.handlers.place_order(PlaceOrder(order_id, "ada", order_lines))
+        self.handlers.handle(PlaceOrder(order_id, "ada", order_lines))
 
     def events(self, order_id: str) -> list[str]:
         return [r.event_type for r in self.store.read_stream(OrderSaga.stream_name(order_id))]
@@ -61,7 +61,7 @@ class Shop:
 class FailOn:
     """A dispatcher that raises ``error`` for commands of one type, and passes the others on."""
 
-    def __init__(self, bus: CommandBus, command_type: type, error: BaseException) -> None:
+    def __init__(self, bus: CommandDispatcher, command_type: type, error: BaseException) -> None:
         self.bus, self.command_type, self.error = bus, command_type, error
 
     def handle(self, command: Any) -> Any:
@@ -116,7 +116,7 @@ def test_an_out_of_stock_line_releases_the_lines_reserved_before_it(shop: Shop) 
 
 def test_a_crash_before_the_payment_resumes_and_charges_once(shop: Shop) -> None:
     shop.order("o-1", ("tea", 2))
-    dying = FailOn(shop.handlers.bus(), ChargeWallet, ProcessKilled())
+    dying = FailOn(shop.handlers, ChargeWallet, ProcessKilled())
     with pytest.raises(ProcessKilled):
         shop.runner(dying).run_until_idle()
     assert shop.handlers.get_order("o-1").state == "PLACED"
@@ -140,7 +140,7 @@ def test_redelivering_every_event_changes_nothing(shop: Shop) -> None:
 
 def test_a_refused_release_leaves_the_order_visibly_stuck_until_a_retry(shop: Shop) -> None:
     shop.order("o-1", ("tea", 1), ("mug", 1), price="30.00")
-    failing = FailOn(shop.handlers.bus(), ReleaseStock, UnknownProduct("tea"))
+    failing = FailOn(shop.handlers, ReleaseStock, UnknownProduct("tea"))
     runner = shop.runner(failing)
     runner.run_until_idle()
     (stuck,) = runner.stuck()

@@ -82,22 +82,22 @@ def run_and_check(
     checkpoints = InMemoryCheckpointStore()
     shop = ShopHandlers(AggregateRepository(store))
     for sku, stock in initial.items():
-        shop.add_product(AddProduct(sku, sku.title(), stock))
+        shop.handle(AddProduct(sku, sku.title(), stock))
     for customer, balance in balances.items():
-        shop.open_wallet(OpenWallet(customer, balance))
+        shop.handle(OpenWallet(customer, balance))
     order_ids = []
     for n, (customer, order_lines) in enumerate(placed):
         try:
-            shop.place_order(PlaceOrder(f"o-{n}", customer, order_lines))
+            shop.handle(PlaceOrder(f"o-{n}", customer, order_lines))
         except ShopError:
             continue
         order_ids.append(f"o-{n}")
 
     try:
-        SagaRunner(store, [OrderSaga], DiesAfter(shop.bus(), crash_at), checkpoints).run_until_idle()
+        SagaRunner(store, [OrderSaga], DiesAfter(shop, crash_at), checkpoints).run_until_idle()
     except ProcessKilled:
         assert_stock_conserved(shop, initial)  # in the middle of everything, too
-    SagaRunner(store, [OrderSaga], shop.bus(), checkpoints).run_until_idle()  # the restarted process
+    SagaRunner(store, [OrderSaga], shop, checkpoints).run_until_idle()  # the restarted process
 
     assert_stock_conserved(shop, initial)
     finished = [shop.get_order(order_id) for order_id in order_ids]

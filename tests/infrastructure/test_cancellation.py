@@ -132,7 +132,7 @@ async def _stress(store: Any, checkpoints: Any) -> list[str]:
     rng = random.Random(147)
     bank = BankingCommandHandlers(AggregateRepository(store))
     for account in ACCOUNTS:
-        bank.open_account(OpenAccount(account, account.upper(), Decimal("1000")))
+        bank.handle(OpenAccount(account, account.upper(), Decimal("1000")))
     runner = SagaRunner(store, [TransferSaga], bank, checkpoints, max_concurrency=4)
     stop = asyncio.Event()
     halt = threading.Event()
@@ -140,7 +140,7 @@ async def _stress(store: Any, checkpoints: Any) -> list[str]:
     async def transfers() -> None:
         for n in itertools.count():
             source, target = rng.sample(ACCOUNTS, 2)
-            await bank.transfer_money_async(TransferMoney(f"cancel-t{n}", source, target, Decimal("0.01")))
+            await bank.transfer_money(TransferMoney(f"cancel-t{n}", source, target, Decimal("0.01")))
             await asyncio.sleep(0.002)
             if stop.is_set():
                 return
@@ -149,7 +149,7 @@ async def _stress(store: Any, checkpoints: Any) -> list[str]:
         for n in itertools.count():
             if halt.wait(0.003):
                 return
-            bank.deposit_money(DepositMoney(ACCOUNTS[n % len(ACCOUNTS)], Decimal("0.01")))
+            bank.handle(DepositMoney(ACCOUNTS[n % len(ACCOUNTS)], Decimal("0.01")))
 
     driver = asyncio.create_task(runner.run_forever_async(stop, idle_timeout=0.02))
     client = asyncio.create_task(transfers())

@@ -13,6 +13,17 @@ from orchestrix.core.errors import StoreFormatError
 from orchestrix.core.execution.checkpoint import CheckpointStore
 from orchestrix.infrastructure.file import FileCheckpointStore
 from orchestrix.infrastructure.file.errors import InvalidCheckpointError
+from orchestrix.testing import CheckpointStoreContract
+
+
+class TestFileCheckpointStore(CheckpointStoreContract):
+    @pytest.fixture
+    def checkpoints(self, tmp_path: Path) -> FileCheckpointStore:
+        return FileCheckpointStore(tmp_path / "checkpoints.json")
+
+    def reopen(self, checkpoints: CheckpointStore) -> CheckpointStore:
+        assert isinstance(checkpoints, FileCheckpointStore)
+        return FileCheckpointStore(checkpoints.path)
 
 
 def test_an_unsaved_name_loads_as_zero(tmp_path: Path) -> None:

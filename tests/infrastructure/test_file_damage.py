@@ -213,7 +213,8 @@ signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails wi
 resource.setrlimit(resource.RLIMIT_FSIZE, (400, 400))
 outcomes = []
 try:
-    checkpoints.save("a-runner-whose-name-is-long-" + "x" * 400, 2)
+    for i in range(100):  # the file grows past the limit
+        checkpoints.save(f"another-runner-{i:03d}", 2)
     outcomes.append("saved")
 except OrchestrixError as exc:
     outcomes.append(type(exc).__name__)

@@ -144,7 +144,7 @@ def test_a_failed_filter_build_leaves_appends_asking_the_index(
     path = tmp_path / "store"
     old, first = _old_batch_only_in_the_index(path)
     monkeypatch.setattr(_locator._Bloom, "__init__", no_memory)
-    with caplog.at_level(logging.ERROR, logger="orchestrix.file"), open_store(path) as store:
+    with caplog.at_level(logging.ERROR, logger="orchestrix.infrastructure.file"), open_store(path) as store:
         store.append("new-0", events(0), NO_STREAM)  # starts the build, which fails
         wait_for_filter_build(store)
         assert not index_filters(store).ready

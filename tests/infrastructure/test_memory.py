@@ -9,16 +9,28 @@ import attrs
 import pytest
 
 from orchestrix.core.errors import SerializationError
+from orchestrix.core.execution.checkpoint import InMemoryCheckpointStore
 from orchestrix.core.messaging import Event, Serializer
 from orchestrix.infrastructure.file.store import FileEventStore
 from orchestrix.infrastructure.memory.store import InMemoryEventStore
-from orchestrix.testing import EventStoreContract, FencingContract, contract_serializer
+from orchestrix.testing import (
+    CheckpointStoreContract,
+    EventStoreContract,
+    FencingContract,
+    contract_serializer,
+)
 
 
 class TestInMemoryEventStore(EventStoreContract, FencingContract):
     @pytest.fixture
     def store(self) -> InMemoryEventStore:
         return InMemoryEventStore(serializer=contract_serializer())
+
+
+class TestInMemoryCheckpointStore(CheckpointStoreContract):
+    @pytest.fixture
+    def checkpoints(self) -> InMemoryCheckpointStore:
+        return InMemoryCheckpointStore()
 
 
 def test_an_append_wakes_an_asyncio_waiter_without_polling() -> None:

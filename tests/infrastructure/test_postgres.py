@@ -41,6 +41,7 @@ from orchestrix.infrastructure.postgres import (  # noqa: E402
     PostgresEventStore,
 )
 from orchestrix.testing import (  # noqa: E402
+    CheckpointStoreContract,
     ContractEvent,
     EventStoreContract,
     FencingContract,
@@ -73,6 +74,36 @@ class TestPostgresEventStore(EventStoreContract, FencingContract):
         again = open_store(store.schema, poll_interval=0.2)
         self.opened.append(again)
         return again
+
+
+class TestPostgresCheckpointStore(CheckpointStoreContract):
+    @pytest.fixture
+    def checkpoints(self, schema: str) -> Iterator[PostgresCheckpointStore]:
+        self.opened = [PostgresCheckpointStore(DSN, schema=schema, pool_size=2)]
+        yield self.opened[0]
+        for checkpoints in self.opened:
+            checkpoints.close()
+
+    def reopen(self, checkpoints: CheckpointStore) -> CheckpointStore:
+        assert isinstance(checkpoints, PostgresCheckpointStore)
+        checkpoints.close()
+        again = PostgresCheckpointStore(DSN, schema=self.schema_name, pool_size=2)
+        self.opened.append(again)
+        return again
+
+    @pytest.fixture(autouse=True)
+    def _remember_schema(self, schema: str) -> None:
+        self.schema_name = schema
+
+
+class TestPostgresSharedCheckpointStore(CheckpointStoreContract):
+    """The checkpoints an event store hands out share its connections; the same promises hold."""
+
+    @pytest.fixture
+    def checkpoints(self, schema: str) -> Iterator[CheckpointStore]:
+        store = open_store(schema)
+        yield store.checkpoints()
+        store.close()
 
 
 def _events(*numbers: int) -> list[NewEvent]:

@@ -188,7 +188,7 @@ def test_a_server_restart_mid_run_loses_nothing_acknowledged(schema: str, restar
     bank = BankingCommandHandlers(AggregateRepository(writer))
     accounts = [f"acc-{i}" for i in range(3)]
     for account in accounts:
-        bank.open_account(OpenAccount(account, account, Decimal("100")))
+        bank.handle(OpenAccount(account, account, Decimal("100")))
     acked: list[uuid.UUID] = []
     transfers: list[str] = []
     failures: list[BaseException] = []
@@ -211,7 +211,7 @@ def test_a_server_restart_mid_run_loses_nothing_acknowledged(schema: str, restar
         while not stop.is_set():
             source, target = accounts[n % 3], [*accounts, "ghost"][(n + 1 + n // 3) % 4]
             try:
-                bank.transfer_money(TransferMoney(f"tr-{n}", source, target, Decimal(n % 7 + 1), "rent"))
+                bank.handle(TransferMoney(f"tr-{n}", source, target, Decimal(n % 7 + 1), "rent"))
             except BaseException as exc:
                 failures.append(exc)
                 return

@@ -111,7 +111,7 @@ def test_leased_runner_processes_share_the_sagas_and_each_saga_runs_in_one_proce
     bank = BankingCommandHandlers(AggregateRepository(store))
     accounts = [f"acc-{i}" for i in range(4)]
     for account in accounts:
-        bank.open_account(OpenAccount(account, account, Decimal("1000")))
+        bank.handle(OpenAccount(account, account, Decimal("1000")))
     sql_execute(DSN, f'CREATE TABLE "{schema}".handled (transfer_id text, pid int, partition int)')
 
     stop = SPAWN.Event()
@@ -128,7 +128,7 @@ def test_leased_runner_processes_share_the_sagas_and_each_saga_runs_in_one_proce
             target = rng.choice([a for a in [*accounts, "ghost"] if a != source])
             transfer_id = f"tr-{n}"
             command = TransferMoney(transfer_id, source, target, Decimal(rng.randint(1, 400)), "rent")
-            bank.transfer_money(command)
+            bank.handle(command)
             transfers.append(transfer_id)
         deadline = time.monotonic() + 120
         while not all(_finished(bank, t) for t in transfers):

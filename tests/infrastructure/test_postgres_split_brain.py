@@ -47,9 +47,9 @@ def test_a_holder_paused_past_its_lease_cannot_take_a_second_branch(
     store: PostgresEventStore, stale_key: str
 ) -> None:
     bank = BankingCommandHandlers(AggregateRepository(store))
-    bank.open_account(OpenAccount("alice", "Alice", D("100" if stale_key == "t-1:credit" else "10")))
-    bank.open_account(OpenAccount("bob", "Bob", D("0")))
-    bank.transfer_money(TransferMoney("t-1", "alice", "bob", D("30"), "rent"))
+    bank.handle(OpenAccount("alice", "Alice", D("100" if stale_key == "t-1:credit" else "10")))
+    bank.handle(OpenAccount("bob", "Bob", D("0")))
+    bank.handle(TransferMoney("t-1", "alice", "bob", D("30"), "rent"))
     checkpoints = store.checkpoints()
 
     old_lease = PartitionLease(store, group="transfers", count=1)
@@ -63,18 +63,18 @@ def test_a_holder_paused_past_its_lease_cannot_take_a_second_branch(
     pid = old_lease._conn.info.backend_pid  # type: ignore[union-attr]
     sql_execute(DSN, "SELECT pg_terminate_backend(%s)", (pid,))
     if stale_key == "t-1:credit":
-        bank.suspend_account(SuspendAccount("bob", "review"))
+        bank.handle(SuspendAccount("bob", "review"))
     new_lease = PartitionLease(store, group="transfers", count=1)
     try:
         assert new_lease.claim(timeout=5) == 0
         SagaRunner(store, [TransferSaga], bank, checkpoints, lease=new_lease).run_until_idle()
         assert bank.get_transfer("t-1").status is TransferStatus.FAILED
         if stale_key == "t-1:credit":
-            bank.reactivate_account(ReactivateAccount("bob"))
+            bank.handle(ReactivateAccount("bob"))
         else:
             from bases.orchestrix.banking_demo.models import DepositMoney
 
-            bank.deposit_money(DepositMoney("alice", D("50"), "salary"))
+            bank.handle(DepositMoney("alice", D("50"), "salary"))
         before = (bank.get_account("alice").balance, bank.get_account("bob").balance)
 
         dispatcher.resume()  # the old holder wakes up and sends its command
@@ -112,7 +112,7 @@ def test_a_claim_waits_for_a_fenced_append_in_flight_and_fences_the_ones_after(
             with fenced(fence):
                 try:
                     bank = BankingCommandHandlers(AggregateRepository(store))
-                    outcome.append(bank.open_account(OpenAccount("carol", "Carol", D("5"))))
+                    outcome.append(bank.handle(OpenAccount("carol", "Carol", D("5"))))
                 except FencedError as exc:
                     outcome.append(exc)
 

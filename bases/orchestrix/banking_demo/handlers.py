@@ -1,4 +1,4 @@
-"""BankingCommandHandlers: one entry point per command, sync and asyncio.
+"""BankingCommandHandlers: one handler per command, written once, sent from sync or asyncio code.
 
 Each handler loads the account, lets it decide, and saves with the version it loaded. If
 another writer got there first (ConcurrencyError), it reloads and decides again, so a rule
@@ -34,12 +34,9 @@ from bases.orchestrix.banking_demo.models import (
 )
 from bases.orchestrix.banking_demo.saga import TransferSaga
 from orchestrix.core.errors import AggregateNotFoundError, ConcurrencyError, InvalidStreamNameError
-from orchestrix.core.eventsourcing.aggregate import (
-    AggregateRepository,
-    retry_on_conflict,
-    retry_on_conflict_async,
-)
+from orchestrix.core.eventsourcing.aggregate import AggregateRepository, retry_on_conflict_async
 from orchestrix.core.eventsourcing.store import validate_stream_name
+from orchestrix.core.execution.dispatch import CommandBus
 
 __all__ = ["BankingCommandHandlers"]
 
@@ -47,49 +44,72 @@ T = TypeVar("T")
 
 
 class BankingCommandHandlers:
-    """Executes banking commands against accounts stored through a repository."""
+    """Executes banking commands against accounts stored through a repository.
+
+    Each handler is written once, as a coroutine. Send a command with :meth:`handle` from sync
+    code or ``await`` :meth:`handle_async` (or the handler itself) from asyncio code: both run
+    the same handler, the sync one without an event loop or a thread.
+    """
 
     def __init__(self, repository: AggregateRepository, *, attempts: int = 5) -> None:
         self.repository = repository
         self.attempts = attempts
+        self._bus = CommandBus()
+        self._bus.register(OpenAccount, self.open_account)
+        self._bus.register(DepositMoney, self.deposit_money)
+        self._bus.register(WithdrawMoney, self.withdraw_money)
+        self._bus.register(SuspendAccount, self.suspend_account)
+        self._bus.register(ReactivateAccount, self.reactivate_account)
+        self._bus.register(CloseAccount, self.close_account)
+        self._bus.register(SettleTransfer, self.settle_transfer)
+        self._bus.register(TransferMoney, self.transfer_money)
 
-    # -- sync -------------------------------------------------------------------------------
+    def handle(self, command: Any) -> Any:
+        """Execute any banking command and return its handler's result; UnknownCommandError for
+        anything else."""
+        return self._bus.handle(command)
 
-    def open_account(self, command: OpenAccount) -> Account:
+    async def handle_async(self, command: Any) -> Any:
+        """Asyncio form of :meth:`handle`."""
+        return await self._bus.handle_async(command)
+
+    # -- the handlers -----------------------------------------------------------------------
+
+    async def open_account(self, command: OpenAccount) -> Account:
         """Open a new account; AccountAlreadyOpen if the id is taken."""
         account = Account()
         account.open(command)
         try:
-            self.repository.save(account)
+            await self.repository.save_async(account)
         except ConcurrencyError:
             raise AccountAlreadyOpen(command.account_id) from None
         return account
 
-    def deposit_money(self, command: DepositMoney) -> Transaction:
+    async def deposit_money(self, command: DepositMoney) -> Transaction:
         """Deposit into an active account (or repeat a keyed deposit's original outcome)."""
-        return self._update(command.account_id, lambda account: account.deposit(command))
+        return await self._update(command.account_id, lambda account: account.deposit(command))
 
-    def withdraw_money(self, command: WithdrawMoney) -> Transaction:
+    async def withdraw_money(self, command: WithdrawMoney) -> Transaction:
         """Withdraw from an active account without overdrawing it."""
-        return self._update(command.account_id, lambda account: account.withdraw(command))
+        return await self._update(command.account_id, lambda account: account.withdraw(command))
 
-    def suspend_account(self, command: SuspendAccount) -> None:
+    async def suspend_account(self, command: SuspendAccount) -> None:
         """Suspend an active account."""
-        self._update(command.account_id, lambda account: account.suspend(command))
+        await self._update(command.account_id, lambda account: account.suspend(command))
 
-    def reactivate_account(self, command: ReactivateAccount) -> None:
+    async def reactivate_account(self, command: ReactivateAccount) -> None:
         """Reactivate a suspended account."""
-        self._update(command.account_id, lambda account: account.reactivate(command))
+        await self._update(command.account_id, lambda account: account.reactivate(command))
 
-    def close_account(self, command: CloseAccount) -> None:
+    async def close_account(self, command: CloseAccount) -> None:
         """Close an empty account that holds no transfer in flight."""
-        self._update(command.account_id, lambda account: account.close(command))
+        await self._update(command.account_id, lambda account: account.close(command))
 
-    def settle_transfer(self, command: SettleTransfer) -> None:
+    async def settle_transfer(self, command: SettleTransfer) -> None:
         """Release a completed transfer's debit on its source account (idempotent)."""
-        self._update(command.account_id, lambda account: account.settle_transfer(command.transfer_id))
+        await self._update(command.account_id, lambda account: account.settle_transfer(command.transfer_id))
 
-    def transfer_money(self, command: TransferMoney) -> TransferSaga:
+    async def transfer_money(self, command: TransferMoney) -> TransferSaga:
         """Validate a transfer and store its ``TransferInitiated``; the saga runner does the rest.
 
         Refused up front, with nothing stored: a bad amount (InvalidAmount), the same account on
@@ -101,27 +121,22 @@ class BankingCommandHandlers:
         """
         _check_transfer(command)
 
-        def once() -> TransferSaga:
-            existing = self._existing_transfer(command)
-            if existing is not None:
-                return existing
-            self._update(command.from_account_id, lambda source: _check_source(command, source))
+        async def once() -> TransferSaga:
+            try:
+                existing = await self.repository.load_async(TransferSaga, command.transfer_id)
+            except AggregateNotFoundError:
+                pass
+            else:
+                return _same_transfer(existing, command)
+            await self._update(command.from_account_id, lambda source: _check_source(command, source))
             transfer = TransferSaga.initiate(command)
-            self.repository.save(transfer)
+            await self.repository.save_async(transfer)
             return transfer
 
-        return retry_on_conflict(once, attempts=self.attempts)
+        return await retry_on_conflict_async(once, attempts=self.attempts)
 
-    def get_transfer(self, transfer_id: str) -> TransferSaga:
-        """Load a transfer; AggregateNotFoundError if there is none with this id."""
-        return self.repository.load(TransferSaga, transfer_id)
-
-    def _existing_transfer(self, command: TransferMoney) -> TransferSaga | None:
-        try:
-            existing = self.repository.load(TransferSaga, command.transfer_id)
-        except AggregateNotFoundError:
-            return None
-        return _same_transfer(existing, command)
+    # -- queries ----------------------------------------------------------------------------
+    # Plain reads through the repository; asyncio code reads with ``repository.load_async``.
 
     def get_account(self, account_id: str) -> Account:
         """Load an account; AccountNotOpen if it was never opened."""
@@ -130,106 +145,17 @@ class BankingCommandHandlers:
         except AggregateNotFoundError:
             raise AccountNotOpen(account_id) from None
 
-    def handle(self, command: Any) -> Any:
-        """Dispatch any banking command to its handler."""
-        return self._route(command)(command)
-
-    # -- asyncio ----------------------------------------------------------------------------
-
-    async def open_account_async(self, command: OpenAccount) -> Account:
-        """Asyncio form of :meth:`open_account`."""
-        account = Account()
-        account.open(command)
-        try:
-            await self.repository.save_async(account)
-        except ConcurrencyError:
-            raise AccountAlreadyOpen(command.account_id) from None
-        return account
-
-    async def deposit_money_async(self, command: DepositMoney) -> Transaction:
-        """Asyncio form of :meth:`deposit_money`."""
-        return await self._update_async(command.account_id, lambda account: account.deposit(command))
-
-    async def withdraw_money_async(self, command: WithdrawMoney) -> Transaction:
-        """Asyncio form of :meth:`withdraw_money`."""
-        return await self._update_async(command.account_id, lambda account: account.withdraw(command))
-
-    async def suspend_account_async(self, command: SuspendAccount) -> None:
-        """Asyncio form of :meth:`suspend_account`."""
-        await self._update_async(command.account_id, lambda account: account.suspend(command))
-
-    async def reactivate_account_async(self, command: ReactivateAccount) -> None:
-        """Asyncio form of :meth:`reactivate_account`."""
-        await self._update_async(command.account_id, lambda account: account.reactivate(command))
-
-    async def close_account_async(self, command: CloseAccount) -> None:
-        """Asyncio form of :meth:`close_account`."""
-        await self._update_async(command.account_id, lambda account: account.close(command))
-
-    async def settle_transfer_async(self, command: SettleTransfer) -> None:
-        """Asyncio form of :meth:`settle_transfer`."""
-        await self._update_async(
-            command.account_id, lambda account: account.settle_transfer(command.transfer_id)
-        )
-
-    async def transfer_money_async(self, command: TransferMoney) -> TransferSaga:
-        """Asyncio form of :meth:`transfer_money`."""
-        _check_transfer(command)
-
-        async def once() -> TransferSaga:
-            try:
-                existing = await self.repository.load_async(TransferSaga, command.transfer_id)
-            except AggregateNotFoundError:
-                pass
-            else:
-                return _same_transfer(existing, command)
-            await self._update_async(command.from_account_id, lambda source: _check_source(command, source))
-            transfer = TransferSaga.initiate(command)
-            await self.repository.save_async(transfer)
-            return transfer
-
-        return await retry_on_conflict_async(once, attempts=self.attempts)
-
-    async def get_transfer_async(self, transfer_id: str) -> TransferSaga:
-        """Asyncio form of :meth:`get_transfer`."""
-        return await self.repository.load_async(TransferSaga, transfer_id)
-
-    async def get_account_async(self, account_id: str) -> Account:
-        """Asyncio form of :meth:`get_account`."""
-        try:
-            return await self.repository.load_async(Account, account_id)
-        except AggregateNotFoundError:
-            raise AccountNotOpen(account_id) from None
-
-    async def handle_async(self, command: Any) -> Any:
-        """Asyncio form of :meth:`handle`."""
-        return await self._route_async(command)(command)
+    def get_transfer(self, transfer_id: str) -> TransferSaga:
+        """Load a transfer; AggregateNotFoundError if there is none with this id."""
+        return self.repository.load(TransferSaga, transfer_id)
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def _update(self, account_id: str, decide: Callable[[Account], T]) -> T:
-        try:
-            return self.repository.update(Account, account_id, decide, attempts=self.attempts)
-        except AggregateNotFoundError:
-            raise AccountNotOpen(account_id) from None
-
-    async def _update_async(self, account_id: str, decide: Callable[[Account], T]) -> T:
+    async def _update(self, account_id: str, decide: Callable[[Account], T]) -> T:
         try:
             return await self.repository.update_async(Account, account_id, decide, attempts=self.attempts)
         except AggregateNotFoundError:
             raise AccountNotOpen(account_id) from None
-
-    def _route(self, command: Any) -> Callable[[Any], Any]:
-        name = _HANDLERS.get(type(command))
-        if name is None:
-            raise TypeError(f"no banking handler for {type(command).__name__}")
-        return getattr(self, name)
-
-    def _route_async(self, command: Any) -> Callable[[Any], Any]:
-        name = _HANDLERS.get(type(command))
-        if name is None:
-            raise TypeError(f"no banking handler for {type(command).__name__}")
-        return getattr(self, name + "_async")
 
 
 def _check_transfer(command: TransferMoney) -> None:
@@ -257,15 +183,3 @@ def _same_transfer(existing: TransferSaga, command: TransferMoney) -> TransferSa
     if differences:
         raise TransferIdReused(command.transfer_id, "with " + ", ".join(differences))
     return existing
-
-
-_HANDLERS: dict[type, str] = {
-    OpenAccount: "open_account",
-    DepositMoney: "deposit_money",
-    WithdrawMoney: "withdraw_money",
-    SuspendAccount: "suspend_account",
-    ReactivateAccount: "reactivate_account",
-    CloseAccount: "close_account",
-    SettleTransfer: "settle_transfer",
-    TransferMoney: "transfer_money",
-}

@@ -132,9 +132,9 @@ async def audit(store: EventStore, bank: BankingCommandHandlers) -> Audit:
             else:
                 result.withdrawals += event.amount
     for account_id in result.balances:
-        result.balances[account_id] = (await bank.get_account_async(account_id)).balance
+        result.balances[account_id] = (await bank.repository.load_async(Account, account_id)).balance
     for transfer_id in transfer_ids:
-        transfer = await bank.get_transfer_async(transfer_id)
+        transfer = await bank.repository.load_async(TransferSaga, transfer_id)
         result.transfers[transfer_id] = "STUCK" if transfer.stuck_reason else transfer.state
     result.keys_applied_twice = sorted(k for k, n in keys.items() if n > 1)
     return result
@@ -215,7 +215,7 @@ class Demo:
         if unfinished:
             self.heading("Unfinished transfers found in the store (an earlier run stopped mid-way)")
             for transfer_id in unfinished:
-                transfer = await self.bank.get_transfer_async(transfer_id)
+                transfer = await self.bank.repository.load_async(TransferSaga, transfer_id)
                 held = before.held_by.get(transfer_id, D("0"))
                 route = f"{transfer.from_account_id} -> {transfer.to_account_id}"
                 self.say(
@@ -242,7 +242,7 @@ class Demo:
         await self._open(dave, "Dave Davis", D("0"))
 
         self.heading("Deposit")
-        tx = await self.bank.deposit_money_async(
+        tx = await self.bank.deposit_money(
             DepositMoney("alice", D("200"), f"Salary (run {run})", idempotency_key=f"r{run}:salary")
         )
         self.say(
@@ -250,7 +250,7 @@ class Demo:
         )
 
         self.heading("Account lifecycle, part 1")
-        await self.bank.suspend_account_async(SuspendAccount(dave, "identity check pending"))
+        await self.bank.suspend_account(SuspendAccount(dave, "identity check pending"))
         self.say(f"  {dave} suspended (identity check pending)")
 
         self.heading("Transfers (the saga runner works in the background)")
@@ -267,8 +267,8 @@ class Demo:
             for i in range(12)
         ]
         for command in story:
-            await self.bank.transfer_money_async(command)
-        await asyncio.gather(*(self.bank.transfer_money_async(c) for c in ring))
+            await self.bank.transfer_money(command)
+        await asyncio.gather(*(self.bank.transfer_money(c) for c in ring))
         finished = await self._wait([c.transfer_id for c in story + ring])
         for command in story:
             self._print_transfer(command, finished[command.transfer_id])
@@ -279,20 +279,20 @@ class Demo:
         )
 
         self.heading("Account lifecycle, part 2")
-        await self.bank.reactivate_account_async(ReactivateAccount(dave))
+        await self.bank.reactivate_account(ReactivateAccount(dave))
         self.say(f"  {dave} reactivated")
-        await self.bank.close_account_async(CloseAccount(dave))
+        await self.bank.close_account(CloseAccount(dave))
         self.say(f"  {dave} closed (empty, no transfer in flight)")
         try:
-            await self.bank.close_account_async(CloseAccount("bob"))
+            await self.bank.close_account(CloseAccount("bob"))
         except BankingError as refused:
             self.say(f"  closing bob refused: {refused}")
 
     async def _open(self, account_id: str, owner: str, opening: Decimal) -> None:
         try:
-            account = await self.bank.open_account_async(OpenAccount(account_id, owner, opening))
+            account = await self.bank.open_account(OpenAccount(account_id, owner, opening))
         except BankingError:
-            account = await self.bank.get_account_async(account_id)
+            account = await self.bank.repository.load_async(Account, account_id)
             self.say(
                 f"  {account_id:<8} {account.owner_name:<15} already open, balance {_money(account.balance)}"
             )
@@ -303,7 +303,7 @@ class Demo:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            transfers = {t: await self.bank.get_transfer_async(t) for t in transfer_ids}
+            transfers = {t: await self.bank.repository.load_async(TransferSaga, t) for t in transfer_ids}
             done = all(t.completed or t.stuck_reason for t in transfers.values())
             if done or loop.time() > deadline:
                 return transfers
@@ -323,7 +323,7 @@ class Demo:
         self.heading("Balances")
         result = await audit(self.store, self.bank)
         for account_id, balance in result.balances.items():
-            account = await self.bank.get_account_async(account_id)
+            account = await self.bank.repository.load_async(Account, account_id)
             self.say(f"  {account_id:<8} {account.owner_name:<15} {_money(balance):>12}  {account.status}")
 
         for account_id in ("alice", "bob", "carol", f"dave-r{run}"):
@@ -362,7 +362,7 @@ class Demo:
         return 0
 
     async def _print_trail(self, account_id: str, last: int = 12) -> None:
-        account: Account = await self.bank.get_account_async(account_id)
+        account: Account = await self.bank.repository.load_async(Account, account_id)
         self.heading(f"Audit trail: {account_id} ({account.owner_name}, {account.status})")
         entries = account.transactions
         if len(entries) > last:

@@ -1,4 +1,4 @@
-"""ShopHandlers: one entry point per command, and a CommandBus that routes commands to them.
+"""ShopHandlers: one handler per command, written once, sent from sync or asyncio code.
 
 Each handler loads an aggregate, lets it decide and saves it with the version it loaded; on a
 ConcurrencyError it reloads and decides again (``AggregateRepository.update``), so "never more
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from decimal import Decimal
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from bases.orchestrix.ecommerce_demo.errors import (
     InvalidOrder,
@@ -46,51 +46,60 @@ T = TypeVar("T")
 
 
 class ShopHandlers:
-    """Executes the shop's commands against products, wallets and orders in one repository."""
+    """Executes the shop's commands against products, wallets and orders in one repository.
+
+    Each handler is written once, as a coroutine. ``handle(command)`` runs it from sync code
+    (without an event loop or a thread), ``await handle_async(command)`` from asyncio code; a
+    ShopHandlers is the dispatcher the saga runner needs.
+    """
 
     def __init__(self, repository: AggregateRepository) -> None:
         self.repository = repository
+        self._bus = CommandBus()
+        self._bus.register(AddProduct, self.add_product)
+        self._bus.register(RestockProduct, self.restock_product)
+        self._bus.register(ReserveStock, self.reserve_stock)
+        self._bus.register(ReleaseStock, self.release_stock)
+        self._bus.register(CommitStock, self.commit_stock)
+        self._bus.register(OpenWallet, self.open_wallet)
+        self._bus.register(ChargeWallet, self.charge_wallet)
+        self._bus.register(PlaceOrder, self.place_order)
 
-    def bus(self) -> CommandBus:
-        """A CommandBus routing every shop command here: the dispatcher the saga runner needs."""
-        bus = CommandBus()
-        bus.register(AddProduct, self.add_product)
-        bus.register(RestockProduct, self.restock_product)
-        bus.register(ReserveStock, self.reserve_stock)
-        bus.register(ReleaseStock, self.release_stock)
-        bus.register(CommitStock, self.commit_stock)
-        bus.register(OpenWallet, self.open_wallet)
-        bus.register(ChargeWallet, self.charge_wallet)
-        bus.register(PlaceOrder, self.place_order)
-        return bus
+    def handle(self, command: Any) -> Any:
+        """Execute any shop command and return its handler's result (UnknownCommandError if none)."""
+        return self._bus.handle(command)
+
+    async def handle_async(self, command: Any) -> Any:
+        """Asyncio form of :meth:`handle`."""
+        return await self._bus.handle_async(command)
 
     # -- products -------------------------------------------------------------------------
 
-    def add_product(self, command: AddProduct) -> Product:
+    async def add_product(self, command: AddProduct) -> Product:
         """Add a product; ProductExists if the SKU is taken."""
         product = Product()
         product.add(command)
         try:
-            self.repository.save(product)
+            await self.repository.save_async(product)
         except ConcurrencyError:
             raise ProductExists(command.sku) from None
         return product
 
-    def restock_product(self, command: RestockProduct) -> None:
+    async def restock_product(self, command: RestockProduct) -> None:
         """Add items to a product's stock."""
-        self._product(command.sku, lambda product: product.restock(command))
+        await self._product(command.sku, lambda product: product.restock(command))
 
-    def reserve_stock(self, command: ReserveStock) -> None:
+    async def reserve_stock(self, command: ReserveStock) -> None:
         """Hold items for an order, or raise OutOfStock."""
-        self._product(command.sku, lambda product: product.reserve(command))
+        await self._product(command.sku, lambda product: product.reserve(command))
 
-    def release_stock(self, command: ReleaseStock) -> None:
+    async def release_stock(self, command: ReleaseStock) -> None:
         """Make an order's held items available again."""
-        self._product(command.sku, lambda product: product.release(command))
+        await self._product(command.sku, lambda product: product.release(command))
 
-    def commit_stock(self, command: CommitStock) -> None:
+    async def commit_stock(self, command: CommitStock) -> None:
         """Sell an order's held items."""
-        self._product(command.sku, lambda product: product.commit(command))
+        await self._product(command.sku, lambda product: product.commit(command))
 
     def get_product(self, sku: str) -> Product:
         """Load a product; UnknownProduct if there is none."""
@@ -101,20 +110,22 @@ class ShopHandlers:
 
     # -- wallets --------------------------------------------------------------------------
 
-    def open_wallet(self, command: OpenWallet) -> Wallet:
+    async def open_wallet(self, command: OpenWallet) -> Wallet:
         """Open a customer's wallet; WalletExists if it is open already."""
         wallet = Wallet()
         wallet.open(command)
         try:
-            self.repository.save(wallet)
+            await self.repository.save_async(wallet)
         except ConcurrencyError:
             raise WalletExists(command.customer_id) from None
         return wallet
 
-    def charge_wallet(self, command: ChargeWallet) -> Decimal:
+    async def charge_wallet(self, command: ChargeWallet) -> Decimal:
         """Charge a wallet once per idempotency key, or raise PaymentDeclined."""
         try:
-            return self.repository.update(Wallet, command.customer_id, lambda wallet: wallet.charge(command))
+            return await self.repository.update_async(
+                Wallet, command.customer_id, lambda wallet: wallet.charge(command)
+            )
         except AggregateNotFoundError:
             raise UnknownWallet(command.customer_id) from None
 
@@ -127,7 +138,7 @@ class ShopHandlers:
 
     # -- orders ---------------------------------------------------------------------------
 
-    def place_order(self, command: PlaceOrder) -> OrderSaga:
+    async def place_order(self, command: PlaceOrder) -> OrderSaga:
         """Check an order and store its ``OrderPlaced``; the saga runner does the rest.
 
         Placing the same order again returns it unchanged; another order under the same id
@@ -135,14 +146,14 @@ class ShopHandlers:
         """
         _check_order(command)
         try:
-            existing = self.repository.load(OrderSaga, command.order_id)
+            existing = await self.repository.load_async(OrderSaga, command.order_id)
         except AggregateNotFoundError:
             order = OrderSaga.place(command)
             try:
-                self.repository.save(order)
+                await self.repository.save_async(order)
                 return order
             except ConcurrencyError:
-                existing = self.repository.load(OrderSaga, command.order_id)
+                existing = await self.repository.load_async(OrderSaga, command.order_id)
         if (existing.customer_id, existing.lines) != (command.customer_id, command.lines):
             raise OrderIdReused(command.order_id)
         return existing
@@ -153,9 +164,9 @@ class ShopHandlers:
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def _product(self, sku: str, decide: Callable[[Product], T]) -> T:
+    async def _product(self, sku: str, decide: Callable[[Product], T]) -> T:
         try:
-            return self.repository.update(Product, sku, decide)
+            return await self.repository.update_async(Product, sku, decide)
         except AggregateNotFoundError:
             raise UnknownProduct(sku) from None
 

@@ -42,20 +42,19 @@ ORDERS = [
 async def run_shop(store: EventStore, checkpoints: CheckpointStore) -> None:
     """Stock the shop, place the orders, let the order sagas run, and print the outcome."""
     shop = ShopHandlers(AggregateRepository(store))
-    bus = shop.bus()
-    runner = SagaRunner(store, [OrderSaga], bus, checkpoints, name="orders")
+    runner = SagaRunner(store, [OrderSaga], shop, checkpoints, name="orders")
 
     for command in (
         AddProduct("tea", "Green tea", 10),
         AddProduct("mug", "Mug", 5),
         AddProduct("lamp", "Lamp"),
     ):
-        await bus.handle_async(command)
+        await shop.handle_async(command)
     for customer, balance in (("ada", "50.00"), ("bob", "5.00")):
-        await bus.handle_async(OpenWallet(customer, Decimal(balance)))
+        await shop.handle_async(OpenWallet(customer, Decimal(balance)))
 
     for command in ORDERS:
-        order = await bus.handle_async(command)
+        order = await shop.handle_async(command)
         lines = ", ".join(f"{line.quantity} x {line.sku}" for line in order.lines)
         print(f"Placed {order.id} ({order.customer_id}): {lines} = {order.total}")
 

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, TypeVar
 
+from orchestrix._speedups import new_uuid4
 from orchestrix.core import _io
 from orchestrix.core._io import run_sync
 from orchestrix.core.errors import (
@@ -24,10 +25,10 @@ from orchestrix.core.errors import (
     DomainError,
     UnhandledEventError,
 )
+from orchestrix.core.eventsourcing._backend import new_event
 from orchestrix.core.eventsourcing.keys import KeyRefused
 from orchestrix.core.eventsourcing.store import NO_STREAM, AppendResult, EventStore
-from orchestrix.core.messaging._uuids import new_uuid4
-from orchestrix.core.messaging.messages import NewEvent, RecordedEvent, new_event
+from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
 
 __all__ = [
     "AggregateRepository",
@@ -268,7 +269,7 @@ class AggregateRepository:
 def retry_on_conflict(operation: Callable[[], T], *, attempts: int = 5) -> T:
     """Run ``operation`` (which must reload what it changes) until it wins, at most ``attempts`` times.
 
-    The first retry is immediate; later ones wait a short random time (see :func:`conflict_backoff`),
+    The first retry is immediate; later ones wait a short random time (see :func:`_conflict_backoff`),
     so that writers who keep colliding on one stream fall out of step instead of colliding again.
     """
     return run_sync(retry_on_conflict_async(functools.partial(_io.call, operation), attempts=attempts))
@@ -284,11 +285,11 @@ async def retry_on_conflict_async(operation: Callable[[], Awaitable[T]], *, atte
         except ConcurrencyError:
             if attempt == attempts:
                 raise
-        await _io.sleep(conflict_backoff(attempt))
+        await _io.sleep(_conflict_backoff(attempt))
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def conflict_backoff(failed_attempts: int) -> float:
+def _conflict_backoff(failed_attempts: int) -> float:
     """Seconds to wait before the next attempt: 0 after the first conflict, then up to 1, 2, 4 ... 50 ms."""
     if failed_attempts <= 1:
         return 0.0

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import abc
-import asyncio
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from orchestrix.core import _io
+from orchestrix.core._io import run_sync
+
+if TYPE_CHECKING:
+    import asyncio
 
 
 class PageLoop(abc.ABC):
     """``run_until_idle`` and ``run_forever`` (sync and asyncio) over a class's ``run_once``.
 
     The class provides ``store``, ``page_size``, ``run_once()``, ``run_once_async()`` and
-    ``_read_position()`` (the position to wait after when caught up).
+    ``_read_position()`` (the position to wait after when caught up). The loop is written once;
+    its sync forms run it with the sync driver.
     """
 
     store: Any
@@ -32,20 +38,7 @@ class PageLoop(abc.ABC):
 
     def run_until_idle(self, max_pages: int | None = None) -> int:
         """Run pages until no event is left (or ``max_pages`` pages ran); returns events read."""
-        total = pages = 0
-        while max_pages is None or pages < max_pages:
-            read = self.run_once()
-            total += read
-            pages += 1
-            if read == 0:
-                break
-        return total
-
-    def run_forever(self, stop: threading.Event, idle_timeout: float = 0.5) -> None:
-        """Run pages, waiting for new events when caught up, until ``stop`` is set."""
-        while not stop.is_set():
-            if self.run_once() < self.page_size:
-                self.store.wait_for_events(self._read_position(), idle_timeout)
+        return run_sync(self.run_until_idle_async(max_pages))
 
     async def run_until_idle_async(self, max_pages: int | None = None) -> int:
         """Asyncio form of :meth:`run_until_idle`."""
@@ -58,10 +51,14 @@ class PageLoop(abc.ABC):
                 break
         return total
 
+    def run_forever(self, stop: threading.Event, idle_timeout: float = 0.5) -> None:
+        """Run pages, waiting for new events when caught up, until ``stop`` is set."""
+        return run_sync(self.run_forever_async(stop, idle_timeout))
+
     async def run_forever_async(
         self, stop: asyncio.Event | threading.Event | None = None, idle_timeout: float = 0.5
     ) -> None:
         """Asyncio form of :meth:`run_forever`; also ends when its task is cancelled."""
         while stop is None or not stop.is_set():
             if await self.run_once_async() < self.page_size:
-                await self.store.wait_for_events_async(self._read_position(), idle_timeout)
+                await _io.wait_for_events(self.store, self._read_position(), idle_timeout)

@@ -10,12 +10,19 @@ from __future__ import annotations
 import threading
 from typing import Protocol, runtime_checkable
 
+from orchestrix.core._checks import check_checkpoint_name, check_checkpoint_position
+
 __all__ = ["CheckpointStore", "InMemoryCheckpointStore"]
 
 
 @runtime_checkable
 class CheckpointStore(Protocol):
-    """Named positions that survive as long as the store behind them."""
+    """Named positions that survive as long as the store behind them.
+
+    A name is a non-empty printable str of at most 255 characters, a position an int from 0 to
+    2**63-1; anything else raises :class:`~orchestrix.core.errors.InvalidCheckpointError` and
+    saves nothing.
+    """
 
     def load(self, name: str) -> int:
         """The stored position for ``name``, or 0 if none was saved."""
@@ -43,11 +50,14 @@ class InMemoryCheckpointStore:
 
     def load(self, name: str) -> int:
         """The stored position for ``name``, or 0."""
+        check_checkpoint_name(name)
         with self._lock:
             return self._positions.get(name, 0)
 
     def save(self, name: str, position: int) -> None:
         """Store ``position`` for ``name``."""
+        check_checkpoint_name(name)
+        check_checkpoint_position(position)
         with self._lock:
             self._positions[name] = position
 

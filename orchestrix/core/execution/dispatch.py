@@ -1,12 +1,32 @@
-"""How a saga's commands reach their handlers: a small protocol and a type-keyed bus."""
+"""How commands reach their handlers: a small protocol and a type-keyed bus.
+
+A handler is written once, as a plain function or as a coroutine function, and the bus runs it
+under both entry points:
+
+=====================  ===============================  =====================================
+handler                ``handle(command)`` (sync)        ``await handle_async(command)``
+=====================  ===============================  =====================================
+``async def``          run by the sync driver, in this   awaited on the loop
+                       thread, with no event loop
+plain ``def``          called                            called in a worker thread, so a
+                                                         blocking handler never stalls the loop
+=====================  ===============================  =====================================
+
+A coroutine handler that awaits only orchestrix operations (the repository's ``*_async``
+methods, :func:`~orchestrix.core.eventsourcing.aggregate.retry_on_conflict_async`) runs under
+``handle`` natively; one that awaits something only an event loop provides (``asyncio.sleep``,
+a network client) raises :class:`~orchestrix.core.errors.EventLoopRequiredError` there.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
+from orchestrix.core import _io
+from orchestrix.core._io import run_sync
 from orchestrix.core.errors import UnknownCommandError
 
 __all__ = ["CommandBus", "CommandDispatcher"]
@@ -26,44 +46,45 @@ class CommandDispatcher(Protocol):
 
 
 class CommandBus:
-    """Routes each command, by its exact type, to the handler registered for it.
-
-    A command type registered without an asyncio handler runs its sync handler in a worker
-    thread under :meth:`handle_async`, so the event loop never blocks on it.
-    """
+    """Routes each command, by its exact type, to the one handler registered for it."""
 
     def __init__(self) -> None:
-        self._sync: dict[type, Callable[[Any], Any]] = {}
-        self._async: dict[type, Callable[[Any], Awaitable[Any]]] = {}
+        # command type -> (handler, whether calling it returns a coroutine)
+        self._routes: dict[type, tuple[Callable[[Any], Any], bool]] = {}
 
-    def register(
-        self,
-        command_type: type,
-        handler: Callable[[Any], Any],
-        async_handler: Callable[[Any], Awaitable[Any]] | None = None,
-    ) -> None:
-        """Route ``command_type`` to ``handler`` (and ``async_handler`` under asyncio)."""
-        if inspect.iscoroutinefunction(handler):
-            raise TypeError(f"{command_type.__name__}: pass a coroutine function as async_handler")
-        self._sync[command_type] = handler
-        if async_handler is not None:
-            self._async[command_type] = async_handler
-        else:
-            self._async.pop(command_type, None)
+    def register(self, command_type: type, handler: Callable[[Any], Any]) -> None:
+        """Route ``command_type`` to ``handler``, a plain function or a coroutine function.
+
+        Registering a type again replaces its handler.
+        """
+        if not isinstance(command_type, type):
+            raise TypeError(f"command_type must be a class, not {command_type!r}")
+        if not callable(handler):
+            raise TypeError(f"{command_type.__name__}: handler must be callable, not {handler!r}")
+        self._routes[command_type] = (handler, _is_coroutine_function(handler))
 
     def handle(self, command: Any) -> Any:
         """Execute ``command`` with its registered handler; UnknownCommandError if there is none."""
-        handler = self._sync.get(type(command))
-        if handler is None:
-            raise UnknownCommandError(type(command), self._sync)
-        return handler(command)
+        return run_sync(self.handle_async(command))
 
     async def handle_async(self, command: Any) -> Any:
         """Asyncio form of :meth:`handle`."""
-        handler = self._async.get(type(command))
-        if handler is not None:
+        route = self._routes.get(type(command))
+        if route is None:
+            raise UnknownCommandError(type(command), self._routes)
+        handler, is_coroutine = route
+        if is_coroutine:
             return await handler(command)
-        sync = self._sync.get(type(command))
-        if sync is None:
-            raise UnknownCommandError(type(command), self._sync)
-        return await asyncio.to_thread(sync, command)
+        # Under the sync driver this is a plain call; under asyncio a worker thread.
+        result = await _io.in_thread(functools.partial(handler, command))
+        if inspect.isawaitable(result):
+            # A plain callable that hands back an awaitable (a lambda around a coroutine
+            # function): finish it here rather than return an unawaited coroutine.
+            return await result
+        return result
+
+
+def _is_coroutine_function(handler: Callable[..., Any]) -> bool:
+    # Also an object whose __call__ is a coroutine function: inspect does not look there on 3.11.
+    call = None if inspect.isroutine(handler) else inspect.getattr_static(type(handler), "__call__", None)
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call)

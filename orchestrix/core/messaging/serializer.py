@@ -45,7 +45,6 @@ in-memory store uses it to check events it keeps as objects.
 from __future__ import annotations
 
 import enum
-import json
 import keyword
 import math
 import reprlib
@@ -60,6 +59,7 @@ from typing import Any
 
 import attrs
 
+from orchestrix._speedups import dumps, loads, quote
 from orchestrix.core.errors import SerializationError, UnknownEventTypeError
 
 __all__ = ["MAX_DEPTH", "RawEvent", "RawSerializer", "Serializer", "StructuralSerializer"]
@@ -70,31 +70,6 @@ MAX_DEPTH = 100
 _Encoder = Callable[..., Any]
 _Decoder = Callable[..., Any]
 _SCALARS = (str, int, float, bool, type(None))
-# Built once: json.dumps with non-default options constructs a new encoder on every call.
-_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-# The C encoder behind _JSON, made once instead of on every encode() (about half its cost for a
-# small event). Circular checks are off: the dicts are built fresh from attrs fields.
-_C_ENCODE = (
-    json.encoder.c_make_encoder(  # type: ignore[attr-defined]
-        None, _JSON.default, json.encoder.encode_basestring, None, ":", ",", False, False, False
-    )
-    if getattr(json.encoder, "c_make_encoder", None) is not None
-    else None
-)
-
-
-def _dumps_value(value: Any) -> str:
-    if _C_ENCODE is None:
-        return _JSON.encode(value)
-    return "".join(_C_ENCODE(value, 0))
-
-
-_quote: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
-"""A JSON string literal, not ASCII-escaped (the C function when there is one)."""
-
-_UNJSON = json.JSONDecoder()
-_SCAN = _UNJSON.scan_once
-
 _REPR = reprlib.Repr()
 _REPR.maxstring = _REPR.maxother = 80
 _REPR.maxlevel = 3
@@ -586,7 +561,7 @@ class Serializer:
         """
         decoder = self._decoding.get(type_name) or self._decoding_of(type_name)
         try:
-            return decoder(_loads(data), 1)
+            return decoder(loads(data), 1)
         except _Refused as refused:
             raise SerializationError(type_name, refused.describe()) from refused.__cause__
         except RecursionError:  # the JSON parser's own limit, far beyond MAX_DEPTH
@@ -786,7 +761,7 @@ class RawSerializer(Serializer):
     def decode(self, type_name: str, data: bytes | str) -> RawEvent:
         """Parse the stored JSON object into a RawEvent; damaged JSON raises SerializationError."""
         try:
-            parsed = _loads(data)
+            parsed = loads(data)
         except RecursionError:
             raise SerializationError(type_name, "stored data nests too deeply to parse") from None
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both are
@@ -794,27 +769,6 @@ class RawSerializer(Serializer):
         if type(parsed) is not dict:
             raise SerializationError(type_name, f"stored data is not a JSON object: {parsed!r:.60}")
         return RawEvent(type_name, parsed)
-
-
-def _loads(data: bytes | str) -> Any:
-    """``json.loads``, minus its encoding detection for what :meth:`Serializer.encode` writes.
-
-    An object encoded by ``encode`` starts with ``{`` followed by a non-NUL byte, which
-    ``json.loads`` would detect as UTF-8 too; anything else takes the general path.
-    """
-    if type(data) is bytes and data[:1] == b"{" and data[1:2] != b"\x00":
-        text = data.decode("utf-8", "surrogatepass")
-        # The scanner alone: encode() writes no whitespace around the object, so the two regex
-        # matches JSONDecoder.decode spends on it (a fifth of a replay) find nothing. Anything
-        # unusual goes to json.loads, which raises its usual errors.
-        try:
-            parsed, end = _SCAN(text, 0)
-        except StopIteration:
-            pass
-        else:
-            if end == len(text):
-                return parsed
-    return json.loads(data)
 
 
 # -- the generated per-class codecs -----------------------------------------------------------
@@ -850,8 +804,8 @@ def _compile_encoders(cls: type, fields: list[_Field]) -> tuple[_Encoder, _Encod
     check's call; strings and integers are written by the functions ``json`` itself uses.
     """
     names: dict[str, Any] = {
-        "dumps": _dumps_value,
-        "quote": _quote,
+        "dumps": dumps,
+        "quote": quote,
         "int_text": int.__repr__,
         "Refused": _Refused,
         "too_deep": _too_deep,
@@ -881,7 +835,7 @@ def _compile_encoders(cls: type, fields: list[_Field]) -> tuple[_Encoder, _Encod
             write = "int_text"
         else:
             write = "dumps"
-        texts.append(f"{(',' if k else '{') + _quote(f.key) + ':'!r} + {write}(v{k})")
+        texts.append(f"{(',' if k else '{') + quote(f.key) + ':'!r} + {write}(v{k})")
     fetch = "\n".join(lines) + "\n"
     source = (
         f"def to_dict(obj, depth=1):\n{fetch}    return {{{', '.join(keys)}}}\n"

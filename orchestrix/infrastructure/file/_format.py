@@ -13,8 +13,9 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-from orchestrix.core.messaging._uuids import uuid_from_bytes
-from orchestrix.core.messaging.messages import RecordedEvent, new_recorded
+from orchestrix._speedups import uuid_from_bytes
+from orchestrix.core.eventsourcing._backend import new_recorded
+from orchestrix.core.messaging.messages import RecordedEvent
 
 FORMAT_VERSION = 2
 """Version 2 added the version check (a CRC-32 of bytes 0-11) to STORE and segment headers."""
@@ -213,17 +214,6 @@ def unpack_head(data: bytes) -> Head | None:
 # -- records -------------------------------------------------------------------------------------
 
 
-class PreparedEvent(NamedTuple):
-    """One event's fields, already encoded to bytes (built as a plain tuple on the hot path)."""
-
-    event_id: bytes
-    correlation_id: bytes | None
-    causation_id: bytes | None
-    type_field: bytes
-    """The type name's length (u16) followed by its UTF-8 bytes."""
-    payload: bytes
-
-
 def type_field(type_name: str) -> bytes:
     """The length-prefixed type name as it is stored."""
     raw = type_name.encode()
@@ -232,8 +222,12 @@ def type_field(type_name: str) -> bytes:
     return U16.pack(len(raw)) + raw
 
 
-def prepare_record(stream: bytes, events: Sequence[PreparedEvent | tuple[Any, ...]]) -> bytearray:
-    """A whole record except the fields known only at commit; :func:`seal_record` fills them in."""
+def prepare_record(stream: bytes, events: Sequence[tuple[Any, ...]]) -> bytearray:
+    """A whole record except the fields known only at commit; :func:`seal_record` fills them in.
+
+    Each event is ``(event_id, correlation_id, causation_id, type_field, payload)``, all bytes
+    (the ids 16 bytes, or None for a missing correlation or causation).
+    """
     pack_u32 = U32.pack
     if len(events) == 1:  # most appends: one event, and usually no correlation or causation
         event_id, correlation, causation, type_name, payload = events[0]

@@ -14,27 +14,23 @@ from __future__ import annotations
 
 import time
 import uuid
-import zlib
 from collections.abc import Callable
 from typing import Any
 
 from orchestrix.core.errors import OrchestrixError, StoreFailedError
-from orchestrix.core.eventsourcing.store import (
-    AppendResult,
+from orchestrix.core.eventsourcing._backend import (
     check_expected_version,
     find_replayed_append,
     new_append_result,
 )
-from orchestrix.infrastructure.file._format import FRAME_SIZE, SEAL, SEGMENT_HEADER_SIZE, U32, Head
+from orchestrix.core.eventsourcing.store import AppendResult
+from orchestrix.infrastructure.file._format import SEGMENT_HEADER_SIZE, Head, seal_record
 from orchestrix.infrastructure.file._index import Entry
 from orchestrix.infrastructure.file._locator import Place
 from orchestrix.infrastructure.file._request import Request
 from orchestrix.infrastructure.file._view import LogView
 
 _new: Callable[..., Any] = tuple.__new__  # builds NamedTuples without their Python-level __new__
-_crc32 = zlib.crc32
-_seal_into = SEAL.pack_into
-_u32_into = U32.pack_into
 
 Planned = tuple[Request, int, int, AppendResult]
 """A request that will be written: (request, first position, first version, its result)."""
@@ -166,9 +162,7 @@ class GroupWriter:
             durable = self.view.end.position  # what recovery needs to tell a torn write from damage
             for r, position, version, _ in planned:
                 record = r.record
-                _seal_into(record, FRAME_SIZE, durable, position, version, recorded_us)
-                crc = _crc32(memoryview(record)[8:])
-                _u32_into(record, 4, crc)
+                crc = seal_record(record, durable, position, version, recorded_us)
                 size = len(record)
                 fields = (position, len(r.ids), version, r.stream, number, offset, size, crc, r.ids)
                 entries.append(_new(Entry, fields))

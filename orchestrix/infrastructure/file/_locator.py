@@ -32,7 +32,7 @@ from orchestrix.core.eventsourcing.store import NO_STREAM
 from orchestrix.infrastructure.file._format import RecordInfo
 from orchestrix.infrastructure.file._index import Entry, Index
 
-log = logging.getLogger("orchestrix.file")
+log = logging.getLogger(__name__)
 
 VERSION_CACHE_LIMIT = 65536
 """Stream versions found in the index that the locator keeps; past that the cache starts over."""

@@ -46,7 +46,7 @@ from orchestrix.infrastructure.file._format import (
 from orchestrix.infrastructure.file._io import FileIO, Syncs
 from orchestrix.infrastructure.file._lock import WriterLock
 
-log = logging.getLogger("orchestrix.infrastructure.file")
+log = logging.getLogger(__name__)
 
 STORE_TMP = STORE_FILE + ".tmp"
 WINDOW = 256 * 1024

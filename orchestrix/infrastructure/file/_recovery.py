@@ -31,7 +31,7 @@ from orchestrix.infrastructure.file._format import (
 )
 from orchestrix.infrastructure.file._log import WINDOW, Log, Segment, Window
 
-log = logging.getLogger("orchestrix.infrastructure.file")
+log = logging.getLogger(__name__)
 
 
 class recover:

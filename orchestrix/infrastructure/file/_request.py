@@ -11,13 +11,10 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from orchestrix.core.errors import SerializationError
-from orchestrix.core.eventsourcing.store import (
-    AppendResult,
-    to_new_events,
-    validate_expected_version,
-    validate_stream_name,
-)
+from orchestrix.core._checks import MAX_POSITION, check_expected_version_arg, check_stream_name
+from orchestrix.core.errors import BatchTooLargeError, SerializationError
+from orchestrix.core.eventsourcing._backend import to_new_events
+from orchestrix.core.eventsourcing.store import AppendResult
 from orchestrix.core.messaging.messages import NewEvent
 from orchestrix.core.messaging.serializer import Serializer
 from orchestrix.infrastructure.file._format import (
@@ -27,7 +24,6 @@ from orchestrix.infrastructure.file._format import (
     prepare_record,
     type_field,
 )
-from orchestrix.infrastructure.file.errors import BatchTooLargeError
 
 NAMES_CACHED = 4096
 """Stream and type names a store keeps encoded; past that the cache starts over."""
@@ -82,12 +78,12 @@ def prepare(
     """
     raw_stream = names.get(stream) if type(stream) is str else None
     if raw_stream is None:
-        raw_stream = validate_stream_name(stream).encode()
+        raw_stream = check_stream_name(stream).encode()
         if len(names) >= NAMES_CACHED:
             names.clear()
         names[stream] = raw_stream
-    if type(expected_version) is not int or expected_version < 0:  # the named modes, or bad input
-        validate_expected_version(expected_version)
+    if type(expected_version) is not int or not 0 <= expected_version <= MAX_POSITION:
+        check_expected_version_arg(expected_version)  # the named modes pass, bad input raises
     batch = to_new_events(stream, events)
     encode = serializer.encode
     prepared = []
@@ -111,6 +107,6 @@ def prepare(
         )
     record = prepare_record(raw_stream, prepared)
     if len(record) - FRAME_SIZE > MAX_BODY:
-        raise BatchTooLargeError(stream, len(record), MAX_BODY + FRAME_SIZE)
+        raise BatchTooLargeError(stream, "record_bytes", MAX_BODY + FRAME_SIZE, len(record))
     ids = (prepared[0][0],) if len(prepared) == 1 else tuple([p[0] for p in prepared])
     return Request(stream, batch, ids, record, expected_version)

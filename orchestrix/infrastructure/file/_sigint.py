@@ -14,10 +14,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-try:  # the C module: signal's own wrappers turn every handler into an enum, ~3 us a call
-    import _signal as _sig
-except ImportError:  # pragma: no cover - an interpreter without it
-    import signal as _sig  # type: ignore[no-redef]
+from orchestrix._speedups import signal_module as _sig
+
 _SIGINT = int(_sig.SIGINT)
 
 

@@ -33,7 +33,7 @@ from orchestrix.infrastructure.file._locator import Locator, Seen
 from orchestrix.infrastructure.file._log import Log, Window, read_frame
 from orchestrix.infrastructure.file._recovery import Known, known_end, recover
 
-log = logging.getLogger("orchestrix.infrastructure.file")
+log = logging.getLogger(__name__)
 
 
 class LogView:

@@ -11,7 +11,7 @@ import queue
 import threading
 from collections.abc import Callable
 
-log = logging.getLogger("orchestrix.file")
+log = logging.getLogger(__name__)
 
 
 class WriterThreads:

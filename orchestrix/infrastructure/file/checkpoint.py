@@ -10,9 +10,10 @@ import os
 import threading
 from typing import Any
 
+from orchestrix.core._checks import check_checkpoint_name, check_checkpoint_position
 from orchestrix.core.errors import StoreError, StoreFailedError, StoreFormatError
 from orchestrix.infrastructure.file._io import fsync_directory
-from orchestrix.infrastructure.file.errors import InvalidCheckpointError, ReadOnlyStoreError
+from orchestrix.infrastructure.file.errors import ReadOnlyStoreError
 
 __all__ = ["FileCheckpointStore"]
 
@@ -49,24 +50,22 @@ class FileCheckpointStore:
 
     def load(self, name: str) -> int:
         """The stored position for ``name``, or 0 if none was saved."""
-        _check_name(name)
+        check_checkpoint_name(name)
         with self._threads:
             return self._read().get(name, 0)
 
     def save(self, name: str, position: int) -> None:
         """Store ``position`` for ``name``; durable when this returns."""
-        _check_name(name)
-        if type(position) is not int or position < 0:
-            raise InvalidCheckpointError(position, "a position is an int >= 0")
+        check_checkpoint_name(name)
+        check_checkpoint_position(position)
         if self.read_only:
             raise ReadOnlyStoreError(os.path.dirname(self.path), f"cannot save checkpoint {name!r}")
         with self._threads:
             try:
                 lock = open(self._lock_path, "a")  # noqa: SIM115  (closed by the with below)
             except OSError as exc:
-                raise StoreFailedError(
-                    f"cannot save checkpoints to {self.path}: {exc.strerror or exc}"
-                ) from exc
+                reason = exc.strerror or exc
+                raise StoreFailedError(f"cannot save checkpoints to {self.path}: {reason}") from exc
             with lock:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # read-modify-write against other processes
                 positions = self._read()
@@ -131,10 +130,3 @@ class FileCheckpointStore:
 
     def __repr__(self) -> str:
         return f"FileCheckpointStore({self.path!r})"
-
-
-def _check_name(name: object) -> None:
-    if not isinstance(name, str) or not name:
-        raise InvalidCheckpointError(name, "a name is a non-empty str")
-    if not name.isprintable():
-        raise InvalidCheckpointError(name, "a name must not contain NUL or other control characters")

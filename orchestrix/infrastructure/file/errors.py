@@ -2,37 +2,26 @@
 
 ::
 
-    BatchTooLargeError (ValueError)    one append's record would exceed the format's limit
-    InvalidCheckpointError (ValueError) a checkpoint name or position that cannot be stored
     InvalidStoreOptionError (ValueError) a FileEventStore option out of its range
     ReadOnlyStoreError (StoreError)     a write to a store opened with ``read_only=True``
+
+``BatchTooLargeError`` (``limit_name == "record_bytes"``) and ``InvalidCheckpointError`` are
+the core's (:mod:`orchestrix.core.errors`), shared with the other stores; the names are kept
+here so that older imports work.
 """
 
 from __future__ import annotations
 
+from orchestrix.core import errors as _core
 from orchestrix.core.errors import OrchestrixError, StoreError
 
 __all__ = ["BatchTooLargeError", "InvalidCheckpointError", "InvalidStoreOptionError", "ReadOnlyStoreError"]
 
+BatchTooLargeError = _core.BatchTooLargeError
+"""The core's :class:`~orchestrix.core.errors.BatchTooLargeError`, by its older import path."""
 
-class BatchTooLargeError(OrchestrixError, ValueError):
-    """An append's events do not fit in one record; nothing was written."""
-
-    def __init__(self, stream: str, size: int, limit: int) -> None:
-        super().__init__(f"stream {stream!r}: the batch needs {size} bytes; one record holds at most {limit}")
-        self.stream = stream
-        self.size = size
-        self.limit = limit
-
-
-class InvalidCheckpointError(OrchestrixError, ValueError):
-    """A checkpoint name or position is unusable; nothing was saved."""
-
-    def __init__(self, value: object, reason: str) -> None:
-        shown = value if not isinstance(value, str) or len(value) <= 60 else value[:60] + "…"
-        super().__init__(f"invalid checkpoint {shown!r}: {reason}")
-        self.value = value
-        self.reason = reason
+InvalidCheckpointError = _core.InvalidCheckpointError
+"""The core's :class:`~orchestrix.core.errors.InvalidCheckpointError`, by its older import path."""
 
 
 class InvalidStoreOptionError(OrchestrixError, ValueError):

@@ -29,8 +29,16 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
+from orchestrix.core._checks import (
+    check_after,
+    check_from_version,
+    check_limit,
+    check_stream_name,
+    check_timeout,
+)
 from orchestrix.core.errors import CorruptionError, StoreClosedError, StoreFormatError
-from orchestrix.core.eventsourcing.store import ANY, AppendResult, AsyncStoreMixin, validate_stream_name
+from orchestrix.core.eventsourcing._backend import AsyncStoreMixin
+from orchestrix.core.eventsourcing.store import ANY, AppendResult
 from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
 from orchestrix.core.messaging.serializer import Serializer
 from orchestrix.infrastructure.file._commit import GroupCommit
@@ -55,7 +63,15 @@ from orchestrix.infrastructure.file._view import LogView, ahead
 from orchestrix.infrastructure.file.checkpoint import FileCheckpointStore
 from orchestrix.infrastructure.file.errors import InvalidStoreOptionError, ReadOnlyStoreError
 
-__all__ = ["FileEventStore"]
+__all__ = [
+    "CHECKPOINT_FILE",
+    "DEFAULT_CHECKPOINT_EVENTS",
+    "DEFAULT_LOOP_SYNC_MAX",
+    "DEFAULT_SEGMENT_SIZE",
+    "MAX_SEGMENT_SIZE",
+    "MIN_SEGMENT_SIZE",
+    "FileEventStore",
+]
 
 CHECKPOINT_FILE = "checkpoints.json"
 DEFAULT_SEGMENT_SIZE = 128 * 1024 * 1024
@@ -63,9 +79,9 @@ DEFAULT_CHECKPOINT_EVENTS = 16384
 DEFAULT_LOOP_SYNC_MAX = 0.001
 MIN_SEGMENT_SIZE = 512  # tiny segments are for tests of rollovers
 MAX_SEGMENT_SIZE = 1 << 40  # the index keeps offsets in 40 bits
-STREAM_WINDOW = 4096
+_STREAM_WINDOW = 4096
 """First read size of a stream read: most streams are short, and their records far apart."""
-POLL_INTERVAL = 0.02
+_POLL_INTERVAL = 0.02
 """How often a waiting reader looks at HEAD for other processes' appends (seconds)."""
 
 
@@ -115,6 +131,10 @@ class FileEventStore(AsyncStoreMixin):
         self._commits = None if read_only else GroupCommit(self._view, segment_size, loop_sync_max, policy)
         self._closing = threading.RLock()  # one close at a time: two would close each file twice
 
+    checks_fences = False
+    """Appends made under a fence are not checked: the file store grants no leases (its writers,
+    on one machine, take turns through a file lock)."""
+
     # -- appending ---------------------------------------------------------------------------
 
     def append(
@@ -157,10 +177,10 @@ class FileEventStore(AsyncStoreMixin):
 
     def read_stream(self, stream: str, from_version: int = 0) -> Iterator[RecordedEvent]:
         """Yield the stream's events from ``from_version`` on, decoding one at a time."""
-        validate_stream_name(stream)
+        check_stream_name(stream)
+        check_from_version(from_version)
         self._check_open()
         self._view.refresh()
-        from_version = max(from_version, 0)
         view = self._view
         with view.state:
             bound = view.locator.bound
@@ -186,7 +206,7 @@ class FileEventStore(AsyncStoreMixin):
         segment = self._view.log.segment(number)
         window = windows.get(number)
         if window is None:
-            window = windows[number] = Window(segment.fd, STREAM_WINDOW, 65536)
+            window = windows[number] = Window(segment.fd, _STREAM_WINDOW, 65536)
         frame = read_frame(window, offset, 1 << 62)
         if isinstance(frame, RecordProblem):
             raise CorruptionError(segment.path, offset, str(frame))
@@ -197,11 +217,13 @@ class FileEventStore(AsyncStoreMixin):
 
     def read_all(self, after: int = 0, limit: int | None = None) -> Iterator[RecordedEvent]:
         """Yield every event with a position greater than ``after``, in global order, lazily."""
+        check_after(after)
+        check_limit(limit)
         self._check_open()
         self._view.refresh()
         end = self._view.end
-        start = max(after, 0) + 1
-        if start > end.position or (limit is not None and limit <= 0):
+        start = after + 1
+        if start > end.position or limit == 0:
             return iter(())
         return self._all_events(start, end, limit)
 
@@ -265,7 +287,7 @@ class FileEventStore(AsyncStoreMixin):
 
     def stream_version(self, stream: str) -> int:
         """The version of the stream's last event, or NO_STREAM (-1) if it has none."""
-        validate_stream_name(stream)
+        check_stream_name(stream)
         self._check_open()
         self._view.refresh()
         with self._view.state:
@@ -336,6 +358,8 @@ class FileEventStore(AsyncStoreMixin):
 
     def wait_for_events(self, after: int, timeout: float) -> bool:
         """Block until an event after ``after`` is committed (by any process) or ``timeout`` passes."""
+        check_after(after)
+        check_timeout(timeout)
         view = self._view
         deadline = time.monotonic() + timeout
         while True:
@@ -349,12 +373,14 @@ class FileEventStore(AsyncStoreMixin):
                     return False
                 view.sync_waiters += 1
                 try:
-                    view.changed.wait(min(remaining, POLL_INTERVAL))
+                    view.changed.wait(min(remaining, _POLL_INTERVAL))
                 finally:
                     view.sync_waiters -= 1
 
     async def wait_for_events_async(self, after: int, timeout: float) -> bool:
         """Asyncio form of :meth:`wait_for_events`; holds no thread while it waits."""
+        check_after(after)
+        check_timeout(timeout)
         view = self._view
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -380,7 +406,7 @@ class FileEventStore(AsyncStoreMixin):
                 # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancel that lands in
                 # the loop turn in which the event is set, and the task would wait on for ever.
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(remaining, POLL_INTERVAL)):
+                    async with asyncio.timeout(min(remaining, _POLL_INTERVAL)):
                         await woken.wait()
         finally:
             view.async_waiters.discard(token)

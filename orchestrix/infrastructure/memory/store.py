@@ -8,20 +8,26 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any
 
+from orchestrix.core._checks import (
+    check_after,
+    check_expected_version_arg,
+    check_from_version,
+    check_limit,
+    check_stream_name,
+    check_timeout,
+)
 from orchestrix.core.errors import FencedError, StoreClosedError
-from orchestrix.core.eventsourcing.fencing import Fence, current_fence
-from orchestrix.core.eventsourcing.store import (
-    ANY,
-    NO_STREAM,
-    AppendResult,
+from orchestrix.core.eventsourcing._backend import (
     check_expected_version,
     find_replayed_append,
+    new_append_result,
     to_new_events,
-    validate_expected_version,
-    validate_stream_name,
 )
+from orchestrix.core.eventsourcing.fencing import Fence, current_fence
+from orchestrix.core.eventsourcing.store import ANY, NO_STREAM, AppendResult
 from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
 from orchestrix.core.messaging.serializer import Serializer, StructuralSerializer
 
@@ -81,8 +87,8 @@ class InMemoryEventStore:
         self, stream: str, events: Sequence[NewEvent | Any], expected_version: int = ANY
     ) -> AppendResult:
         """Append all events, or raise ConcurrencyError and write none."""
-        validate_stream_name(stream)
-        validate_expected_version(expected_version)
+        check_stream_name(stream)
+        check_expected_version_arg(expected_version)
         batch = to_new_events(stream, events)
         encoded = [self._encode(e.event) for e in batch]
         fence = current_fence()
@@ -124,26 +130,29 @@ class InMemoryEventStore:
                 positions.append(position)
             self._appended.notify_all()
             self._wake_async_waiters()
-        return AppendResult(stream, tuple(versions), tuple(positions))
+        return new_append_result(stream, tuple(versions), tuple(positions))
 
     def read_stream(self, stream: str, from_version: int = 0) -> Iterator[RecordedEvent]:
         """Yield the stream's events from ``from_version`` on; nothing for a missing stream."""
-        validate_stream_name(stream)
+        check_stream_name(stream)
+        check_from_version(from_version)
         with self._lock:
             events = self._streams.get(stream)
-            snapshot = events[max(from_version, 0) :] if events else []
+            snapshot = events[from_version:] if events else []
         return map(self._decode, snapshot)
 
     def read_all(self, after: int = 0, limit: int | None = None) -> Iterator[RecordedEvent]:
         """Yield every event with a position greater than ``after``, in global order."""
+        check_after(after)
+        check_limit(limit)
         with self._lock:
-            end = len(self._log) if limit is None else min(len(self._log), max(after, 0) + limit)
-            snapshot = self._log[max(after, 0) : end]
+            end = len(self._log) if limit is None else min(len(self._log), after + limit)
+            snapshot = self._log[after:end]
         return map(self._decode, snapshot)
 
     def stream_version(self, stream: str) -> int:
         """The version of the stream's last event, or NO_STREAM (-1)."""
-        validate_stream_name(stream)
+        check_stream_name(stream)
         with self._lock:
             events = self._streams.get(stream)
             return len(events) - 1 if events else NO_STREAM
@@ -155,6 +164,8 @@ class InMemoryEventStore:
 
     def wait_for_events(self, after: int, timeout: float) -> bool:
         """Block until an event with position > ``after`` exists or ``timeout`` passes."""
+        check_after(after)
+        check_timeout(timeout)
         with self._appended:
             return self._appended.wait_for(lambda: len(self._log) > after or self._closed, timeout) and (
                 len(self._log) > after
@@ -189,6 +200,8 @@ class InMemoryEventStore:
 
     async def wait_for_events_async(self, after: int, timeout: float) -> bool:
         """Asyncio form of :meth:`wait_for_events`; an append wakes the waiting task directly."""
+        check_after(after)
+        check_timeout(timeout)
         woken = asyncio.Event()
         waiter = (asyncio.get_running_loop(), woken)
         with self._lock:
@@ -227,6 +240,14 @@ class InMemoryEventStore:
             self._closed = True
             self._appended.notify_all()
             self._wake_async_waiters()
+
+    def __enter__(self) -> InMemoryEventStore:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
 
     def _encode(self, event: Any) -> tuple[str, Any]:
         if self._serializer is not None:

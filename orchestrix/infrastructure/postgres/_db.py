@@ -30,7 +30,9 @@ from orchestrix.infrastructure.postgres.errors import (
     DatabaseConfigurationError,
     DatabaseError,
     DatabaseUnavailableError,
-    one_line,
+)
+from orchestrix.infrastructure.postgres.errors import (
+    _one_line as one_line,
 )
 
 __all__: list[str] = []

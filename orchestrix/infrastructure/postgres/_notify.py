@@ -18,7 +18,7 @@ import psycopg
 
 __all__: list[str] = []
 
-log = logging.getLogger("orchestrix.postgres")
+log = logging.getLogger(__name__)
 
 Connect = Callable[[], psycopg.Connection]
 

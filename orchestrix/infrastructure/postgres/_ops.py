@@ -18,8 +18,9 @@ import attrs
 from psycopg import errors as pg_errors
 
 from orchestrix.core.errors import ConcurrencyError, FencedError, SerializationError
+from orchestrix.core.eventsourcing._backend import find_replayed_append
 from orchestrix.core.eventsourcing.fencing import Fence
-from orchestrix.core.eventsourcing.store import ANY, STREAM_EXISTS, AppendResult, find_replayed_append
+from orchestrix.core.eventsourcing.store import ANY, STREAM_EXISTS, AppendResult
 from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
 from orchestrix.core.messaging.serializer import Serializer
 from orchestrix.infrastructure.postgres._schema import EVENT_ID_CONSTRAINT, Statements

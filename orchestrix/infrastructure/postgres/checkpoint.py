@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import operator
-
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+from orchestrix.core._checks import check_checkpoint_name, check_checkpoint_position
 from orchestrix.infrastructure.postgres import _ops
 from orchestrix.infrastructure.postgres._db import Database
 from orchestrix.infrastructure.postgres._schema import Statements, ensure_schema, validate_schema_name
-from orchestrix.infrastructure.postgres.errors import InvalidCheckpointNameError
 
 __all__ = ["PostgresCheckpointStore"]
 
@@ -52,36 +50,27 @@ class PostgresCheckpointStore:
 
     def load(self, name: str) -> int:
         """The stored position for ``name``, or 0 if none was saved."""
-        _check_name(name)
+        check_checkpoint_name(name)
         return self._db.run("load_checkpoint", lambda: _ops.load_checkpoint_op(self._st, name))
 
     def save(self, name: str, position: int) -> None:
         """Store ``position`` for ``name``; committed when this returns."""
-        _check_name(name)
-        position = operator.index(position)
+        check_checkpoint_name(name)
+        check_checkpoint_position(position)
         self._db.run("save_checkpoint", lambda: _ops.save_checkpoint_op(self._st, name, position))
 
     async def load_async(self, name: str) -> int:
         """Asyncio form of :meth:`load`."""
-        _check_name(name)
+        check_checkpoint_name(name)
         return await self._db.run_async("load_checkpoint", lambda: _ops.load_checkpoint_op(self._st, name))
 
     async def save_async(self, name: str, position: int) -> None:
         """Asyncio form of :meth:`save`."""
-        _check_name(name)
-        position = operator.index(position)
+        check_checkpoint_name(name)
+        check_checkpoint_position(position)
         await self._db.run_async("save_checkpoint", lambda: _ops.save_checkpoint_op(self._st, name, position))
 
     def close(self) -> None:
         """Close the connections this object opened (a shared store's stay open)."""
         if self._owns_db:
             self._db.close()
-
-
-def _check_name(name: object) -> None:
-    if not isinstance(name, str) or not name:
-        raise InvalidCheckpointNameError(name, "must be a non-empty str")
-    if len(name) > 255:
-        raise InvalidCheckpointNameError(name[:60] + "…", "longer than 255 characters")
-    if not name.isprintable():
-        raise InvalidCheckpointNameError(name, "must not contain NUL or other control characters")

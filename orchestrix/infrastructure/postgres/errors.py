@@ -8,13 +8,17 @@
     ├── DatabaseError                any other error PostgreSQL reported (sqlstate)
     └── StoreFormatError
         └── SchemaNotInitializedError  no orchestrix tables in the schema, and none may be created
-    BatchTooLargeError (ValueError)  more events in one append than a transaction can number
-    InvalidCheckpointNameError (ValueError)
     LeaseTimeoutError (TimeoutError) no partition of a runner group came free in time
+
+``BatchTooLargeError`` (``limit_name == "events"``: more events in one append than a
+transaction can number) and ``InvalidCheckpointNameError`` (the core's
+``InvalidCheckpointError``) are the core's classes, shared with the other stores; the names are
+kept here so that older imports work.
 """
 
 from __future__ import annotations
 
+from orchestrix.core import errors as _core
 from orchestrix.core.errors import OrchestrixError, StoreError, StoreFormatError
 
 __all__ = [
@@ -28,7 +32,7 @@ __all__ = [
 ]
 
 
-def one_line(exc: BaseException) -> str:
+def _one_line(exc: BaseException) -> str:
     """A driver error's words on one line (libpq puts hints on lines of their own), minus
     psycopg's "connection failed:" prefix, which the words that follow say better."""
     text = " ".join(str(exc).split())
@@ -45,7 +49,7 @@ class DatabaseUnavailableError(StoreError):
     """
 
     def __init__(self, operation: str, attempts: int, waited: float, cause: BaseException) -> None:
-        last = one_line(cause)
+        last = _one_line(cause)
         super().__init__(
             f"PostgreSQL unavailable: {operation} failed {attempts} time(s) over {waited:.1f} s; "
             f"last error: {last}"
@@ -80,23 +84,11 @@ class DatabaseError(StoreError):
         self.sqlstate = sqlstate
 
 
-class BatchTooLargeError(OrchestrixError, ValueError):
-    """An append holds more events than one transaction can give positions to; nothing was written."""
+BatchTooLargeError = _core.BatchTooLargeError
+"""The core's :class:`~orchestrix.core.errors.BatchTooLargeError`, by its older import path."""
 
-    def __init__(self, stream: str, size: int, limit: int) -> None:
-        super().__init__(f"stream {stream!r}: {size} events in one append; at most {limit} are allowed")
-        self.stream = stream
-        self.size = size
-        self.limit = limit
-
-
-class InvalidCheckpointNameError(OrchestrixError, ValueError):
-    """A checkpoint name is not a non-empty printable string of at most 255 characters."""
-
-    def __init__(self, name: object, reason: str) -> None:
-        super().__init__(f"invalid checkpoint name {name!r}: {reason}")
-        self.name = name
-        self.reason = reason
+InvalidCheckpointNameError = _core.InvalidCheckpointError
+"""The core's :class:`~orchestrix.core.errors.InvalidCheckpointError`, by its older name."""
 
 
 class LeaseTimeoutError(OrchestrixError, TimeoutError):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import operator
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -19,14 +18,18 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from orchestrix.core.eventsourcing.fencing import Fence, current_fence
-from orchestrix.core.eventsourcing.store import (
-    ANY,
-    AppendResult,
-    to_new_events,
-    validate_expected_version,
-    validate_stream_name,
+from orchestrix.core._checks import (
+    check_after,
+    check_expected_version_arg,
+    check_from_version,
+    check_limit,
+    check_stream_name,
+    check_timeout,
 )
+from orchestrix.core.errors import BatchTooLargeError
+from orchestrix.core.eventsourcing._backend import to_new_events
+from orchestrix.core.eventsourcing.fencing import Fence, current_fence
+from orchestrix.core.eventsourcing.store import ANY, AppendResult
 from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
 from orchestrix.core.messaging.serializer import Serializer
 from orchestrix.infrastructure.postgres import _ops
@@ -39,7 +42,6 @@ from orchestrix.infrastructure.postgres._schema import (
     validate_schema_name,
 )
 from orchestrix.infrastructure.postgres.checkpoint import PostgresCheckpointStore
-from orchestrix.infrastructure.postgres.errors import BatchTooLargeError
 
 __all__ = ["PostgresEventStore"]
 
@@ -153,11 +155,11 @@ class PostgresEventStore:
     def _prepare(
         self, stream: str, events: Sequence[NewEvent | Any], expected_version: int
     ) -> _ops.EncodedBatch:
-        validate_stream_name(stream)
-        validate_expected_version(expected_version)
+        check_stream_name(stream)
+        check_expected_version_arg(expected_version)
         batch = to_new_events(stream, events)
         if len(batch) > MAX_BATCH_SIZE:
-            raise BatchTooLargeError(stream, len(batch), MAX_BATCH_SIZE)
+            raise BatchTooLargeError(stream, "events", MAX_BATCH_SIZE, len(batch))
         return _ops.encode_batch(self._serializer, batch)
 
     def _appended(self, result: AppendResult, written: bool) -> None:
@@ -170,8 +172,8 @@ class PostgresEventStore:
 
     def read_stream(self, stream: str, from_version: int = 0) -> Iterator[RecordedEvent]:
         """Yield the stream's events from ``from_version`` on, fetched lazily in pages."""
-        validate_stream_name(stream)
-        return self._read_stream(stream, max(operator.index(from_version), 0))
+        check_stream_name(stream)
+        return self._read_stream(stream, check_from_version(from_version))
 
     def _read_stream(self, stream: str, version: int) -> Iterator[RecordedEvent]:
         pages = _StreamPages(self, stream, version)
@@ -181,7 +183,7 @@ class PostgresEventStore:
 
     def read_all(self, after: int = 0, limit: int | None = None) -> Iterator[RecordedEvent]:
         """Yield every event with a position greater than ``after``, in global order, lazily."""
-        return self._read_all(operator.index(after), None if limit is None else operator.index(limit))
+        return self._read_all(check_after(after), check_limit(limit))
 
     def _read_all(self, after: int, limit: int | None) -> Iterator[RecordedEvent]:
         pages = _AllPages(self, after, limit)
@@ -191,8 +193,8 @@ class PostgresEventStore:
 
     def read_stream_async(self, stream: str, from_version: int = 0) -> AsyncIterator[RecordedEvent]:
         """Asyncio form of :meth:`read_stream`."""
-        validate_stream_name(stream)
-        return self._read_stream_async(stream, max(operator.index(from_version), 0))
+        check_stream_name(stream)
+        return self._read_stream_async(stream, check_from_version(from_version))
 
     async def _read_stream_async(self, stream: str, version: int) -> AsyncIterator[RecordedEvent]:
         pages = _StreamPages(self, stream, version)
@@ -203,7 +205,7 @@ class PostgresEventStore:
 
     def read_all_async(self, after: int = 0, limit: int | None = None) -> AsyncIterator[RecordedEvent]:
         """Asyncio form of :meth:`read_all`."""
-        return self._read_all_async(operator.index(after), None if limit is None else operator.index(limit))
+        return self._read_all_async(check_after(after), check_limit(limit))
 
     async def _read_all_async(self, after: int, limit: int | None) -> AsyncIterator[RecordedEvent]:
         pages = _AllPages(self, after, limit)
@@ -214,12 +216,12 @@ class PostgresEventStore:
 
     def stream_version(self, stream: str) -> int:
         """The version of the stream's last event, or NO_STREAM (-1) if it has none."""
-        validate_stream_name(stream)
+        check_stream_name(stream)
         return self._db.run("stream_version", lambda: _ops.stream_version_op(self._st, stream))
 
     async def stream_version_async(self, stream: str) -> int:
         """Asyncio form of :meth:`stream_version`."""
-        validate_stream_name(stream)
+        check_stream_name(stream)
         return await self._db.run_async("stream_version", lambda: _ops.stream_version_op(self._st, stream))
 
     def last_position(self) -> int:
@@ -244,11 +246,12 @@ class PostgresEventStore:
         Woken by LISTEN/NOTIFY; polls every ``poll_interval`` in case a notification is lost,
         and faster while an event is committed but still behind the order horizon.
         """
-        after = operator.index(after)
-        deadline = time.monotonic() + max(timeout, 0.0)
+        check_after(after)
+        check_timeout(timeout)
+        deadline = time.monotonic() + timeout
         listener = self._listener
         listener.start()
-        listener.wait_ready(min(max(timeout, 0.0), 2.0))
+        listener.wait_ready(min(timeout, 2.0))
         while True:
             generation = listener.generation
             visible, pending = self._db.run("wait_for_events", lambda: _ops.events_after_op(self._st, after))
@@ -261,8 +264,9 @@ class PostgresEventStore:
 
     async def wait_for_events_async(self, after: int, timeout: float) -> bool:
         """Asyncio form of :meth:`wait_for_events`; the loop never blocks."""
-        after = operator.index(after)
-        deadline = time.monotonic() + max(timeout, 0.0)
+        check_after(after)
+        check_timeout(timeout)
+        deadline = time.monotonic() + timeout
         listener = self._listener
         listener.start()
         loop = asyncio.get_running_loop()
@@ -270,7 +274,7 @@ class PostgresEventStore:
         listener.add_async_waiter(loop, woken)
         try:
             if not listener.connected:
-                await _wait_event(woken, min(max(timeout, 0.0), 2.0))
+                await _wait_event(woken, min(timeout, 2.0))
             while True:
                 woken.clear()
                 visible, pending = await self._db.run_async(
