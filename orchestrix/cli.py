@@ -254,7 +254,9 @@ def _open_file(path: str, serializer: Serializer) -> _Opened:
         raise _Found(f"{path}: no such directory, so not a file store (nothing was created)")
     if not FileEventStore.is_store(path):
         raise _Found(f"{path}: not an orchestrix file store (no STORE file); nothing was changed")
-    return _Opened(FileEventStore(path, serializer), "file", os.path.abspath(path))
+    # Every command only reads: no writer lock (a live writer is never held up), no repair of a
+    # torn tail, no file created or written.
+    return _Opened(FileEventStore(path, serializer, read_only=True), "file", os.path.abspath(path))
 
 
 def _open_postgres(dsn: str, schema: str, serializer: Serializer) -> _Opened:
@@ -503,23 +505,15 @@ def _verified(args: argparse.Namespace, result: dict[str, Any], text: str) -> in
 
 
 def _verify_file(store: Any, args: argparse.Namespace) -> int:
-    """``FileEventStore.verify()``, reporting progress: the same scan of every record, in order.
+    """``FileEventStore.verify()``, reporting how far it got (positions are dense: events checked
+    measure it)."""
+    progress = _progress(args, "verify", store.last_position())
 
-    ``verify()`` takes no progress callback, and a long verify must say how far it got, so
-    this walks the same records through the store's log (when ``verify`` grows a ``progress``
-    argument, this becomes that one call).
-    """
-    from orchestrix.infrastructure.file._format import SEGMENT_HEADER_SIZE, Head
-
-    end_position = store.last_position()  # checks the store is open; takes in others' commits
-    progress = _progress(args, "verify", end_position)  # positions are dense: events checked measure it
-    view = store._view
-    end = view.end
-    events = 0
-    for _, info in view.log.scan(Head(0, 1, SEGMENT_HEADER_SIZE), end):
-        events += info.count
+    def checked(events: int, total: int) -> None:
         progress.tick(events, events)
-    return events
+
+    count: int = store.verify(progress=checked)
+    return count
 
 
 def _check_order(events: Iterable[RecordedEvent]) -> tuple[str | None, int]:

@@ -29,6 +29,7 @@ import pytest
 from bases.orchestrix.banking_demo.handlers import BankingCommandHandlers
 from bases.orchestrix.banking_demo.models import DepositMoney, OpenAccount, TransferMoney, banking_serializer
 from bases.orchestrix.banking_demo.saga import TransferSaga
+from orchestrix.core.errors import ConcurrencyError
 from orchestrix.core.eventsourcing.aggregate import AggregateRepository
 from orchestrix.core.execution import InMemoryCheckpointStore, SagaRunner, subscribe_async
 
@@ -149,7 +150,12 @@ async def _stress(store: Any, checkpoints: Any) -> list[str]:
         for n in itertools.count():
             if halt.wait(0.003):
                 return
-            bank.handle(DepositMoney(ACCOUNTS[n % len(ACCOUNTS)], Decimal("0.01")))
+            try:
+                bank.handle(DepositMoney(ACCOUNTS[n % len(ACCOUNTS)], Decimal("0.01")))
+            except ConcurrencyError:
+                # The saga writes the same accounts; on a busy machine a deposit can lose every
+                # one of its attempts. Its only job here is to append from outside the loop.
+                continue
 
     driver = asyncio.create_task(runner.run_forever_async(stop, idle_timeout=0.02))
     client = asyncio.create_task(transfers())

@@ -8,12 +8,14 @@ import subprocess
 import sys
 import tempfile
 import tracemalloc
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from orchestrix.core.errors import (
+    CorruptionError,
     StoreClosedError,
     StoreError,
     StoreFormatError,
@@ -76,13 +78,30 @@ def test_a_store_of_a_newer_format_is_refused_and_nothing_is_written(tmp_path: P
     path = tmp_path / "store"
     with open_store(path) as store:
         store.append("s-1", events(1))
-    marker = bytearray((path / "STORE").read_bytes())
-    marker[8:12] = (FORMAT_VERSION + 1).to_bytes(4, "little")
-    (path / "STORE").write_bytes(bytes(marker))
+    (path / "STORE").write_bytes(_as_newer_format((path / "STORE").read_bytes(), 32))
     before = snapshot(path)
-    with pytest.raises(StoreFormatError, match="newer format version 2"):
+    with pytest.raises(StoreFormatError, match=f"newer format version {FORMAT_VERSION + 1}"):
         open_store(path)
     assert snapshot(path) == before
+
+
+def _as_newer_format(data: bytes, check_at: int) -> bytes:
+    """``data`` (a STORE file or segment header) as a newer format writes it: version and version check."""
+    out = bytearray(data)
+    out[8:12] = (FORMAT_VERSION + 1).to_bytes(4, "little")
+    out[check_at : check_at + 4] = zlib.crc32(bytes(out[:12])).to_bytes(4, "little")
+    return bytes(out)
+
+
+def test_a_bit_flip_in_the_store_marker_version_is_damage_not_a_newer_format(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    open_store(path).close()
+    marker = bytearray((path / "STORE").read_bytes())
+    marker[9] ^= 0x10  # version 2 reads as 4098
+    (path / "STORE").write_bytes(bytes(marker))
+    with pytest.raises(StoreFormatError, match="damaged: its version field reads 4098") as raised:
+        open_store(path)
+    assert "newer" not in str(raised.value)
 
 
 def test_a_segment_of_a_newer_format_is_refused(tmp_path: Path) -> None:
@@ -90,12 +109,48 @@ def test_a_segment_of_a_newer_format_is_refused(tmp_path: Path) -> None:
     with open_store(path) as store:
         store.append("s-1", events(1))
     (segment,) = segments(path)
-    data = bytearray(segment.read_bytes())
-    data[8:12] = (FORMAT_VERSION + 1).to_bytes(4, "little")
-    segment.write_bytes(bytes(data))
+    segment.write_bytes(_as_newer_format(segment.read_bytes(), 40))
     (path / "index.sqlite3").unlink()
     with pytest.raises(StoreFormatError, match="newer format"):
         open_store(path)
+
+
+@pytest.mark.parametrize("index", ["kept", "dropped"])
+def test_a_bit_flip_in_a_segment_header_version_is_corruption_not_a_newer_format(
+    tmp_path: Path, index: str
+) -> None:
+    path = tmp_path / "store"
+    with open_store(path) as store:
+        store.append("s-1", events(1))
+    (segment,) = segments(path)
+    data = bytearray(segment.read_bytes())
+    data[9] ^= 0x10  # version 2 reads as 4098
+    segment.write_bytes(bytes(data))
+    if index == "dropped":
+        (path / "index.sqlite3").unlink()
+    flipped = pytest.raises(CorruptionError, match="version field reads 4098")
+    with flipped as raised, open_store(path) as store:
+        list(store.read_all())
+    assert (raised.value.path, raised.value.offset) == (str(segment), 0)
+
+
+def test_a_store_of_format_1_still_opens_and_reads(tmp_path: Path) -> None:
+    # format 1 had no version check (bytes 32-35 of STORE, 40-43 of a segment header were zero)
+    path = tmp_path / "store"
+    with open_store(path) as store:
+        store.append("s-1", events(1, 2))
+    for name, check_at in (("STORE", 32), (segments(path)[0].name, 40)):
+        data = bytearray((path / name).read_bytes())
+        data[8:12] = (1).to_bytes(4, "little")
+        data[check_at : check_at + 4] = bytes(4)
+        end = 36 if name == "STORE" else 44
+        data[end : end + 4] = zlib.crc32(bytes(data[:end])).to_bytes(4, "little")
+        (path / name).write_bytes(bytes(data))
+    (path / "index.sqlite3").unlink()
+    with open_store(path) as store:
+        assert numbers(store) == [1, 2]
+        store.append("s-1", events(3))
+        assert numbers(store) == [1, 2, 3]
 
 
 def test_a_damaged_store_marker_is_refused(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from orchestrix.core.errors import (
     ConcurrencyError,
+    CorruptionError,
     DuplicateEventIdError,
 )
 from orchestrix.core.eventsourcing.store import ANY, NO_STREAM, AppendResult
@@ -28,6 +29,7 @@ from tests.infrastructure.file_support import (
     index_filters,
     numbers,
     open_store,
+    snapshot,
     wait_for_filter_build,
     wait_for_filters,
 )
@@ -202,7 +204,7 @@ def test_a_stale_index_is_completed_from_the_log(tmp_path: Path) -> None:
         assert store.append("s-1", late, 1).positions == (3,)
 
 
-def test_an_index_ahead_of_the_log_or_damaged_is_rebuilt(
+def test_an_index_ahead_of_the_log_is_refused_and_a_damaged_one_rebuilt(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "store"
@@ -212,15 +214,22 @@ def test_an_index_ahead_of_the_log_or_damaged_is_rebuilt(
     shutil.copytree(path, copy)
     with open_store(path) as store:
         store.append("s-1", events(1), 0)
-    # the log of the first state with the index of the second: the index describes a record the log lacks
+    # the log of the first state with the index of the second: the index covers only acknowledged
+    # events, so the log lost one; opening refuses it rather than forget the event
     shutil.copy(path / "index.sqlite3", copy / "index.sqlite3")
-    with caplog.at_level(logging.WARNING), open_store(copy) as store:
+    before = snapshot(copy)
+    with pytest.raises(CorruptionError, match="the index says position 2 was stored"):
+        open_store(copy)
+    assert snapshot(copy) == before
+    # deleting the index (and so accepting what is lost) opens the log as it is
+    Index.remove(str(copy / "index.sqlite3"))
+    with open_store(copy) as store:
         assert numbers(store) == [0]
         assert store.append("s-1", events(5), 0).versions == (1,)
-    assert "does not match the log" in caplog.text
     (copy / "index.sqlite3").write_bytes(b"this is not an sqlite database" * 100)
-    with open_store(copy) as store:
+    with caplog.at_level(logging.WARNING), open_store(copy) as store:
         assert numbers(store) == [0, 5]
+    assert "rebuilding the index" in caplog.text
 
 
 # -- what the index stores -------------------------------------------------------------------------

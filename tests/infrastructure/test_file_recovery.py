@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+import zlib
 from pathlib import Path
 
 import pytest
@@ -61,13 +62,15 @@ def test_a_torn_tail_at_every_offset_opens_to_a_consistent_prefix(
     full = segment.read_bytes()
     full = full[: offsets[-1] + 12 + int.from_bytes(full[offsets[-1] + 8 : offsets[-1] + 12], "little")]
     survivors = {offsets[2]: [0, 1, 2], offsets[3]: [0, 1, 2, 3, 4], offsets[4]: [0, 1, 2, 3, 4, 5]}
-    for name in ("index.sqlite3", "index.sqlite3-wal", "index.sqlite3-shm"):
+    # a crash image: HEAD and the index never reached the torn records (both follow the fdatasync)
+    for name in ("HEAD", "index.sqlite3", "index.sqlite3-wal", "index.sqlite3-shm"):
         (path / name).unlink(missing_ok=True)
     pristine = snapshot(path)
     for cut in range(tail_start, len(full)):
         for name, data in pristine.items():
             (path / name).write_bytes(data)
-        (path / "index.sqlite3").unlink(missing_ok=True)
+        for name in ("HEAD", "index.sqlite3"):
+            (path / name).unlink(missing_ok=True)
         segment.write_bytes(full[:cut])
         expected = survivors[max(o for o in survivors if o <= cut)]
         caplog.clear()
@@ -93,6 +96,7 @@ def test_a_zero_filled_tail_is_cut_off(tmp_path: Path) -> None:
     data[offsets[4] :] = bytes(len(data) - offsets[4])
     segment.write_bytes(bytes(data))
     (path / "index.sqlite3").unlink()
+    (path / "HEAD").unlink()  # a crash image: the zeroed record was never acknowledged
     with open_store(path) as store:
         assert numbers(store) == [0, 1, 2, 3, 4, 5]
 
@@ -258,5 +262,9 @@ def test_a_header_of_a_newer_format_is_a_problem_of_its_own_kind() -> None:
         unpack_segment_header(bytes(header))
     assert not isinstance(damaged.value, NewerFormat)
     header[8:12] = (FORMAT_VERSION + 1).to_bytes(4, "little")
-    with pytest.raises(NewerFormat, match="newer format version 2"):
+    with pytest.raises(FormatProblem, match="fails its check") as damaged:  # no version check: damage
+        unpack_segment_header(bytes(header))
+    assert not isinstance(damaged.value, NewerFormat)
+    header[40:44] = zlib.crc32(bytes(header[:12])).to_bytes(4, "little")
+    with pytest.raises(NewerFormat, match=f"newer format version {FORMAT_VERSION + 1}"):
         unpack_segment_header(bytes(header))

@@ -306,6 +306,14 @@ class GroupCommit:
         if lease.locked_since is None:  # nothing in flight: this process does not hold the lock yet
             try:
                 lease.take()
+            except OSError as exc:  # nothing written: these appends fail, the store stays usable
+                self._abandon(
+                    StoreFailedError(
+                        f"the file store at {view.path} cannot take its writer lock ({exc}); "
+                        "the appends waiting for it were not stored"
+                    )
+                )
+                return None
             except Exception as exc:
                 self._abandon(exc)
                 return None
@@ -318,6 +326,8 @@ class GroupCommit:
             except BaseException as exc:
                 with self.lock:
                     lease.release()
+                if isinstance(exc, OSError):  # a repair of the log failed half-way (a full disk)
+                    exc = self._fail(f"failed while taking in the log's end ({exc})")
                 self._abandon(exc)
                 return None
             groups.restart()

@@ -17,7 +17,10 @@ from orchestrix._speedups import uuid_from_bytes
 from orchestrix.core.eventsourcing._backend import new_recorded
 from orchestrix.core.messaging.messages import RecordedEvent
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version 2 added the version check (a CRC-32 of bytes 0-11) to STORE and segment headers."""
+OLDEST_FORMAT = 1
+"""Version 1 headers (no version check) are still read."""
 
 STORE_FILE = "STORE"
 LOCK_FILE = "LOCK"
@@ -31,10 +34,15 @@ SEGMENT_MAGIC = b"\x89ORXSEG\n"
 HEAD_MAGIC = b"\x89ORXHED\n"
 RECORD_MAGIC = b"\xfeORX"
 
-# magic, format version, flags, store id, reserved, crc32 of the 36 bytes before it
-STORE_STRUCT = struct.Struct("<8sII16s4xI")
-# magic, format version, segment number, store id, base position, reserved, crc32 of bytes 0..44
-SEGMENT_STRUCT = struct.Struct("<8sII16sQ4xI")
+# magic, format version, flags, store id, version check, crc32 of the 36 bytes before it
+STORE_STRUCT = struct.Struct("<8sII16sII")
+# magic, format version, segment number, store id, base position, version check, crc32 of bytes 0..44
+SEGMENT_STRUCT = struct.Struct("<8sII16sQII")
+STORE_CHECK_AT = 32
+SEGMENT_CHECK_AT = 40
+# The version check is a CRC-32 of bytes 0-11 (magic and version): every format from 2 on keeps
+# those bytes and this check where they are, so a reader tells a newer format (check matches)
+# from a damaged version field (it does not) before it knows anything else of the layout.
 SEGMENT_HEADER_SIZE = SEGMENT_STRUCT.size
 # magic, last committed position, end offset, segment number, crc32 of bytes 0..28
 HEAD_STRUCT = struct.Struct("<8sQQII")
@@ -124,20 +132,39 @@ def segment_number(name: str) -> int | None:
 
 def pack_store(store_id: bytes) -> bytes:
     """The STORE file's bytes."""
-    raw = STORE_STRUCT.pack(STORE_MAGIC, FORMAT_VERSION, 0, store_id, 0)
+    head = STORE_MAGIC + U32.pack(FORMAT_VERSION)
+    raw = STORE_STRUCT.pack(STORE_MAGIC, FORMAT_VERSION, 0, store_id, _crc32(head), 0)
     return raw[:-4] + U32.pack(_crc32(raw[:-4]))
+
+
+def _check_version(data: bytes, check_at: int, what: str) -> int:
+    """The format version in ``data[8:12]``, once it is certain that the field is not damaged.
+
+    A version from 2 on comes with its check (a CRC-32 of bytes 0-11 at ``check_at``): a newer
+    version whose check matches is a real newer format (NewerFormat); a version whose check does
+    not match is damage (FormatProblem), unless it reads 1, whose headers had no check (their
+    whole-header checksum is checked next, as it always was).
+    """
+    version = U32.unpack_from(data, 8)[0]
+    if len(data) >= check_at + 4 and U32.unpack_from(data, check_at)[0] == _crc32(data[:12]):
+        if version > FORMAT_VERSION:
+            reads = f"this code reads {OLDEST_FORMAT} to {FORMAT_VERSION}"
+            raise NewerFormat(f"written by a newer format version {version} ({reads})")
+        if version >= 2:
+            return version
+    if version != OLDEST_FORMAT:
+        raise FormatProblem(f"{what} damaged: its version field reads {version} and fails its check")
+    return version
 
 
 def unpack_store(data: bytes) -> bytes:
     """The store id in a STORE file; FormatProblem if it is not one we can read."""
     if len(data) < 12 or data[:8] != STORE_MAGIC:
         raise FormatProblem("not an orchestrix file store (bad STORE magic)")
-    version = U32.unpack_from(data, 8)[0]
-    if version > FORMAT_VERSION:
-        raise NewerFormat(f"written by a newer format version {version} (this code reads {FORMAT_VERSION})")
+    _check_version(data, STORE_CHECK_AT, "STORE file")
     if len(data) != STORE_STRUCT.size:
         raise FormatProblem(f"STORE file has {len(data)} bytes, expected {STORE_STRUCT.size}")
-    _, _, _, store_id, crc = STORE_STRUCT.unpack(data)
+    _, _, _, store_id, _, crc = STORE_STRUCT.unpack(data)
     if _crc32(data[:-4]) != crc:
         raise FormatProblem("STORE file checksum mismatch")
     return store_id
@@ -145,7 +172,8 @@ def unpack_store(data: bytes) -> bytes:
 
 def pack_segment_header(number: int, store_id: bytes, base: int) -> bytes:
     """A segment file's header: it holds events with positions greater than ``base``."""
-    raw = SEGMENT_STRUCT.pack(SEGMENT_MAGIC, FORMAT_VERSION, number, store_id, base, 0)
+    check = _crc32(SEGMENT_MAGIC + U32.pack(FORMAT_VERSION))
+    raw = SEGMENT_STRUCT.pack(SEGMENT_MAGIC, FORMAT_VERSION, number, store_id, base, check, 0)
     return raw[:-4] + U32.pack(_crc32(raw[:-4]))
 
 
@@ -153,11 +181,10 @@ def unpack_segment_header(data: bytes) -> tuple[int, int, bytes, int]:
     """(format version, segment number, store id, base position) of a segment header."""
     if len(data) < SEGMENT_HEADER_SIZE:
         raise FormatProblem(f"segment header has {len(data)} bytes, expected {SEGMENT_HEADER_SIZE}")
-    magic, version, number, store_id, base, crc = SEGMENT_STRUCT.unpack_from(data)
+    magic, version, number, store_id, base, _, crc = SEGMENT_STRUCT.unpack_from(data)
     if magic != SEGMENT_MAGIC:
         raise FormatProblem("bad segment magic")
-    if version > FORMAT_VERSION:
-        raise NewerFormat(f"written by a newer format version {version} (this code reads {FORMAT_VERSION})")
+    _check_version(data, SEGMENT_CHECK_AT, "segment header")
     if _crc32(data[: SEGMENT_HEADER_SIZE - 4]) != crc:
         raise FormatProblem("segment header checksum mismatch")
     return version, number, store_id, base

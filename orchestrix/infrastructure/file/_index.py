@@ -9,9 +9,12 @@ stays the only truth: nothing here is ever needed to recover an event.
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
 import sqlite3
 import threading
+import urllib.parse
+import uuid
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
@@ -88,12 +91,28 @@ class IndexDamaged(Exception):
     """The index database cannot be used; the store deletes it and rebuilds from the log."""
 
 
-def _connect(path: str, sync: bool) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, timeout=60.0, isolation_level=None, check_same_thread=False)
+class Mode(enum.Enum):
+    """How an index is opened: the store's own file, that file read-only, or a private one in memory."""
+
+    WRITE = "write"
+    READ_ONLY = "read-only"
+    """The file as it is: nothing written (a read-only store reads another process's index)."""
+    MEMORY = "memory"
+    """A private, empty index in memory (a read-only store whose index file is missing or stale)."""
+
+
+def _connect(path: str, sync: bool, mode: Mode = Mode.WRITE) -> sqlite3.Connection:
+    if mode is Mode.WRITE:
+        conn = sqlite3.connect(path, timeout=60.0, isolation_level=None, check_same_thread=False)
+    else:
+        conn = sqlite3.connect(path, timeout=60.0, isolation_level=None, check_same_thread=False, uri=True)
     try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL never corrupts a WAL database (it may lose the last commits: the log has them)
-        conn.execute("PRAGMA synchronous=NORMAL" if sync else "PRAGMA synchronous=OFF")
+        if mode is Mode.WRITE:
+            conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL never corrupts a WAL database (it may lose the last commits: the log has them)
+            conn.execute("PRAGMA synchronous=NORMAL" if sync else "PRAGMA synchronous=OFF")
+        elif mode is Mode.READ_ONLY:
+            conn.execute("PRAGMA query_only=ON")
     except BaseException:  # a damaged database fails here: the caller never sees this connection
         conn.close()
         raise
@@ -103,14 +122,26 @@ def _connect(path: str, sync: bool) -> sqlite3.Connection:
 class Index:
     """The SQLite index of one store. Thread-safe; safe to share between processes."""
 
-    def __init__(self, path: str, store_id: bytes, sync: bool = True) -> None:
+    def __init__(self, path: str, store_id: bytes, sync: bool = True, mode: Mode = Mode.WRITE) -> None:
         self.path = path
+        self.mode = mode
         self._store_id = store_id
         self._sync = sync
+        if mode is Mode.READ_ONLY:
+            self._target = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro"
+        elif mode is Mode.MEMORY:  # shared by this index's two connections, and by nothing else
+            self._target = f"file:orchestrix-index-{uuid.uuid4().hex}?mode=memory&cache=shared"
+        else:
+            self._target = path
         try:
-            self._read = _connect(path, sync)
-            self._write = _connect(path, sync)
-            self._write.executescript(_SCHEMA)
+            if mode is Mode.READ_ONLY and not all(os.path.isfile(path + end) for end in ("", "-wal", "-shm")):
+                # Without its -wal and -shm (no process has the index open) SQLite would create
+                # them even for a read-only connection: the caller builds its own index instead.
+                raise sqlite3.OperationalError("no index file open by a writer")
+            self._read = _connect(self._target, sync, mode)
+            self._write = _connect(self._target, sync, mode)
+            if mode is not Mode.READ_ONLY:
+                self._write.executescript(_SCHEMA)
             meta = dict(self._read.execute("SELECT key, value FROM meta"))
         except sqlite3.DatabaseError as exc:
             self.close()
@@ -123,7 +154,7 @@ class Index:
 
     def connect(self) -> sqlite3.Connection:
         """A connection of its own, for a long read on another thread."""
-        return _connect(self.path, self._sync)
+        return _connect(self._target, self._sync, self.mode)
 
     @staticmethod
     def remove(path: str) -> None:

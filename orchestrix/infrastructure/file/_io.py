@@ -32,6 +32,8 @@ class FileIO:
     """The system calls that change the log's files: override any of them in a subclass.
 
     Each has the signature of its ``os`` namesake; :meth:`fsync_directory` takes a path.
+    :meth:`statvfs` tells the store how much space is left before it reserves any (a test
+    passes one that says the disk is nearly full).
     """
 
     open = staticmethod(os.open)
@@ -43,6 +45,7 @@ class FileIO:
     replace = staticmethod(os.replace)
     unlink = staticmethod(os.unlink)
     fsync_directory = staticmethod(fsync_directory)
+    statvfs = staticmethod(os.statvfs)
 
 
 def _skipped(_: object) -> None:

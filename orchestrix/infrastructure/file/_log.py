@@ -52,7 +52,10 @@ STORE_TMP = STORE_FILE + ".tmp"
 WINDOW = 256 * 1024
 PREALLOCATE = 4 * 1024 * 1024
 HEAD_MAP_SIZE = 4096
+_SPAN = struct.Struct("<Q16xI")  # a record's first position and its event count
+_SPAN_AT = FRAME_SIZE + 8  # after the frame and the durable position
 _FLAGS = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 
 
 def pread_full(fd: int, size: int, offset: int) -> bytes:
@@ -132,25 +135,60 @@ class Log:
     """The files of one store directory. Create it with :meth:`open`."""
 
     def __init__(
-        self, path: str, store_id: bytes, lock_fd: int, head_fd: int, io: FileIO, syncs: Syncs
+        self,
+        path: str,
+        store_id: bytes,
+        lock_fd: int,
+        head_fd: int,
+        io: FileIO,
+        syncs: Syncs,
+        read_only: bool = False,
     ) -> None:
         self.path = path
         self.store_id = store_id
+        self.read_only = read_only
         self.io = io
         self.syncs = syncs
         self._pwrite = io.pwrite  # looked up once: the append path calls it for every group
         self.segment_size = 1 << 62
+        self.reserve_margin = 0
         self._preallocating = True
         self.lock = WriterLock(lock_fd)
         self._lock_fd = lock_fd
         self._head_fd = head_fd
         # HEAD is read on every operation and written on every commit: a shared mapping makes
         # both plain memory accesses, coherent across processes through the page cache.
-        self._head = mmap.mmap(head_fd, HEAD_MAP_SIZE)
+        if not read_only:
+            self._head = mmap.mmap(head_fd, HEAD_MAP_SIZE)
+        elif head_fd >= 0:
+            self._head = mmap.mmap(head_fd, HEAD_MAP_SIZE, prot=mmap.PROT_READ)
+        else:  # no HEAD to read (a store whose writers never published one): a blank one, never ahead
+            self._head = mmap.mmap(-1, HEAD_MAP_SIZE)
         self._head_cache: tuple[bytes, Head | None] = (b"", None)  # last bytes seen, and their meaning
         self._segments: dict[int, Segment] = {}
 
     # -- opening and creating ------------------------------------------------------------------
+
+    @classmethod
+    def open_read_only(cls, path: str, io: FileIO, syncs: Syncs) -> Log:
+        """Open the store at ``path`` to read it only: no lock, no file created or written."""
+        head_fd = -1
+        try:
+            if not os.path.isdir(path):
+                what = "is not a directory" if os.path.lexists(path) else "does not exist"
+                raise StoreFormatError(path, f"{what}, so it holds no file store (nothing was created)")
+            if not os.path.isfile(os.path.join(path, STORE_FILE)):
+                raise StoreFormatError(path, "not an orchestrix file store (no STORE file)")
+            store_id = _read_store_id(path)
+            with contextlib.suppress(FileNotFoundError):
+                head_fd = os.open(os.path.join(path, HEAD_FILE), _READ_FLAGS)
+            if head_fd >= 0 and os.fstat(head_fd).st_size < HEAD_MAP_SIZE:
+                _close_quietly(head_fd)
+                head_fd = -1
+        except OSError as exc:
+            _close_quietly(head_fd)
+            raise StoreError(f"cannot open file store at {path}: {exc.strerror or exc}") from exc
+        return cls(path, store_id, -1, head_fd, io, syncs, read_only=True)
 
     @classmethod
     def open(cls, path: str, io: FileIO, syncs: Syncs) -> Log:
@@ -218,7 +256,7 @@ class Log:
             return segment
         path = os.path.join(self.path, segment_name(number))
         try:
-            fd = self.io.open(path, _FLAGS)
+            fd = os.open(path, _READ_FLAGS) if self.read_only else self.io.open(path, _FLAGS)
         except FileNotFoundError:
             raise CorruptionError(path, 0, "segment file missing from the log") from None
         try:
@@ -332,10 +370,23 @@ class Log:
             segment.allocated = size
             return
         target = max(end, min(size + PREALLOCATE, self.segment_size))
+        # Never reserve the last free space: the records themselves, the index and the
+        # checkpoints need it. Reserve what fits above the margin, or nothing (the file grows).
+        try:
+            stat = self.io.statvfs(self.path)
+            room = stat.f_bavail * stat.f_frsize - self.reserve_margin
+        except OSError:
+            room = target - size
+        target = min(target, size + room)
+        if target < end:
+            return  # nearly full: no reservation now; each write grows the file
         try:
             _write_zeros(self._pwrite, segment.fd, size, target - size)
         except OSError:
-            self._preallocating = False  # no room for the reservation: files simply grow
+            # No room after all (another writer took it): give back what was reserved, and
+            # reserve no more in this process; files simply grow.
+            self._preallocating = False
+            self.io.ftruncate(segment.fd, size)
             return
         self.syncs.file(segment.fd)
         segment.allocated = target
@@ -373,14 +424,23 @@ class Log:
     # -- reading ---------------------------------------------------------------------------------
 
     def frames(
-        self, number: int, offset: int, stop: Head, window_size: int = WINDOW
+        self, number: int, offset: int, stop: Head, window_size: int = WINDOW, first: int | None = None
     ) -> Iterator[tuple[Segment, int, bytes, int, int, int]]:
         """The committed records from ``offset`` in segment ``number`` up to ``stop``, in log order.
 
         Yields (segment, offset, buffer, index in buffer, body length, crc); any damage is corruption.
+        ``first``, if given, is the position the record at ``offset`` starts at: then every record
+        must start where the one before it ended, and every segment where the one before it
+        ended, up to ``stop``, so that damaged storage (a record copied to the end of a segment,
+        a segment of another log) is corruption, never a position read twice or skipped.
         """
+        expected = first
         while True:
             segment = self.segment(number)
+            if expected is not None and offset == SEGMENT_HEADER_SIZE and segment.base != expected - 1:
+                raise CorruptionError(
+                    segment.path, 0, f"segment starts after {segment.base}, not {expected - 1}"
+                )
             end = stop.offset if number == stop.segment else os.fstat(segment.fd).st_size
             window = Window(segment.fd, window_size)
             while offset < end:
@@ -388,9 +448,22 @@ class Log:
                 if isinstance(frame, RecordProblem):
                     raise CorruptionError(segment.path, offset, str(frame))
                 buf, i, length, crc = frame
+                if expected is not None:
+                    position, count = _SPAN.unpack_from(buf, i + _SPAN_AT)
+                    if position != expected:
+                        raise CorruptionError(
+                            segment.path, offset, f"record starts at position {position}, not {expected}"
+                        )
+                    expected += count
                 yield segment, offset, buf, i, length, crc
                 offset += FRAME_SIZE + length
             if number >= stop.segment:
+                if expected is not None and expected - 1 != stop.position:
+                    raise CorruptionError(
+                        segment.path,
+                        offset,
+                        f"the log should end at position {stop.position}; its records end at {expected - 1}",
+                    )
                 return
             number += 1
             offset = SEGMENT_HEADER_SIZE

@@ -22,6 +22,11 @@ def _seconds(instance: object, attribute: attrs.Attribute[float], value: object)
         )
 
 
+def _bytes(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
+    if type(value) is not int or value < 0:
+        raise InvalidStoreOptionError(f"policy.{attribute.name}", value, "an int of bytes, 0 or more")
+
+
 def _file_io(instance: object, attribute: attrs.Attribute[FileIO], value: object) -> None:
     if not isinstance(value, FileIO):
         raise InvalidStoreOptionError("policy.io", value, "a FileIO")
@@ -41,6 +46,9 @@ class FilePolicy:
     retake_pause: float = attrs.field(default=0.0005, validator=_seconds)
     """Seconds a process waits before it takes the writer lock again after letting go, so that a process
     blocked on the lock gets it first (``flock`` is not fair)."""
+    reserve_margin: int = attrs.field(default=64 * 1024 * 1024, validator=_bytes)
+    """Bytes of free disk space a segment's reservation always leaves alone: room for the index, the
+    checkpoints and the records themselves when the disk is nearly full (reserving is then skipped)."""
     io: FileIO = attrs.field(factory=FileIO, validator=_file_io)
     """The system calls that change the log's files (:class:`~._io.FileIO`: ``os``'s own by default)."""
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from typing import NamedTuple
 
 from orchestrix.core.errors import CorruptionError
 from orchestrix.infrastructure.file._format import (
@@ -48,15 +49,25 @@ class recover:
     the log ends.
     """
 
-    def __init__(self, log_: Log, start: Head) -> None:
+    def __init__(self, log_: Log, start: Head, known: Known | None = None, read_only: bool = False) -> None:
         self.log = log_
         self.start = start
         self.end = start
+        self.known = known
+        self.read_only = read_only
 
     def __iter__(self) -> Iterator[tuple[int, RecordInfo]]:
-        log_, start = self.log, self.start
+        log_, start, known = self.log, self.start, self.known
         numbers = log_.segment_numbers()
+        if known is not None and (not numbers or known.end.segment > numbers[-1]):
+            raise CorruptionError(
+                os.path.join(log_.path, segment_name(known.end.segment)),
+                0,
+                f"segment file missing from the log: {known.says()}",
+            )
         if not numbers:
+            if self.read_only:
+                return
             log_.create_segment(1, 0)
             numbers = [1]
         numbers = [n for n in numbers if n >= start.segment]
@@ -68,8 +79,11 @@ class recover:
         held: list[tuple[int, RecordInfo]] = []  # records of a multi-stream append not yet ended
         for k, n in enumerate(numbers):
             last = k == len(numbers) - 1
-            if not _open_checked(log_, n, last and (n != start.segment or offset == SEGMENT_HEADER_SIZE)):
-                if n == 1:
+            may_be_torn = last and (n != start.segment or offset == SEGMENT_HEADER_SIZE)
+            if known is not None and n <= known.end.segment:
+                may_be_torn = False  # a segment that held an acknowledged record was created whole
+            if not _open_checked(log_, n, may_be_torn, self.read_only):
+                if n == 1 and not self.read_only:
                     log_.create_segment(1, 0)
                     number, offset = 1, SEGMENT_HEADER_SIZE
                 break
@@ -105,18 +119,28 @@ class recover:
                 if last and log_.is_free(segment, offset, end):
                     break  # preallocated space: the log ends here
                 if held:
-                    self._cut_held(numbers[k:], held, info)
+                    self._cut_held(numbers[k:], held, info, known)
                     return
-                _cut_torn_write(log_, numbers[k:], segment, offset, end, position + 1, info)
+                _check_torn_write(log_, numbers[k:], segment, offset, end, position + 1, info, known)
+                if not self.read_only:
+                    _cut_torn_write(log_, numbers[k:], segment, offset, end, info)
                 self.end = Head(position, n, offset)
                 return
         if held:
-            self._cut_held([held[0][0]], held, None)
+            self._cut_held([held[0][0]], held, None, known)
             return
         self.end = Head(position, number, offset)
+        if known is not None and position < known.end.position:
+            raise CorruptionError(
+                log_.segment(number).path, offset, f"the log ends at position {position}, but {known.says()}"
+            )
 
     def _cut_held(
-        self, numbers: list[int], held: list[tuple[int, RecordInfo]], reason: RecordProblem | None
+        self,
+        numbers: list[int],
+        held: list[tuple[int, RecordInfo]],
+        reason: RecordProblem | None,
+        known: Known | None,
     ) -> None:
         """Cut the log where the unended multi-stream append in ``held`` starts."""
         number, first = held[0]
@@ -124,19 +148,63 @@ class recover:
         why = reason or RecordProblem(Flaw.INCOMPLETE_RECORD)
         why = RecordProblem(Flaw.MALFORMED_BODY, f"a multi-stream append without its last record ({why})")
         end = os.fstat(segment.fd).st_size
-        _cut_torn_write(self.log, numbers, segment, first.offset, end, first.position, why)
+        _check_torn_write(self.log, numbers, segment, first.offset, end, first.position, why, known)
+        if not self.read_only:
+            _cut_torn_write(self.log, numbers, segment, first.offset, end, why)
         self.end = Head(first.position - 1, number, first.offset)
 
 
-def _cut_torn_write(
-    log_: Log, numbers: list[int], segment: Segment, bad: int, end: int, wanted: int, reason: RecordProblem
+class Known(NamedTuple):
+    """Where the log is known to have reached: what HEAD or the index saw acknowledged."""
+
+    end: Head
+    source: str
+
+    def says(self) -> str:
+        end = self.end
+        return (
+            f"{self.source} says position {end.position} was stored "
+            f"(in {segment_name(end.segment)}, up to offset {end.offset})"
+        )
+
+
+def known_end(*claims: tuple[Head | None, str]) -> Known | None:
+    """The furthest of the ends HEAD and the index claim, if any claims a stored event.
+
+    Both are written only once what they name is on disk (HEAD after the records' fdatasync,
+    the index after HEAD), so a log that ends before either lost acknowledged events.
+    """
+    best: Known | None = None
+    for end, source in claims:
+        if end is not None and end.position > 0 and (best is None or end.position > best.end.position):
+            best = Known(end, source)
+    return best
+
+
+def _check_torn_write(
+    log_: Log,
+    numbers: list[int],
+    segment: Segment,
+    bad: int,
+    end: int,
+    wanted: int,
+    reason: RecordProblem,
+    known: Known | None,
 ) -> None:
-    """Cut the log at ``bad`` if that is a torn write; raise CorruptionError if it is damage."""
+    """Raise CorruptionError unless the bad bytes at ``bad`` are a write that never finished."""
     later = _written_after(log_, numbers, segment, bad, end, wanted)
     if later is not None:
         raise CorruptionError(
             segment.path, bad, f"{reason}; yet {later} was written after position {wanted} was on disk"
         )
+    if known is not None and wanted <= known.end.position:
+        raise CorruptionError(segment.path, bad, f"{reason}; yet {known.says()}")
+
+
+def _cut_torn_write(
+    log_: Log, numbers: list[int], segment: Segment, bad: int, end: int, reason: RecordProblem
+) -> None:
+    """Cut the log at ``bad``: a torn write (checked by :func:`_check_torn_write`)."""
     log.warning(
         "%s: dropping %d bytes of an unfinished write at offset %d (%s)", segment.path, end - bad, bad, reason
     )
@@ -187,8 +255,8 @@ def _scan_for(log_: Log, segment: Segment, at: int, end: int, wanted: int) -> in
     return None
 
 
-def _open_checked(log_: Log, number: int, may_be_torn: bool) -> bool:
-    """Open segment ``number``; False if it was a torn creation (now removed)."""
+def _open_checked(log_: Log, number: int, may_be_torn: bool, read_only: bool = False) -> bool:
+    """Open segment ``number``; False if it was a torn creation (now removed, unless read-only)."""
     path = os.path.join(log_.path, segment_name(number))
     try:
         log_.segment(number)
@@ -196,6 +264,8 @@ def _open_checked(log_: Log, number: int, may_be_torn: bool) -> bool:
     except CorruptionError:
         if not may_be_torn or os.path.getsize(path) > SEGMENT_HEADER_SIZE:
             raise
+    if read_only:
+        return False
     log.warning("%s: removing a segment whose creation never finished", path)
     log_.io.unlink(path)
     log_.syncs.directory(log_.path)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 
@@ -26,11 +27,11 @@ from orchestrix.infrastructure.file._format import (
     RecordProblem,
     parse_info,
 )
-from orchestrix.infrastructure.file._index import EMPTY, Covered, Entry, Index, IndexDamaged
+from orchestrix.infrastructure.file._index import EMPTY, Covered, Entry, Index, IndexDamaged, Mode
 from orchestrix.infrastructure.file._io import FileIO, Syncs
 from orchestrix.infrastructure.file._locator import Locator, Seen
 from orchestrix.infrastructure.file._log import Log, Window, read_frame
-from orchestrix.infrastructure.file._recovery import recover
+from orchestrix.infrastructure.file._recovery import Known, known_end, recover
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,13 @@ class LogView:
     """The locator's filters (here too for code that only waits for them to be built)."""
 
     def __init__(
-        self, path: str, io: FileIO, syncs: Syncs, segment_size: int, checkpoint_events: int
+        self,
+        path: str,
+        io: FileIO,
+        syncs: Syncs,
+        segment_size: int,
+        checkpoint_events: int,
+        read_only: bool = False,
     ) -> None:
         self.path = path
         self.checkpoint_events = max(1, checkpoint_events)
@@ -54,12 +61,17 @@ class LogView:
         self.closed = False
         self._flush_cond = threading.Condition(threading.Lock())
         self._flush_wanted = False
-        self.log = Log.open(path, io, syncs)
+        self.read_only = read_only
+        self.log = Log.open_read_only(path, io, syncs) if read_only else Log.open(path, io, syncs)
         self.log.segment_size = segment_size
         try:
-            with self.log.lock:
-                self.index = self._open_index()
-                self._recover()
+            if read_only:
+                self._open_read_only()
+            else:
+                with self.log.lock:
+                    head = self.log.read_head()
+                    self.index = self._open_index()
+                    self._recover(known_end((head, "HEAD"), (self._index_claims, "the index")))
         except BaseException:
             index = getattr(self, "index", None)
             if index is not None:
@@ -70,6 +82,51 @@ class LogView:
         self._flusher.start()
 
     # -- opening -------------------------------------------------------------------------------
+
+    def _open_read_only(self) -> None:
+        """Open without the writer lock and change nothing: read up to HEAD, never repair.
+
+        A live writer may be in the middle of a commit, so what lies past HEAD is not read: it
+        is not acknowledged yet. Without a HEAD (no writer ever published one, or it is torn)
+        the intact records are read up to the first that is not, which is left as it is. The
+        index is read as it is, if it matches the log; else a private one is built in memory.
+        """
+        head = self.log.read_head()
+        path = os.path.join(self.path, INDEX_FILE)
+        index: Index | None = None
+        try:
+            index = Index(path, self.log.store_id, mode=Mode.READ_ONLY)
+            covered = index.covered()
+            if covered != EMPTY and not self._matches_log(covered):
+                index.close()
+                index = None
+        except (IndexDamaged, sqlite3.Error):
+            if index is not None:
+                index.close()
+            index = None
+        if index is None:
+            index = Index(path, self.log.store_id, mode=Mode.MEMORY)
+        self.index = index
+        covered = index.covered()
+        self.locator = Locator(index, covered.end.position, self.records_from)
+        self.seen = self.locator.seen
+        self.end = covered.end
+        if head is not None and ahead(head, covered.end):
+            for number, info in self.log.scan(covered.end, head):
+                self._take_in(number, info)
+            self.end = head
+        elif head is None:
+            known = known_end((covered.end, "the index"))
+            recovery = recover(self.log, covered.end, known, read_only=True)
+            for number, info in recovery:
+                self._take_in(number, info)
+            self.end = recovery.end
+
+    def _take_in(self, number: int, info: RecordInfo) -> None:
+        self.locator.add(entry_of(number, info))
+        self.end = Head(info.position + info.count - 1, number, info.offset + info.size)
+        if self.locator.events >= self.checkpoint_events and self.index.mode is not Mode.READ_ONLY:
+            self.flush()  # into the private index: memory stays bounded
 
     def _open_index(self) -> Index:
         path = os.path.join(self.path, INDEX_FILE)
@@ -83,9 +140,8 @@ class LogView:
             except IndexDamaged as again:
                 raise StoreError(f"cannot create the index {path}: {again}") from again
         covered = index.covered()
-        if covered != EMPTY and not self._matches_log(covered):
-            log.warning("%s: the index does not match the log; rebuilding it from the log", path)
-            index.reset()
+        self._index_claims = covered.end  # the index covers only what was acknowledged: the log reached it
+        self._stale_index = covered != EMPTY and not self._matches_log(covered)
         return index
 
     def _matches_log(self, covered: Covered) -> bool:
@@ -108,20 +164,28 @@ class LogView:
             and info.position + info.count - 1 == end.position
         )
 
-    def _recover(self) -> None:
-        """Scan what the index does not cover, repair a torn tail, publish the end (writer lock held)."""
+    def _recover(self, known: Known | None) -> None:
+        """Scan what the index does not cover, repair a torn tail, publish the end (writer lock held).
+
+        ``known`` is where HEAD or the index say the log reached: a log that ends before it lost
+        acknowledged events, and opening it is refused (CorruptionError), nothing cut.
+        """
+        if self._stale_index:
+            # The index covers only acknowledged records: the log must reach as far before the
+            # index is dropped (a read-only scan: nothing is cut, nothing changed, if it does not).
+            for _ in recover(self.log, EMPTY.end, known, read_only=True):
+                pass
+            log.warning("%s: the index does not match the log; rebuilding it from the log", self.index.path)
+            self.index.reset()
         covered = self.index.covered()
         self.locator = Locator(self.index, covered.end.position, self.records_from)
         self.seen = self.locator.seen
         self.end = covered.end
         added = 0
-        recovery = recover(self.log, covered.end)
+        recovery = recover(self.log, covered.end, known)
         for number, info in recovery:
-            self.locator.add(entry_of(number, info))
-            self.end = Head(info.position + info.count - 1, number, info.offset + info.size)
+            self._take_in(number, info)  # a long uncovered log (a rebuild): indexed as it is read
             added += info.count
-            if self.locator.events >= self.checkpoint_events:
-                self.flush()  # a long uncovered log (a rebuild): index as we go, memory stays bounded
         self.end = recovery.end
         if added:
             # the records may sit in the page cache of a writer that died before syncing them
@@ -137,7 +201,7 @@ class LogView:
             self.end = end
             if self.sync_waiters:
                 self.changed.notify_all()
-            wanted = self.locator.events >= self.checkpoint_events
+            wanted = self.locator.events >= self.checkpoint_events and self.index.mode is not Mode.READ_ONLY
         if self.async_waiters:
             self.wake_async_waiters()
         if wanted:
@@ -155,6 +219,8 @@ class LogView:
         """Take in what other processes committed (cheap when nothing changed: one memory read)."""
         head = self.log.read_head()
         if head is None:
+            if self.read_only:
+                return  # no writer has published anything since (a writer repairs HEAD first)
             with self.log.lock:
                 self.catch_up_locked()
             return
@@ -193,21 +259,21 @@ class LogView:
 
     def records_from(self, position: int) -> Iterator[tuple[int, RecordInfo]]:
         """The committed records from the one holding ``position`` on."""
-        segment, offset = self.start_of(position)
-        for seg, at, buf, i, length, crc in self.log.frames(segment, offset, self.end, 65536):
+        segment, offset, first = self.start_of(position)
+        for seg, at, buf, i, length, crc in self.log.frames(segment, offset, self.end, 65536, first):
             yield seg.number, parse_info(buf, i, length, crc, at)
 
-    def start_of(self, position: int) -> tuple[int, int]:
-        """(segment, offset) of a record at or shortly before the one holding ``position``."""
+    def start_of(self, position: int) -> tuple[int, int, int]:
+        """(segment, offset, first position) of a record at or shortly before the one holding ``position``."""
         with self.state:
             locator = self.locator
             entry = locator.entry_at(position) if position > locator.bound else None
         if entry is not None:
-            return entry.segment, entry.offset
+            return entry.segment, entry.offset, entry.position
         mark = self.index.mark_before(position)
         if mark is None:
-            return 1, SEGMENT_HEADER_SIZE
-        return mark[1], mark[2]
+            return 1, SEGMENT_HEADER_SIZE, 1
+        return mark[1], mark[2], mark[0]
 
     # -- the index checkpoint ------------------------------------------------------------------
 

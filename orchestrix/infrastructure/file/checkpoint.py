@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import os
@@ -10,8 +11,9 @@ import threading
 from typing import Any
 
 from orchestrix.core._checks import check_checkpoint_name, check_checkpoint_position
-from orchestrix.core.errors import StoreError, StoreFormatError
+from orchestrix.core.errors import StoreError, StoreFailedError, StoreFormatError
 from orchestrix.infrastructure.file._io import fsync_directory
+from orchestrix.infrastructure.file.errors import ReadOnlyStoreError
 
 __all__ = ["FileCheckpointStore"]
 
@@ -23,12 +25,14 @@ class FileCheckpointStore:
     """Named positions in the JSON file ``path``; several processes may share it.
 
     Each save rewrites the file through a temporary file, fsync, rename and a directory fsync,
-    so a crash leaves either the old or the new content, never a mix. Names are data: they
+    so a crash leaves either the old or the new content, never a mix. ``read_only=True`` (a
+    read-only store's checkpoints) loads and refuses every save (ReadOnlyStoreError). Names are data: they
     are keys inside the file, never file names.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False) -> None:
         self.path = os.fspath(path)
+        self.read_only = read_only
         self._lock_path = self.path + ".lock"
         self._tmp_path = self.path + ".tmp"
         self._threads = threading.Lock()
@@ -36,7 +40,8 @@ class FileCheckpointStore:
         try:
             if os.path.isdir(self.path):
                 raise StoreFormatError(self.path, "is a directory, not a checkpoint file")
-            os.makedirs(directory, exist_ok=True)
+            if not read_only:
+                os.makedirs(directory, exist_ok=True)
             if os.path.exists(self.path):
                 self._read()  # refuse a foreign or newer file now, not at the first save
         except OSError as exc:
@@ -53,11 +58,19 @@ class FileCheckpointStore:
         """Store ``position`` for ``name``; durable when this returns."""
         check_checkpoint_name(name)
         check_checkpoint_position(position)
-        with self._threads, open(self._lock_path, "a") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # read-modify-write against other processes
-            positions = self._read()
-            positions[name] = position
-            self._replace(positions)
+        if self.read_only:
+            raise ReadOnlyStoreError(os.path.dirname(self.path), f"cannot save checkpoint {name!r}")
+        with self._threads:
+            try:
+                lock = open(self._lock_path, "a")  # noqa: SIM115  (closed by the with below)
+            except OSError as exc:
+                reason = exc.strerror or exc
+                raise StoreFailedError(f"cannot save checkpoints to {self.path}: {reason}") from exc
+            with lock:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # read-modify-write against other processes
+                positions = self._read()
+                positions[name] = position
+                self._replace(positions)
 
     async def load_async(self, name: str) -> int:
         """Asyncio form of :meth:`load`."""
@@ -91,16 +104,29 @@ class FileCheckpointStore:
 
     def _replace(self, positions: dict[str, int]) -> None:
         text = json.dumps({"format": _FORMAT, "version": _VERSION, "positions": positions}, sort_keys=True)
-        fd = os.open(self._tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            data = memoryview(text.encode())
-            while data:
-                data = data[os.write(fd, data) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(self._tmp_path, self.path)
-        fsync_directory(self._directory)
+            fd = os.open(self._tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                data = memoryview(text.encode())
+                while data:
+                    data = data[os.write(fd, data) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(self._tmp_path, self.path)
+        except OSError as exc:  # a full disk, a file-size limit: the old checkpoints stay in force
+            with contextlib.suppress(OSError):
+                os.unlink(self._tmp_path)
+            raise StoreFailedError(
+                f"cannot save checkpoints to {self.path}: {exc.strerror or exc}; the previous "
+                "positions are still in force (a runner resumes from them and processes those events again)"
+            ) from exc
+        try:
+            fsync_directory(self._directory)
+        except OSError as exc:  # the new file is in place, but it may not survive a power loss
+            raise StoreFailedError(
+                f"cannot make the checkpoints in {self.path} durable: {exc.strerror or exc}"
+            ) from exc
 
     def __repr__(self) -> str:
         return f"FileCheckpointStore({self.path!r})"

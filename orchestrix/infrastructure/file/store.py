@@ -25,7 +25,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -61,7 +61,7 @@ from orchestrix.infrastructure.file._policy import DEFAULT_POLICY, FilePolicy
 from orchestrix.infrastructure.file._request import prepare, prepare_many
 from orchestrix.infrastructure.file._view import LogView, ahead
 from orchestrix.infrastructure.file.checkpoint import FileCheckpointStore
-from orchestrix.infrastructure.file.errors import InvalidStoreOptionError
+from orchestrix.infrastructure.file.errors import InvalidStoreOptionError, ReadOnlyStoreError
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -99,6 +99,11 @@ class FileEventStore(AsyncStoreMixin):
     file I/O (:class:`~orchestrix.infrastructure.file._policy.FilePolicy`; its defaults suit
     production, tests and fault injection pass their own). Several stores (in this or other
     processes) may open one directory at once.
+
+    ``read_only=True`` opens an existing store to read it only (what ``orchestrix inspect``,
+    ``verify`` and ``tail`` do): it takes no writer lock, creates and writes no file, never
+    cuts a torn tail (it reads up to where the last writer published), and refuses appends
+    and checkpoint saves with :class:`~orchestrix.infrastructure.file.errors.ReadOnlyStoreError`.
     """
 
     def __init__(
@@ -111,13 +116,19 @@ class FileEventStore(AsyncStoreMixin):
         checkpoint_events: int = DEFAULT_CHECKPOINT_EVENTS,
         loop_sync_max: float = DEFAULT_LOOP_SYNC_MAX,
         policy: FilePolicy = DEFAULT_POLICY,
+        read_only: bool = False,
     ) -> None:
         _check_options(segment_size, checkpoint_events, loop_sync_max, policy)
+        if type(read_only) is not bool:
+            raise InvalidStoreOptionError("read_only", read_only, "True or False")
         self.path = os.fspath(path)
+        self.read_only = read_only
         self._serializer = serializer
         self._names: dict[Any, bytes] = {}
-        self._view = LogView(self.path, policy.io, Syncs(policy.io, sync), segment_size, checkpoint_events)
-        self._commits = GroupCommit(self._view, segment_size, loop_sync_max, policy)
+        syncs = Syncs(policy.io, sync)
+        self._view = LogView(self.path, policy.io, syncs, segment_size, checkpoint_events, read_only)
+        self._view.log.reserve_margin = policy.reserve_margin
+        self._commits = None if read_only else GroupCommit(self._view, segment_size, loop_sync_max, policy)
         self._closing = threading.RLock()  # one close at a time: two would close each file twice
 
     checks_fences = False
@@ -133,8 +144,9 @@ class FileEventStore(AsyncStoreMixin):
 
         Returns once the events are on disk; appends from concurrent threads share one fdatasync.
         """
+        commits = self._writable()
         request = prepare(self._serializer, self._names, stream, events, expected_version)
-        self._commits.submit(request)
+        commits.submit(request)
         if request.error is not None:
             raise request.error
         assert request.result is not None
@@ -147,8 +159,9 @@ class FileEventStore(AsyncStoreMixin):
 
         Concurrent tasks share groups, writes and fdatasyncs with each other and with threads.
         """
+        commits = self._writable()
         request = prepare(self._serializer, self._names, stream, events, expected_version)
-        await self._commits.submit_async(request)
+        await commits.submit_async(request)
         if request.error is not None:
             raise request.error
         assert request.result is not None
@@ -161,14 +174,20 @@ class FileEventStore(AsyncStoreMixin):
         made durable by one fdatasync; recovery keeps them all or none.
         """
         request = prepare_many(self._serializer, self._names, appends)
-        self._commits.submit(request)
+        self._writable().submit(request)
         return request.results()
 
     async def append_many_async(self, appends: Sequence[StreamAppend]) -> tuple[AppendResult, ...]:
         """Asyncio form of :meth:`append_many`: holds no thread while the append is in flight."""
         request = prepare_many(self._serializer, self._names, appends)
-        await self._commits.submit_async(request)
+        await self._writable().submit_async(request)
         return request.results()
+
+    def _writable(self) -> GroupCommit:
+        if self._commits is None:
+            self._check_open()
+            raise ReadOnlyStoreError(self.path, "cannot append")
+        return self._commits
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -225,10 +244,10 @@ class FileEventStore(AsyncStoreMixin):
         return self._all_events(start, end, limit)
 
     def _all_events(self, start: int, end: Head, limit: int | None) -> Iterator[RecordedEvent]:
-        segment, offset = self._view.start_of(start)
+        segment, offset, first = self._view.start_of(start)
         decode = self._serializer.decode
         remaining = -1 if limit is None else limit
-        for _, _, buf, i, _, _ in self._view.log.frames(segment, offset, end):
+        for _, _, buf, i, _, _ in self._view.log.frames(segment, offset, end, first=first):
             self._check_open()
             for event in decode_events(buf, i, decode, 0, start):
                 yield event
@@ -296,11 +315,12 @@ class FileEventStore(AsyncStoreMixin):
         self._view.refresh()
         return self._view.end.position
 
-    def verify(self) -> int:
+    def verify(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Read the whole log and check every record's checksum and position; return the event count.
 
         Opening checks only what the index does not cover; this checks everything and raises
-        CorruptionError (naming file and offset) at the first damage.
+        CorruptionError (naming file and offset) at the first damage. ``progress``, if given, is
+        called after each record with (events checked so far, events in the log).
         """
         self._check_open()
         self._view.refresh()
@@ -308,11 +328,16 @@ class FileEventStore(AsyncStoreMixin):
         events = 0
         for _, info in self._view.log.scan(Head(0, 1, SEGMENT_HEADER_SIZE), end):
             events += info.count
+            if progress is not None:
+                progress(events, end.position)
         return events
 
     def checkpoints(self) -> FileCheckpointStore:
-        """A CheckpointStore kept beside the log, in ``checkpoints.json`` of the store directory."""
-        return FileCheckpointStore(os.path.join(self.path, CHECKPOINT_FILE))
+        """A CheckpointStore kept beside the log, in ``checkpoints.json`` of the store directory.
+
+        On a store opened read-only it loads, and refuses saves (ReadOnlyStoreError).
+        """
+        return FileCheckpointStore(os.path.join(self.path, CHECKPOINT_FILE), read_only=self.read_only)
 
     @staticmethod
     def is_store(path: str | os.PathLike[str]) -> bool:
@@ -408,6 +433,9 @@ class FileEventStore(AsyncStoreMixin):
         """Finish the appends already queued, checkpoint the index, release files, wake waiters."""
         with self._closing:  # a second thread waits until the store is closed
             if self._view.closed:
+                return
+            if self._commits is None:
+                self._view.close(checkpoint=False)
                 return
             self._commits.close()
             self._view.close(checkpoint=self._commits.failed is None)
