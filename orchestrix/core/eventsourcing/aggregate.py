@@ -237,7 +237,9 @@ class AggregateRepository:
             return None
         with self._idle_lock:
             aggregate = self._idle.pop(cls.stream_name(aggregate_id), None)
-        return aggregate if type(aggregate) is cls and aggregate.id == aggregate_id else None
+        if aggregate is None or type(aggregate) is not cls:
+            return None
+        return aggregate if aggregate.id == aggregate_id else None
 
     def _put_back(self, aggregate: AggregateRoot, saved: AppendResult | None) -> None:
         if not self.cache_size or aggregate._pending or not aggregate.id:
@@ -272,7 +274,9 @@ def retry_on_conflict(operation: Callable[[], T], *, attempts: int = 5) -> T:
     The first retry is immediate; later ones wait a short random time (see :func:`_conflict_backoff`),
     so that writers who keep colliding on one stream fall out of step instead of colliding again.
     """
-    return run_sync(retry_on_conflict_async(functools.partial(_io.call, operation), attempts=attempts))
+    # _io.call returns Any (it takes user code of either form); the operation's own T is the result.
+    called: Callable[[], Awaitable[T]] = functools.partial(_io.call, operation)
+    return run_sync(retry_on_conflict_async(called, attempts=attempts))
 
 
 async def retry_on_conflict_async(operation: Callable[[], Awaitable[T]], *, attempts: int = 5) -> T:

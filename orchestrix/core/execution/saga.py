@@ -133,6 +133,7 @@ def handles(
         raise TypeError("handles() needs at least one event type")
 
     def mark(func: Callable[..., Any]) -> Callable[..., Any]:
+        marks: list[tuple[tuple[type, ...], bool, str | Callable[[Any], Any] | None]]
         marks = list(getattr(func, "__orchestrix_handles__", ()))
         marks.append((event_types, start, correlate))
         func.__orchestrix_handles__ = tuple(marks)  # type: ignore[attr-defined]
