@@ -243,7 +243,7 @@ class UnknownEventTypeError(SerializationError, LookupError):
     def __init__(self, type_name: str, registered: Iterable[str]) -> None:
         known = ", ".join(sorted(registered)) or "none"
         super().__init__(type_name, f"not registered with this serializer (registered: {known})")
-        self.registered = tuple(sorted(registered))
+        self.registered: tuple[str, ...] = tuple(sorted(registered))
 
 
 class UnhandledEventError(OrchestrixError):

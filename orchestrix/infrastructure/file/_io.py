@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 
 def fsync_directory(path: str) -> None:
@@ -34,15 +35,28 @@ class FileIO:
     Each has the signature of its ``os`` namesake; :meth:`fsync_directory` takes a path.
     """
 
-    open = staticmethod(os.open)
-    pwrite = staticmethod(os.pwrite)
-    write = staticmethod(os.write)
-    fdatasync = staticmethod(os.fdatasync)
-    fsync = staticmethod(os.fsync)
-    ftruncate = staticmethod(os.ftruncate)
-    replace = staticmethod(os.replace)
-    unlink = staticmethod(os.unlink)
-    fsync_directory = staticmethod(fsync_directory)
+    if TYPE_CHECKING:
+        # What the store calls and a subclass overrides, declared for the type checkers; at run
+        # time they are the os functions themselves (below), so the seam adds no call.
+        def open(self, path: str, flags: int, mode: int = 0o777, /) -> int: ...
+        def pwrite(self, fd: int, data: bytes | bytearray | memoryview, offset: int, /) -> int: ...
+        def write(self, fd: int, data: bytes | bytearray | memoryview, /) -> int: ...
+        def fdatasync(self, fd: int, /) -> None: ...
+        def fsync(self, fd: int, /) -> None: ...
+        def ftruncate(self, fd: int, length: int, /) -> None: ...
+        def replace(self, src: str, dst: str, /) -> None: ...
+        def unlink(self, path: str, /) -> None: ...
+        def fsync_directory(self, path: str, /) -> None: ...
+    else:
+        open = staticmethod(os.open)
+        pwrite = staticmethod(os.pwrite)
+        write = staticmethod(os.write)
+        fdatasync = staticmethod(os.fdatasync)
+        fsync = staticmethod(os.fsync)
+        ftruncate = staticmethod(os.ftruncate)
+        replace = staticmethod(os.replace)
+        unlink = staticmethod(os.unlink)
+        fsync_directory = staticmethod(fsync_directory)
 
 
 def _skipped(_: object) -> None:

@@ -28,7 +28,7 @@ class FileCheckpointStore:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = os.fspath(path)
+        self.path: str = os.fspath(path)
         self._lock_path = self.path + ".lock"
         self._tmp_path = self.path + ".tmp"
         self._threads = threading.Lock()

@@ -113,7 +113,7 @@ class FileEventStore(AsyncStoreMixin):
         policy: FilePolicy = DEFAULT_POLICY,
     ) -> None:
         _check_options(segment_size, checkpoint_events, loop_sync_max, policy)
-        self.path = os.fspath(path)
+        self.path: str = os.fspath(path)
         self._serializer = serializer
         self._names: dict[Any, bytes] = {}
         self._view = LogView(self.path, policy.io, Syncs(policy.io, sync), segment_size, checkpoint_events)

@@ -115,7 +115,7 @@ class Listener:
         self._thread: threading.Thread | None = None
         self._async_waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
         self.backend_pid: int | None = None
-        self.connections_made = 0
+        self.connections_made: int = 0
 
     @property
     def generation(self) -> int:
