@@ -13,7 +13,7 @@ import random
 import threading
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 from orchestrix._speedups import new_uuid4
 from orchestrix.core import _io
@@ -274,9 +274,12 @@ def retry_on_conflict(operation: Callable[[], T], *, attempts: int = 5) -> T:
     The first retry is immediate; later ones wait a short random time (see :func:`_conflict_backoff`),
     so that writers who keep colliding on one stream fall out of step instead of colliding again.
     """
-    # _io.call returns Any (it takes user code of either form); the operation's own T is the result.
-    called: Callable[[], Awaitable[T]] = functools.partial(_io.call, operation)
-    return run_sync(retry_on_conflict_async(called, attempts=attempts))
+    # _io.call returns Any (it takes user code of either form): the result is the operation's T.
+    return run_sync(
+        retry_on_conflict_async(
+            cast("Callable[[], Awaitable[T]]", functools.partial(_io.call, operation)), attempts=attempts
+        )
+    )
 
 
 async def retry_on_conflict_async(operation: Callable[[], Awaitable[T]], *, attempts: int = 5) -> T:
