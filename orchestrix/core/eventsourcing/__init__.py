@@ -15,6 +15,7 @@ from orchestrix.core.eventsourcing.store import (
     STREAM_EXISTS,
     AppendResult,
     EventStore,
+    StreamAppend,
 )
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "Fence",
     "KeyRefused",
     "Lease",
+    "StreamAppend",
     "applies",
     "current_fence",
     "decided_once",

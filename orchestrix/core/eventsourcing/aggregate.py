@@ -12,7 +12,7 @@ import functools
 import random
 import threading
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, TypeVar, cast
 
 from orchestrix._speedups import new_uuid4
@@ -23,11 +23,12 @@ from orchestrix.core.errors import (
     AggregateNotFoundError,
     ConcurrencyError,
     DomainError,
+    InvalidArgumentError,
     UnhandledEventError,
 )
 from orchestrix.core.eventsourcing._backend import new_event
 from orchestrix.core.eventsourcing.keys import KeyRefused
-from orchestrix.core.eventsourcing.store import NO_STREAM, AppendResult, EventStore
+from orchestrix.core.eventsourcing.store import NO_STREAM, AppendResult, EventStore, StreamAppend
 from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
 
 __all__ = [
@@ -184,6 +185,44 @@ class AggregateRepository:
         result: AppendResult = await _io.append(self.event_store, stream, batch, expected)
         aggregate._pending.clear()
         return result
+
+    def save_all(
+        self,
+        aggregates: Sequence[AggregateRoot],
+        *,
+        correlation_id: uuid.UUID | None = None,
+        causation_id: uuid.UUID | None = None,
+    ) -> tuple[AppendResult | None, ...]:
+        """Save several aggregates as one unit: all their pending events are stored, or none.
+
+        One multi-stream append (``EventStore.append_many``) carries every aggregate's events at
+        the version it was loaded at; if any stream moved on, MultiStreamConflictError names each
+        such stream and nothing is stored. Returns one result per aggregate, in order (None for
+        an aggregate with nothing to save).
+        """
+        return run_sync(
+            self.save_all_async(aggregates, correlation_id=correlation_id, causation_id=causation_id)
+        )
+
+    async def save_all_async(
+        self,
+        aggregates: Sequence[AggregateRoot],
+        *,
+        correlation_id: uuid.UUID | None = None,
+        causation_id: uuid.UUID | None = None,
+    ) -> tuple[AppendResult | None, ...]:
+        """Asyncio form of :meth:`save_all`."""
+        if not isinstance(aggregates, list | tuple):
+            raise InvalidArgumentError("aggregates", aggregates, "a list or tuple of aggregates")
+        prepared = [_prepare(a, correlation_id, causation_id) for a in aggregates]
+        appends = [StreamAppend(stream, batch, expected) for stream, batch, expected in prepared if batch]
+        if not appends:
+            return tuple(None for _ in aggregates)
+        stored = iter(await _io.append_many(self.event_store, appends))
+        results = tuple(next(stored) if batch else None for _, batch, _ in prepared)
+        for aggregate in aggregates:
+            aggregate._pending.clear()
+        return results
 
     def update(
         self,
