@@ -38,6 +38,7 @@ Errors carry their facts as attributes, so callers branch on data, not on messag
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 __all__ = [
     "AggregateError",
@@ -106,12 +107,12 @@ class MultiStreamConflictError(ConcurrencyError):
     """
 
     def __init__(self, conflicts: Iterable[ConcurrencyError]) -> None:
-        self.conflicts = tuple(conflicts)
+        self.conflicts: tuple[ConcurrencyError, ...] = tuple(conflicts)
         if not self.conflicts:
             raise ValueError("a MultiStreamConflictError needs at least one conflict")
         first = self.conflicts[0]
         super().__init__(first.stream, first.expected, first.actual)
-        self.args = ("; ".join(str(c) for c in self.conflicts),)
+        self.args: tuple[Any, ...] = ("; ".join(str(c) for c in self.conflicts),)
 
     @property
     def streams(self) -> tuple[str, ...]:
