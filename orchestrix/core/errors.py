@@ -42,6 +42,7 @@ Errors carry their facts as attributes, so callers branch on data, not on messag
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 __all__ = [
     "AggregateError",
@@ -114,12 +115,12 @@ class MultiStreamConflictError(ConcurrencyError):
     """
 
     def __init__(self, conflicts: Iterable[ConcurrencyError]) -> None:
-        self.conflicts = tuple(conflicts)
+        self.conflicts: tuple[ConcurrencyError, ...] = tuple(conflicts)
         if not self.conflicts:
             raise ValueError("a MultiStreamConflictError needs at least one conflict")
         first = self.conflicts[0]
         super().__init__(first.stream, first.expected, first.actual)
-        self.args = ("; ".join(str(c) for c in self.conflicts),)
+        self.args: tuple[Any, ...] = ("; ".join(str(c) for c in self.conflicts),)
 
     @property
     def streams(self) -> tuple[str, ...]:
@@ -275,7 +276,7 @@ class UnknownEventTypeError(SerializationError, LookupError):
     def __init__(self, type_name: str, registered: Iterable[str]) -> None:
         known = ", ".join(sorted(registered)) or "none"
         super().__init__(type_name, f"not registered with this serializer (registered: {known})")
-        self.registered = tuple(sorted(registered))
+        self.registered: tuple[str, ...] = tuple(sorted(registered))
 
 
 class UnhandledEventError(OrchestrixError):

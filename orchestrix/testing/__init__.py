@@ -7,11 +7,11 @@ It needs pytest and hypothesis: ``pip install 'orchestrix-es[testing]'``.
 try:
     import hypothesis  # noqa: F401  (checked here, so a missing one is named with the extra)
     import pytest  # noqa: F401
-except ImportError as exc:
+except ImportError as _missing:  # _: a type checker would take the name for a public one
     raise ModuleNotFoundError(
-        f"orchestrix.testing needs pytest and hypothesis ({exc}): pip install 'orchestrix-es[testing]'",
-        name=exc.name,
-    ) from exc
+        f"orchestrix.testing needs pytest and hypothesis ({_missing}): pip install 'orchestrix-es[testing]'",
+        name=_missing.name,
+    ) from _missing
 
 from orchestrix.testing.checkpoint_contract import CheckpointStoreContract
 from orchestrix.testing.contract import (

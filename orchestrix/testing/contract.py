@@ -184,8 +184,9 @@ class EventStoreContract(MultiStreamContract):
         assert recorded.event == ContractEvent(7, "hi")
         assert recorded.correlation_id == correlation
         assert recorded.causation_id == causation
-        assert recorded.recorded_at.utcoffset() is not None
-        assert recorded.recorded_at.utcoffset().total_seconds() == 0
+        offset = recorded.recorded_at.utcoffset()
+        assert offset is not None
+        assert offset.total_seconds() == 0
         assert before.replace(microsecond=0) <= recorded.recorded_at
 
     # -- expected version modes --------------------------------------------------------------

@@ -143,7 +143,7 @@ class MultiStreamContract:
         cases: list[tuple[StreamAppend, type[Exception]]] = [
             (StreamAppend("", _events(1)), InvalidStreamNameError),
             (StreamAppend("m-2", _events(1), -3), InvalidExpectedVersionError),
-            (StreamAppend("m-2", _events(1), True), InvalidExpectedVersionError),  # type: ignore[arg-type]
+            (StreamAppend("m-2", _events(1), True), InvalidExpectedVersionError),
             (StreamAppend("m-2", []), EmptyBatchError),
             (StreamAppend("m-2", _events(1)[0]), InvalidArgumentError),  # type: ignore[arg-type]
             (StreamAppend("m-2", [NotRegistered(1)]), SerializationError),

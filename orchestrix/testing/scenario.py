@@ -349,12 +349,12 @@ class SagaScenario(Generic[S]):
         self.saga_type = saga_type
         self.saga_id = saga_id
         self.driver = driver
-        self.runner_options = dict(runner_options or {})
+        self.runner_options: dict[str, Any] = dict(runner_options or {})
         self._world = _World(serializer, store, handlers)
         target = self._world.handlers if self._world.handlers is not None else _Replies(replies or {})
         self._dispatcher = _Recording(target)
-        self.checkpoints = InMemoryCheckpointStore()
-        self.runner = self._new_runner(self.checkpoints)
+        self.checkpoints: InMemoryCheckpointStore = InMemoryCheckpointStore()
+        self.runner: SagaRunner = self._new_runner(self.checkpoints)
         self._since_commands = 0
 
     @property

@@ -173,6 +173,18 @@ class TestPostgresSpecifics:
         finally:
             pool.close()
 
+    def test_a_pool_given_its_connection_arguments_as_a_function_is_used(self, schema: str) -> None:
+        # psycopg_pool 3.3 takes kwargs as a function, called for each connection; the store reads
+        # the libpq parameters among them for the connections it makes itself (notifications).
+        pool = ConnectionPool(DSN, min_size=1, max_size=2, kwargs=lambda: {"autocommit": True}, open=True)
+        try:
+            store = PostgresEventStore(pool, contract_serializer(), schema=schema)
+            store.append("s", _events(1, 2), NO_STREAM)
+            assert [r.event.n for r in store.read_stream("s")] == [1, 2]
+            store.close()
+        finally:
+            pool.close()
+
     def test_a_pool_without_autocommit_still_commits_and_conflicts_cleanly(self, schema: str) -> None:
         pool = ConnectionPool(DSN, min_size=1, max_size=2, open=True)
         try:

@@ -205,7 +205,7 @@ class AsyncStoreMixin:
 
     async def append_many_async(self, appends: Sequence[StreamAppend]) -> tuple[AppendResult, ...]:
         """Asyncio form of ``append_many``."""
-        return await asyncio.to_thread(self.append_many, appends)  # type: ignore[attr-defined,no-any-return]
+        return await asyncio.to_thread(self.append_many, appends)  # type: ignore[attr-defined]
 
     async def read_stream_async(self, stream: str, from_version: int = 0) -> AsyncIterator[RecordedEvent]:
         """Asyncio form of ``read_stream``."""

@@ -13,7 +13,7 @@ import random
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 from orchestrix._speedups import new_uuid4
 from orchestrix.core import _io
@@ -276,7 +276,9 @@ class AggregateRepository:
             return None
         with self._idle_lock:
             aggregate = self._idle.pop(cls.stream_name(aggregate_id), None)
-        return aggregate if type(aggregate) is cls and aggregate.id == aggregate_id else None
+        if aggregate is None or type(aggregate) is not cls:
+            return None
+        return aggregate if aggregate.id == aggregate_id else None
 
     def _put_back(self, aggregate: AggregateRoot, saved: AppendResult | None) -> None:
         if not self.cache_size or aggregate._pending or not aggregate.id:
@@ -311,7 +313,12 @@ def retry_on_conflict(operation: Callable[[], T], *, attempts: int = 5) -> T:
     The first retry is immediate; later ones wait a short random time (see :func:`_conflict_backoff`),
     so that writers who keep colliding on one stream fall out of step instead of colliding again.
     """
-    return run_sync(retry_on_conflict_async(functools.partial(_io.call, operation), attempts=attempts))
+    # _io.call returns Any (it takes user code of either form): the result is the operation's T.
+    return run_sync(
+        retry_on_conflict_async(
+            cast("Callable[[], Awaitable[T]]", functools.partial(_io.call, operation)), attempts=attempts
+        )
+    )
 
 
 async def retry_on_conflict_async(operation: Callable[[], Awaitable[T]], *, attempts: int = 5) -> T:

@@ -94,7 +94,7 @@ class ProcessStep:
         self.handle = handle
         self.page_size = page_size
         self.checkpoint_every = checkpoint_every
-        self.tracking_stream = check_stream_name(f"process-{name}")
+        self.tracking_stream: str = check_stream_name(f"process-{name}")
         self._loaded: tuple[int, int] | None = None  # (position handled, tracking stream version)
 
     def position(self) -> int:

@@ -142,13 +142,13 @@ class ProgressReporter(Generic[P]):
     ) -> None:
         self.name = name
         self.start = start
-        self.target = target
-        self.events = 0
+        self.target: int = target
+        self.events: int = 0
         self._report = report
         self._record = record
         self._every = every
         self._clock = clock
-        self.began = clock() if began is None else began
+        self.began: float = clock() if began is None else began
         self._last_report = self.began
 
     def reached(self, position: int, events: int, target: int | None = None) -> None:

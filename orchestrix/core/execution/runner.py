@@ -160,10 +160,10 @@ class SagaRunner(PageLoop):
                 "from acting: use a store that does (memory, PostgreSQL) or run without a lease"
             )
         self.store = store
-        self.sagas = tuple(sagas)
+        self.sagas: tuple[type[Saga], ...] = tuple(sagas)
         self.checkpoints = checkpoints
-        self.partition = (index, count)
-        self.checkpoint_name = name if count == 1 else f"{name}[{index}/{count}]"
+        self.partition: tuple[int, int] = (index, count)
+        self.checkpoint_name: str = name if count == 1 else f"{name}[{index}/{count}]"
         self.page_size = page_size
         self.max_concurrency = max_concurrency
         self.index_history = index_history

@@ -47,7 +47,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Generator
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import attrs
 
@@ -152,13 +152,16 @@ class HandlerSpec:
         return value if isinstance(value, str) else str(value)
 
 
+_Handler = TypeVar("_Handler", bound=Callable[..., Any])
+
+
 def handles(
     *event_types: type,
     start: bool = False,
     correlate: str | Callable[[Any], Any] | None = None,
     retry: RetryPolicy | None = None,
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Mark a saga method as the handler of ``event_types``.
+) -> Callable[[_Handler], _Handler]:
+    """Mark a saga method as the handler of ``event_types``; the method keeps its own type.
 
     ``start=True`` lets the event create the saga when none exists for its correlation id.
     ``correlate`` names the event field holding the saga id (default: the saga class's
@@ -169,7 +172,8 @@ def handles(
     if not event_types:
         raise TypeError("handles() needs at least one event type")
 
-    def mark(func: Callable[..., Any]) -> Callable[..., Any]:
+    def mark(func: _Handler) -> _Handler:
+        marks: list[tuple[tuple[type, ...], bool, str | Callable[[Any], Any] | None]]
         marks = list(getattr(func, "__orchestrix_handles__", ()))
         marks.append((event_types, start, correlate))
         func.__orchestrix_handles__ = tuple(marks)  # type: ignore[attr-defined]

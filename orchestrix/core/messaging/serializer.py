@@ -55,7 +55,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
@@ -66,6 +66,10 @@ __all__ = ["MAX_DEPTH", "RawEvent", "RawSerializer", "Serializer", "StructuralSe
 
 MAX_DEPTH = 100
 """How many levels values may nest: the event is level 1, each object or array inside adds one."""
+
+_C = TypeVar("_C", bound=type)
+"""A registered class: ``register`` returns the class it was given, so as a decorator it keeps the
+class's own type (its constructor's signature stays checked) instead of widening it to ``type``."""
 
 _Encoder = Callable[..., Any]
 _Decoder = Callable[..., Any]
@@ -477,13 +481,16 @@ class Serializer:
         for cls in types:
             self.register(cls)
 
-    def register(self, cls: type, name: str | None = None) -> type:
+    def register(self, cls: _C, name: str | None = None) -> _C:
         """Register an attrs class under ``name`` (default: its class name); returns the class.
 
         Usable as a decorator. Registering the same class twice under one name is harmless;
         one name for two classes is refused.
         """
-        if not attrs.has(cls):
+        # attrs.has narrows what it is given to type[AttrsInstance]: check a plain alias, so that
+        # cls keeps the caller's own class type, which is what register returns.
+        checked: type = cls
+        if not attrs.has(checked):
             raise SerializationError(
                 getattr(cls, "__qualname__", repr(cls)), "only attrs classes can be registered"
             )
@@ -719,6 +726,12 @@ class StructuralSerializer(Serializer):
         raise SerializationError(type_name, "a StructuralSerializer checks encoding only and decodes nothing")
 
 
+def _read_only(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    # A function rather than the bare class: the checkers read a converter's parameter as the
+    # field's __init__ type, and MappingProxyType's is a generic protocol they cannot solve.
+    return types.MappingProxyType(data)
+
+
 @attrs.frozen
 class RawEvent:
     """A stored event as read without its class: its type name and its JSON object.
@@ -728,7 +741,7 @@ class RawEvent:
     """
 
     type_name: str
-    data: Mapping[str, Any] = attrs.field(converter=types.MappingProxyType, hash=False)
+    data: Mapping[str, Any] = attrs.field(converter=_read_only, hash=False)
 
 
 class RawSerializer(Serializer):
@@ -740,10 +753,10 @@ class RawSerializer(Serializer):
     cannot write raw records back by mistake.
     """
 
-    def register(self, cls: type, name: str | None = None) -> type:
+    def register(self, cls: _C, name: str | None = None) -> _C:
         """Refuse: a raw serializer decodes every type the same way."""
         raise SerializationError(
-            name or getattr(cls, "__qualname__", repr(cls)), "a RawSerializer registers no types"
+            name or str(getattr(cls, "__qualname__", repr(cls))), "a RawSerializer registers no types"
         )
 
     def to_dict(self, obj: object) -> tuple[str, dict[str, Any]]:

@@ -406,9 +406,9 @@ class GroupCommit:
             for r, _, _, result in group.planned:
                 r.result = result
         else:
-            for r in group.requests:
-                if r.error is None:
-                    r.result, r.error = None, error  # a replay may point into the failed group
+            for queued in group.requests:
+                if queued.error is None:
+                    queued.result, queued.error = None, error  # a replay may point into the failed group
         self._groups.forget(group)
         with self.lock:
             self._in_flight.popleft()

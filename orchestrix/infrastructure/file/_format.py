@@ -164,6 +164,7 @@ def unpack_store(data: bytes) -> bytes:
     _check_version(data, STORE_CHECK_AT, "STORE file")
     if len(data) != STORE_STRUCT.size:
         raise FormatProblem(f"STORE file has {len(data)} bytes, expected {STORE_STRUCT.size}")
+    store_id: bytes
     _, _, _, store_id, _, crc = STORE_STRUCT.unpack(data)
     if _crc32(data[:-4]) != crc:
         raise FormatProblem("STORE file checksum mismatch")
@@ -237,8 +238,8 @@ def prepare_record(stream: bytes, events: Sequence[tuple[Any, ...]], continues: 
         event_id, correlation, causation, type_name, payload = events[0]
         if correlation is None and causation is None:
             counts, size = COUNTS.pack(1, len(stream)), pack_u32(len(payload))
-            parts = (_BLANK_HEAD, counts, stream, event_id, b"\0", type_name, size, payload)
-            record = bytearray(b"".join(parts))
+            one = (_BLANK_HEAD, counts, stream, event_id, b"\0", type_name, size, payload)
+            record = bytearray(b"".join(one))
             U32.pack_into(record, 8, len(record) - FRAME_SIZE)
             return record
     parts = [_BLANK_HEAD + COUNTS.pack(len(events), len(stream)), stream]
@@ -278,7 +279,8 @@ class RecordInfo(NamedTuple):
     """The last position already on disk when this record was written."""
     position: int
     version: int
-    count: int
+    # Shadows tuple.count (a method), which nothing here calls: the field is the format's name.
+    count: int  # type: ignore[assignment]
     stream: str
     ids: tuple[bytes, ...]
     continues: bool = False

@@ -95,7 +95,7 @@ class GroupWriter:
         in_tail = locator.streams.get
         planned: list[Planned] = []
         for r in group.requests:
-            if type(r) is ManyRequest:
+            if isinstance(r, ManyRequest):  # (isinstance: the checkers narrow r to Request below)
                 position = self._plan_many(r, indexed, position, seq, planned)
                 continue
             stream, ids = r.stream, r.ids

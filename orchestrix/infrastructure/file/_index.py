@@ -66,7 +66,8 @@ class Entry(NamedTuple):
     """One record as the indexes see it: where it is and what it holds."""
 
     position: int
-    count: int
+    # Shadows tuple.count (a method), which nothing here calls: the field is the format's name.
+    count: int  # type: ignore[assignment]
     version: int
     stream: str
     segment: int
@@ -207,7 +208,7 @@ class Index:
             conn = self._write
             conn.execute("BEGIN IMMEDIATE")
             try:
-                meta = dict(conn.execute("SELECT key, value FROM meta"))
+                meta: dict[str, int] = dict(conn.execute("SELECT key, value FROM meta"))
                 covered = meta.get("position", 0)
                 if entries and entries[0].position > covered:  # the usual case: none indexed yet
                     fresh = list(entries)
@@ -301,7 +302,7 @@ class Index:
             )
             try:
                 for (blob,) in rows:
-                    chunk = array("q", blob)
+                    chunk: array[int] = array("q", blob)
                     for k in range(len(chunk) - 4, -1, -4):
                         if chunk[k + 2] <= bound:
                             return chunk[k] + chunk[k + 1] - 1
@@ -355,8 +356,9 @@ class Index:
     def mark_before(self, position: int) -> tuple[int, int, int] | None:
         """(position, segment, offset) of the last marked record starting at or before ``position``."""
         with self._read_lock:
-            return self._read.execute(
+            mark: tuple[int, int, int] | None = self._read.execute(
                 'SELECT position, segment, "offset" FROM marks WHERE position <= ? '
                 "ORDER BY position DESC LIMIT 1",
                 (position,),
             ).fetchone()
+        return mark

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 
 def fsync_directory(path: str) -> None:
@@ -36,16 +37,30 @@ class FileIO:
     passes one that says the disk is nearly full).
     """
 
-    open = staticmethod(os.open)
-    pwrite = staticmethod(os.pwrite)
-    write = staticmethod(os.write)
-    fdatasync = staticmethod(os.fdatasync)
-    fsync = staticmethod(os.fsync)
-    ftruncate = staticmethod(os.ftruncate)
-    replace = staticmethod(os.replace)
-    unlink = staticmethod(os.unlink)
-    fsync_directory = staticmethod(fsync_directory)
-    statvfs = staticmethod(os.statvfs)
+    if TYPE_CHECKING:
+        # What the store calls and a subclass overrides, declared for the type checkers; at run
+        # time they are the os functions themselves (below), so the seam adds no call.
+        def open(self, path: str, flags: int, mode: int = 0o777, /) -> int: ...
+        def pwrite(self, fd: int, data: bytes | bytearray | memoryview, offset: int, /) -> int: ...
+        def write(self, fd: int, data: bytes | bytearray | memoryview, /) -> int: ...
+        def fdatasync(self, fd: int, /) -> None: ...
+        def fsync(self, fd: int, /) -> None: ...
+        def ftruncate(self, fd: int, length: int, /) -> None: ...
+        def replace(self, src: str, dst: str, /) -> None: ...
+        def unlink(self, path: str, /) -> None: ...
+        def fsync_directory(self, path: str, /) -> None: ...
+        def statvfs(self, path: str, /) -> os.statvfs_result: ...
+    else:
+        open = staticmethod(os.open)
+        pwrite = staticmethod(os.pwrite)
+        write = staticmethod(os.write)
+        fdatasync = staticmethod(os.fdatasync)
+        fsync = staticmethod(os.fsync)
+        ftruncate = staticmethod(os.ftruncate)
+        replace = staticmethod(os.replace)
+        unlink = staticmethod(os.unlink)
+        fsync_directory = staticmethod(fsync_directory)
+        statvfs = staticmethod(os.statvfs)
 
 
 def _skipped(_: object) -> None:

@@ -323,7 +323,7 @@ class LogView:
         self.log.close()
 
 
-entry_new: Callable[..., Entry] = tuple.__new__  # type: ignore[assignment]
+entry_new: Callable[..., Entry] = tuple.__new__
 
 
 def entry_of(number: int, info: RecordInfo) -> Entry:

@@ -31,7 +31,7 @@ class FileCheckpointStore:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False) -> None:
-        self.path = os.fspath(path)
+        self.path: str = os.fspath(path)
         self.read_only = read_only
         self._lock_path = self.path + ".lock"
         self._tmp_path = self.path + ".tmp"

@@ -121,7 +121,7 @@ class FileEventStore(AsyncStoreMixin):
         _check_options(segment_size, checkpoint_events, loop_sync_max, policy)
         if type(read_only) is not bool:
             raise InvalidStoreOptionError("read_only", read_only, "True or False")
-        self.path = os.fspath(path)
+        self.path: str = os.fspath(path)
         self.read_only = read_only
         self._serializer = serializer
         self._names: dict[Any, bytes] = {}

@@ -388,10 +388,12 @@ class _ConnectFailed(Exception):
         self.cause = cause
 
 
-def _plain_kwargs(kwargs: dict[str, Any] | None) -> dict[str, Any]:
-    # Connection keyword arguments that are libpq parameters (not psycopg options).
+def _plain_kwargs(kwargs: dict[str, Any] | Callable[[], dict[str, Any]] | None) -> dict[str, Any]:
+    # Connection keyword arguments that are libpq parameters (not psycopg options). A pool may
+    # be given a function that returns them (psycopg_pool 3.3): it calls it for each connection.
+    given = kwargs() if callable(kwargs) else kwargs
     skip = {"autocommit", "prepare_threshold", "row_factory", "cursor_factory", "context"}
-    return {k: v for k, v in (kwargs or {}).items() if k not in skip}
+    return {k: v for k, v in (given or {}).items() if k not in skip}
 
 
 # One cursor per connection, reused: making a cursor for every statement costs about as much
@@ -404,7 +406,7 @@ def _cursor(conn: psycopg.Connection) -> psycopg.Cursor[Any]:
     cursor = _cursors.get(conn)
     if cursor is None or cursor.closed:
         cursor = _cursors[conn] = conn.cursor()
-    return cursor  # type: ignore[no-any-return]
+    return cursor
 
 
 def _drive(conn: psycopg.Connection, op: Op[T]) -> T:

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
+from typing import LiteralString
 
 import psycopg
 
@@ -30,9 +31,9 @@ class Notifier:
     ``interval`` share one notification.
     """
 
-    def __init__(self, connect: Connect, notify_sql: str, interval: float) -> None:
+    def __init__(self, connect: Connect, notify_sql: LiteralString, interval: float) -> None:
         self._connect = connect
-        self._sql = notify_sql
+        self._sql: LiteralString = notify_sql
         self._interval = interval
         self._wanted = threading.Event()
         self._stop = threading.Event()
@@ -103,9 +104,9 @@ class Listener:
     events are not.
     """
 
-    def __init__(self, connect: Connect, listen_sql: str) -> None:
+    def __init__(self, connect: Connect, listen_sql: LiteralString) -> None:
         self._connect = connect
-        self._sql = listen_sql
+        self._sql: LiteralString = listen_sql
         self._cond = threading.Condition()
         self._generation = 0
         self._connected = False
@@ -114,7 +115,7 @@ class Listener:
         self._thread: threading.Thread | None = None
         self._async_waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
         self.backend_pid: int | None = None
-        self.connections_made = 0
+        self.connections_made: int = 0
 
     @property
     def generation(self) -> int:

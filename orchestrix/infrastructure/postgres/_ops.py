@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Generator, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, LiteralString, TypeVar
 
 import attrs
 from psycopg import errors as pg_errors
@@ -39,7 +39,7 @@ T = TypeVar("T")
 class Query:
     """Run ``sql`` with ``params``; answer with all rows (or an empty list if ``fetch`` is false)."""
 
-    sql: str
+    sql: LiteralString
     params: Any
     fetch: bool = True
 
@@ -272,15 +272,17 @@ def stream_version_op(st: Statements, stream: str) -> Op[int]:
     return int(rows[0][0])
 
 
-def read_stream_page_op(st: Statements, stream: str, from_version: int, limit: int) -> Op[list[tuple]]:
+def read_stream_page_op(
+    st: Statements, stream: str, from_version: int, limit: int
+) -> Op[list[tuple[Any, ...]]]:
     """Up to ``limit`` rows of the stream from ``from_version`` on."""
-    rows = yield Query(st.read_stream, (stream, from_version, limit))
+    rows: list[tuple[Any, ...]] = yield Query(st.read_stream, (stream, from_version, limit))
     return rows
 
 
 def read_all_page_op(
     st: Statements, after: int, limit: int, own_position: int, visibility_timeout: float
-) -> Op[list[tuple]]:
+) -> Op[list[tuple[Any, ...]]]:
     """Up to ``limit`` rows after ``after``, below the horizon.
 
     If this store appended ``own_position`` (> after) itself, wait (up to

@@ -58,7 +58,7 @@ class PartitionLease:
             schema = schema or dsn_or_store.schema
         else:
             conninfo = with_defaults(dsn_or_store)
-        self.schema = validate_schema_name(schema or "orchestrix")
+        self.schema: str = validate_schema_name(schema or "orchestrix")
         self.group = group
         self.count = count
         self.index: int | None = None

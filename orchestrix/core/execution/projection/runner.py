@@ -87,14 +87,14 @@ class ProjectionRunner(PageLoop):
         if progress_every < 0 or catch_up_threshold < 0:
             raise ValueError("progress_every and catch_up_threshold must not be negative")
         self.store = store
-        self.projections = tuple(projections)
+        self.projections: tuple[Projection, ...] = tuple(projections)
         self.checkpoints = checkpoints
         self.page_size = page_size
         self.progress = progress
         self.progress_every = progress_every
         self.catch_up_threshold = catch_up_threshold
         self.clock = clock
-        self.stats = {name: ProjectionStats() for name in names}
+        self.stats: dict[str, ProjectionStats] = {name: ProjectionStats() for name in names}
         self._by_name = names
         self._label = ", ".join(names)
         self._positions: dict[str, int] | None = None
