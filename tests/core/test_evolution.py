@@ -136,11 +136,27 @@ def test_a_stored_name_with_a_non_canonical_version_is_an_unknown_type(name: str
         today().decode(name, b'{"sku":"a","amount":"1","currency":"EUR"}')
 
 
-def test_a_registered_name_cannot_hold_the_version_separator() -> None:
-    with pytest.raises(SerializationError, match="cannot contain '@'"):
-        Serializer().register(PriceSetV1, "Price@Set")
-    with pytest.raises(SerializationError, match="cannot contain '@'"):
-        Serializer().register(PriceSetV1, aliases=["Old@1"])
+@pytest.mark.parametrize("name", ["Price@2", "Price@1", "@3"])
+def test_a_registered_name_cannot_end_like_a_version(name: str) -> None:
+    with pytest.raises(SerializationError, match="cannot end in '@' and a number"):
+        Serializer().register(PriceSetV1, name)
+    with pytest.raises(SerializationError, match="cannot end in '@' and a number"):
+        Serializer().register(PriceSetV1, aliases=[name])
+
+
+@pytest.mark.parametrize("name", ["Price@Set", "Price@", "Price@02", "@"])
+def test_other_names_with_the_separator_are_plain_text_at_every_version(name: str) -> None:
+    @attrs.frozen
+    class Versioned:
+        __schema_version__: ClassVar[int] = 2
+
+        sku: str
+
+    serializer = Serializer()
+    serializer.register(Versioned, name, upcasters=[upcaster(name, 1)(lambda data: {**data, "sku": "old"})])
+    assert serializer.encode(Versioned("a")) == (f"{name}@2", b'{"sku":"a"}')
+    assert serializer.decode(f"{name}@2", b'{"sku":"a"}') == Versioned("a")
+    assert serializer.decode(name, b'{"sku":"a"}') == Versioned("old")
 
 
 # -- reading every version ------------------------------------------------------------------------

@@ -481,9 +481,12 @@ def _upcasting(upcast: Callable[[dict[str, Any]], dict[str, Any]], decoder: _Dec
 def _check_name(name: object) -> None:
     if not isinstance(name, str) or not name:
         raise SerializationError(repr(name), "a type name is a non-empty str")
-    if VERSION_SEPARATOR in name:
+    if parse_stored_name(name) != (name, 1):
+        # "Price@2" would be read back as version 2 of "Price"; other "@"s are plain text.
         raise SerializationError(
-            name, f"a type name cannot contain {VERSION_SEPARATOR!r}: stored names use it before the version"
+            name,
+            f"a type name cannot end in {VERSION_SEPARATOR!r} and a number: stored names use that "
+            "for the schema version",
         )
 
 
