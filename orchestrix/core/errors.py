@@ -18,7 +18,8 @@ Errors carry their facts as attributes, so callers branch on data, not on messag
     │   └── InvalidEventIdError          an event, correlation or causation id that is no UUID
     ├── BatchTooLargeError (ValueError)  stream, limit_name, limit, value: a store's batch limit
     ├── SerializationError               type name
-    │   └── UnknownEventTypeError (LookupError)
+    │   ├── UnknownEventTypeError (LookupError)
+    │   └── SchemaEvolutionError         type name, versions: a schema history that cannot be read
     ├── UnhandledEventError              an aggregate has no apply handler for an event type
     ├── AggregateError                   misuse of an aggregate (no id, wrong id)
     ├── StoreError                       a backend cannot do its work
@@ -71,6 +72,7 @@ __all__ = [
     "ProjectionError",
     "SagaError",
     "SagaNotStuckError",
+    "SchemaEvolutionError",
     "SerializationError",
     "StoreClosedError",
     "StoreError",
@@ -277,6 +279,18 @@ class UnknownEventTypeError(SerializationError, LookupError):
         known = ", ".join(sorted(registered)) or "none"
         super().__init__(type_name, f"not registered with this serializer (registered: {known})")
         self.registered: tuple[str, ...] = tuple(sorted(registered))
+
+
+class SchemaEvolutionError(SerializationError):
+    """A type's schema history cannot be read: a gap in its upcasters, two for one step, an
+    upcaster for a type that is not registered, or a stored version newer than the type's.
+
+    ``versions`` names the step (from, to) or the version concerned; empty when none applies.
+    """
+
+    def __init__(self, type_name: str, message: str, versions: tuple[int, ...]) -> None:
+        super().__init__(type_name, message)
+        self.versions = versions
 
 
 class UnhandledEventError(OrchestrixError):

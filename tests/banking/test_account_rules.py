@@ -220,7 +220,7 @@ def test_a_transfer_debit_blocks_closing_until_it_is_settled_or_reversed() -> No
     scenario = account(WithdrawMoney("acc-1", D("100"), transfer_id="t-1", idempotency_key="t-1:debit"))
     scenario.when(CloseAccount("acc-1")).then_error(errors.AccountHasTransfersInFlight)
     assert scenario.error.transfer_ids == ("t-1",)
-    scenario.when(SettleTransfer("acc-1", "t-1")).then(like(models.TransferSettled, transfer_id="t-1"))
+    scenario.when(SettleTransfer("acc-1", "t-1")).then(like(models.TransferHoldReleased, transfer_id="t-1"))
     scenario.when(CloseAccount("acc-1")).then(models.AccountClosed)
 
 

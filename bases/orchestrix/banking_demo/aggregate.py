@@ -34,7 +34,7 @@ from bases.orchestrix.banking_demo.models import (
     SuspendAccount,
     Transaction,
     TransactionKind,
-    TransferSettled,
+    TransferHoldReleased,
     WithdrawMoney,
     validate_amount,
 )
@@ -145,7 +145,7 @@ class Account(AggregateRoot):
         self._require_open()
         if transfer_id in self.transfers_in_flight:
             self.raise_event(
-                TransferSettled(self._id(), transfer_id, _now()),
+                TransferHoldReleased(self._id(), transfer_id, _now()),
                 event_id=transaction_id_for(f"{transfer_id}:settle"),
             )
 
@@ -259,8 +259,8 @@ class Account(AggregateRoot):
     def _closed(self, event: AccountClosedEvent) -> None:
         self.status = AccountStatus.CLOSED
 
-    @applies(TransferSettled)
-    def _settled(self, event: TransferSettled) -> None:
+    @applies(TransferHoldReleased)
+    def _settled(self, event: TransferHoldReleased) -> None:
         self.transfers_in_flight.pop(event.transfer_id, None)
 
     def _record(self, kind: TransactionKind, event: MoneyDeposited | MoneyWithdrawn) -> None:

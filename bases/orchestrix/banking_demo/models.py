@@ -10,16 +10,18 @@ import enum
 import uuid
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
+from typing import Any, ClassVar
 
 import attrs
 
 from bases.orchestrix.banking_demo.errors import InvalidAmount
 from orchestrix.core.eventsourcing.keys import KEY_EVENTS
 from orchestrix.core.execution.saga import SAGA_EVENTS
-from orchestrix.core.messaging import Command, Event, Serializer
+from orchestrix.core.messaging import Command, Event, Serializer, Upcaster, upcaster
 
 __all__ = [
     "MAX_AMOUNT",
+    "UPCASTERS",
     "AccountClosed",
     "AccountOpened",
     "AccountReactivated",
@@ -39,13 +41,14 @@ __all__ = [
     "TransferCreditFailed",
     "TransferDebited",
     "TransferFailed",
+    "TransferHoldReleased",
     "TransferInitiated",
     "TransferMoney",
     "TransferReversed",
-    "TransferSettled",
     "TransferStatus",
     "WithdrawMoney",
     "banking_serializer",
+    "money_deposited_v1_to_v2",
     "validate_amount",
 ]
 
@@ -211,7 +214,13 @@ class AccountOpened(Event):
 
 @attrs.frozen
 class MoneyDeposited(Event):
-    """Money was added to an account."""
+    """Money was added to an account.
+
+    Version 2 added ``currency``; deposits stored at version 1 were all in euros (see
+    :func:`money_deposited_v1_to_v2`).
+    """
+
+    __schema_version__: ClassVar[int] = 2
 
     account_id: str
     transaction_id: uuid.UUID
@@ -221,6 +230,17 @@ class MoneyDeposited(Event):
     occurred_at: datetime
     transfer_id: str | None = None
     idempotency_key: str | None = None
+    currency: str = "EUR"
+
+
+@upcaster("MoneyDeposited", 1)
+def money_deposited_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """A deposit stored before currencies existed was in euros.
+
+    Written out, not left to the field's default: the default may change one day (a bank that
+    opens in another country), while what a stored deposit meant never does.
+    """
+    return {**data, "currency": "EUR"}
 
 
 @attrs.frozen
@@ -263,8 +283,11 @@ class AccountClosed(Event):
 
 
 @attrs.frozen
-class TransferSettled(Event):
-    """A transfer that debited this account completed; its money is no longer held for a reversal."""
+class TransferHoldReleased(Event):
+    """A transfer that debited this account completed; its money is no longer held for a reversal.
+
+    Stored as ``TransferSettled`` before it was renamed: that name is an alias of this class.
+    """
 
     account_id: str
     transfer_id: str
@@ -346,7 +369,7 @@ ACCOUNT_EVENTS = (
     AccountSuspended,
     AccountReactivated,
     AccountClosed,
-    TransferSettled,
+    TransferHoldReleased,
 )
 TRANSFER_EVENTS = (
     TransferInitiated,
@@ -358,6 +381,15 @@ TRANSFER_EVENTS = (
 )
 
 
+UPCASTERS: tuple[Upcaster, ...] = (money_deposited_v1_to_v2,)
+"""Every step of the banking events' history, for :func:`banking_serializer`."""
+
+
 def banking_serializer() -> Serializer:
-    """A serializer that knows every banking event, for the durable stores."""
-    return Serializer(types=[*ACCOUNT_EVENTS, *TRANSFER_EVENTS, *SAGA_EVENTS, *KEY_EVENTS, Transaction])
+    """A serializer that knows every banking event, also as stored by earlier versions, for the
+    durable stores."""
+    return Serializer(
+        types=[*ACCOUNT_EVENTS, *TRANSFER_EVENTS, *SAGA_EVENTS, *KEY_EVENTS, Transaction],
+        upcasters=UPCASTERS,
+        aliases={"TransferSettled": TransferHoldReleased},
+    )

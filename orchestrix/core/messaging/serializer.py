@@ -35,6 +35,11 @@ otherwise. The rules:
   without a default is refused, as is any error the class itself raises on the stored values
   (an attrs validator, say).
 
+Event types evolve: each registered class has a schema version (its ``__schema_version__``,
+default 1), written into the stored type name (``MoneyDeposited@2``; version 1 is the bare name),
+and records stored at an older version go through the type's upcasters before they are checked
+and built. See :mod:`orchestrix.core.messaging.evolution`.
+
 :class:`RawSerializer` is the read-only exception: it builds no class at all and hands out each
 stored event as a :class:`RawEvent` (type name plus parsed JSON), for tools that inspect a
 store without knowing its event classes. :class:`StructuralSerializer` is the opposite: it
@@ -60,7 +65,18 @@ from typing import Any, TypeVar
 import attrs
 
 from orchestrix._speedups import dumps, loads, quote
-from orchestrix.core.errors import SerializationError, UnknownEventTypeError
+from orchestrix.core.errors import SchemaEvolutionError, SerializationError, UnknownEventTypeError
+from orchestrix.core.messaging.evolution import (
+    VERSION_SEPARATOR,
+    Upcaster,
+    _add_steps,
+    _check_chain,
+    _compose,
+    _UpcastFailed,
+    parse_stored_name,
+    schema_version_of,
+    stored_name,
+)
 
 __all__ = ["MAX_DEPTH", "RawEvent", "RawSerializer", "Serializer", "StructuralSerializer"]
 
@@ -449,6 +465,60 @@ _LEAVES: dict[type, tuple[_Encoder, _Decoder]] = {
 }
 
 
+def _upcasting(upcast: Callable[[dict[str, Any]], dict[str, Any]], decoder: _Decoder) -> _Decoder:
+    """``decoder`` preceded by the chain of upcasters from a record's stored version."""
+
+    def decode(data: Any, depth: int) -> Any:
+        if type(data) is not dict:  # upcasters are written for JSON objects
+            raise _wrong("a JSON object", data)
+        try:
+            data = upcast(data)
+        except _UpcastFailed as failed:
+            refused = _Refused(str(failed))
+            refused.__cause__ = failed.__cause__
+            raise refused from failed.__cause__
+        return decoder(data, depth)
+
+    return decode
+
+
+def _check_name(name: object) -> None:
+    if not isinstance(name, str) or not name:
+        raise SerializationError(repr(name), "a type name is a non-empty str")
+    if parse_stored_name(name) != (name, 1):
+        # "Price@2" would be read back as version 2 of "Price"; other "@"s are plain text.
+        raise SerializationError(
+            name,
+            f"a type name cannot end in {VERSION_SEPARATOR!r} and a number: stored names use that "
+            "for the schema version",
+        )
+
+
+def _step_owner(
+    step: Upcaster, by_name: Mapping[str, type], by_type: Mapping[type, str], aliases: Mapping[str, type]
+) -> str:
+    """The registered type name an upcaster belongs to; refused for a type that is not registered."""
+    target = step.target
+    if isinstance(target, str):
+        if target in by_name:
+            return target
+        if target in aliases:
+            raise SchemaEvolutionError(
+                target,
+                f"upcaster from {step.step} names an old name of {by_type[aliases[target]]!r}: "
+                "register upcasters under the type's current name",
+                (step.from_version, step.from_version + 1),
+            )
+    elif target in by_type:
+        return by_type[target]
+    known = ", ".join(sorted(by_name)) or "none"
+    raise SchemaEvolutionError(
+        step.target_name,
+        f"upcaster from {step.step} for a type that is not registered (registered: {known})",
+        (step.from_version, step.from_version + 1),
+    )
+
+
 @attrs.frozen
 class _Field:
     """One init field of a class, as its compiled codecs see it."""
@@ -469,44 +539,109 @@ class Serializer:
     :class:`~orchestrix.core.errors.SerializationError` naming the type, the field and the value.
     """
 
-    def __init__(self, types: Iterable[type] = ()) -> None:
+    def __init__(
+        self,
+        types: Iterable[type] = (),
+        *,
+        upcasters: Iterable[Upcaster] = (),
+        aliases: Mapping[str, type] | None = None,
+    ) -> None:
+        """Register ``types``, the stored names in ``aliases`` (old name -> class) and ``upcasters``.
+
+        Every type's chain of upcasters is checked here, before anything is read: see
+        :mod:`orchestrix.core.messaging.evolution` for the errors.
+        """
         self._by_name: dict[str, type] = {}
         self._by_type: dict[type, str] = {}
+        self._aliases: dict[str, type] = {}
+        self._versions: dict[type, int] = {}
+        self._steps: dict[str, dict[int, Upcaster]] = {}
         self._encoders: dict[type, _Encoder] = {}
         self._decoders: dict[type, _Decoder] = {}
         self._json_encoders: dict[type, _Encoder] = {}
         self._encoding: dict[type, tuple[str, _Encoder]] = {}
         self._decoding: dict[str, _Decoder] = {}
         self._lock = threading.Lock()
-        for cls in types:
-            self.register(cls)
+        by_class: dict[type, list[str]] = {}
+        for old, cls in (aliases or {}).items():
+            by_class.setdefault(cls, []).append(old)
+        types = list(types)
+        for cls in by_class:
+            if cls not in types:
+                types.append(cls)
+        self._register_all([(cls, None, by_class.get(cls, ())) for cls in types], upcasters)
 
-    def register(self, cls: _C, name: str | None = None) -> _C:
+    def register(
+        self,
+        cls: _C,
+        name: str | None = None,
+        *,
+        aliases: Iterable[str] = (),
+        upcasters: Iterable[Upcaster] = (),
+    ) -> _C:
         """Register an attrs class under ``name`` (default: its class name); returns the class.
 
         Usable as a decorator. Registering the same class twice under one name is harmless;
-        one name for two classes is refused.
+        one name for two classes is refused. ``aliases`` are names the class was stored under
+        before a rename; ``upcasters`` lead its stored versions to its ``__schema_version__``.
+        The class's whole chain is checked now, and nothing is registered if it is refused.
         """
-        # attrs.has narrows what it is given to type[AttrsInstance]: check a plain alias, so that
-        # cls keeps the caller's own class type, which is what register returns.
-        checked: type = cls
-        if not attrs.has(checked):
-            raise SerializationError(
-                getattr(cls, "__qualname__", repr(cls)), "only attrs classes can be registered"
-            )
-        type_name = name or cls.__name__
-        with self._lock:
-            known = self._by_name.get(type_name)
-            if known is not None and known is not cls:
-                raise SerializationError(
-                    type_name, f"name already registered for {known.__module__}.{known.__qualname__}"
-                )
-            known_name = self._by_type.get(cls)
-            if known_name is not None and known_name != type_name:
-                raise SerializationError(type_name, f"class already registered as {known_name!r}")
-            self._by_name[type_name] = cls
-            self._by_type[cls] = type_name
+        self._register_all([(cls, name, tuple(aliases))], upcasters)
         return cls
+
+    def _register_all(
+        self, entries: list[tuple[type, str | None, Iterable[str]]], upcasters: Iterable[Upcaster]
+    ) -> None:
+        """Check every entry and every chain against what is registered, then register all or none."""
+        with self._lock:
+            by_name = dict(self._by_name)
+            by_type = dict(self._by_type)
+            aliases = dict(self._aliases)
+            versions = dict(self._versions)
+            for cls, name, old_names in entries:
+                if not attrs.has(cls):
+                    raise SerializationError(
+                        getattr(cls, "__qualname__", repr(cls)), "only attrs classes can be registered"
+                    )
+                type_name = name or cls.__name__
+                for new in (type_name, *old_names):
+                    _check_name(new)
+                known = by_name.get(type_name) or aliases.get(type_name)
+                if known is not None and known is not cls:
+                    raise SerializationError(
+                        type_name, f"name already registered for {known.__module__}.{known.__qualname__}"
+                    )
+                known_name = by_type.get(cls)
+                if known_name is not None and known_name != type_name:
+                    raise SerializationError(type_name, f"class already registered as {known_name!r}")
+                by_name[type_name] = cls
+                by_type[cls] = type_name
+                versions[cls] = schema_version_of(cls)
+                for old in old_names:
+                    known = by_name.get(old) or aliases.get(old)
+                    if known is not None and known is not cls:
+                        raise SerializationError(
+                            old, f"name already registered for {known.__module__}.{known.__qualname__}"
+                        )
+                    aliases[old] = cls
+            steps = {type_name: dict(known_steps) for type_name, known_steps in self._steps.items()}
+            named = []
+            for step in upcasters:
+                if not isinstance(step, Upcaster):
+                    raise SchemaEvolutionError(
+                        getattr(step, "__qualname__", repr(step)),
+                        "not an upcaster: decorate the function with @upcaster(type_name, from_version)",
+                        (),
+                    )
+                named.append((_step_owner(step, by_name, by_type, aliases), step))
+            _add_steps(steps, named)
+            touched = {by_type[cls] for cls, _, _ in entries} | {type_name for type_name, _ in named}
+            for type_name in sorted(touched):
+                _check_chain(type_name, versions[by_name[type_name]], steps.get(type_name, {}))
+            self._by_name, self._by_type, self._aliases = by_name, by_type, aliases
+            self._versions, self._steps = versions, steps
+            self._encoding.clear()
+            self._decoding.clear()
 
     @property
     def type_names(self) -> tuple[str, ...]:
@@ -520,24 +655,40 @@ class Serializer:
         except KeyError:
             raise UnknownEventTypeError(cls.__qualname__, self._by_name) from None
 
+    def version_of(self, cls: type) -> int:
+        """The schema version a registered class is written at (its ``__schema_version__``)."""
+        self.name_of(cls)
+        return self._versions[cls]
+
+    def stored_name_of(self, cls: type) -> str:
+        """The type name records of a registered class are written under: ``Name`` or ``Name@N``."""
+        return stored_name(self.name_of(cls), self.version_of(cls))
+
     def class_of(self, type_name: str) -> type:
-        """The registered class for a stored type name."""
-        try:
-            return self._by_name[type_name]
-        except KeyError:
-            raise UnknownEventTypeError(type_name, self._by_name) from None
+        """The registered class for a type name as stored: a registered name or an alias, with or
+        without a ``@version``."""
+        cls = self._by_name.get(type_name)
+        if cls is None:
+            base, _ = parse_stored_name(type_name)
+            cls = self._by_name.get(base) or self._aliases.get(base)
+            if cls is None:
+                raise UnknownEventTypeError(type_name, self._by_name)
+        return cls
 
     def to_dict(self, obj: object) -> tuple[str, dict[str, Any]]:
-        """Encode ``obj`` to its type name and a JSON-compatible dict."""
+        """Encode ``obj`` to its stored type name (with its version) and a JSON-compatible dict."""
         cls = type(obj)
-        type_name = self.name_of(cls)
+        type_name = self.stored_name_of(cls)
         try:
             return type_name, self._encoder(cls)(obj, 1)
         except _Refused as refused:
             raise SerializationError(type_name, refused.describe()) from None
 
     def from_dict(self, type_name: str, data: dict[str, Any]) -> Any:
-        """Build the registered class named ``type_name`` from a dict made by :meth:`to_dict`."""
+        """Build the registered class named ``type_name`` from a dict made by :meth:`to_dict`.
+
+        A dict stored at an older version goes through the type's upcasters first.
+        """
         decoder = self._decoding.get(type_name) or self._decoding_of(type_name)
         try:
             return decoder(data, 1)
@@ -545,11 +696,11 @@ class Serializer:
             raise SerializationError(type_name, refused.describe()) from refused.__cause__
 
     def encode(self, obj: object) -> tuple[str, bytes]:
-        """Encode ``obj`` to its type name and compact UTF-8 JSON."""
+        """Encode ``obj`` to its stored type name (with its version) and compact UTF-8 JSON."""
         cls = type(obj)
         known = self._encoding.get(cls)  # every append encodes: one lookup instead of to_dict's three
         if known is None:
-            type_name = self.name_of(cls)
+            type_name = self.stored_name_of(cls)
             self._encoder(cls)  # compiles both
             known = self._encoding[cls] = (type_name, self._json_encoders[cls])
         type_name, to_json = known
@@ -564,7 +715,8 @@ class Serializer:
     def decode(self, type_name: str, data: bytes | str) -> Any:
         """Decode JSON made by :meth:`encode` into the registered class ``type_name``.
 
-        The stored data is checked field by field against the class's annotations.
+        Data stored at an older schema version goes through the type's upcasters, then the
+        result is checked field by field against the class's annotations.
         """
         decoder = self._decoding.get(type_name) or self._decoding_of(type_name)
         try:
@@ -581,7 +733,23 @@ class Serializer:
     # -- codec compilation: done once per class, then cached ------------------------------
 
     def _decoding_of(self, type_name: str) -> _Decoder:
-        decoder = self._decoding[type_name] = self._decoder(self.class_of(type_name))
+        """The decoder of one stored type name, made once: the class's own decoder for its newest
+        version, so reading what today's classes wrote costs what it did before versions existed."""
+        cls = self.class_of(type_name)
+        version = self._versions[cls]
+        current = self._by_type[cls]
+        stored = parse_stored_name(type_name)[1]  # a registered name holds no "@": version 1
+        decoder = self._decoder(cls)
+        if stored > version:
+            raise SchemaEvolutionError(
+                type_name,
+                f"stored at version {stored}, newer than version {version} of {current} that this "
+                "program knows (written by a newer program?)",
+                (stored,),
+            )
+        if stored < version:
+            decoder = _upcasting(_compose(current, stored, version, self._steps[current]), decoder)
+        self._decoding[type_name] = decoder
         return decoder
 
     def _encoder(self, cls: type) -> _Encoder:
@@ -696,7 +864,7 @@ class StructuralSerializer(Serializer):
         cls = type(obj)
         known = self._checking.get(cls)
         if known is None:
-            known = self._checking[cls] = (self.name_of(cls), self._encoder(cls))
+            known = self._checking[cls] = (self.stored_name_of(cls), self._encoder(cls))
         type_name, to_dict = known
         try:
             to_dict(obj, 1)
@@ -717,6 +885,11 @@ class StructuralSerializer(Serializer):
                 # Names may repeat here (two tests' classes called Happened): nothing is decoded by name.
                 name = self._by_type.setdefault(cls, cls.__name__)
         return name
+
+    def version_of(self, cls: type) -> int:
+        """The schema version of any attrs class: its ``__schema_version__``, or 1."""
+        self.name_of(cls)
+        return self._versions.get(cls) or schema_version_of(cls)
 
     def _nested_name(self, cls: type) -> str:
         return self.name_of(cls)
@@ -753,11 +926,27 @@ class RawSerializer(Serializer):
     cannot write raw records back by mistake.
     """
 
-    def register(self, cls: _C, name: str | None = None) -> _C:
+    def register(
+        self,
+        cls: _C,
+        name: str | None = None,
+        *,
+        aliases: Iterable[str] = (),
+        upcasters: Iterable[Upcaster] = (),
+    ) -> _C:
         """Refuse: a raw serializer decodes every type the same way."""
         raise SerializationError(
             name or str(getattr(cls, "__qualname__", repr(cls))), "a RawSerializer registers no types"
         )
+
+    def _register_all(
+        self, entries: list[tuple[type, str | None, Iterable[str]]], upcasters: Iterable[Upcaster]
+    ) -> None:
+        # The constructor registers through here: types or upcasters given to it are refused too.
+        for cls, name, _ in entries:
+            self.register(cls, name)
+        for step in upcasters:
+            raise SerializationError(step.target_name, "a RawSerializer registers no upcasters")
 
     def to_dict(self, obj: object) -> tuple[str, dict[str, Any]]:
         """Refuse: raw records are for reading only."""
