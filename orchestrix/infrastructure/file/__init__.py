@@ -1,6 +1,7 @@
 """The durable, embedded file store: an append-only, checksummed log in a directory."""
 
 from orchestrix.infrastructure.file.checkpoint import FileCheckpointStore
+from orchestrix.infrastructure.file.snapshot import FileSnapshotStore
 from orchestrix.infrastructure.file.store import FileEventStore
 
-__all__ = ["FileCheckpointStore", "FileEventStore"]
+__all__ = ["FileCheckpointStore", "FileEventStore", "FileSnapshotStore"]
