@@ -297,7 +297,9 @@ class AggregateRepository:
         stream = snapshot.stream
         events = await _io.read_stream(self.event_store, stream, snapshot.version)
         if not events:
-            raise SnapshotAheadError(stream, snapshot.version, await _io.stream_version(self.event_store, stream))
+            raise SnapshotAheadError(
+                stream, snapshot.version, await _io.stream_version(self.event_store, stream)
+            )
         if events[0].version != snapshot.version or events[0].event_id != snapshot.event_id:
             raise SnapshotError(
                 stream,
@@ -333,7 +335,9 @@ class AggregateRepository:
             )
             await _save_snapshot(self.snapshots, snapshot)
         except Exception:
-            _log.warning("could not store a snapshot of %r at version %d", stream, aggregate.version, exc_info=True)
+            _log.warning(
+                "could not store a snapshot of %r at version %d", stream, aggregate.version, exc_info=True
+            )
 
     # -- the cache of idle aggregates ---------------------------------------------------------
 
