@@ -19,6 +19,7 @@ Durable stores should also override :meth:`SnapshotStoreContract.reopen`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import uuid
@@ -47,10 +48,12 @@ __all__ = [
     "ContractTally",
     "ContractTallyState",
     "SnapshotStoreContract",
+    "SnapshotStores",
     "snapshot_contract_serializer",
 ]
 
-Stores = tuple[EventStore, SnapshotStore]
+SnapshotStores = tuple[EventStore, SnapshotStore]
+"""What the ``stores`` fixture returns: an event store and its snapshot store."""
 
 
 @attrs.frozen
@@ -137,16 +140,16 @@ class SnapshotStoreContract:
     """Every promise a SnapshotStore makes, and the repository with it, as tests."""
 
     @pytest.fixture
-    def stores(self) -> Stores:
+    def stores(self) -> SnapshotStores:
         """An empty event store and its snapshot store, encoding with snapshot_contract_serializer()."""
         raise NotImplementedError("subclasses provide a `stores` fixture")
 
-    def reopen(self, stores: Stores) -> Stores:
+    def reopen(self, stores: SnapshotStores) -> SnapshotStores:
         """Close both and open them again from storage; in-memory stores return them."""
         return stores
 
     @pytest.fixture
-    def snapshots(self, stores: Stores) -> SnapshotStore:
+    def snapshots(self, stores: SnapshotStores) -> SnapshotStore:
         """The snapshot store under test."""
         return stores[1]
 
@@ -200,7 +203,7 @@ class SnapshotStoreContract:
         snapshots.delete("never-saved")
         assert (snapshots.load("a"), snapshots.load("b")) == (None, _snap("b", 2))
 
-    def test_snapshots_survive_reopening(self, stores: Stores) -> None:
+    def test_snapshots_survive_reopening(self, stores: SnapshotStores) -> None:
         stores[1].save(_snap("a", 3))
         stores[1].save(_snap("b", 5, state={"k": [1, 2]}))
         _, snapshots = self.reopen(stores)
@@ -212,7 +215,7 @@ class SnapshotStoreContract:
     @pytest.mark.parametrize(
         "stream", ["../../etc/passwd", "'; DROP TABLE snapshots;--", "Konto-Müller-€", "x" * 255, " ", "LOCK"]
     )
-    def test_odd_but_valid_stream_names_are_plain_data(self, stores: Stores, stream: str) -> None:
+    def test_odd_but_valid_stream_names_are_plain_data(self, stores: SnapshotStores, stream: str) -> None:
         stores[1].save(_snap(stream, 2))
         _, snapshots = self.reopen(stores)
         assert snapshots.load(stream) == _snap(stream, 2)
@@ -234,11 +237,15 @@ class SnapshotStoreContract:
 
     @pytest.mark.parametrize(("field", "value"), _BAD_FACTS)
     def test_invalid_facts_are_refused_and_nothing_is_stored(
-        self, stores: Stores, field: str, value: Any
+        self, stores: SnapshotStores, field: str, value: Any
     ) -> None:
         snapshots = stores[1]
         bad = attrs.evolve(_snap(version=2), **{field: value})
-        for call in (lambda: snapshots.save(bad), lambda: asyncio.run(snapshots.save_async(bad))):
+        calls: list[Callable[[], object]] = [
+            lambda: snapshots.save(bad),
+            lambda: asyncio.run(snapshots.save_async(bad)),
+        ]
+        for call in calls:
             with pytest.raises(InvalidArgumentError) as raised:
                 call()
             assert raised.value.parameter == f"snapshot.{field}"
@@ -249,7 +256,7 @@ class SnapshotStoreContract:
 
     @pytest.mark.parametrize("state", _UNSTORABLE, ids=lambda s: type(s).__name__)
     def test_a_state_no_store_can_keep_is_refused_and_nothing_is_stored(
-        self, stores: Stores, state: Any
+        self, stores: SnapshotStores, state: Any
     ) -> None:
         stores[1].save(_snap(version=1))
         with pytest.raises(SerializationError):
@@ -258,7 +265,7 @@ class SnapshotStoreContract:
             asyncio.run(stores[1].save_async(_snap(version=2, state=state)))
         assert self.reopen(stores)[1].load("s") == _snap(version=1)
 
-    def test_a_state_of_an_unregistered_class_is_refused(self, stores: Stores) -> None:
+    def test_a_state_of_an_unregistered_class_is_refused(self, stores: SnapshotStores) -> None:
         with pytest.raises(SerializationError, match="NotRegistered"):
             stores[1].save(_snap(state=NotRegistered(1)))
         assert stores[1].load("s") is None
@@ -276,7 +283,7 @@ class SnapshotStoreContract:
 
     # -- the repository with it ----------------------------------------------------------------
 
-    def _repository(self, stores: Stores, **options: Any) -> AggregateRepository:
+    def _repository(self, stores: SnapshotStores, **options: Any) -> AggregateRepository:
         return AggregateRepository(stores[0], snapshots=stores[1], **options)
 
     def _fill(self, repo: AggregateRepository, saves: int, aggregate_id: str = "t") -> ContractTally:
@@ -286,7 +293,7 @@ class SnapshotStoreContract:
             repo.save(tally)
         return tally
 
-    def test_a_snapshot_is_taken_every_snapshot_every_events(self, stores: Stores) -> None:
+    def test_a_snapshot_is_taken_every_snapshot_every_events(self, stores: SnapshotStores) -> None:
         repo = self._repository(stores)
         self._fill(repo, 8)
         snapshot = stores[1].load("ContractTally-t")
@@ -295,7 +302,7 @@ class SnapshotStoreContract:
         recorded = next(iter(stores[0].read_stream("ContractTally-t", 5)))
         assert snapshot.event_id == recorded.event_id
 
-    def test_loading_from_a_snapshot_gives_the_state_of_a_full_replay(self, stores: Stores) -> None:
+    def test_loading_from_a_snapshot_gives_the_state_of_a_full_replay(self, stores: SnapshotStores) -> None:
         written = self._fill(self._repository(stores), 11)
         without = AggregateRepository(stores[0]).load(ContractTally, "t")
         event_store, snapshots = self.reopen(stores)
@@ -305,17 +312,17 @@ class SnapshotStoreContract:
         assert _state(repo.load(ContractTally, "t")) == _state(without) == expected
         assert _state(asyncio.run(repo.load_async(ContractTally, "t"))) == expected
 
-    def test_loading_replays_only_the_events_after_the_snapshot(self, stores: Stores) -> None:
+    def test_loading_replays_only_the_events_after_the_snapshot(self, stores: SnapshotStores) -> None:
         repo = self._repository(stores)
         self._fill(repo, 7)
         tally = repo.load(ContractTally, "t")
         # The snapshot (at version 5) says 6 events; rewrite it to tell a load from a replay apart.
-        stores[1].save(
-            attrs.evolve(stores[1].load("ContractTally-t"), state=ContractTallyState(60, Decimal(0), ()))
-        )
+        taken = stores[1].load("ContractTally-t")
+        assert taken is not None and taken.version == 5
+        stores[1].save(attrs.evolve(taken, state=ContractTallyState(60, Decimal(0), ())))
         assert repo.load(ContractTally, "t").count == 61 != tally.count
 
-    def test_the_key_refusals_of_a_stream_come_back_from_its_snapshot(self, stores: Stores) -> None:
+    def test_the_key_refusals_of_a_stream_come_back_from_its_snapshot(self, stores: SnapshotStores) -> None:
         repo = self._repository(stores)
         tally = self._fill(repo, 1)
         tally.raise_event(KeyRefused("k-1", "Refused", "no"))
@@ -326,7 +333,7 @@ class SnapshotStoreContract:
         assert snapshot is not None and snapshot.refusals == (KeyRefused("k-1", "Refused", "no"),)
         assert repo.load(ContractTally, "t")._refusals == {"k-1": KeyRefused("k-1", "Refused", "no")}
 
-    def test_a_snapshot_ahead_of_its_stream_is_refused(self, stores: Stores) -> None:
+    def test_a_snapshot_ahead_of_its_stream_is_refused(self, stores: SnapshotStores) -> None:
         repo = self._repository(stores)
         self._fill(repo, 2)
         stores[1].save(_snap("ContractTally-t", 10))
@@ -342,21 +349,21 @@ class SnapshotStoreContract:
             asyncio.run(repo.load_async(ContractTally, "gone"))
         assert raised.value.stream_version == -1
 
-    def test_a_snapshot_of_another_history_of_its_stream_is_refused(self, stores: Stores) -> None:
+    def test_a_snapshot_of_another_history_of_its_stream_is_refused(self, stores: SnapshotStores) -> None:
         repo = self._repository(stores)
         self._fill(repo, 4)
         stores[1].save(_snap("ContractTally-t", 2))  # its event id is not the stream's
         with pytest.raises(SnapshotError, match="another history"):
             repo.load(ContractTally, "t")
 
-    def test_a_snapshot_of_another_schema_version_is_ignored(self, stores: Stores) -> None:
+    def test_a_snapshot_of_another_schema_version_is_ignored(self, stores: SnapshotStores) -> None:
         repo = self._repository(stores)
         written = self._fill(repo, 4)
         stores[1].save(_snap("ContractTally-t", 3, state={"old": "layout"}, schema_version=7))
         assert _state(repo.load(ContractTally, "t")) == _state(written)
 
     def test_a_snapshot_that_cannot_be_stored_fails_no_save(
-        self, stores: Stores, caplog: pytest.LogCaptureFixture
+        self, stores: SnapshotStores, caplog: pytest.LogCaptureFixture
     ) -> None:
         class Unstorable(ContractTally):
             category = "ContractTally"
@@ -374,15 +381,15 @@ class SnapshotStoreContract:
         assert stores[1].load("ContractTally-t") is None
         assert ["could not store a snapshot" in r.getMessage() for r in caplog.records] == [True]
 
-    def test_update_keeps_its_cache_and_snapshots_both_ways(self, stores: Stores) -> None:
+    def test_update_keeps_its_cache_and_snapshots_both_ways(self, stores: SnapshotStores) -> None:
         repo = self._repository(stores)
         self._fill(repo, 1)
         for n in range(1, 7):
-            repo.update(ContractTally, "t", lambda tally, n=n: tally.add(n))
+            repo.update(ContractTally, "t", functools.partial(ContractTally.add, n=n))
 
         async def more() -> None:
             for n in range(7, 10):
-                await repo.update_async(ContractTally, "t", lambda tally, n=n: tally.add(n))
+                await repo.update_async(ContractTally, "t", functools.partial(ContractTally.add, n=n))
 
         asyncio.run(more())
         snapshot = stores[1].load("ContractTally-t")

@@ -23,7 +23,7 @@ from orchestrix.testing import (  # noqa: E402
     SnapshotStoreContract,
     snapshot_contract_serializer,
 )
-from orchestrix.testing.snapshot_contract import Stores, _snap  # noqa: E402
+from orchestrix.testing.snapshot_contract import SnapshotStores, _snap  # noqa: E402
 
 
 @pytest.fixture
@@ -40,13 +40,13 @@ class TestPostgresSnapshotStore(SnapshotStoreContract):
     """The snapshot store an event store hands out: same connections, same serializer."""
 
     @pytest.fixture
-    def stores(self, schema: str) -> Iterator[Stores]:
+    def stores(self, schema: str) -> Iterator[SnapshotStores]:
         self.opened = [_open(schema)]
         yield self.opened[0], self.opened[0].snapshots()
         for store in self.opened:
             store.close()
 
-    def reopen(self, stores: Stores) -> Stores:
+    def reopen(self, stores: SnapshotStores) -> SnapshotStores:
         assert isinstance(stores[0], PostgresEventStore)
         stores[0].close()
         again = _open(stores[0].schema)
@@ -56,7 +56,7 @@ class TestPostgresSnapshotStore(SnapshotStoreContract):
 
 class TestStandalonePostgresSnapshotStore(SnapshotStoreContract):
     @pytest.fixture
-    def stores(self, schema: str) -> Iterator[Stores]:
+    def stores(self, schema: str) -> Iterator[SnapshotStores]:
         events = _open(schema)
         self.closing: list[PostgresSnapshotStore | PostgresEventStore] = [events]
         snapshots = PostgresSnapshotStore(DSN, snapshot_contract_serializer(), schema=schema, pool_size=2)
@@ -65,7 +65,7 @@ class TestStandalonePostgresSnapshotStore(SnapshotStoreContract):
         for store in self.closing:
             store.close()
 
-    def reopen(self, stores: Stores) -> Stores:
+    def reopen(self, stores: SnapshotStores) -> SnapshotStores:
         assert isinstance(stores[0], PostgresEventStore) and isinstance(stores[1], PostgresSnapshotStore)
         stores[0].close()
         stores[1].close()

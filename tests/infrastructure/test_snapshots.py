@@ -10,12 +10,12 @@ import pytest
 from orchestrix.infrastructure.file import FileEventStore, FileSnapshotStore
 from orchestrix.infrastructure.memory import InMemoryEventStore, InMemorySnapshotStore
 from orchestrix.testing import NotRegistered, SnapshotStoreContract, snapshot_contract_serializer
-from orchestrix.testing.snapshot_contract import Stores, _snap
+from orchestrix.testing.snapshot_contract import SnapshotStores, _snap
 
 
 class TestInMemorySnapshotStore(SnapshotStoreContract):
     @pytest.fixture
-    def stores(self) -> Stores:
+    def stores(self) -> SnapshotStores:
         events = InMemoryEventStore(snapshot_contract_serializer())
         return events, events.snapshots()
 
@@ -24,16 +24,16 @@ class TestInMemorySnapshotStoreWithoutSerializer(SnapshotStoreContract):
     """Without a serializer the memory store keeps copies, after the same checks."""
 
     @pytest.fixture
-    def stores(self) -> Stores:
+    def stores(self) -> SnapshotStores:
         return InMemoryEventStore(), InMemorySnapshotStore()
 
-    def test_a_state_of_an_unregistered_class_is_refused(self, stores: Stores) -> None:
+    def test_a_state_of_an_unregistered_class_is_refused(self, stores: SnapshotStores) -> None:
         """Without a registry there is no list to check against: like the memory event store,
         this one checks the class's fields only, and keeps it."""
         stores[1].save(_snap(state=NotRegistered(1)))
         assert stores[1].load("s") == _snap(state=NotRegistered(1))
 
-    def test_a_loaded_state_shares_nothing_with_the_saved_one(self, stores: Stores) -> None:
+    def test_a_loaded_state_shares_nothing_with_the_saved_one(self, stores: SnapshotStores) -> None:
         state = {"items": [1, 2]}
         stores[1].save(_snap(state=state))
         state["items"].append(3)
@@ -45,13 +45,13 @@ class TestInMemorySnapshotStoreWithoutSerializer(SnapshotStoreContract):
 
 class TestFileSnapshotStore(SnapshotStoreContract):
     @pytest.fixture
-    def stores(self, tmp_path: Path) -> Iterator[Stores]:
+    def stores(self, tmp_path: Path) -> Iterator[SnapshotStores]:
         self.opened = [FileEventStore(tmp_path / "store", snapshot_contract_serializer(), sync=False)]
         yield self.opened[0], self.opened[0].snapshots()
         for store in self.opened:
             store.close()
 
-    def reopen(self, stores: Stores) -> Stores:
+    def reopen(self, stores: SnapshotStores) -> SnapshotStores:
         assert isinstance(stores[0], FileEventStore)
         stores[0].close()
         again = FileEventStore(stores[0].path, snapshot_contract_serializer(), sync=False)
@@ -63,13 +63,13 @@ class TestDurableFileSnapshotStore(TestFileSnapshotStore):
     """The same promises with every fsync made."""
 
     @pytest.fixture
-    def stores(self, tmp_path: Path) -> Iterator[Stores]:
+    def stores(self, tmp_path: Path) -> Iterator[SnapshotStores]:
         self.opened = [FileEventStore(tmp_path / "store", snapshot_contract_serializer())]
         yield self.opened[0], FileSnapshotStore(tmp_path / "snaps", snapshot_contract_serializer())
         for store in self.opened:
             store.close()
 
-    def reopen(self, stores: Stores) -> Stores:
+    def reopen(self, stores: SnapshotStores) -> SnapshotStores:
         assert isinstance(stores[0], FileEventStore) and isinstance(stores[1], FileSnapshotStore)
         stores[0].close()
         again = FileEventStore(stores[0].path, snapshot_contract_serializer())
