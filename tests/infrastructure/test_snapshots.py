@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from orchestrix.core.errors import StoreFormatError
 from orchestrix.infrastructure.file import FileEventStore, FileSnapshotStore
+from orchestrix.infrastructure.file.snapshot import SNAPSHOT_DIR
 from orchestrix.infrastructure.memory import InMemoryEventStore, InMemorySnapshotStore
 from orchestrix.testing import NotRegistered, SnapshotStoreContract, snapshot_contract_serializer
 from orchestrix.testing.snapshot_contract import SnapshotStores, _snap
@@ -75,3 +82,75 @@ class TestDurableFileSnapshotStore(TestFileSnapshotStore):
         again = FileEventStore(stores[0].path, snapshot_contract_serializer())
         self.opened.append(again)
         return again, FileSnapshotStore(stores[1].path, snapshot_contract_serializer())
+
+
+def _file_store(tmp_path: Path) -> FileEventStore:
+    return FileEventStore(tmp_path / "store", snapshot_contract_serializer(), sync=False)
+
+
+def test_the_file_store_keeps_snapshots_in_their_own_directory_and_destroy_removes_them(
+    tmp_path: Path,
+) -> None:
+    with _file_store(tmp_path) as store:
+        store.snapshots().save(_snap("../../escape", 1))
+        files = os.listdir(tmp_path / "store" / SNAPSHOT_DIR)
+    assert sorted(name.endswith(".json") for name in files) == [False, True]  # the snapshot and LOCK
+    assert os.listdir(tmp_path) == ["store"]
+    FileEventStore.destroy(tmp_path / "store")
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_snapshot_is_saved_while_another_writer_holds_the_logs_lock(tmp_path: Path) -> None:
+    with _file_store(tmp_path) as store, open(tmp_path / "store" / "LOCK", "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        done = threading.Event()
+        worker = threading.Thread(target=lambda: (store.snapshots().save(_snap()), done.set()))
+        worker.start()
+        assert done.wait(10), "a snapshot save waited for the log's writer lock"
+        worker.join()
+
+
+def test_a_temporary_file_left_by_a_crash_is_ignored_and_replaced(tmp_path: Path) -> None:
+    with _file_store(tmp_path) as store:
+        snapshots = store.snapshots()
+        snapshots.save(_snap(version=1))
+        target = next(p for p in Path(snapshots.path).iterdir() if p.suffix == ".json")
+        target.with_suffix(".tmp").write_bytes(b'{"format": "orchestrix-snap')  # torn, never renamed
+        assert snapshots.load("s") == _snap(version=1)
+        snapshots.save(_snap(version=2))
+        assert snapshots.load("s") == _snap(version=2)
+        assert not target.with_suffix(".tmp").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda data: b"{not json", "not JSON"),
+        (lambda data: data.replace(b"orchestrix-snapshot", b"something-else"), "not an orchestrix snapshot"),
+        (lambda data: data.replace(b'"format_version": 1', b'"format_version": 9'), "newer format version 9"),
+        (lambda data: data.replace(b'"version": 3', b'"version": "3"'), "field 'version'"),
+    ],
+)
+def test_a_damaged_snapshot_file_is_an_error_naming_it(tmp_path: Path, change: Any, reason: str) -> None:
+    snapshots = FileSnapshotStore(tmp_path / "snaps", snapshot_contract_serializer(), sync=False)
+    snapshots.save(_snap(version=3))
+    target = next(p for p in (tmp_path / "snaps").iterdir() if p.suffix == ".json")
+    target.write_bytes(change(target.read_bytes()))
+    with pytest.raises(StoreFormatError, match=reason) as raised:
+        snapshots.load("s")
+    assert raised.value.path == str(target)
+
+
+def test_a_snapshot_directory_path_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "snaps").write_text("")
+    with pytest.raises(StoreFormatError, match="not a snapshot directory"):
+        FileSnapshotStore(tmp_path / "snaps", snapshot_contract_serializer())
+
+
+def test_snapshot_files_are_json_a_person_can_read(tmp_path: Path) -> None:
+    snapshots = FileSnapshotStore(tmp_path / "snaps", snapshot_contract_serializer(), sync=False)
+    snapshots.save(_snap(version=3))
+    target = next(p for p in (tmp_path / "snaps").iterdir() if p.suffix == ".json")
+    data = json.loads(target.read_text())
+    assert (data["stream"], data["version"], data["state_type"]) == ("s", 3, "ContractTallyState")
+    assert json.loads(data["state"]) == {"count": 5, "total": "0.10", "notes": ["a", "b"]}
