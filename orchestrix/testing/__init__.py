@@ -27,6 +27,7 @@ from orchestrix.testing.snapshot_contract import (
     ContractTally,
     ContractTallyState,
     SnapshotStoreContract,
+    SnapshotStores,
     snapshot_contract_serializer,
 )
 from orchestrix.testing.strategies import identifiers, invalid_amounts, money, stream_names
@@ -44,6 +45,7 @@ __all__ = [
     "NotRegistered",
     "SagaScenario",
     "SnapshotStoreContract",
+    "SnapshotStores",
     "contract_serializer",
     "identifiers",
     "invalid_amounts",

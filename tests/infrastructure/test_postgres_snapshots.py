@@ -21,9 +21,10 @@ from orchestrix.testing import (  # noqa: E402
     ContractEvent,
     ContractTally,
     SnapshotStoreContract,
+    SnapshotStores,
     snapshot_contract_serializer,
 )
-from orchestrix.testing.snapshot_contract import SnapshotStores, _snap  # noqa: E402
+from orchestrix.testing.snapshot_contract import _snap  # noqa: E402
 
 
 @pytest.fixture

@@ -16,8 +16,13 @@ from orchestrix.core.errors import StoreFormatError
 from orchestrix.infrastructure.file import FileEventStore, FileSnapshotStore
 from orchestrix.infrastructure.file.snapshot import SNAPSHOT_DIR
 from orchestrix.infrastructure.memory import InMemoryEventStore, InMemorySnapshotStore
-from orchestrix.testing import NotRegistered, SnapshotStoreContract, snapshot_contract_serializer
-from orchestrix.testing.snapshot_contract import SnapshotStores, _snap
+from orchestrix.testing import (
+    NotRegistered,
+    SnapshotStoreContract,
+    SnapshotStores,
+    snapshot_contract_serializer,
+)
+from orchestrix.testing.snapshot_contract import _snap
 
 
 class TestInMemorySnapshotStore(SnapshotStoreContract):
