@@ -270,6 +270,26 @@ class SnapshotStoreContract:
             stores[1].save(_snap(state=NotRegistered(1)))
         assert stores[1].load("s") is None
 
+    def test_a_load_for_one_schema_version_leaves_out_the_others(self, snapshots: SnapshotStore) -> None:
+        snapshots.save(_snap(version=3, schema_version=2))
+        assert snapshots.load("s", 2) == snapshots.load("s") == _snap(version=3, schema_version=2)
+        assert snapshots.load("s", 1) is None
+        assert asyncio.run(snapshots.load_async("s", 1)) is None
+        assert asyncio.run(snapshots.load_async("s", 2)) == _snap(version=3, schema_version=2)
+
+    @pytest.mark.parametrize("schema_version", [-1, True, 1.0, "1", 2**63])
+    def test_an_invalid_schema_version_to_load_is_refused(
+        self, snapshots: SnapshotStore, schema_version: Any
+    ) -> None:
+        snapshots.save(_snap())
+        for call in (
+            lambda: snapshots.load("s", schema_version),
+            lambda: asyncio.run(snapshots.load_async("s", schema_version)),
+        ):
+            with pytest.raises(InvalidArgumentError) as raised:
+                call()
+            assert raised.value.parameter == "schema_version"
+
     def test_async_forms_match_the_sync_ones(self, snapshots: SnapshotStore) -> None:
         async def scenario() -> tuple[Snapshot | None, Snapshot | None, Snapshot | None]:
             before = await snapshots.load_async("s")

@@ -10,13 +10,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
-from orchestrix.core.errors import StoreFormatError
+from orchestrix.core.errors import StoreFormatError, UnknownEventTypeError
+from orchestrix.core.eventsourcing.aggregate import AggregateRepository
+from orchestrix.core.eventsourcing.snapshot import Snapshot
 from orchestrix.infrastructure.file import FileEventStore, FileSnapshotStore
 from orchestrix.infrastructure.file.snapshot import SNAPSHOT_DIR
 from orchestrix.infrastructure.memory import InMemoryEventStore, InMemorySnapshotStore
 from orchestrix.testing import (
+    ContractTally,
     NotRegistered,
     SnapshotStoreContract,
     SnapshotStores,
@@ -159,3 +163,29 @@ def test_snapshot_files_are_json_a_person_can_read(tmp_path: Path) -> None:
     data = json.loads(target.read_text())
     assert (data["stream"], data["version"], data["state_type"]) == ("s", 3, "ContractTallyState")
     assert json.loads(data["state"]) == {"count": 5, "total": "0.10", "notes": ["a", "b"]}
+
+
+@attrs.frozen
+class OldState:
+    """A snapshot state class an older version of the program had."""
+
+    text: str
+
+
+def test_a_snapshot_of_another_version_is_ignored_without_decoding_a_class_that_is_gone(
+    tmp_path: Path,
+) -> None:
+    old_serializer = snapshot_contract_serializer()
+    old_serializer.register(OldState)
+    with FileEventStore(tmp_path / "store", snapshot_contract_serializer(), sync=False) as store:
+        repo = AggregateRepository(store, snapshots=store.snapshots())
+        tally = ContractTally("t")
+        for n in range(4):
+            tally.add(n)
+        AggregateRepository(store).save(tally)
+        event_id = next(iter(store.read_stream("ContractTally-t", 3))).event_id
+        old = FileSnapshotStore(store.snapshots().path, old_serializer, sync=False)
+        old.save(Snapshot("ContractTally-t", 3, event_id, 0, OldState("from an older program")))
+        assert repo.load(ContractTally, "t").count == 4  # ignored: a replay
+        with pytest.raises(UnknownEventTypeError, match="OldState"):
+            store.snapshots().load("ContractTally-t")  # asked for whatever is kept, it cannot be decoded

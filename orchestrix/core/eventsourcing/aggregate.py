@@ -280,14 +280,9 @@ class AggregateRepository:
         """The stream's snapshot if this class can use it; one of another schema version is ignored."""
         if self.snapshots is None or not _snapshots_on(cls):
             return None
-        snapshot = await _load_snapshot(self.snapshots, stream)
-        if snapshot is None:
-            return None
-        if snapshot.schema_version != cls.snapshot_version:
-            _log.info(
-                "ignoring the snapshot of %r at version %d: snapshot version %d, %s expects %d",
-                stream, snapshot.version, snapshot.schema_version, cls.__name__, cls.snapshot_version,
-            )  # fmt: skip
+        # The store leaves out a snapshot of another version undecoded: its state's class may be gone.
+        snapshot = await _load_snapshot(self.snapshots, stream, cls.snapshot_version)
+        if snapshot is None or snapshot.schema_version != cls.snapshot_version:
             return None
         return snapshot
 

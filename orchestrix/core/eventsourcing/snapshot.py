@@ -37,8 +37,10 @@ __all__ = [
     "EncodedSnapshot",
     "Snapshot",
     "SnapshotStore",
+    "check_schema_version",
     "check_snapshot",
     "decode_snapshot",
+    "decode_wanted",
     "encode_snapshot",
     "replaces",
 ]
@@ -89,8 +91,9 @@ class SnapshotStore(Protocol):
         """Keep ``snapshot`` for its stream (see :func:`replaces`); durable when this returns."""
         ...
 
-    def load(self, stream: str) -> Snapshot | None:
-        """The stream's snapshot, or None."""
+    def load(self, stream: str, schema_version: int | None = None) -> Snapshot | None:
+        """The stream's snapshot, or None; with ``schema_version``, None for a snapshot of another
+        schema version too, without decoding its state (its class may be gone)."""
         ...
 
     def delete(self, stream: str) -> None:
@@ -101,7 +104,7 @@ class SnapshotStore(Protocol):
         """Asyncio form of :meth:`save`."""
         ...
 
-    async def load_async(self, stream: str) -> Snapshot | None:
+    async def load_async(self, stream: str, schema_version: int | None = None) -> Snapshot | None:
         """Asyncio form of :meth:`load`."""
         ...
 
@@ -127,6 +130,15 @@ def check_snapshot(snapshot: object) -> Snapshot:
     if type(snapshot.refusals) is not tuple or any(type(r) is not KeyRefused for r in snapshot.refusals):
         raise InvalidArgumentError("snapshot.refusals", snapshot.refusals, "a tuple of KeyRefused")
     return snapshot
+
+
+def check_schema_version(schema_version: object) -> int | None:
+    """Return ``schema_version`` if it is None (any) or a schema version a load may ask for."""
+    if schema_version is not None and (
+        type(schema_version) is not int or not 0 <= schema_version <= MAX_POSITION
+    ):
+        raise InvalidArgumentError("schema_version", schema_version, "None or an int from 0 to 2**63-1")
+    return schema_version
 
 
 def replaces(stored: EncodedSnapshot | Snapshot | None, new: EncodedSnapshot | Snapshot) -> bool:
@@ -182,6 +194,15 @@ def decode_snapshot(serializer: Serializer, encoded: EncodedSnapshot) -> Snapsho
     return Snapshot(
         encoded.stream, encoded.version, encoded.event_id, encoded.schema_version, state, tuple(refusals)
     )
+
+
+def decode_wanted(
+    serializer: Serializer, encoded: EncodedSnapshot | None, schema_version: int | None
+) -> Snapshot | None:
+    """Decode ``encoded`` unless there is none or it is of another schema version than asked for."""
+    if encoded is None or (schema_version is not None and encoded.schema_version != schema_version):
+        return None
+    return decode_snapshot(serializer, encoded)
 
 
 def _what(stream: str) -> str:
@@ -250,11 +271,11 @@ def _json_problem(value: Any, depth: int) -> str | None:
 # -- the operations the repository awaits (see orchestrix.core._io) -----------------------------
 
 
-async def _load_snapshot(snapshots: Any, stream: str) -> Snapshot | None:
-    """The stream's snapshot from ``snapshots``, or None."""
+async def _load_snapshot(snapshots: Any, stream: str, schema_version: int) -> Snapshot | None:
+    """The stream's snapshot of ``schema_version`` from ``snapshots``, or None."""
     if _io.is_sync():
-        return snapshots.load(stream)  # type: ignore[no-any-return]
-    return await snapshots.load_async(stream)  # type: ignore[no-any-return]
+        return snapshots.load(stream, schema_version)  # type: ignore[no-any-return]
+    return await snapshots.load_async(stream, schema_version)  # type: ignore[no-any-return]
 
 
 async def _save_snapshot(snapshots: Any, snapshot: Snapshot) -> None:

@@ -22,7 +22,8 @@ from orchestrix.core.errors import StoreError, StoreFormatError
 from orchestrix.core.eventsourcing.snapshot import (
     EncodedSnapshot,
     Snapshot,
-    decode_snapshot,
+    check_schema_version,
+    decode_wanted,
     encode_snapshot,
     replaces,
 )
@@ -87,11 +88,11 @@ class FileSnapshotStore:
             if replaces(self._read(path, snapshot.stream), encoded):
                 self._replace(path, text.encode())
 
-    def load(self, stream: str) -> Snapshot | None:
-        """The stream's snapshot, or None."""
+    def load(self, stream: str, schema_version: int | None = None) -> Snapshot | None:
+        """The stream's snapshot (of ``schema_version``, if given), or None."""
         check_stream_name(stream)
-        encoded = self._read(self._file(stream), stream)
-        return None if encoded is None else decode_snapshot(self._serializer, encoded)
+        check_schema_version(schema_version)
+        return decode_wanted(self._serializer, self._read(self._file(stream), stream), schema_version)
 
     def delete(self, stream: str) -> None:
         """Forget the stream's snapshot."""
@@ -108,9 +109,9 @@ class FileSnapshotStore:
         """Asyncio form of :meth:`save`."""
         await asyncio.to_thread(self.save, snapshot)
 
-    async def load_async(self, stream: str) -> Snapshot | None:
+    async def load_async(self, stream: str, schema_version: int | None = None) -> Snapshot | None:
         """Asyncio form of :meth:`load`."""
-        return await asyncio.to_thread(self.load, stream)
+        return await asyncio.to_thread(self.load, stream, schema_version)
 
     async def delete_async(self, stream: str) -> None:
         """Asyncio form of :meth:`delete`."""

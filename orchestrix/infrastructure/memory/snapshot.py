@@ -9,7 +9,8 @@ from orchestrix.core._checks import check_stream_name
 from orchestrix.core.eventsourcing.snapshot import (
     EncodedSnapshot,
     Snapshot,
-    decode_snapshot,
+    check_schema_version,
+    decode_wanted,
     encode_snapshot,
     replaces,
 )
@@ -41,17 +42,19 @@ class InMemorySnapshotStore:
             if replaces(None if stored is None else stored[0], encoded):
                 self._kept[snapshot.stream] = (encoded, kept)
 
-    def load(self, stream: str) -> Snapshot | None:
-        """The stream's snapshot, or None."""
+    def load(self, stream: str, schema_version: int | None = None) -> Snapshot | None:
+        """The stream's snapshot (of ``schema_version``, if given), or None."""
         check_stream_name(stream)
+        check_schema_version(schema_version)
         with self._lock:
             stored = self._kept.get(stream)
         if stored is None:
             return None
         encoded, kept = stored
         if self._serializer is None:
-            return copy.deepcopy(kept)
-        return decode_snapshot(self._serializer, encoded)
+            wanted = schema_version is None or encoded.schema_version == schema_version
+            return copy.deepcopy(kept) if wanted else None
+        return decode_wanted(self._serializer, encoded, schema_version)
 
     def delete(self, stream: str) -> None:
         """Forget the stream's snapshot."""
@@ -63,9 +66,9 @@ class InMemorySnapshotStore:
         """Asyncio form of :meth:`save`."""
         self.save(snapshot)
 
-    async def load_async(self, stream: str) -> Snapshot | None:
+    async def load_async(self, stream: str, schema_version: int | None = None) -> Snapshot | None:
         """Asyncio form of :meth:`load`."""
-        return self.load(stream)
+        return self.load(stream, schema_version)
 
     async def delete_async(self, stream: str) -> None:
         """Asyncio form of :meth:`delete`."""

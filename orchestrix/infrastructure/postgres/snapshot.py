@@ -9,7 +9,13 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from orchestrix.core._checks import check_stream_name
-from orchestrix.core.eventsourcing.snapshot import EncodedSnapshot, Snapshot, decode_snapshot, encode_snapshot
+from orchestrix.core.eventsourcing.snapshot import (
+    EncodedSnapshot,
+    Snapshot,
+    check_schema_version,
+    decode_wanted,
+    encode_snapshot,
+)
 from orchestrix.core.messaging.serializer import Serializer
 from orchestrix.infrastructure.postgres._db import Database
 from orchestrix.infrastructure.postgres._ops import Op, Query
@@ -98,11 +104,12 @@ class PostgresSnapshotStore:
         encoded = encode_snapshot(self._serializer, snapshot)
         self._db.run("save_snapshot", lambda: _save_op(self._st, encoded))
 
-    def load(self, stream: str) -> Snapshot | None:
-        """The stream's snapshot, or None."""
+    def load(self, stream: str, schema_version: int | None = None) -> Snapshot | None:
+        """The stream's snapshot (of ``schema_version``, if given), or None."""
         check_stream_name(stream)
+        check_schema_version(schema_version)
         encoded = self._db.run("load_snapshot", lambda: _load_op(self._st, stream))
-        return None if encoded is None else decode_snapshot(self._serializer, encoded)
+        return decode_wanted(self._serializer, encoded, schema_version)
 
     def delete(self, stream: str) -> None:
         """Forget the stream's snapshot."""
@@ -114,11 +121,12 @@ class PostgresSnapshotStore:
         encoded = encode_snapshot(self._serializer, snapshot)
         await self._db.run_async("save_snapshot", lambda: _save_op(self._st, encoded))
 
-    async def load_async(self, stream: str) -> Snapshot | None:
+    async def load_async(self, stream: str, schema_version: int | None = None) -> Snapshot | None:
         """Asyncio form of :meth:`load`."""
         check_stream_name(stream)
+        check_schema_version(schema_version)
         encoded = await self._db.run_async("load_snapshot", lambda: _load_op(self._st, stream))
-        return None if encoded is None else decode_snapshot(self._serializer, encoded)
+        return decode_wanted(self._serializer, encoded, schema_version)
 
     async def delete_async(self, stream: str) -> None:
         """Asyncio form of :meth:`delete`."""
