@@ -156,8 +156,8 @@ class AggregateRepository:
     update of the same aggregate replays only the events stored since (usually none: one cheap
     ``stream_version`` check). An aggregate is *taken out* of the cache while an update works on
     it, so two updates never share one, and it goes back only after a successful save; anything
-    that goes wrong drops it. ``load`` always replays the whole stream and returns an aggregate
-    the caller owns. ``cache_size=0`` turns the cache off.
+    that goes wrong drops it. ``load`` always reads the stream (from its snapshot, when there is
+    one) and returns an aggregate the caller owns. ``cache_size=0`` turns the cache off.
 
     Given a ``snapshots`` store, the repository keeps snapshots of the aggregate classes that
     support them (see :attr:`AggregateRoot.snapshot_every`): ``load`` starts from the stream's
@@ -178,7 +178,11 @@ class AggregateRepository:
         self._idle_lock = threading.Lock()
 
     def load(self, cls: type[A], aggregate_id: str) -> A:
-        """Rebuild the aggregate from its stream; raise AggregateNotFoundError if it has none."""
+        """Rebuild the aggregate from its stream (and snapshot); raise AggregateNotFoundError if it has none.
+
+        A snapshot that does not fit the stream raises SnapshotError (SnapshotAheadError for one
+        past the stream's end) rather than give a state the events do not.
+        """
         return run_sync(self.load_async(cls, aggregate_id))
 
     async def load_async(self, cls: type[A], aggregate_id: str) -> A:
