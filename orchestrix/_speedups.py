@@ -39,7 +39,7 @@ T = TypeVar("T")
 def slots_constructor(cls: type[T], probe: tuple[Any, ...]) -> Callable[..., T]:
     """``cls``'s constructor (all fields, positional) without attrs' frozen ``__setattr__``.
 
-    SnapshotStores build these objects for every event they write or read; setting each slot through
+    Stores build these objects for every event they write or read; setting each slot through
     its descriptor costs half of what the generated ``__init__`` does. The result is checked
     against the real constructor on ``probe``; a class that is not a plain slotted attrs class
     gets its own constructor back (the plain form).

@@ -85,7 +85,7 @@ def test_the_saga_flows_are_state_diagrams(site: Path) -> None:
 def test_every_page_is_in_the_nav() -> None:
     config = (ROOT / "mkdocs.yml").read_text()
     missing = [str(p.relative_to(DOCS)) for p in pages() if str(p.relative_to(DOCS)) not in config]
-    assert missing == [], f"add {missing} to the nav of mkdocs.yml (for example under SnapshotStores)"
+    assert missing == [], f"add {missing} to the nav of mkdocs.yml (for example under Stores)"
 
 
 @pytest.mark.parametrize("page", pages(), ids=lambda p: str(p.relative_to(DOCS)))
