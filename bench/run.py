@@ -3,8 +3,8 @@
 
     python3 bench/run.py [SUITE ...] [--reps N] [--json OUT.json] [--quick] [--rev REV]
 
-Suites: memory, file, postgres, saga, snapshots (default: all). Every workload runs in a fresh child
-process per repetition, with a fresh store; repetitions are interleaved across workloads so
+Suites: memory, file, postgres, multistream, saga, snapshots (default: all). Every workload runs
+in a fresh child process per repetition, with a fresh store; repetitions are interleaved across workloads so
 that machine drift hits every side alike. Prints medians [min-max], ratios and targets, and
 writes JSON (default bench/results/<timestamp>.json). On first run it creates bench/.venv
 with eventsourcing==9.5.6, psycopg and orchestrix (editable); the project itself never
@@ -310,6 +310,54 @@ SUITES: dict[str, tuple[list[Row], list[Check]]] = {
             Check("4 writers: orchestrix scaling vs its 1 writer (info)", "orx_pg4", "orx_pg1", None),
             Check("4 writers: orchestrix / raw no-lock (info)", "orx_pg4", "raw_pg4", None),
             Check("read all: orchestrix vs peer (info)", "orx_pgread", "es_pgread", None),
+        ],
+    ),
+    "multistream": (
+        [
+            Row(
+                "orx_file_pair_atomic",
+                "orchestrix file  2-stream atomic append (append_many)",
+                "multistream.file_pairs",
+                "pairs/s",
+                params={"n": 3_000, "atomic": 1},
+            ),
+            Row(
+                "orx_file_pair_two",
+                "orchestrix file  same pairs as 2 single appends",
+                "multistream.file_pairs",
+                "pairs/s",
+                params={"n": 3_000, "atomic": 0},
+            ),
+            Row(
+                "orx_pg_pair_atomic",
+                "orchestrix PostgreSQL  2-stream atomic append (append_many)",
+                "multistream.pg_pairs",
+                "pairs/s",
+                params={"n": 2_000, "atomic": 1},
+            ),
+            Row(
+                "orx_pg_pair_two",
+                "orchestrix PostgreSQL  same pairs as 2 single appends",
+                "multistream.pg_pairs",
+                "pairs/s",
+                params={"n": 2_000, "atomic": 0},
+            ),
+        ],
+        [
+            Check(
+                "file: atomic pair vs 2 appends",
+                "orx_file_pair_atomic",
+                "orx_file_pair_two",
+                1.8,
+                source="issue 17",
+            ),
+            Check(
+                "postgres: atomic pair vs 2 appends",
+                "orx_pg_pair_atomic",
+                "orx_pg_pair_two",
+                1.5,
+                source="issue 17",
+            ),
         ],
     ),
     "saga": (

@@ -9,6 +9,7 @@ argument            accepted
 ``stream``          a non-empty printable ``str`` of at most 255 UTF-8 bytes
 ``expected_version`` an ``int`` from 0 to 2**63-1, or ``NO_STREAM``, ``STREAM_EXISTS``, ``ANY``
 ``events``          a ``list`` or ``tuple`` of events (bare or in ``NewEvent``), not empty
+``appends``         a non-empty ``list`` or ``tuple`` of ``StreamAppend``, each stream at most once
 ``from_version``    an ``int`` from 0 to 2**63-1 (a version is never negative)
 ``after``           an ``int`` from 0 to 2**63-1 (position 0 is "before the first event")
 ``limit``           ``None`` (no limit) or an ``int`` from 0 to 2**63-1 (0 reads nothing)
@@ -31,6 +32,7 @@ from typing import Any
 from orchestrix.core.errors import InvalidArgumentError, InvalidCheckpointError
 from orchestrix.core.eventsourcing.store import (
     MAX_POSITION,
+    StreamAppend,
 )
 from orchestrix.core.eventsourcing.store import (
     validate_expected_version as check_expected_version_arg,
@@ -42,6 +44,7 @@ from orchestrix.core.eventsourcing.store import (
 __all__ = [
     "MAX_POSITION",
     "check_after",
+    "check_appends",
     "check_checkpoint_name",
     "check_checkpoint_position",
     "check_events",
@@ -97,6 +100,34 @@ def check_events(value: Any) -> list[Any] | tuple[Any, ...]:
         raise InvalidArgumentError(
             "events", value, f"a list or tuple of events, not {type(value).__name__} (wrap one event in [ ])"
         )
+    return value
+
+
+def check_appends(value: Any) -> list[StreamAppend] | tuple[StreamAppend, ...]:
+    """Return ``value`` if it is a non-empty list or tuple of StreamAppend naming each stream once,
+    with a valid stream name, expected version and list of events in each.
+
+    A stream given twice is refused rather than merged: its two parts would each expect a
+    version, and which of the two a merged batch should honour is the caller's decision.
+    """
+    if not isinstance(value, list | tuple) or not value:
+        raise InvalidArgumentError("appends", value, "a non-empty list or tuple of StreamAppend")
+    seen: set[str] = set()
+    for part in value:
+        if type(part) is not StreamAppend:
+            raise InvalidArgumentError(
+                "appends",
+                part,
+                f"a StreamAppend(stream, events, expected_version), not {type(part).__name__}",
+            )
+        stream = check_stream_name(part.stream)
+        check_expected_version_arg(part.expected_version)
+        check_events(part.events)
+        if stream in seen:
+            raise InvalidArgumentError(
+                "appends", stream, "each stream at most once per call (join its events in one StreamAppend)"
+            )
+        seen.add(stream)
     return value
 
 

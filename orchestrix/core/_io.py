@@ -122,6 +122,13 @@ async def append(store: Any, stream: str, events: Any, expected_version: Any) ->
     return await store.append_async(stream, events, expected_version)
 
 
+async def append_many(store: Any, appends: Any) -> Any:
+    """Append to several streams at once, all or nothing; the store's tuple of AppendResults."""
+    if _sync_mode.get():
+        return store.append_many(appends)
+    return await store.append_many_async(appends)
+
+
 async def last_position(store: Any) -> int:
     """The store's last global position (0 when empty)."""
     if _sync_mode.get():

@@ -5,6 +5,7 @@ Errors carry their facts as attributes, so callers branch on data, not on messag
 
     OrchestrixError
     ├── ConcurrencyError                 stream, expected, actual
+    │   └── MultiStreamConflictError     conflicts: every stream of a multi-stream append that failed
     ├── DuplicateEventIdError            an event id already stored somewhere else
     ├── NotFoundError (LookupError)
     │   ├── StreamNotFoundError          stream
@@ -58,6 +59,7 @@ __all__ = [
     "InvalidStreamNameError",
     "KeyAlreadyRefusedError",
     "LeaseLostError",
+    "MultiStreamConflictError",
     "NotFoundError",
     "OrchestrixError",
     "ProjectionError",
@@ -97,6 +99,28 @@ class ConcurrencyError(OrchestrixError):
         self.stream = stream
         self.expected = expected
         self.actual = actual
+
+
+class MultiStreamConflictError(ConcurrencyError):
+    """Streams of a multi-stream append were not at their expected versions; nothing was written.
+
+    ``conflicts`` holds one :class:`ConcurrencyError` per stream whose expectation failed, in the
+    order the streams were given; ``stream``, ``expected`` and ``actual`` are the first one's,
+    so code that handles a plain ConcurrencyError (a retry loop) handles this one too.
+    """
+
+    def __init__(self, conflicts: Iterable[ConcurrencyError]) -> None:
+        self.conflicts = tuple(conflicts)
+        if not self.conflicts:
+            raise ValueError("a MultiStreamConflictError needs at least one conflict")
+        first = self.conflicts[0]
+        super().__init__(first.stream, first.expected, first.actual)
+        self.args = ("; ".join(str(c) for c in self.conflicts),)
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        """The streams whose expected version failed."""
+        return tuple(c.stream for c in self.conflicts)
 
 
 class DuplicateEventIdError(OrchestrixError):

@@ -48,6 +48,7 @@ from orchestrix.core.eventsourcing.store import (
 from orchestrix.core.execution.subscription import subscribe
 from orchestrix.core.messaging.messages import Event, NewEvent, RecordedEvent
 from orchestrix.core.messaging.serializer import Serializer
+from orchestrix.testing.multistream_contract import MultiStreamContract
 from orchestrix.testing.strategies import money
 
 __all__ = [
@@ -134,8 +135,10 @@ _NOT_A_COUNT = [-1, 1.5, "1", True, None, 2**63, 2**70, float("nan")]
 """Values no version or position may take: negative, not an int (bool included), past 2**63-1."""
 
 
-class EventStoreContract:
-    """Every promise an EventStore makes, as tests. Subclass and provide the ``store`` fixture."""
+class EventStoreContract(MultiStreamContract):
+    """Every promise an EventStore makes, as tests. Subclass and provide the ``store`` fixture.
+
+    The multi-stream appends' tests come from :class:`MultiStreamContract`."""
 
     @pytest.fixture
     def store(self) -> EventStore:

@@ -293,3 +293,22 @@ def test_a_load_from_any_snapshot_equals_the_full_replay(
         assert _state(loaded) == _state(AggregateRepository(events).load(Tally, "p")) == _state(tally)
     if len(tally.notes) >= every:
         assert snapshots.load("Tally-p") is not None
+
+
+def test_save_all_takes_the_snapshots_of_each_aggregate_after_the_one_append() -> None:
+    events = InMemoryEventStore(snapshot_contract_serializer())
+    snapshots = Recording(events)
+    repo = AggregateRepository(events, snapshots=snapshots)
+    first, second = ContractTally("a"), ContractTally("b")
+    for n in range(3):
+        first.add(n)
+    second.add(1)
+    repo.save_all([first, second])
+    assert snapshots.saved_at == [(2, 2)]  # "a" is 3 events in; "b" has 1
+    for n in range(2):
+        second.add(n)
+    first.add(9)
+    asyncio.run(repo.save_all_async((first, second)))
+    assert snapshots.saved_at == [(2, 2), (2, 2)]
+    assert [snapshots.load(s).version for s in ("ContractTally-a", "ContractTally-b")] == [2, 2]  # type: ignore[union-attr]
+    assert _state(repo.load(ContractTally, "b")) == _state(second)

@@ -24,7 +24,7 @@ from typing import Any
 import attrs
 
 from orchestrix.core.errors import ConcurrencyError
-from orchestrix.core.eventsourcing.store import ANY
+from orchestrix.core.eventsourcing.store import ANY, StreamAppend
 from orchestrix.core.messaging.messages import Event, NewEvent
 from orchestrix.core.messaging.serializer import Serializer
 from orchestrix.infrastructure.file import FileEventStore
@@ -105,34 +105,53 @@ def append_without_pause(path: str, started: Any, stop: Any) -> None:
 
 def crash_child(path: str, ack_path: str, seed: int, writers: int, ready_fd: int) -> None:
     """Append for ever from ``writers`` threads and as many asyncio tasks (both commit paths at
-    once), logging each acknowledged batch to ``ack_path``."""
+    once), one-stream and multi-stream batches, logging each acknowledged batch to ``ack_path``
+    (a line per stream it touched)."""
     store = open_crash_store(path)
     ack = os.open(ack_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     os.write(ready_fd, b"r")
     os.close(ready_fd)
 
-    def next_append(rng: random.Random, me: int) -> tuple[str, list[NewEvent], bool]:
-        size = rng.randint(1, 3)
+    def next_append(rng: random.Random, me: int) -> tuple[list[tuple[str, list[NewEvent]]], bool]:
+        """One append: a batch to one stream, or (one in three) a batch spread over two or three
+        streams, appended atomically; each event says its place in the whole batch."""
         batch = uuid.UUID(int=rng.getrandbits(128)).hex
-        stream = f"s-{rng.randrange(CRASH_STREAMS)}"
-        return stream, [NewEvent(Appended(batch, i, size, me)) for i in range(size)], rng.random() < 0.3
+        streams = [f"s-{k}" for k in rng.sample(range(CRASH_STREAMS), rng.choice((1, 1, 2, 3)))]
+        sizes = [rng.randint(1, 3) for _ in streams]
+        total, first = sum(sizes), 0
+        parts = []
+        for stream, size in zip(streams, sizes, strict=True):
+            parts.append((stream, [NewEvent(Appended(batch, first + i, total, me)) for i in range(size)]))
+            first += size
+        return parts, rng.random() < 0.3
 
-    def acknowledge(stream: str, events: list[NewEvent], result: Any) -> None:
-        batch = events[0].event.batch
-        line = [stream, batch, [e.event_id.hex for e in events], result.versions, result.positions]
-        os.write(ack, (json.dumps(line) + "\n").encode())
+    def acknowledge(parts: list[tuple[str, list[NewEvent]]], results: Any) -> None:
+        lines = []
+        for (stream, events), result in zip(parts, results, strict=True):
+            first = events[0].event
+            ids = [e.event_id.hex for e in events]
+            lines.append(
+                json.dumps([stream, first.batch, ids, result.versions, result.positions, first.index])
+            )
+        os.write(ack, ("\n".join(lines) + "\n").encode())  # one write: a kill leaves whole lines or a cut one
+
+    def appends(parts: list[tuple[str, list[NewEvent]]], versions: list[int]) -> list[StreamAppend]:
+        return [StreamAppend(s, events, v) for (s, events), v in zip(parts, versions, strict=True)]
 
     def writer(me: int) -> None:
         rng = random.Random(seed * 1000 + me)
         try:
             while True:
-                stream, events, checked = next_append(rng, me)
-                expected = store.stream_version(stream) if checked else ANY
+                parts, checked = next_append(rng, me)
+                versions = [store.stream_version(s) if checked else ANY for s, _ in parts]
                 try:
-                    result = store.append(stream, events, expected)
+                    if len(parts) == 1:
+                        results: Any = (store.append(parts[0][0], parts[0][1], versions[0]),)
+                    else:
+                        results = store.append_many(appends(parts, versions))
                 except ConcurrencyError:
                     continue
-                acknowledge(stream, events, result)
+                acknowledge(parts, results)
         except BaseException:
             traceback.print_exc()
             os._exit(3)  # a writer that fails for any reason but the kill is a test failure
@@ -140,13 +159,16 @@ def crash_child(path: str, ack_path: str, seed: int, writers: int, ready_fd: int
     async def task_writer(me: int) -> None:
         rng = random.Random(seed * 1000 + me)
         while True:
-            stream, events, checked = next_append(rng, me)
-            expected = await store.stream_version_async(stream) if checked else ANY
+            parts, checked = next_append(rng, me)
+            versions = [await store.stream_version_async(s) if checked else ANY for s, _ in parts]
             try:
-                result = await store.append_async(stream, events, expected)
+                if len(parts) == 1:
+                    results: Any = (await store.append_async(parts[0][0], parts[0][1], versions[0]),)
+                else:
+                    results = await store.append_many_async(appends(parts, versions))
             except ConcurrencyError:
                 continue
-            acknowledge(stream, events, result)
+            acknowledge(parts, results)
 
     async def task_writers() -> None:
         await asyncio.gather(*(task_writer(100 + k) for k in range(writers)))

@@ -1,10 +1,12 @@
 """Crash loop: SIGKILL a writing process at random moments; every acknowledged event must survive.
 
 A child process appends batches from several threads and as many asyncio tasks (both commit
-paths at once) and logs each acknowledged batch. The test kills it at a random (seeded) moment,
-reopens the store and checks: every acknowledged batch is
-stored where its append said, no batch is partly visible, positions and every stream's versions
-are gapless, and opening again changes nothing.
+paths at once), a third of them multi-stream appends spread over two or three streams, and logs
+each acknowledged batch. The test kills it at a random (seeded) moment, reopens the store and
+checks: every acknowledged batch is stored where its append said, whole in every stream it
+touched; no batch is partly visible (a multi-stream one takes consecutive positions, so a
+partial one would show as a gap in its indexes); positions and every stream's versions are
+gapless, and opening again changes nothing.
 
 50 kills by default; ``ORCHESTRIX_CRASH_KILLS=500`` runs the long version.
 """
@@ -29,6 +31,7 @@ from tests.infrastructure.file_workers import open_crash_store
 KILLS = int(os.environ.get("ORCHESTRIX_CRASH_KILLS", "50"))
 WRITERS = 4
 WORKERS = Path(__file__).with_name("file_workers.py")
+ROOT = Path(__file__).parents[2]
 FULL_CHECK_EVERY = 10
 
 
@@ -67,8 +70,10 @@ class Model:
             os.truncate(ack_file, end)
         complete = raw[:end].split(b"\n")[:-1]
         for line in complete[self.acked :]:
-            stream, batch, ids, versions, positions = json.loads(line)
-            for i, (event_id, version, position) in enumerate(zip(ids, versions, positions, strict=True)):
+            stream, batch, ids, versions, positions, first = json.loads(line)
+            for i, (event_id, version, position) in enumerate(
+                zip(ids, versions, positions, strict=True), first
+            ):
                 assert position <= len(self.log), f"acknowledged position {position} lost"
                 stored = self.log[position - 1]
                 assert stored[:5] == (event_id, stream, version, batch, i), f"position {position} differs"
@@ -95,7 +100,11 @@ def test_every_acknowledged_event_survives_sigkill(tmp_path: Path) -> None:
     rng = random.Random(1_234_567)
     path, ack_file = tmp_path / "store", tmp_path / "acks"
     zygote = subprocess.Popen(
-        [sys.executable, str(WORKERS)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, str(WORKERS)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},  # this checkout's orchestrix, not an installed one
     )
     model = Model()
     try:
@@ -123,4 +132,9 @@ def test_every_acknowledged_event_survives_sigkill(tmp_path: Path) -> None:
         zygote.wait(timeout=30)
         zygote.stdout.close()
     assert model.acked > KILLS, "the children acknowledged too little to test anything"
+    streams_of: dict[str, set[str]] = {}
+    for _, stream, _, batch, _, _ in model.log:
+        streams_of.setdefault(batch, set()).add(stream)
+    spread = sum(len(streams) > 1 for streams in streams_of.values())
+    assert spread > KILLS, f"only {spread} multi-stream batches were stored"
     assert len(model.log) >= model.acked

@@ -16,6 +16,7 @@ from orchestrix.core.eventsourcing.store import (
     STREAM_EXISTS,
     AppendResult,
     EventStore,
+    StreamAppend,
 )
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "Lease",
     "Snapshot",
     "SnapshotStore",
+    "StreamAppend",
     "applies",
     "current_fence",
     "decided_once",

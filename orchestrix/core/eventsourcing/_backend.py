@@ -18,24 +18,29 @@ from datetime import UTC, datetime
 from typing import Any
 
 from orchestrix._speedups import slots_constructor
-from orchestrix.core._checks import check_after, check_events, check_limit, check_timeout
+from orchestrix.core._checks import check_after, check_appends, check_events, check_limit, check_timeout
 from orchestrix.core.errors import (
     ConcurrencyError,
     DuplicateEventIdError,
     EmptyBatchError,
     InvalidEventIdError,
+    MultiStreamConflictError,
 )
-from orchestrix.core.eventsourcing.store import ANY, NO_STREAM, STREAM_EXISTS, AppendResult
+from orchestrix.core.eventsourcing.store import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, StreamAppend
 from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
 
 __all__ = [
     "AsyncStoreMixin",
+    "Part",
     "check_expected_version",
+    "check_expected_versions",
     "find_replayed_append",
+    "find_replayed_many",
     "new_append_result",
     "new_event",
     "new_recorded",
     "to_new_events",
+    "to_parts",
 ]
 
 new_append_result: Callable[[str, tuple[int, ...], tuple[int, ...]], AppendResult] = slots_constructor(
@@ -64,6 +69,57 @@ def check_expected_version(stream: str, expected_version: int, current: int) -> 
         return
     if expected_version != current:
         raise ConcurrencyError(stream, expected_version, current)
+
+
+Part = tuple[str, list[NewEvent], int]
+"""One stream's share of a multi-stream append, checked: (stream, events, expected version)."""
+
+
+def to_parts(appends: Sequence[StreamAppend]) -> list[Part]:
+    """Check a multi-stream append as a whole and per stream (see ``check_appends``), wrap bare
+    events, and refuse an event id that appears in two of its streams."""
+    check_appends(appends)
+    parts = [(a.stream, to_new_events(a.stream, a.events), a.expected_version) for a in appends]
+    if len(parts) > 1:
+        seen: set[uuid.UUID] = set()
+        for stream, batch, _ in parts:
+            for e in batch:
+                if e.event_id in seen:
+                    raise DuplicateEventIdError(
+                        stream, e.event_id, "appears twice in one multi-stream append"
+                    )
+                seen.add(e.event_id)
+    return parts
+
+
+def check_expected_versions(parts: Sequence[Part], current: Callable[[str], int]) -> None:
+    """Raise MultiStreamConflictError naming every stream whose version (``current``) fails its
+    expectation; return if all pass."""
+    conflicts = []
+    for stream, _, expected in parts:
+        try:
+            check_expected_version(stream, expected, current(stream))
+        except ConcurrencyError as exc:
+            conflicts.append(exc)
+    if conflicts:
+        raise MultiStreamConflictError(conflicts)
+
+
+def find_replayed_many(
+    parts: Sequence[Part], lookup: Callable[[uuid.UUID], tuple[str, int, int] | None]
+) -> tuple[AppendResult, ...] | None:
+    """Detect a re-append of a multi-stream append that is already stored (see
+    :func:`find_replayed_append`): the original results if every stream's batch is stored, None
+    if none is, DuplicateEventIdError if only some are."""
+    results = [find_replayed_append(stream, batch, lookup) for stream, batch, _ in parts]
+    if all(r is None for r in results):
+        return None
+    for (stream, batch, _), result in zip(parts, results, strict=True):
+        if result is None:
+            raise DuplicateEventIdError(
+                stream, batch[0].event_id, "is new, but other streams of this multi-stream append are stored"
+            )
+    return tuple(results)  # type: ignore[arg-type]
 
 
 def to_new_events(stream: str, events: Sequence[NewEvent | Any]) -> list[NewEvent]:
@@ -146,6 +202,10 @@ class AsyncStoreMixin:
     ) -> AppendResult:
         """Asyncio form of ``append``."""
         return await asyncio.to_thread(self.append, stream, events, expected_version)  # type: ignore[attr-defined]
+
+    async def append_many_async(self, appends: Sequence[StreamAppend]) -> tuple[AppendResult, ...]:
+        """Asyncio form of ``append_many``."""
+        return await asyncio.to_thread(self.append_many, appends)  # type: ignore[attr-defined,no-any-return]
 
     async def read_stream_async(self, stream: str, from_version: int = 0) -> AsyncIterator[RecordedEvent]:
         """Asyncio form of ``read_stream``."""

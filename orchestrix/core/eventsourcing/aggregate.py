@@ -13,7 +13,7 @@ import logging
 import random
 import threading
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from orchestrix._speedups import new_uuid4
@@ -24,6 +24,7 @@ from orchestrix.core.errors import (
     AggregateNotFoundError,
     ConcurrencyError,
     DomainError,
+    InvalidArgumentError,
     SnapshotAheadError,
     SnapshotError,
     UnhandledEventError,
@@ -31,7 +32,7 @@ from orchestrix.core.errors import (
 from orchestrix.core.eventsourcing._backend import new_event
 from orchestrix.core.eventsourcing.keys import KeyRefused
 from orchestrix.core.eventsourcing.snapshot import Snapshot, SnapshotStore, _load_snapshot, _save_snapshot
-from orchestrix.core.eventsourcing.store import NO_STREAM, AppendResult, EventStore
+from orchestrix.core.eventsourcing.store import NO_STREAM, AppendResult, EventStore, StreamAppend
 from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
 
 __all__ = [
@@ -233,6 +234,48 @@ class AggregateRepository:
             # applied the events once more, so its state is not the stream's.)
             await self._maybe_snapshot(aggregate, stream, batch[-1].event_id)
         return result
+
+    def save_all(
+        self,
+        aggregates: Sequence[AggregateRoot],
+        *,
+        correlation_id: uuid.UUID | None = None,
+        causation_id: uuid.UUID | None = None,
+    ) -> tuple[AppendResult | None, ...]:
+        """Save several aggregates as one unit: all their pending events are stored, or none.
+
+        One multi-stream append (``EventStore.append_many``) carries every aggregate's events at
+        the version it was loaded at; if any stream moved on, MultiStreamConflictError names each
+        such stream and nothing is stored. Returns one result per aggregate, in order (None for
+        an aggregate with nothing to save).
+        """
+        return run_sync(
+            self.save_all_async(aggregates, correlation_id=correlation_id, causation_id=causation_id)
+        )
+
+    async def save_all_async(
+        self,
+        aggregates: Sequence[AggregateRoot],
+        *,
+        correlation_id: uuid.UUID | None = None,
+        causation_id: uuid.UUID | None = None,
+    ) -> tuple[AppendResult | None, ...]:
+        """Asyncio form of :meth:`save_all`."""
+        if not isinstance(aggregates, list | tuple):
+            raise InvalidArgumentError("aggregates", aggregates, "a list or tuple of aggregates")
+        prepared = [_prepare(a, correlation_id, causation_id) for a in aggregates]
+        appends = [StreamAppend(stream, batch, expected) for stream, batch, expected in prepared if batch]
+        if not appends:
+            return tuple(None for _ in aggregates)
+        stored = iter(await _io.append_many(self.event_store, appends))
+        results = tuple(next(stored) if batch else None for _, batch, _ in prepared)
+        for aggregate in aggregates:
+            aggregate._pending.clear()
+        if self.snapshots is not None:
+            for aggregate, (stream, batch, _), result in zip(aggregates, prepared, results, strict=True):
+                if result is not None and result.versions[-1] == aggregate.version:
+                    await self._maybe_snapshot(aggregate, stream, batch[-1].event_id)
+        return results
 
     def update(
         self,

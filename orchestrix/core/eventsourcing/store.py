@@ -24,6 +24,7 @@ __all__ = [
     "STREAM_EXISTS",
     "AppendResult",
     "EventStore",
+    "StreamAppend",
     "validate_expected_version",
     "validate_stream_name",
 ]
@@ -60,6 +61,16 @@ class AppendResult:
         return self.positions[-1]
 
 
+@attrs.frozen
+class StreamAppend:
+    """One stream's part of a multi-stream append (:meth:`EventStore.append_many`): its events,
+    and the version the stream must be at, as for :meth:`EventStore.append`."""
+
+    stream: str
+    events: Sequence[NewEvent | Any]
+    expected_version: int = ANY
+
+
 @runtime_checkable
 class EventStore(Protocol):
     """What every orchestrix store provides; the contract suite checks each promise.
@@ -77,6 +88,17 @@ class EventStore(Protocol):
         self, stream: str, events: Sequence[NewEvent | Any], expected_version: int = ANY
     ) -> AppendResult:
         """Append all events, or raise ConcurrencyError and write none."""
+        ...
+
+    def append_many(self, appends: Sequence[StreamAppend]) -> tuple[AppendResult, ...]:
+        """Append to several streams at once: all of it, or raise and write none.
+
+        Each stream's expected version is checked as :meth:`append` checks it; if any fails,
+        :class:`~orchestrix.core.errors.MultiStreamConflictError` names every stream that failed.
+        The events take consecutive global positions, in the order given. A repeat of a stored
+        multi-stream append (the same event ids) returns the original results. Returns one
+        AppendResult per StreamAppend, in order.
+        """
         ...
 
     def read_stream(self, stream: str, from_version: int = 0) -> Iterator[RecordedEvent]:
@@ -117,6 +139,10 @@ class EventStore(Protocol):
         self, stream: str, events: Sequence[NewEvent | Any], expected_version: int = ANY
     ) -> AppendResult:
         """Asyncio form of :meth:`append`."""
+        ...
+
+    async def append_many_async(self, appends: Sequence[StreamAppend]) -> tuple[AppendResult, ...]:
+        """Asyncio form of :meth:`append_many`."""
         ...
 
     def read_stream_async(self, stream: str, from_version: int = 0) -> AsyncIterator[RecordedEvent]:

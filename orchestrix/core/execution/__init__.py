@@ -2,6 +2,7 @@
 
 from orchestrix.core.execution.checkpoint import CheckpointStore, InMemoryCheckpointStore
 from orchestrix.core.execution.dispatch import CommandBus, CommandDispatcher
+from orchestrix.core.execution.process import PROCESS_EVENTS, ProcessCheckpoint, ProcessStats, ProcessStep
 from orchestrix.core.execution.projection import (
     Projection,
     ProjectionError,
@@ -29,11 +30,15 @@ from orchestrix.core.execution.saga import (
 from orchestrix.core.execution.subscription import subscribe, subscribe_async
 
 __all__ = [
+    "PROCESS_EVENTS",
     "SAGA_EVENTS",
     "CheckpointStore",
     "CommandBus",
     "CommandDispatcher",
     "InMemoryCheckpointStore",
+    "ProcessCheckpoint",
+    "ProcessStats",
+    "ProcessStep",
     "Projection",
     "ProjectionError",
     "ProjectionProgress",

@@ -35,7 +35,7 @@ from orchestrix.core.errors import StoreClosedError, StoreFailedError
 from orchestrix.infrastructure.file._group import Group, GroupWriter
 from orchestrix.infrastructure.file._lease import WriterLease
 from orchestrix.infrastructure.file._policy import FilePolicy
-from orchestrix.infrastructure.file._request import Request
+from orchestrix.infrastructure.file._request import Queued
 from orchestrix.infrastructure.file._sigint import SigintDeferred
 from orchestrix.infrastructure.file._view import LogView
 from orchestrix.infrastructure.file._writer_threads import WriterThreads
@@ -84,7 +84,7 @@ class GroupCommit:
         self.lock = threading.Lock()
         self._turn = threading.Condition(self.lock)
         self._turn_waiters = 0
-        self._queue: list[Request] = []
+        self._queue: list[Queued] = []
         self._writing = False
         self._in_flight: deque[Group] = deque()
         self._seq = 0
@@ -98,7 +98,7 @@ class GroupCommit:
 
     # -- the queue and who writes -------------------------------------------------------------
 
-    def submit(self, request: Request) -> None:
+    def submit(self, request: Queued) -> None:
         """Commit ``request``; when this returns its ``result`` or ``error`` is set.
 
         Ctrl-C may end the caller's wait for its turn (its append is then taken back, unless a
@@ -129,7 +129,7 @@ class GroupCommit:
         with SigintDeferred():
             self._write_turn(request)
 
-    def _withdraw(self, request: Request) -> None:
+    def _withdraw(self, request: Queued) -> None:
         """Take back the append of a caller interrupted while waiting, if no writer has taken it.
 
         If it had just been told to write, the writing passes on; if a group holds it, it runs
@@ -145,14 +145,14 @@ class GroupCommit:
             if self._turn_waiters:
                 self._turn.notify_all()
 
-    def _take_back(self, request: Request) -> bool:
+    def _take_back(self, request: Queued) -> bool:
         """Remove ``request`` from the queue if no writer took it and it is not done (lock held)."""
         if request.done or request not in self._queue:
             return False
         self._queue.remove(request)
         return True
 
-    async def submit_async(self, request: Request) -> None:
+    async def submit_async(self, request: Queued) -> None:
         """Asyncio form of :meth:`submit`: awaits the outcome without holding a thread.
 
         If the awaiting task is cancelled, the append still completes (or fails) on its own,
@@ -271,7 +271,7 @@ class GroupCommit:
 
     # -- a writer's turn --------------------------------------------------------------------------
 
-    def _write_turn(self, own: Request | None = None) -> None:
+    def _write_turn(self, own: Queued | None = None) -> None:
         """Write the queue as one group, let the next writer in, then sync and publish the group.
 
         ``own`` is the append of the thread that writes, when it is a caller: interrupted before
@@ -425,9 +425,9 @@ class GroupCommit:
         return self.failed
 
 
-def _release(requests: list[Request]) -> None:
+def _release(requests: list[Queued]) -> None:
     """Mark requests done and wake their callers: threads directly, asyncio tasks once per loop."""
-    loops: dict[asyncio.AbstractEventLoop, list[Request]] = {}
+    loops: dict[asyncio.AbstractEventLoop, list[Queued]] = {}
     for r in requests:
         r.done = True
         if r.wake is not None:
@@ -449,7 +449,7 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-def _settle(requests: list[Request]) -> None:
+def _settle(requests: list[Queued]) -> None:
     for r in requests:
         future = r.future
         if future is not None and not future.done():  # a cancelled caller leaves a done future

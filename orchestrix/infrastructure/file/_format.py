@@ -53,6 +53,9 @@ _PREFIX = RECORD_MAGIC + bytes(8)
 _BLANK_HEAD = _PREFIX + bytes(SEAL.size)  # frame and commit-time fields, filled in at commit
 HAS_CORRELATION = 1
 HAS_CAUSATION = 2
+BATCH_CONTINUES = 4
+"""Set on a record's first event when the next record belongs to the same multi-stream append:
+recovery keeps such records only together with the record that ends their append."""
 MAX_BODY = 1 << 30
 """Largest record body accepted on write and believed on read (1 GiB)."""
 
@@ -195,14 +198,15 @@ def type_field(type_name: str) -> bytes:
     return U16.pack(len(raw)) + raw
 
 
-def prepare_record(stream: bytes, events: Sequence[tuple[Any, ...]]) -> bytearray:
+def prepare_record(stream: bytes, events: Sequence[tuple[Any, ...]], continues: bool = False) -> bytearray:
     """A whole record except the fields known only at commit; :func:`seal_record` fills them in.
 
     Each event is ``(event_id, correlation_id, causation_id, type_field, payload)``, all bytes
-    (the ids 16 bytes, or None for a missing correlation or causation).
+    (the ids 16 bytes, or None for a missing correlation or causation). ``continues`` marks a
+    record that the next record of the same multi-stream append follows (:data:`BATCH_CONTINUES`).
     """
     pack_u32 = U32.pack
-    if len(events) == 1:  # most appends: one event, and usually no correlation or causation
+    if len(events) == 1 and not continues:  # most appends: one event, and usually no correlation or causation
         event_id, correlation, causation, type_name, payload = events[0]
         if correlation is None and causation is None:
             counts, size = COUNTS.pack(1, len(stream)), pack_u32(len(payload))
@@ -212,12 +216,14 @@ def prepare_record(stream: bytes, events: Sequence[tuple[Any, ...]]) -> bytearra
             return record
     parts = [_BLANK_HEAD + COUNTS.pack(len(events), len(stream)), stream]
     append = parts.append
-    for event_id, correlation, causation, type_name, payload in events:
-        if correlation is None and causation is None:
+    for k, (event_id, correlation, causation, type_name, payload) in enumerate(events):
+        if correlation is None and causation is None and (k or not continues):
             append(event_id + b"\0" + type_name + pack_u32(len(payload)))
         else:
-            flags = (HAS_CORRELATION if correlation is not None else 0) | (
-                HAS_CAUSATION if causation is not None else 0
+            flags = (
+                (HAS_CORRELATION if correlation is not None else 0)
+                | (HAS_CAUSATION if causation is not None else 0)
+                | (BATCH_CONTINUES if continues and k == 0 else 0)
             )
             append(EVENT_HEAD.pack(event_id, flags) + (correlation or b"") + (causation or b""))
             append(type_name + pack_u32(len(payload)))
@@ -248,6 +254,8 @@ class RecordInfo(NamedTuple):
     count: int
     stream: str
     ids: tuple[bytes, ...]
+    continues: bool = False
+    """The next record belongs to the same multi-stream append (see :data:`BATCH_CONTINUES`)."""
 
 
 def check_frame(buf: bytes | memoryview, at: int, available: int) -> tuple[int, int] | RecordProblem:
@@ -282,17 +290,24 @@ def parse_info(buf: bytes | memoryview, at: int, length: int, crc: int, offset: 
         raise FormatProblem(f"stream name is not UTF-8: {exc}") from None
     p += name_len
     ids = []
-    for _ in range(count):
+    continues = False
+    for k in range(count):
         if p + 17 > end:
             raise FormatProblem("record body ends inside an event")
         event_id, flags = EVENT_HEAD.unpack_from(buf, p)
+        if flags & BATCH_CONTINUES:
+            if k:
+                raise FormatProblem("only a record's first event may mark a multi-stream append")
+            continues = True
         ids.append(event_id)
         p += 17 + (16 if flags & HAS_CORRELATION else 0) + (16 if flags & HAS_CAUSATION else 0)
         p += 2 + U16.unpack_from(buf, p)[0]
         p += 4 + U32.unpack_from(buf, p)[0]
     if p != end or count == 0:
         raise FormatProblem("record body length does not match its events")
-    return RecordInfo(offset, FRAME_SIZE + length, crc, durable, position, version, count, stream, tuple(ids))
+    return RecordInfo(
+        offset, FRAME_SIZE + length, crc, durable, position, version, count, stream, tuple(ids), continues
+    )
 
 
 def timestamp(recorded_us: int) -> datetime:

@@ -20,14 +20,16 @@ from typing import Any
 from orchestrix.core.errors import OrchestrixError, StoreFailedError
 from orchestrix.core.eventsourcing._backend import (
     check_expected_version,
+    check_expected_versions,
     find_replayed_append,
+    find_replayed_many,
     new_append_result,
 )
 from orchestrix.core.eventsourcing.store import AppendResult
 from orchestrix.infrastructure.file._format import SEGMENT_HEADER_SIZE, Head, seal_record
 from orchestrix.infrastructure.file._index import Entry
 from orchestrix.infrastructure.file._locator import Place
-from orchestrix.infrastructure.file._request import Request
+from orchestrix.infrastructure.file._request import ManyRequest, Queued, Request
 from orchestrix.infrastructure.file._view import LogView
 
 _new: Callable[..., Any] = tuple.__new__  # builds NamedTuples without their Python-level __new__
@@ -41,7 +43,7 @@ class Group:
 
     __slots__ = ("entries", "error", "interrupted", "planned", "requests", "segment", "seq")
 
-    def __init__(self, seq: int, requests: list[Request]) -> None:
+    def __init__(self, seq: int, requests: list[Queued]) -> None:
         self.seq = seq
         self.requests = requests
         self.planned: list[Planned] = []
@@ -91,8 +93,11 @@ class GroupWriter:
         position = self.written.position
         seq = group.seq
         in_tail = locator.streams.get
-        planned = []
+        planned: list[Planned] = []
         for r in group.requests:
+            if type(r) is ManyRequest:
+                position = self._plan_many(r, indexed, position, seq, planned)
+                continue
             stream, ids = r.stream, r.ids
             try:
                 for i in ids:
@@ -114,22 +119,57 @@ class GroupWriter:
             except OrchestrixError as exc:
                 r.error = exc
                 continue
-            version = current + 1
-            position += 1
-            n = len(ids)
-            if n == 1:
-                result = new_append_result(stream, (version,), (position,))
-                written_ids[ids[0]] = (stream, version, position)
-            else:
-                result = new_append_result(
-                    stream, tuple(range(version, version + n)), tuple(range(position, position + n))
-                )
-                for k, i in enumerate(ids):
-                    written_ids[i] = (stream, version + k, position + k)
-            versions[stream] = (current + n, seq)
-            planned.append((r, position, version, result))
-            position += n - 1
+            position = self._place_record(r, current, position, seq, planned)
         return planned
+
+    def _current(self, stream: str) -> int:
+        """The stream's version, counting the groups in flight (state held)."""
+        written = self.versions.get(stream)
+        if written is not None:
+            return written[0]
+        locator = self.view.locator
+        mine = locator.streams.get(stream)
+        return mine[-1].version + mine[-1].count - 1 if mine else locator.version(stream)
+
+    def _plan_many(
+        self, r: ManyRequest, indexed: dict[bytes, int], position: int, seq: int, planned: list[Planned]
+    ) -> int:
+        """Check a multi-stream append as a whole, then place its records one after another;
+        returns the last position placed (state held)."""
+        parts = [(p.stream, p.batch, p.expected) for p in r.parts]
+        tail_ids, written_ids = self.view.locator.ids, self.ids
+        try:
+            if any(i in tail_ids or i in written_ids or i in indexed for i in r.ids):  # perhaps a retry
+                r.result = find_replayed_many(parts, lambda event_id: self._place(event_id, indexed))
+                if r.result is not None:
+                    return position
+            currents = {p.stream: self._current(p.stream) for p in r.parts}  # each stream once in r
+            check_expected_versions(parts, currents.__getitem__)
+        except OrchestrixError as exc:
+            r.error = exc
+            return position
+        for part in r.parts:
+            position = self._place_record(part, currents[part.stream], position, seq, planned)
+        return position
+
+    def _place_record(self, r: Request, current: int, position: int, seq: int, planned: list[Planned]) -> int:
+        """Give a checked request its versions and positions after ``position``; returns its last."""
+        stream, ids, written_ids = r.stream, r.ids, self.ids
+        version = current + 1
+        position += 1
+        n = len(ids)
+        if n == 1:
+            result = new_append_result(stream, (version,), (position,))
+            written_ids[ids[0]] = (stream, version, position)
+        else:
+            result = new_append_result(
+                stream, tuple(range(version, version + n)), tuple(range(position, position + n))
+            )
+            for k, i in enumerate(ids):
+                written_ids[i] = (stream, version + k, position + k)
+        self.versions[stream] = (current + n, seq)
+        planned.append((r, position, version, result))
+        return position + n - 1
 
     def _place(self, event_id: uuid.UUID, indexed: dict[bytes, int]) -> Place | None:
         """Where an event id is stored: in a group in flight, or wherever the locator finds it."""

@@ -10,6 +10,12 @@ should hold position P is damaged, the records after it tell the two cases apart
 - one of them was written after P was on disk (durable >= P): P's record was complete and is now
   damaged; that is corruption, and :class:`CorruptionError` names file and offset.
 
+A multi-stream append is several records in a row, each but the last marked as continued
+(``BATCH_CONTINUES``). They are written by one write and acknowledged after one sync, so
+recovery keeps them only together: records of an append whose last record is missing or torn
+were never acknowledged, and are cut off with the torn write (or, if a later record proves
+they were on disk, reported as corruption).
+
 See ``docs/file-format.md``.
 """
 
@@ -23,6 +29,7 @@ from orchestrix.core.errors import CorruptionError
 from orchestrix.infrastructure.file._format import (
     RECORD_MAGIC,
     SEGMENT_HEADER_SIZE,
+    Flaw,
     Head,
     RecordInfo,
     RecordProblem,
@@ -58,6 +65,7 @@ class recover:
                 os.path.join(log_.path, segment_name(start.segment)), 0, "segment file missing from the log"
             )
         number, offset, position = start.segment, start.offset, start.position
+        held: list[tuple[int, RecordInfo]] = []  # records of a multi-stream append not yet ended
         for k, n in enumerate(numbers):
             last = k == len(numbers) - 1
             if not _open_checked(log_, n, last and (n != start.segment or offset == SEGMENT_HEADER_SIZE)):
@@ -67,6 +75,9 @@ class recover:
                 break
             segment = log_.segment(n)
             if n != start.segment:
+                if held:  # a multi-stream append is written into one segment, never across two
+                    self._cut_held(numbers[k - 1 :], held, None)
+                    return
                 if segment.base != position:
                     raise CorruptionError(
                         segment.path, 0, f"segment starts after {segment.base}, not {position}"
@@ -77,9 +88,15 @@ class recover:
             while offset < end:
                 info = log_.info_at(segment, window, offset, end)
                 if isinstance(info, RecordInfo) and info.position == position + 1:
-                    yield n, info
                     position += info.count
                     offset += info.size
+                    if info.continues:
+                        held.append((n, info))
+                        continue
+                    if held:
+                        yield from held
+                        held = []
+                    yield n, info
                     continue
                 if isinstance(info, RecordInfo):  # intact, but not the next position: never a torn write
                     raise CorruptionError(
@@ -87,10 +104,28 @@ class recover:
                     )
                 if last and log_.is_free(segment, offset, end):
                     break  # preallocated space: the log ends here
+                if held:
+                    self._cut_held(numbers[k:], held, info)
+                    return
                 _cut_torn_write(log_, numbers[k:], segment, offset, end, position + 1, info)
                 self.end = Head(position, n, offset)
                 return
+        if held:
+            self._cut_held([held[0][0]], held, None)
+            return
         self.end = Head(position, number, offset)
+
+    def _cut_held(
+        self, numbers: list[int], held: list[tuple[int, RecordInfo]], reason: RecordProblem | None
+    ) -> None:
+        """Cut the log where the unended multi-stream append in ``held`` starts."""
+        number, first = held[0]
+        segment = self.log.segment(number)
+        why = reason or RecordProblem(Flaw.INCOMPLETE_RECORD)
+        why = RecordProblem(Flaw.MALFORMED_BODY, f"a multi-stream append without its last record ({why})")
+        end = os.fstat(segment.fd).st_size
+        _cut_torn_write(self.log, numbers, segment, first.offset, end, first.position, why)
+        self.end = Head(first.position - 1, number, first.offset)
 
 
 def _cut_torn_write(

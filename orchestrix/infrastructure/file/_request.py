@@ -13,8 +13,8 @@ from typing import Any
 
 from orchestrix.core._checks import MAX_POSITION, check_expected_version_arg, check_stream_name
 from orchestrix.core.errors import BatchTooLargeError, SerializationError
-from orchestrix.core.eventsourcing._backend import to_new_events
-from orchestrix.core.eventsourcing.store import AppendResult
+from orchestrix.core.eventsourcing._backend import to_new_events, to_parts
+from orchestrix.core.eventsourcing.store import AppendResult, StreamAppend
 from orchestrix.core.messaging.messages import NewEvent
 from orchestrix.core.messaging.serializer import Serializer
 from orchestrix.infrastructure.file._format import (
@@ -85,6 +85,19 @@ def prepare(
     if type(expected_version) is not int or not 0 <= expected_version <= MAX_POSITION:
         check_expected_version_arg(expected_version)  # the named modes pass, bad input raises
     batch = to_new_events(stream, events)
+    return _request(serializer, names, stream, raw_stream, batch, expected_version, False)
+
+
+def _request(
+    serializer: Serializer,
+    names: dict[Any, bytes],
+    stream: str,
+    raw_stream: bytes,
+    batch: list[NewEvent],
+    expected_version: int,
+    continues: bool,
+) -> Request:
+    """Encode one stream's batch into its record (see :func:`prepare`)."""
     encode = serializer.encode
     prepared = []
     for new in batch:
@@ -105,8 +118,57 @@ def prepare(
                 payload,
             )
         )
-    record = prepare_record(raw_stream, prepared)
+    record = prepare_record(raw_stream, prepared, continues)
     if len(record) - FRAME_SIZE > MAX_BODY:
         raise BatchTooLargeError(stream, "record_bytes", MAX_BODY + FRAME_SIZE, len(record))
     ids = (prepared[0][0],) if len(prepared) == 1 else tuple([p[0] for p in prepared])
     return Request(stream, batch, ids, record, expected_version)
+
+
+class ManyRequest:
+    """One caller's multi-stream append: a Request per stream, planned, written, synced and
+    published together (:mod:`._group`), and then its outcome."""
+
+    __slots__ = ("done", "error", "future", "handed", "ids", "loop", "parts", "result", "wake")
+
+    def __init__(self, parts: list[Request]) -> None:
+        self.parts = parts
+        self.ids = tuple(i for part in parts for i in part.ids)
+        self.result: tuple[AppendResult, ...] | None = None  # set here only for a replay
+        self.error: BaseException | None = None
+        self.done = False
+        self.wake: threading.Lock | None = None
+        self.handed = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.future: asyncio.Future[None] | None = None
+
+    def results(self) -> tuple[AppendResult, ...]:
+        """The outcome once committed: the original results of a replay, or each part's result."""
+        if self.error is not None:
+            raise self.error
+        if self.result is not None:
+            return self.result
+        results = tuple(part.result for part in self.parts)
+        if any(r is None for r in results):  # pragma: no cover - the commit always sets them
+            raise RuntimeError("a multi-stream append finished without a result")
+        return results  # type: ignore[return-value]
+
+
+Queued = Request | ManyRequest
+"""What callers queue for a group commit: a one-stream or a multi-stream append."""
+
+
+def prepare_many(
+    serializer: Serializer, names: dict[Any, bytes], appends: Sequence[StreamAppend]
+) -> ManyRequest:
+    """Validate and encode a multi-stream append outside every lock: one record per stream, each
+    but the last marked as continued by the next, so recovery keeps them together or not at all."""
+    parts = to_parts(appends)
+    last = len(parts) - 1
+    requests = []
+    for k, (stream, batch, expected) in enumerate(parts):
+        raw_stream = names.get(stream)
+        if raw_stream is None:
+            raw_stream = stream.encode()
+        requests.append(_request(serializer, names, stream, raw_stream, batch, expected, k < last))
+    return ManyRequest(requests)

@@ -21,13 +21,17 @@ from orchestrix.core._checks import (
 )
 from orchestrix.core.errors import FencedError, StoreClosedError
 from orchestrix.core.eventsourcing._backend import (
+    Part,
     check_expected_version,
+    check_expected_versions,
     find_replayed_append,
+    find_replayed_many,
     new_append_result,
     to_new_events,
+    to_parts,
 )
 from orchestrix.core.eventsourcing.fencing import Fence, current_fence
-from orchestrix.core.eventsourcing.store import ANY, NO_STREAM, AppendResult
+from orchestrix.core.eventsourcing.store import ANY, NO_STREAM, AppendResult, StreamAppend
 from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
 from orchestrix.core.messaging.serializer import Serializer, StructuralSerializer
 from orchestrix.infrastructure.memory.snapshot import InMemorySnapshotStore
@@ -91,48 +95,69 @@ class InMemoryEventStore:
         """Append all events, or raise ConcurrencyError and write none."""
         check_stream_name(stream)
         check_expected_version_arg(expected_version)
-        batch = to_new_events(stream, events)
-        encoded = [self._encode(e.event) for e in batch]
+        return self._commit([(stream, to_new_events(stream, events), expected_version)], many=False)[0]
+
+    def append_many(self, appends: Sequence[StreamAppend]) -> tuple[AppendResult, ...]:
+        """Append to several streams at once, all or nothing (see ``EventStore.append_many``)."""
+        return self._commit(to_parts(appends), many=True)
+
+    def _commit(self, parts: list[Part], *, many: bool) -> tuple[AppendResult, ...]:
+        """Store every part under one hold of the lock, or raise and store none."""
+        encoded = [[self._encode(e.event) for e in batch] for _, batch, _ in parts]
         fence = current_fence()
         with self._lock:
             if self._closed:
                 raise StoreClosedError("the store is closed")
-            replayed = find_replayed_append(stream, batch, self._ids.get)
-            if replayed is not None:
-                return replayed
+            if many:
+                replayed_many = find_replayed_many(parts, self._ids.get)
+                if replayed_many is not None:
+                    return replayed_many
+            else:
+                replayed = find_replayed_append(parts[0][0], parts[0][1], self._ids.get)
+                if replayed is not None:
+                    return (replayed,)
             if fence is not None and self._fences.get(fence.name) != fence.generation:
                 raise FencedError(fence.name, fence.generation, self._fences.get(fence.name))
-            events_in_stream = self._streams.get(stream)
-            current = len(events_in_stream) - 1 if events_in_stream else NO_STREAM
-            check_expected_version(stream, expected_version, current)
-            if events_in_stream is None:
-                events_in_stream = self._streams[stream] = []
+            if many:
+                check_expected_versions(parts, self._version)
+            else:
+                check_expected_version(parts[0][0], parts[0][2], self._version(parts[0][0]))
             now = datetime.now(UTC)
             position = len(self._log)
-            versions = []
-            positions = []
-            for new, (type_name, payload) in zip(batch, encoded, strict=True):
-                current += 1
-                position += 1
-                recorded = RecordedEvent(
-                    new.event_id,
-                    stream,
-                    current,
-                    position,
-                    now,
-                    type_name,
-                    payload,
-                    new.correlation_id,
-                    new.causation_id,
-                )
-                events_in_stream.append(recorded)
-                self._log.append(recorded)
-                self._ids[new.event_id] = (stream, current, position)
-                versions.append(current)
-                positions.append(position)
+            results = []
+            for (stream, batch, _), stream_encoded in zip(parts, encoded, strict=True):
+                events_in_stream = self._streams.setdefault(stream, [])
+                current = len(events_in_stream) - 1
+                versions = []
+                positions = []
+                for new, (type_name, payload) in zip(batch, stream_encoded, strict=True):
+                    current += 1
+                    position += 1
+                    recorded = RecordedEvent(
+                        new.event_id,
+                        stream,
+                        current,
+                        position,
+                        now,
+                        type_name,
+                        payload,
+                        new.correlation_id,
+                        new.causation_id,
+                    )
+                    events_in_stream.append(recorded)
+                    self._log.append(recorded)
+                    self._ids[new.event_id] = (stream, current, position)
+                    versions.append(current)
+                    positions.append(position)
+                results.append(new_append_result(stream, tuple(versions), tuple(positions)))
             self._appended.notify_all()
             self._wake_async_waiters()
-        return new_append_result(stream, tuple(versions), tuple(positions))
+        return tuple(results)
+
+    def _version(self, stream: str) -> int:
+        """The stream's last version, or NO_STREAM (lock held)."""
+        events = self._streams.get(stream)
+        return len(events) - 1 if events else NO_STREAM
 
     def read_stream(self, stream: str, from_version: int = 0) -> Iterator[RecordedEvent]:
         """Yield the stream's events from ``from_version`` on; nothing for a missing stream."""
@@ -181,6 +206,10 @@ class InMemoryEventStore:
     ) -> AppendResult:
         """Asyncio form of :meth:`append`."""
         return self.append(stream, events, expected_version)
+
+    async def append_many_async(self, appends: Sequence[StreamAppend]) -> tuple[AppendResult, ...]:
+        """Asyncio form of :meth:`append_many`."""
+        return self.append_many(appends)
 
     async def read_stream_async(self, stream: str, from_version: int = 0) -> AsyncIterator[RecordedEvent]:
         """Asyncio form of :meth:`read_stream`."""

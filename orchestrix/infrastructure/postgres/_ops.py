@@ -17,8 +17,13 @@ from typing import Any, TypeVar
 import attrs
 from psycopg import errors as pg_errors
 
-from orchestrix.core.errors import ConcurrencyError, FencedError, SerializationError
-from orchestrix.core.eventsourcing._backend import find_replayed_append
+from orchestrix.core.errors import ConcurrencyError, FencedError, MultiStreamConflictError, SerializationError
+from orchestrix.core.eventsourcing._backend import (
+    Part,
+    check_expected_versions,
+    find_replayed_append,
+    find_replayed_many,
+)
 from orchestrix.core.eventsourcing.fencing import Fence
 from orchestrix.core.eventsourcing.store import ANY, STREAM_EXISTS, AppendResult
 from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
@@ -156,6 +161,81 @@ def append_op(
         raise ConcurrencyError(stream, expected, actual)
     actual = yield from stream_version_op(st, stream)
     raise ConcurrencyError(stream, expected, actual)
+
+
+def append_streams_op(
+    st: Statements, parts: Sequence[tuple[str, EncodedBatch, int]], fence: Fence | None = None
+) -> Op[tuple[tuple[AppendResult, ...], bool]]:
+    """Append to several streams in one statement (so one transaction): all of it, or raise.
+
+    Returns the results in the order of ``parts`` and whether anything was written (False for a
+    replay). A failed expectation raises MultiStreamConflictError naming every stream that failed.
+    """
+    streams = [stream for stream, _, _ in parts]
+    params: dict[str, Any] = {
+        "streams": streams,
+        "expecteds": [expected for _, _, expected in parts],
+        "parts": [k for k, (_, encoded, _) in enumerate(parts, 1) for _ in encoded.ids],
+        "nums": [n for _, encoded, _ in parts for n in range(1, len(encoded.ids) + 1)],
+        "ids": [i for _, encoded, _ in parts for i in encoded.ids],
+        "types": [t for _, encoded, _ in parts for t in encoded.types],
+        "data": [d for _, encoded, _ in parts for d in encoded.data],
+        "corr": [c for _, encoded, _ in parts for c in encoded.correlation],
+        "caus": [c for _, encoded, _ in parts for c in encoded.causation],
+    }
+    statement = st.append_streams
+    if fence is not None:
+        statement = st.append_streams_fenced
+        params["fence"], params["gen"] = fence.name, fence.generation
+    checked = [(stream, list(encoded.batch), expected) for stream, encoded, expected in parts]
+    loose = all(expected in (ANY, STREAM_EXISTS) for _, _, expected in parts)
+    for _ in range(_MAX_RACES):
+        try:
+            rows = yield Query(statement, params)
+        except pg_errors.UniqueViolation as exc:
+            replayed = yield from _replayed_many_op(st, checked)
+            if replayed is not None:
+                return replayed, False
+            if exc.diag.constraint_name == EVENT_ID_CONSTRAINT or loose:
+                continue
+            yield from _check_streams_op(st, checked)
+            continue  # every expectation still holds: the race was on a stream expecting ANY
+        if rows:
+            found: dict[str, list[tuple[int, int]]] = {}
+            for position, stream, version in rows:
+                found.setdefault(stream, []).append((position, version))
+            results = []
+            for stream in streams:
+                placed = sorted(found[stream])
+                results.append(AppendResult(stream, tuple(v for _, v in placed), tuple(p for p, _ in placed)))
+            return tuple(results), True
+        replayed = yield from _replayed_many_op(st, checked)
+        if replayed is not None:
+            return replayed, False
+        if fence is not None:
+            current = yield from fence_generation_op(st, fence.name)
+            if current != fence.generation:
+                raise FencedError(fence.name, fence.generation, current)
+        yield from _check_streams_op(st, checked)  # raises unless the streams moved meanwhile
+    # A thousand lost races: report every stream as it is now, as a single append does.
+    rows = yield Query(st.stream_versions, (streams,))
+    versions = {row[0]: int(row[1]) for row in rows}
+    raise MultiStreamConflictError(ConcurrencyError(s, e, versions[s]) for s, _, e in parts)
+
+
+def _replayed_many_op(st: Statements, parts: Sequence[Part]) -> Op[tuple[AppendResult, ...] | None]:
+    rows = yield Query(st.lookup_ids, ([e.event_id for _, batch, _ in parts for e in batch],))
+    if not rows:
+        return None
+    places = {row[0]: (row[1], row[2], row[3]) for row in rows}
+    return find_replayed_many(parts, places.get)
+
+
+def _check_streams_op(st: Statements, parts: Sequence[Part]) -> Op[None]:
+    """Raise MultiStreamConflictError for every stream whose version fails its expectation."""
+    rows = yield Query(st.stream_versions, ([stream for stream, _, _ in parts],))
+    versions = {row[0]: int(row[1]) for row in rows}
+    check_expected_versions(parts, versions.__getitem__)
 
 
 def _satisfies(expected: int, actual: int) -> bool:

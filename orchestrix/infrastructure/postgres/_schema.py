@@ -228,6 +228,38 @@ class Statements:
         self.append_many_fenced = self.append_many.replace(
             text(f"FROM {current}, unnest("), text(f"FROM {current}{fence}, unnest(")
         )
+        # A multi-stream append, also one statement: each stream's current version is read and
+        # checked, and the rows of every stream are inserted only if all checks pass. Positions
+        # follow the order the streams were given (b.i); rows are inserted in stream-name order,
+        # so two appends touching the same streams wait for each other's unique-index entries in
+        # one order, and do not deadlock.
+        many_current = (
+            "WITH req AS (SELECT r.stream, r.expected, r.k, "
+            "(SELECT coalesce(max(version), -1) FROM {events} WHERE stream = r.stream) AS v "
+            "FROM unnest(%(streams)s::text[], %(expecteds)s::bigint[]) "
+            "WITH ORDINALITY AS r(stream, expected, k)), "
+            "ok AS (SELECT bool_and(expected = -2 OR (expected = -4 AND v >= 0) OR v = expected) AS good "
+            "FROM req) "
+        )
+        many_rows = (
+            "unnest(%(parts)s::bigint[], %(nums)s::bigint[], %(ids)s::uuid[], %(types)s::text[], "
+            "%(data)s::text[], %(corr)s::uuid[], %(caus)s::uuid[]) "
+            "WITH ORDINALITY AS b(part, n, id, t, d, c, k, i) JOIN req ON req.k = b.part "
+            "WHERE ok.good ORDER BY req.stream, b.n RETURNING position, stream, version"
+        )
+        self.append_streams = text(
+            f"{many_current}INSERT INTO {{events}} {columns} "
+            f"SELECT {base} + b.i - 1, req.stream, req.v + b.n, b.id, b.t, b.d, b.c, b.k FROM ok, {many_rows}"
+        )
+        self.append_streams_fenced = text(
+            f"{many_current}INSERT INTO {{events}} {columns} "
+            f"SELECT {base} + b.i - 1, req.stream, req.v + b.n, b.id, b.t, b.d, b.c, b.k FROM ok{fence}, "
+            f"{many_rows}"
+        )
+        self.stream_versions = text(
+            "SELECT s.stream, (SELECT coalesce(max(version), -1) FROM {events} WHERE stream = s.stream) "
+            "FROM unnest(%s::text[]) AS s(stream)"
+        )
         self.fence_generation = text("SELECT generation FROM {fences} WHERE name = %s")
         self.grant_fence = text(
             "INSERT INTO {fences} (name, generation) VALUES (%s, 1) ON CONFLICT (name) DO UPDATE "

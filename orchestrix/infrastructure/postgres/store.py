@@ -27,9 +27,9 @@ from orchestrix.core._checks import (
     check_timeout,
 )
 from orchestrix.core.errors import BatchTooLargeError
-from orchestrix.core.eventsourcing._backend import to_new_events
+from orchestrix.core.eventsourcing._backend import to_new_events, to_parts
 from orchestrix.core.eventsourcing.fencing import Fence, current_fence
-from orchestrix.core.eventsourcing.store import ANY, AppendResult
+from orchestrix.core.eventsourcing.store import ANY, AppendResult, StreamAppend
 from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
 from orchestrix.core.messaging.serializer import Serializer
 from orchestrix.infrastructure.postgres import _ops
@@ -156,6 +156,34 @@ class PostgresEventStore:
         )
         self._appended(result, written)
         return result
+
+    def append_many(self, appends: Sequence[StreamAppend]) -> tuple[AppendResult, ...]:
+        """Append to several streams in one transaction, all or nothing (see ``EventStore.append_many``)."""
+        parts = self._prepare_many(appends)
+        fence = current_fence()
+        results, written = self._db.run("append_many", lambda: _ops.append_streams_op(self._st, parts, fence))
+        self._appended(results[-1], written)
+        return results
+
+    async def append_many_async(self, appends: Sequence[StreamAppend]) -> tuple[AppendResult, ...]:
+        """Asyncio form of :meth:`append_many`."""
+        parts = self._prepare_many(appends)
+        fence = current_fence()
+        results, written = await self._db.run_async(
+            "append_many", lambda: _ops.append_streams_op(self._st, parts, fence)
+        )
+        self._appended(results[-1], written)
+        return results
+
+    def _prepare_many(self, appends: Sequence[StreamAppend]) -> list[tuple[str, _ops.EncodedBatch, int]]:
+        parts = to_parts(appends)
+        total = sum(len(batch) for _, batch, _ in parts)
+        if total > MAX_BATCH_SIZE:
+            raise BatchTooLargeError(parts[0][0], "events", MAX_BATCH_SIZE, total)
+        return [
+            (stream, _ops.encode_batch(self._serializer, batch), expected)
+            for stream, batch, expected in parts
+        ]
 
     def _prepare(
         self, stream: str, events: Sequence[NewEvent | Any], expected_version: int
