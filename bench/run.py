@@ -3,9 +3,9 @@
 
     python3 bench/run.py [SUITE ...] [--reps N] [--json OUT.json] [--quick] [--rev REV]
 
-Suites: memory, file, postgres, multistream, saga, deadlines (default: all). Every workload runs
-in a fresh child process per repetition, with a fresh store; repetitions are interleaved across workloads so
-that machine drift hits every side alike. Prints medians [min-max], ratios and targets, and
+Suites: memory, file, postgres, multistream, saga, deadlines, snapshots (default: all). Every
+workload runs in a fresh child process per repetition, with a fresh store; repetitions are
+interleaved across workloads so that machine drift hits every side alike. Prints medians [min-max], ratios and targets, and
 writes JSON (default bench/results/<timestamp>.json). On first run it creates bench/.venv
 with eventsourcing==9.5.6, psycopg and orchestrix (editable); the project itself never
 depends on eventsourcing.
@@ -421,6 +421,43 @@ SUITES: dict[str, tuple[list[Row], list[Check]]] = {
                 0.050,
                 kind="max",
                 source="issue 16",
+    "snapshots": (
+        [
+            Row(
+                "orx_snap",
+                "orchestrix FileEventStore  load 1 aggregate of 100k events, snapshot every 1,000",
+                "snapshots.orx_load",
+                "ms",
+                better="lower",
+                params={"n": 100_000, "every": 1000, "snapshots": 1},
+                scale=1e3,
+                prepare="snapshots.orx_build",
+            ),
+            Row(
+                "orx_nosnap",
+                "orchestrix  same store, loaded without snapshots",
+                "snapshots.orx_load",
+                "ms",
+                better="lower",
+                params={"n": 100_000, "every": 1000, "snapshots": 0},
+                scale=1e3,
+                prepare="snapshots.orx_build",
+            ),
+            Row(
+                "es_snap",
+                "eventsourcing SQLite  same, snapshotting_intervals 1,000",
+                "snapshots.es_load",
+                "ms",
+                better="lower",
+                params={"n": 100_000, "every": 1000},
+                scale=1e3,
+                prepare="snapshots.es_build",
+            ),
+        ],
+        [
+            Check("load 100k: without snapshots / with", "orx_snap", "orx_nosnap", 50.0, source="issue 15"),
+            Check(
+                "load 100k: peer with snapshots / orchestrix", "orx_snap", "es_snap", 3.0, source="issue 15"
             ),
         ],
     ),

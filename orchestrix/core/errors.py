@@ -22,6 +22,8 @@ Errors carry their facts as attributes, so callers branch on data, not on messag
     │   └── SchemaEvolutionError         type name, versions: a schema history that cannot be read
     ├── UnhandledEventError              an aggregate has no apply handler for an event type
     ├── AggregateError                   misuse of an aggregate (no id, wrong id)
+    ├── SnapshotError                    stream, version, reason: a snapshot that does not fit its stream
+    │   └── SnapshotAheadError           stream_version: a snapshot past the end of its stream
     ├── StoreError                       a backend cannot do its work
     │   ├── StoreClosedError
     │   ├── StoreFailedError             a failed fsync poisoned the store until reopened
@@ -74,6 +76,8 @@ __all__ = [
     "SagaNotStuckError",
     "SchemaEvolutionError",
     "SerializationError",
+    "SnapshotAheadError",
+    "SnapshotError",
     "StoreClosedError",
     "StoreError",
     "StoreFailedError",
@@ -304,6 +308,34 @@ class UnhandledEventError(OrchestrixError):
 
 class AggregateError(OrchestrixError):
     """An aggregate was used wrongly (saved without an id, loaded from a foreign stream)."""
+
+
+class SnapshotError(OrchestrixError):
+    """A stored snapshot does not belong to its stream as it is now; the aggregate is not loaded.
+
+    A snapshot is never trusted beyond its stream: it names the event it was taken at (version
+    and event id), and loading checks that event is still there.
+    """
+
+    def __init__(self, stream: str, version: int, reason: str) -> None:
+        super().__init__(f"snapshot of stream {stream!r} at version {version}: {reason}")
+        self.stream = stream
+        self.version = version
+        self.reason = reason
+
+
+class SnapshotAheadError(SnapshotError):
+    """A snapshot was taken at a version its stream does not reach (restored from an older backup,
+    or its events deleted): it is refused, not trusted."""
+
+    def __init__(self, stream: str, version: int, stream_version: int) -> None:
+        super().__init__(
+            stream,
+            version,
+            f"the stream ends at version {stream_version}, before the snapshot; delete the snapshot "
+            "(SnapshotStore.delete) to rebuild the aggregate from its events",
+        )
+        self.stream_version = stream_version
 
 
 class ProjectionError(OrchestrixError):

@@ -23,22 +23,34 @@ from orchestrix.testing.contract import (
 )
 from orchestrix.testing.fencing_contract import FencingContract
 from orchestrix.testing.scenario import AggregateScenario, Like, SagaScenario, like
+from orchestrix.testing.snapshot_contract import (
+    ContractTally,
+    ContractTallyState,
+    SnapshotStoreContract,
+    SnapshotStores,
+    snapshot_contract_serializer,
+)
 from orchestrix.testing.strategies import identifiers, invalid_amounts, money, stream_names
 
 __all__ = [
     "AggregateScenario",
     "CheckpointStoreContract",
     "ContractEvent",
+    "ContractTally",
+    "ContractTallyState",
     "EventStoreContract",
     "FencingContract",
     "Like",
     "MoneyMoved",
     "NotRegistered",
     "SagaScenario",
+    "SnapshotStoreContract",
+    "SnapshotStores",
     "contract_serializer",
     "identifiers",
     "invalid_amounts",
     "like",
     "money",
+    "snapshot_contract_serializer",
     "stream_names",
 ]

@@ -308,4 +308,4 @@ def test_a_fresh_store_passes_its_own_layout_check(schema: str) -> None:
     for _ in range(2):  # created, then opened as it is
         with _open(DSN, schema=schema) as store:
             assert store.last_position() == 0
-    assert _tables(schema) == ["checkpoints", "events", "fences", "schema_version"]
+    assert _tables(schema) == ["checkpoints", "events", "fences", "schema_version", "snapshots"]

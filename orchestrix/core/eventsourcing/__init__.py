@@ -1,4 +1,4 @@
-"""Aggregates, the repository, and the EventStore protocol."""
+"""Aggregates, the repository, the EventStore protocol, and snapshots."""
 
 from orchestrix.core.eventsourcing.aggregate import (
     AggregateRepository,
@@ -9,6 +9,7 @@ from orchestrix.core.eventsourcing.aggregate import (
 )
 from orchestrix.core.eventsourcing.fencing import Fence, Lease, current_fence, fenced
 from orchestrix.core.eventsourcing.keys import KEY_EVENTS, KeyRefused, decided_once
+from orchestrix.core.eventsourcing.snapshot import Snapshot, SnapshotStore
 from orchestrix.core.eventsourcing.store import (
     ANY,
     NO_STREAM,
@@ -30,6 +31,8 @@ __all__ = [
     "Fence",
     "KeyRefused",
     "Lease",
+    "Snapshot",
+    "SnapshotStore",
     "StreamAppend",
     "applies",
     "current_fence",

@@ -62,6 +62,7 @@ from orchestrix.infrastructure.file._request import prepare, prepare_many
 from orchestrix.infrastructure.file._view import LogView, ahead
 from orchestrix.infrastructure.file.checkpoint import FileCheckpointStore
 from orchestrix.infrastructure.file.errors import InvalidStoreOptionError, ReadOnlyStoreError
+from orchestrix.infrastructure.file.snapshot import SNAPSHOT_DIR, FileSnapshotStore
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -339,6 +340,13 @@ class FileEventStore(AsyncStoreMixin):
         """
         return FileCheckpointStore(os.path.join(self.path, CHECKPOINT_FILE), read_only=self.read_only)
 
+    def snapshots(self) -> FileSnapshotStore:
+        """A SnapshotStore in the ``snapshots`` directory of the store directory, encoding with
+        this store's serializer and syncing as it does."""
+        return FileSnapshotStore(
+            os.path.join(self.path, SNAPSHOT_DIR), self._serializer, sync=self._view.log.syncs.durable
+        )
+
     @staticmethod
     def is_store(path: str | os.PathLike[str]) -> bool:
         """Whether ``path`` holds a file store (its STORE marker), without opening or creating one."""
@@ -363,6 +371,7 @@ class FileEventStore(AsyncStoreMixin):
                 or name.endswith(".tmp")
             ):
                 os.unlink(os.path.join(path, name))
+        FileSnapshotStore.destroy(os.path.join(path, SNAPSHOT_DIR))
         with contextlib.suppress(OSError):  # files of the user's own stay, and so does the directory
             os.rmdir(path)
 

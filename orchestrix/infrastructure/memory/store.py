@@ -34,6 +34,7 @@ from orchestrix.core.eventsourcing.fencing import Fence, current_fence
 from orchestrix.core.eventsourcing.store import ANY, NO_STREAM, AppendResult, StreamAppend
 from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
 from orchestrix.core.messaging.serializer import Serializer, StructuralSerializer
+from orchestrix.infrastructure.memory.snapshot import InMemorySnapshotStore
 
 __all__ = ["InMemoryEventStore"]
 
@@ -68,6 +69,7 @@ class InMemoryEventStore:
         self._closed = False
         self._async_waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
         self._fences: dict[str, int] = {}
+        self._snapshots = InMemorySnapshotStore(serializer)
 
     checks_fences = True
     """Appends made under a fence (:func:`~orchestrix.core.eventsourcing.fencing.fenced`) are checked."""
@@ -262,6 +264,10 @@ class InMemoryEventStore:
                 continue
             with contextlib.suppress(RuntimeError):  # that loop has closed meanwhile
                 loop.call_soon_threadsafe(woken.set)
+
+    def snapshots(self) -> InMemorySnapshotStore:
+        """The SnapshotStore that lives as long as this store, encoding with its serializer."""
+        return self._snapshots
 
     def close(self) -> None:
         """Refuse further appends and wake every waiter."""

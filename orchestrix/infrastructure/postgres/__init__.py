@@ -23,6 +23,7 @@ from orchestrix.infrastructure.postgres.errors import (
     SchemaNotInitializedError,
 )
 from orchestrix.infrastructure.postgres.lease import PartitionLease
+from orchestrix.infrastructure.postgres.snapshot import PostgresSnapshotStore
 from orchestrix.infrastructure.postgres.store import PostgresEventStore
 
 __all__ = [
@@ -37,5 +38,6 @@ __all__ = [
     "PartitionLease",
     "PostgresCheckpointStore",
     "PostgresEventStore",
+    "PostgresSnapshotStore",
     "SchemaNotInitializedError",
 ]

@@ -22,7 +22,7 @@ from orchestrix.infrastructure.postgres.errors import SchemaNotInitializedError
 
 __all__: list[str] = []
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The layout this code reads and writes; older layouts are migrated on open."""
 
 POSITION_SHIFT = 2**20
@@ -90,6 +90,22 @@ _MIGRATIONS: dict[int, list[sql.SQL]] = {
             )"""
         ),
     ],
+    # Aggregate snapshots, one per stream, apart from the events (docs/snapshots.md).
+    3: [
+        sql.SQL(
+            """CREATE TABLE IF NOT EXISTS {schema}.snapshots (
+                stream text NOT NULL,
+                version bigint NOT NULL CHECK (version >= 0),
+                event_id uuid NOT NULL,
+                schema_version bigint NOT NULL CHECK (schema_version >= 0),
+                state_type text NOT NULL,
+                state text NOT NULL,
+                refusals text NOT NULL,
+                taken_at timestamptz NOT NULL DEFAULT now(),
+                CONSTRAINT snapshots_pkey PRIMARY KEY (stream)
+            )"""
+        ),
+    ],
 }
 
 
@@ -112,6 +128,16 @@ _LAYOUT: dict[str, dict[str, tuple[str, bool, bool]]] = {
         "position": ("bigint", True, False),
         "updated_at": ("timestamp with time zone", True, True),
     },
+    "snapshots": {
+        "stream": ("text", True, False),
+        "version": ("bigint", True, False),
+        "event_id": ("uuid", True, False),
+        "schema_version": ("bigint", True, False),
+        "state_type": ("text", True, False),
+        "state": ("text", True, False),
+        "refusals": ("text", True, False),
+        "taken_at": ("timestamp with time zone", True, True),
+    },
 }
 # The unique constraints appends and checkpoints rely on (by name: a unique violation is told
 # apart by its constraint), with their columns in order.
@@ -122,6 +148,7 @@ _KEYS: dict[str, dict[str, tuple[str, ...]]] = {
         EVENT_ID_CONSTRAINT: ("event_id",),
     },
     "checkpoints": {"checkpoints_pkey": ("name",)},
+    "snapshots": {"snapshots_pkey": ("stream",)},
 }
 
 

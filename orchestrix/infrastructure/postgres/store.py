@@ -42,6 +42,7 @@ from orchestrix.infrastructure.postgres._schema import (
     validate_schema_name,
 )
 from orchestrix.infrastructure.postgres.checkpoint import PostgresCheckpointStore
+from orchestrix.infrastructure.postgres.snapshot import PostgresSnapshotStore
 
 __all__ = ["PostgresEventStore"]
 
@@ -109,6 +110,10 @@ class PostgresEventStore:
     def checkpoints(self) -> PostgresCheckpointStore:
         """A CheckpointStore in the same schema, sharing this store's connections."""
         return PostgresCheckpointStore._sharing(self._db, self._st)
+
+    def snapshots(self) -> PostgresSnapshotStore:
+        """A SnapshotStore in the same schema, sharing this store's connections and serializer."""
+        return PostgresSnapshotStore._sharing(self._db, self._schema, self._serializer)
 
     # -- fencing --------------------------------------------------------------------------------
 
