@@ -186,6 +186,10 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--stream", metavar="NAME", help="replay this stream")
     which.add_argument("--all", action="store_true", help="replay the whole store in global order")
     replay.set_defaults(run=_replay)
+
+    from orchestrix import _cli_copy
+
+    _cli_copy.add_parser(commands, _non_negative_float, _positive_int)
     return parser
 
 
