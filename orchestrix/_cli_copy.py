@@ -11,7 +11,6 @@ import os
 from typing import Any
 
 from orchestrix.core.eventsourcing.copy import (
-    MARKER_STREAM,
     PassThroughSerializer,
     copy_store,
     tally,
@@ -25,7 +24,7 @@ def add_parser(commands: Any, non_negative_float: Any, positive_int: Any) -> Non
         help="copy every event of a store into another (file store <-> PostgreSQL), resumably",
         description="Copy every event of SOURCE into TARGET, keeping stream names, versions, event "
         "ids and the global order, then verify the copy. Stopped (Ctrl-C, a kill), it resumes "
-        f"where it stopped when run again; the target's stream {MARKER_STREAM!r} records how far it got.",
+        "where it stopped when run again, writing no event twice.",
     )
     copy.add_argument("source", metavar="SOURCE", help="a file store directory, or a postgresql:// DSN")
     copy.add_argument(
@@ -112,10 +111,10 @@ def _run(cli: Any, args: argparse.Namespace, source: Any, target: Any, decode_wi
     if result.copied:
         progress._reporter.finish(result.source_position, result.copied)
     # Verification reads both stores whole: the source as the copy wrote it (re-encoded with
-    # --upcast), the target as stored, leaving out the copy's own marker stream.
+    # --upcast), the target as stored.
     check = decode_with or PassThroughSerializer()
     expected = tally(source.store.read_all(), check)
-    found = tally(target.store.read_all(), PassThroughSerializer(), skip_stream=MARKER_STREAM)
+    found = tally(target.store.read_all(), PassThroughSerializer())
     differences = expected.differences(found)
     summary = {
         "kind": "copy",

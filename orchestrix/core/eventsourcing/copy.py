@@ -9,10 +9,11 @@ encoded again, which writes it as its class encodes now (its newest schema).
 
 Each page of events is one :meth:`~EventStore.append_many`: its streams' runs in source order,
 each expecting the stream to be at the version before its first event (so stream versions are
-kept, and a target stream that already holds other events is refused), plus one event on the
-copy's marker stream :data:`MARKER_STREAM` saying how far into the source the copy got. A page
-is stored whole or not at all, so a copy stopped anywhere (Ctrl-C, a kill) resumes after the
-last stored marker without writing any event twice. Event ids, stream names, versions,
+kept, and a target stream that already holds other events is refused), stored whole or not at
+all. Because the global order is kept, the target's last event marks how far the copy got: a
+copy stopped anywhere (Ctrl-C, a kill) resumes after that event's place in the source, found
+by its stream and version (and checked by its id), without writing any event twice. The target
+holds nothing but the copied events (no marker an application would have to decode). Event ids, stream names, versions,
 correlation and causation ids and the global order are kept; positions may differ (PostgreSQL
 numbers its own), and each event's ``recorded_at`` is the time of the copy, not the original's.
 """
@@ -28,14 +29,12 @@ from typing import Any
 import attrs
 
 from orchestrix._speedups import dumps, loads
-from orchestrix.core.errors import SerializationError
-from orchestrix.core.eventsourcing.store import NO_STREAM, EventStore, StreamAppend
+from orchestrix.core.errors import CopyTargetError
+from orchestrix.core.eventsourcing.store import EventStore, StreamAppend
 from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
 from orchestrix.core.messaging.serializer import RawSerializer, Serializer
 
 __all__ = [
-    "MARKER_STREAM",
-    "MARKER_TYPE",
     "CopyResult",
     "PassThroughSerializer",
     "StoredEvent",
@@ -44,10 +43,6 @@ __all__ = [
     "tally",
 ]
 
-MARKER_STREAM = "orchestrix.copy"
-"""The target stream where a copy records, page by page, how far into the source it got."""
-MARKER_TYPE = "orchestrix.CopyMarker"
-"""The type name of the marker events."""
 DEFAULT_PAGE = 1000
 """Events per atomic page: big enough to amortize a commit, small enough to redo cheaply."""
 
@@ -146,40 +141,39 @@ def copy_store(
     PassThroughSerializer), resuming after the target's last copy marker."""
     now = clock or time.monotonic
     began = now()
-    marker_version, after, skipped = _resume_point(target)
+    after, skipped = _resume_point(source, target)
     last = source.last_position()
     copied = 0
     position = after
     for batch in _pages(source.read_all(after=after), page):
         position = batch[-1].position
-        appends = _page_appends(batch, decode_with)
-        marker = {"source_position": position, "copied": skipped + copied + len(batch)}
-        appends.append(
-            StreamAppend(
-                MARKER_STREAM,
-                [NewEvent(StoredEvent(MARKER_TYPE, dumps(marker).encode()))],
-                marker_version,
-            )
-        )
-        target.append_many(appends)
-        marker_version = 0 if marker_version == NO_STREAM else marker_version + 1
+        target.append_many(_page_appends(batch, decode_with))
         copied += len(batch)
         if progress is not None:
             progress(position, copied, last)
-    return CopyResult(copied, skipped, max(position, after), now() - began)
+    return CopyResult(copied, skipped, position, now() - began)
 
 
-def _resume_point(target: EventStore) -> tuple[int, int, int]:
-    """(marker stream version, source position to read after, events copied) from the target."""
-    version = target.stream_version(MARKER_STREAM)
-    if version == NO_STREAM:
-        return NO_STREAM, 0, 0
-    last = next(iter(target.read_stream(MARKER_STREAM, version)))
-    event = last.event
-    if not isinstance(event, StoredEvent) or event.type_name != MARKER_TYPE:
-        raise SerializationError(last.event_type, f"stream {MARKER_STREAM!r} holds an event that is no copy marker")
-    marker = loads(event.data)
-    return version, int(marker["source_position"]), int(marker["copied"])
+def _resume_point(source: EventStore, target: EventStore) -> tuple[int, int]:
+    """(source position to read after, events copied before) from the target's last event."""
+    end = target.last_position()
+    if end == 0:
+        return 0, 0
+    last = next(iter(target.read_all(after=end - 1, limit=1)))
+    original = next(iter(source.read_stream(last.stream, last.version)), None)
+    if original is None or original.event_id != last.event_id or original.version != last.version:
+        raise CopyTargetError(last.stream, last.version)
+    # Events before it in the source were copied with it; counted for the report only.
+    return original.position, _count_until(source, original.position)
+
+
+def _count_until(source: EventStore, position: int) -> int:
+    count = 0
+    for recorded in source.read_all():
+        if recorded.position > position:
+            break
+        count += 1
+    return count
 
 
 def _pages(events: Iterable[RecordedEvent], size: int) -> Iterator[list[RecordedEvent]]:
@@ -220,19 +214,13 @@ def _page_appends(batch: list[RecordedEvent], decode_with: Serializer | None) ->
 def tally(
     events: Iterable[RecordedEvent],
     serializer: Serializer,
-    *,
-    skip_stream: str | None = None,
-    seen: Callable[[RecordedEvent], None] | None = None,
 ) -> Tally:
-    """Sum up ``events`` (read through ``serializer``) for verification, leaving out
-    ``skip_stream`` (the copy marker, on the target)."""
+    """Sum up ``events`` (read through ``serializer``) for verification."""
     count = 0
     versions: dict[str, int] = {}
     ids = 0
     digest = hashlib.sha256()
     for recorded in events:
-        if recorded.stream == skip_stream:
-            continue
         count += 1
         versions[recorded.stream] = recorded.version
         ids = (ids + recorded.event_id.int) % (1 << 128)
@@ -240,8 +228,6 @@ def tally(
         line = [recorded.stream, recorded.version, str(recorded.event_id), type_name, data]
         digest.update(_canonical(line).encode())
         digest.update(b"\n")
-        if seen is not None:
-            seen(recorded)
     return Tally(count, versions, ids, digest.hexdigest())
 
 
