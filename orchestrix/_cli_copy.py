@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
 
 from orchestrix.core.eventsourcing.copy import (
@@ -15,6 +16,8 @@ from orchestrix.core.eventsourcing.copy import (
     copy_store,
     tally,
 )
+from orchestrix.core.execution.progress import Progress as ProgressReport
+from orchestrix.core.execution.progress import ProgressReporter
 
 
 def add_parser(commands: Any, non_negative_float: Any, positive_int: Any) -> None:
@@ -30,9 +33,13 @@ def add_parser(commands: Any, non_negative_float: Any, positive_int: Any) -> Non
     copy.add_argument(
         "target", metavar="TARGET", help="a file store directory (created if missing), or a postgresql:// DSN"
     )
-    copy.add_argument("--schema", default="orchestrix", help="PostgreSQL schema of the source (default: orchestrix)")
     copy.add_argument(
-        "--target-schema", default=None, help="PostgreSQL schema of the target (default: --schema); created if missing"
+        "--schema", default="orchestrix", help="PostgreSQL schema of the source (default: orchestrix)"
+    )
+    copy.add_argument(
+        "--target-schema",
+        default=None,
+        help="PostgreSQL schema of the target (default: --schema); created if missing",
     )
     copy.add_argument(
         "--upcast",
@@ -41,7 +48,9 @@ def add_parser(commands: Any, non_negative_float: Any, positive_int: Any) -> Non
         "encodes now (its newest schema); without it, events are copied as stored",
     )
     copy.add_argument("--serializer", metavar="MODULE:FACTORY", help="your serializer factory (for --upcast)")
-    copy.add_argument("--page", type=positive_int, default=1000, help="events per atomic page (default: 1000)")
+    copy.add_argument(
+        "--page", type=positive_int, default=1000, help="events per atomic page (default: 1000)"
+    )
     copy.add_argument(
         "--progress-every",
         type=non_negative_float,
@@ -85,7 +94,9 @@ def _open_target(cli: Any, where: str, schema: str, serializer: Any) -> Any:
 
         shown = cli._hide_password(where)
         try:
-            store = PostgresEventStore(where, serializer, schema=schema, create_schema=True, retry_timeout=3.0)
+            store = PostgresEventStore(
+                where, serializer, schema=schema, create_schema=True, retry_timeout=3.0
+            )
         except Exception as exc:
             raise cli._Found(f"cannot open {shown}: {cli._scrub(str(exc), where)}") from None
         return cli._Opened(store, "postgresql", f"{shown} (schema {schema})")
@@ -99,17 +110,21 @@ def _open_target(cli: Any, where: str, schema: str, serializer: Any) -> Any:
 
 
 def _run(cli: Any, args: argparse.Namespace, source: Any, target: Any, decode_with: Any) -> int:
-    last = source.store.last_position()
-    progress = cli._progress(args, "copy", last)
+    reporter: ProgressReporter[ProgressReport] | None = None
+
+    def progress(start: int, position: int, copied: int, last: int) -> None:
+        nonlocal reporter
+        if reporter is None:  # made at the first page: a resumed run's way starts where it resumed
+            reporter = ProgressReporter(
+                "copy", _report, record=ProgressReport, start=start, target=last, every=args.progress_every
+            )
+        reporter.reached(position, copied)
+
     result = copy_store(
-        source.store,
-        target.store,
-        decode_with=decode_with,
-        page=args.page,
-        progress=lambda position, copied, _last: progress.tick(copied, position),
+        source.store, target.store, decode_with=decode_with, page=args.page, progress=progress
     )
-    if result.copied:
-        progress._reporter.finish(result.source_position, result.copied)
+    if reporter is not None:
+        reporter.finish(result.source_position, result.copied)
     # Verification reads both stores whole: the source as the copy wrote it (re-encoded with
     # --upcast), the target as stored.
     check = decode_with or PassThroughSerializer()
@@ -147,3 +162,7 @@ def _run(cli: Any, args: argparse.Namespace, source: Any, target: Any, decode_wi
     if differences:
         raise cli._Found("verification failed: " + "; ".join(differences))
     return 0
+
+
+def _report(record: ProgressReport) -> None:
+    print(record.text().replace("events read", "events copied"), file=sys.stderr, flush=True)

@@ -56,13 +56,20 @@ def test_file_to_file_keeps_streams_versions_ids_payloads_and_order(
     _fill(tmp_path / "src", 120)
     assert main(["copy", str(tmp_path / "src"), str(tmp_path / "dst"), "--page", "16", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert (summary["copied"], summary["events"], summary["streams"], summary["verified"]) == (120, 120, 7, True)
+    assert (summary["copied"], summary["events"], summary["streams"], summary["verified"]) == (
+        120,
+        120,
+        7,
+        True,
+    )
     source, copied = _events(tmp_path / "src"), _events(tmp_path / "dst")
     assert [_key(e) for e in copied] == [_key(e) for e in source]
     assert [e.event for e in copied] == [e.event for e in source]
 
 
-def test_a_second_run_copies_nothing_and_verifies_again(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_second_run_copies_nothing_and_verifies_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _fill(tmp_path / "src", 30)
     assert main(["copy", str(tmp_path / "src"), str(tmp_path / "dst")]) == 0
     capsys.readouterr()
@@ -95,7 +102,10 @@ def test_verification_names_what_differs(tmp_path: Path) -> None:
     differences = expected.differences(found)
     assert differences[0] == "event count 20 in the source, 21 in the target"
     assert differences[1] == "stream versions differ: 'acct-3' (version 2 vs 3)"
-    assert differences[2:] == ["the sets of event ids differ", "the payload checksum differs (payloads, types or order)"]
+    assert differences[2:] == [
+        "the sets of event ids differ",
+        "the payload checksum differs (payloads, types or order)",
+    ]
     assert expected.differences(expected) == []
 
 

@@ -13,9 +13,11 @@ kept, and a target stream that already holds other events is refused), stored wh
 all. Because the global order is kept, the target's last event marks how far the copy got: a
 copy stopped anywhere (Ctrl-C, a kill) resumes after that event's place in the source, found
 by its stream and version (and checked by its id), without writing any event twice. The target
-holds nothing but the copied events (no marker an application would have to decode). Event ids, stream names, versions,
-correlation and causation ids and the global order are kept; positions may differ (PostgreSQL
-numbers its own), and each event's ``recorded_at`` is the time of the copy, not the original's.
+holds nothing but the copied events (no marker an application would have to decode).
+
+Event ids, stream names, versions, correlation and causation ids and the global order are
+kept; positions may differ (PostgreSQL numbers its own), and each event's ``recorded_at`` is
+the time of the copy, not the original's (the stores' public appends stamp their own time).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 
 import attrs
 
-from orchestrix._speedups import dumps, loads
+from orchestrix._speedups import loads
 from orchestrix.core.errors import CopyTargetError
 from orchestrix.core.eventsourcing.store import EventStore, StreamAppend
 from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
@@ -95,7 +97,11 @@ class Tally:
         found = []
         if self.events != other.events:
             found.append(f"event count {self.events:,} in the source, {other.events:,} in the target")
-        streams = [s for s in self.versions.keys() | other.versions.keys() if self.versions.get(s) != other.versions.get(s)]
+        streams = [
+            s
+            for s in self.versions.keys() | other.versions.keys()
+            if self.versions.get(s) != other.versions.get(s)
+        ]
         if streams:
             shown = ", ".join(
                 f"{s!r} (version {self.versions.get(s, 'none')} vs {other.versions.get(s, 'none')})"
@@ -123,8 +129,9 @@ class CopyResult:
     seconds: float
 
 
-Progress = Callable[[int, int, int], None]
-"""Called as ``progress(source_position, events_copied, source_last_position)``."""
+Progress = Callable[[int, int, int, int], None]
+"""Called after each page as ``progress(start, source_position, events_copied, source_last_position)``;
+``start`` is the source position the run began after (not 0 when it resumed)."""
 
 
 def copy_store(
@@ -138,7 +145,7 @@ def copy_store(
 ) -> CopyResult:
     """Copy every event of ``source`` (read through a :class:`PassThroughSerializer`, or
     through ``decode_with`` to re-encode each event) into ``target`` (opened with a
-    PassThroughSerializer), resuming after the target's last copy marker."""
+    PassThroughSerializer), resuming after the target's last event."""
     now = clock or time.monotonic
     began = now()
     after, skipped = _resume_point(source, target)
@@ -150,7 +157,7 @@ def copy_store(
         target.append_many(_page_appends(batch, decode_with))
         copied += len(batch)
         if progress is not None:
-            progress(position, copied, last)
+            progress(after, position, copied, last)
     return CopyResult(copied, skipped, position, now() - began)
 
 
