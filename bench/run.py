@@ -3,7 +3,7 @@
 
     python3 bench/run.py [SUITE ...] [--reps N] [--json OUT.json] [--quick] [--rev REV]
 
-Suites: memory, file, postgres, multistream, saga (default: all). Every workload runs in a fresh child
+Suites: memory, file, postgres, multistream, copy, saga (default: all). Every workload runs in a fresh child
 process per repetition, with a fresh store; repetitions are interleaved across workloads so
 that machine drift hits every side alike. Prints medians [min-max], ratios and targets, and
 writes JSON (default bench/results/<timestamp>.json). On first run it creates bench/.venv
@@ -357,6 +357,27 @@ SUITES: dict[str, tuple[list[Row], list[Check]]] = {
                 "orx_pg_pair_two",
                 1.5,
                 source="issue 17",
+            ),
+        ],
+    ),
+    "copy": (
+        [
+            Row(
+                "orx_copy_file_pg",
+                "orchestrix copy  file store -> PostgreSQL, 100k events",
+                "copy.file_to_pg",
+                "ev/s",
+                params={"n": 100_000},
+            ),
+        ],
+        [
+            Check(
+                "copy file -> PostgreSQL >= 20k ev/s",
+                "orx_copy_file_pg",
+                None,
+                20_000,
+                kind="min",
+                source="issue 15",
             ),
         ],
     ),

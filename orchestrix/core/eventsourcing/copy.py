@@ -37,6 +37,8 @@ from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
 from orchestrix.core.messaging.serializer import RawSerializer, Serializer
 
 __all__ = [
+    "DEFAULT_PAGE",
+    "Progress",
     "CopyResult",
     "PassThroughSerializer",
     "StoredEvent",
