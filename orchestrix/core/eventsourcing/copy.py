@@ -30,7 +30,7 @@ from typing import Any
 
 import attrs
 
-from orchestrix._speedups import loads
+from orchestrix._speedups import dumps, loads
 from orchestrix.core.errors import CopyTargetError
 from orchestrix.core.eventsourcing.store import EventStore, StreamAppend
 from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
@@ -59,27 +59,36 @@ class StoredEvent:
     data: bytes
 
 
-class PassThroughSerializer(RawSerializer):
+class PassThroughSerializer(Serializer):
     """Reads events as :class:`StoredEvent` (the stored bytes) and writes them back unchanged.
 
-    Only a :class:`StoredEvent` can be encoded: a copy writes exactly what it read.
+    It registers no types and encodes only a :class:`StoredEvent`: a copy writes exactly
+    what it read, and no stored type name makes it look up, build or import a class.
     """
+
+    def register(self, cls: type, name: str | None = None) -> type:
+        """Refuse: every type passes through the same way."""
+        return RawSerializer().register(cls, name)
 
     def decode(self, type_name: str, data: bytes | str) -> StoredEvent:
         """Keep the stored JSON as bytes."""
         return StoredEvent(type_name, data.encode() if isinstance(data, str) else bytes(data))
 
+    def from_dict(self, type_name: str, data: dict[str, Any]) -> StoredEvent:
+        """The StoredEvent of ``type_name`` holding ``data`` as compact JSON."""
+        return StoredEvent(type_name, dumps(data).encode())
+
     def encode(self, obj: object) -> tuple[str, bytes]:
         """Write a StoredEvent's type name and bytes as they are."""
         if isinstance(obj, StoredEvent):
             return obj.type_name, obj.data
-        return super().encode(obj)  # refuses
+        return RawSerializer().encode(obj)  # refuses, naming the type
 
     def to_dict(self, obj: object) -> tuple[str, dict[str, Any]]:
         """A StoredEvent's type name and parsed JSON."""
         if isinstance(obj, StoredEvent):
             return obj.type_name, loads(obj.data)
-        return super().to_dict(obj)  # refuses
+        return RawSerializer().to_dict(obj)  # refuses, naming the type
 
 
 @attrs.frozen
