@@ -3,9 +3,10 @@
 
     python3 bench/run.py [SUITE ...] [--reps N] [--json OUT.json] [--quick] [--rev REV]
 
-Suites: memory, file, postgres, multistream, saga, deadlines, snapshots (default: all). Every
-workload runs in a fresh child process per repetition, with a fresh store; repetitions are
-interleaved across workloads so that machine drift hits every side alike. Prints medians [min-max], ratios and targets, and
+Suites: memory, file, postgres, multistream, copy, saga, deadlines, snapshots (default: all).
+Every workload runs in a fresh child process per repetition, with a fresh store; repetitions are
+interleaved across workloads so that machine drift hits every side alike. Prints medians
+[min-max], ratios and targets, and
 writes JSON (default bench/results/<timestamp>.json). On first run it creates bench/.venv
 with eventsourcing==9.5.6, psycopg and orchestrix (editable); the project itself never
 depends on eventsourcing.
@@ -360,6 +361,27 @@ SUITES: dict[str, tuple[list[Row], list[Check]]] = {
             ),
         ],
     ),
+    "copy": (
+        [
+            Row(
+                "orx_copy_file_pg",
+                "orchestrix copy  file store -> PostgreSQL, 100k events",
+                "copy.file_to_pg",
+                "ev/s",
+                params={"n": 100_000},
+            ),
+        ],
+        [
+            Check(
+                "copy file -> PostgreSQL >= 20k ev/s",
+                "orx_copy_file_pg",
+                None,
+                20_000,
+                kind="min",
+                source="issue 15",
+            ),
+        ],
+    ),
     "saga": (
         [
             Row(
@@ -421,6 +443,9 @@ SUITES: dict[str, tuple[list[Row], list[Check]]] = {
                 0.050,
                 kind="max",
                 source="issue 16",
+            ),
+        ],
+    ),
     "snapshots": (
         [
             Row(

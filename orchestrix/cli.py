@@ -188,6 +188,10 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true", help="replay the whole store in global order")
     replay.set_defaults(run=_replay)
     _cli_sagas.add_commands(commands, store)
+
+    from orchestrix import _cli_copy
+
+    _cli_copy.add_parser(commands, _non_negative_float, _positive_int)
     return parser
 
 

@@ -28,7 +28,8 @@ Errors carry their facts as attributes, so callers branch on data, not on messag
     │   ├── StoreClosedError
     │   ├── StoreFailedError             a failed fsync poisoned the store until reopened
     │   ├── CorruptionError              file, offset
-    │   └── StoreFormatError             path: not a store, or a newer format
+    │   ├── StoreFormatError             path: not a store, or a newer format
+    │   └── CopyTargetError              stream, version: a copy's target holds other events
     ├── ProjectionError                  projection, position: a projection's handler or hook failed
     ├── SagaError                        saga and runner problems
     │   ├── UnknownCommandError (LookupError)  no handler for a command a saga sent
@@ -82,6 +83,7 @@ __all__ = [
     "StoreError",
     "StoreFailedError",
     "StoreFormatError",
+    "CopyTargetError",
     "StreamNotFoundError",
     "UnhandledEventError",
     "UnknownCommandError",
@@ -390,6 +392,19 @@ class StoreFormatError(StoreError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class CopyTargetError(StoreError):
+    """A copy's target ends with an event that is not the source's: it holds other events, so
+    the copy cannot resume there (copy into an empty store, or the one it started)."""
+
+    def __init__(self, stream: str, version: int) -> None:
+        super().__init__(
+            f"the target's last event (stream {stream!r}, version {version}) is not in the source: "
+            "the target holds other events; copy into an empty store"
+        )
+        self.stream = stream
+        self.version = version
 
 
 class SagaError(OrchestrixError):
