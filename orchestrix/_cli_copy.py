@@ -11,6 +11,7 @@ import os
 import sys
 from typing import Any
 
+from orchestrix._cli_format import UsageError
 from orchestrix.core.eventsourcing.copy import (
     PassThroughSerializer,
     copy_store,
@@ -66,9 +67,9 @@ def run(args: argparse.Namespace) -> int:
     from orchestrix import cli
 
     if args.upcast and args.serializer is None:
-        raise cli._UsageError("--upcast needs --serializer: events are decoded and encoded again through it")
+        raise UsageError("--upcast needs --serializer: events are decoded and encoded again through it")
     if args.serializer is not None and not args.upcast:
-        raise cli._UsageError("--serializer is only used with --upcast (a plain copy keeps the stored JSON)")
+        raise UsageError("--serializer is only used with --upcast (a plain copy keeps the stored JSON)")
     decode_with = cli._serializer(args.serializer) if args.upcast else None
     passthrough = PassThroughSerializer()
     source = _open_source(cli, args, decode_with or passthrough)

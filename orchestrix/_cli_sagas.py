@@ -43,10 +43,10 @@ class _SagaTools(RawSerializer):
             return self._known.decode(type_name, data)
         return super().decode(type_name, data)
 
-    def from_dict(self, type_name: str, data: dict[str, Any]) -> Any:  # type: ignore[override]
+    def from_dict(self, type_name: str, data: dict[str, Any]) -> Any:
         if type_name in self._known.type_names:
             return self._known.from_dict(type_name, data)
-        return RawEvent(type_name, data)  # type: ignore[arg-type]  # attrs converts it
+        return RawEvent(type_name, data)
 
 
 def tool_serializer() -> Serializer:

@@ -72,8 +72,8 @@ class ContractTally(AggregateRoot):
 
     def __init__(self, id: str | None = None) -> None:
         super().__init__(id)
-        self.count = 0
-        self.total = Decimal(0)
+        self.count: int = 0
+        self.total: Decimal = Decimal(0)
         self.notes: list[str] = []
 
     def add(self, n: int, note: str = "") -> None:
@@ -282,10 +282,11 @@ class SnapshotStoreContract:
         self, snapshots: SnapshotStore, schema_version: Any
     ) -> None:
         snapshots.save(_snap())
-        for call in (
+        calls: tuple[Callable[[], object], ...] = (
             lambda: snapshots.load("s", schema_version),
             lambda: asyncio.run(snapshots.load_async("s", schema_version)),
-        ):
+        )
+        for call in calls:
             with pytest.raises(InvalidArgumentError) as raised:
                 call()
             assert raised.value.parameter == "schema_version"

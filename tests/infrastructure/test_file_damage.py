@@ -72,7 +72,6 @@ def test_a_record_copied_to_the_end_of_a_full_segment_is_corruption_on_every_rea
     assert (raised.value.path, raised.value.offset) == (str(first), at)
 
 
-
 # -- a log shorter than it was -------------------------------------------------------------------
 
 

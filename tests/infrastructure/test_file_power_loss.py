@@ -238,9 +238,7 @@ def _data_variants(inode: Inode, rng: random.Random) -> list[bytes]:
         outcomes.append([(op, None) for op in pending[:p]])
         if p < len(pending) and pending[p].kind == "write":  # and the next write torn
             sectors = _sectors(pending[p])
-            subsets = [
-                set(c) for r in range(1, len(sectors)) for c in itertools.combinations(sectors, r)
-            ]
+            subsets = [set(c) for r in range(1, len(sectors)) for c in itertools.combinations(sectors, r)]
             if len(subsets) > 6:
                 subsets = rng.sample(subsets, 6)
             outcomes.extend([*[(op, None) for op in pending[:p]], (pending[p], s)] for s in subsets)

@@ -26,15 +26,18 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
 from orchestrix._speedups import dumps, loads
 from orchestrix.core.errors import CopyTargetError
 from orchestrix.core.eventsourcing.store import EventStore, StreamAppend
+from orchestrix.core.messaging.evolution import Upcaster
 from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
 from orchestrix.core.messaging.serializer import RawSerializer, Serializer
+
+_C = TypeVar("_C", bound=type)
 
 __all__ = [
     "DEFAULT_PAGE",
@@ -66,9 +69,16 @@ class PassThroughSerializer(Serializer):
     what it read, and no stored type name makes it look up, build or import a class.
     """
 
-    def register(self, cls: type, name: str | None = None) -> type:
+    def register(
+        self,
+        cls: _C,
+        name: str | None = None,
+        *,
+        aliases: Iterable[str] = (),
+        upcasters: Iterable[Upcaster] = (),
+    ) -> _C:
         """Refuse: every type passes through the same way."""
-        return RawSerializer().register(cls, name)
+        return RawSerializer().register(cls, name, aliases=aliases, upcasters=upcasters)
 
     def decode(self, type_name: str, data: bytes | str) -> StoredEvent:
         """Keep the stored JSON as bytes."""

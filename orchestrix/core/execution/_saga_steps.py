@@ -322,9 +322,9 @@ class SagaSteps:
         """The runner's retry deadline came due: run the failed step again, from the saga's state.
 
         ``DeadlineFired`` is saved with the step's first decisions (before its first command)."""
-        saga, outcome = await self._take_due(cls, deadline)
+        saga, skipped = await self._take_due(cls, deadline)
         if saga is None:
-            return outcome
+            return skipped
         trigger = await self._read_at(saga.failed_position)
         seen[:] = [trigger] if trigger is not None else []
         outcome, cause = saga.resume(), None

@@ -247,8 +247,8 @@ class Saga(AggregateRoot):
         """Pending deadlines, by name."""
         self.retrying: StepFailed | None = None
         """The failure whose step waits for its retry deadline, if one does."""
-        self.failed_position = 0
-        self.failed_attempts = 0
+        self.failed_position: int = 0
+        self.failed_attempts: int = 0
         self.first_failed_at: datetime | None = None
         self._clock: Callable[[], datetime] = _utcnow
 

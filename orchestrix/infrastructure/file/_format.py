@@ -145,7 +145,7 @@ def _check_version(data: bytes, check_at: int, what: str) -> int:
     not match is damage (FormatProblem), unless it reads 1, whose headers had no check (their
     whole-header checksum is checked next, as it always was).
     """
-    version = U32.unpack_from(data, 8)[0]
+    version: int = U32.unpack_from(data, 8)[0]
     if len(data) >= check_at + 4 and U32.unpack_from(data, check_at)[0] == _crc32(data[:12]):
         if version > FORMAT_VERSION:
             reads = f"this code reads {OLDEST_FORMAT} to {FORMAT_VERSION}"

@@ -90,7 +90,7 @@ class recover:
             segment = log_.segment(n)
             if n != start.segment:
                 if held:  # a multi-stream append is written into one segment, never across two
-                    self._cut_held(numbers[k - 1 :], held, None)
+                    self._cut_held(numbers[k - 1 :], held, None, known)
                     return
                 if segment.base != position:
                     raise CorruptionError(

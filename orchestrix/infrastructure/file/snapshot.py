@@ -52,7 +52,7 @@ class FileSnapshotStore:
     """
 
     def __init__(self, path: str | os.PathLike[str], serializer: Serializer, *, sync: bool = True) -> None:
-        self.path = os.fspath(path)
+        self.path: str = os.fspath(path)
         self._serializer = serializer
         self._sync = sync
         self._threads = threading.Lock()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Generator
-from typing import Any
+from typing import Any, LiteralString
 
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
@@ -19,7 +19,7 @@ from orchestrix.core.eventsourcing.snapshot import (
 from orchestrix.core.messaging.serializer import Serializer
 from orchestrix.infrastructure.postgres._db import Database
 from orchestrix.infrastructure.postgres._ops import Op, Query
-from orchestrix.infrastructure.postgres._schema import ensure_schema, validate_schema_name
+from orchestrix.infrastructure.postgres._schema import _own_sql, ensure_schema, validate_schema_name
 
 __all__ = ["PostgresSnapshotStore"]
 
@@ -27,11 +27,15 @@ __all__ = ["PostgresSnapshotStore"]
 class _Statements:
     """The snapshot table's SQL for one schema, composed once."""
 
+    load: LiteralString
+    save: LiteralString
+    delete: LiteralString
+
     def __init__(self, schema: str) -> None:
         table = sql.SQL("{}.snapshots").format(sql.Identifier(schema))
 
-        def text(template: str) -> str:
-            return sql.SQL(template).format(snapshots=table).as_string(None)
+        def text(template: str) -> LiteralString:
+            return _own_sql(sql.SQL(_own_sql(template)).format(snapshots=table).as_string(None))
 
         columns = "stream, version, event_id, schema_version, state_type, state, refusals"
         self.load = text(f"SELECT {columns} FROM {{snapshots}} WHERE stream = %s")
