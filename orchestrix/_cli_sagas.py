@@ -103,12 +103,12 @@ def add_commands(commands: Any, store: argparse.ArgumentParser) -> None:
 # -- the commands ------------------------------------------------------------------------------
 
 
-def _opened(args: argparse.Namespace) -> Any:
+def _opened(args: argparse.Namespace, *, writable: bool = False) -> Any:
     from orchestrix import cli
 
     if args.serializer is None:
         args.serializer = SERIALIZER_SPEC
-    return cli._open(args)
+    return cli._open(args, writable=writable)
 
 
 def _print(value: Any) -> None:
@@ -181,13 +181,13 @@ def _letters_list(args: argparse.Namespace) -> int:
 
 
 def _letters_retry(args: argparse.Namespace) -> int:
-    with _opened(args) as opened:
+    with _opened(args, writable=True) as opened:
         letter = DeadLetters(opened.store).retry(args.id)
     return _requested(args, letter, "retry")
 
 
 def _letters_discard(args: argparse.Namespace) -> int:
-    with _opened(args) as opened:
+    with _opened(args, writable=True) as opened:
         letter = DeadLetters(opened.store).discard(args.id, args.reason)
     return _requested(args, letter, "discard")
 
@@ -220,7 +220,7 @@ def _sagas(args: argparse.Namespace) -> int:
     words = list(args.words)
     if words[0] == "retry" and len(words) == 3:
         args.store, stream = words[1], words[2]
-        with _opened(args) as opened:
+        with _opened(args, writable=True) as opened:  # the request is stored for the runner
             saga = request_saga_retry(opened.store, stream)
         if args.json:
             _print(_stuck_json(saga))

@@ -233,13 +233,13 @@ class _Opened:
 
 
 @contextlib.contextmanager
-def _open(args: argparse.Namespace) -> Iterator[_Opened]:
+def _open(args: argparse.Namespace, *, writable: bool = False) -> Iterator[_Opened]:
     serializer = _serializer(args.serializer)
     target: str = args.store
     if _is_dsn(target):
         opened = _open_postgres(target, args.schema, serializer)
     else:
-        opened = _open_file(target, serializer)
+        opened = _open_file(target, serializer, writable=writable)
     opened.serializer = serializer
     try:
         yield opened
@@ -247,7 +247,7 @@ def _open(args: argparse.Namespace) -> Iterator[_Opened]:
         opened.close()
 
 
-def _open_file(path: str, serializer: Serializer) -> _Opened:
+def _open_file(path: str, serializer: Serializer, *, writable: bool = False) -> _Opened:
     from orchestrix.infrastructure.file import FileEventStore
 
     # FileEventStore creates a store in a missing or empty directory; an inspecting tool must
@@ -258,9 +258,11 @@ def _open_file(path: str, serializer: Serializer) -> _Opened:
         raise _Found(f"{path}: no such directory, so not a file store (nothing was created)")
     if not FileEventStore.is_store(path):
         raise _Found(f"{path}: not an orchestrix file store (no STORE file); nothing was changed")
-    # Every command only reads: no writer lock (a live writer is never held up), no repair of a
-    # torn tail, no file created or written.
-    return _Opened(FileEventStore(path, serializer, read_only=True), "file", os.path.abspath(path))
+    # A command that only reads opens read-only: no writer lock (a live writer is never held
+    # up), no repair of a torn tail, no file created or written. Only the commands that store a
+    # request (dead-letters retry/discard, sagas retry) open the store as a writer.
+    store = FileEventStore(path, serializer, read_only=not writable)
+    return _Opened(store, "file", os.path.abspath(path))
 
 
 def _open_postgres(dsn: str, schema: str, serializer: Serializer) -> _Opened:
