@@ -142,7 +142,30 @@ class _World:
             self.handlers.handle(command)
 
 
-class AggregateScenario(Generic[A]):
+class _Scenario:
+    """What both scenarios offer: the store, its repository and the handlers they work with."""
+
+    _world: _World
+
+    @property
+    def store(self) -> EventStore:
+        """The store the scenario works on."""
+        return self._world.store
+
+    @property
+    def repository(self) -> AggregateRepository:
+        """The repository on that store (the handlers' repository)."""
+        return self._world.repository
+
+    @property
+    def handlers(self) -> Any:
+        """The handlers built from ``handlers=`` (for their queries); TypeError if there are none."""
+        if self._world.handlers is None:
+            raise TypeError("the scenario has no handlers: pass handlers=")
+        return self._world.handlers
+
+
+class AggregateScenario(_Scenario, Generic[A]):
     """Given past events of one aggregate, when a command, then the new events or the error.
 
     ``when`` takes a callable on the aggregate (``lambda account: account.withdraw(...)``: run
@@ -165,23 +188,6 @@ class AggregateScenario(Generic[A]):
         self._result: Any = None
         self._error: BaseException | None = None
         self._new: list[Any] = []
-
-    @property
-    def store(self) -> EventStore:
-        """The store the scenario works on."""
-        return self._world.store
-
-    @property
-    def repository(self) -> AggregateRepository:
-        """The repository on that store (the handlers' repository)."""
-        return self._world.repository
-
-    @property
-    def handlers(self) -> Any:
-        """The handlers built from ``handlers=`` (for their queries); TypeError if there are none."""
-        if self._world.handlers is None:
-            raise TypeError("the scenario has no handlers: pass handlers=")
-        return self._world.handlers
 
     @property
     def stream(self) -> str:
@@ -320,7 +326,7 @@ class _Recording:
         return await self.dispatcher.handle_async(command)
 
 
-class SagaScenario(Generic[S]):
+class SagaScenario(_Scenario, Generic[S]):
     """Given events, then the commands a saga sent and the state it reached, also after a redelivery.
 
     The saga's commands go to ``handlers`` (built on the scenario's repository, so their effects
@@ -356,23 +362,6 @@ class SagaScenario(Generic[S]):
         self.checkpoints: InMemoryCheckpointStore = InMemoryCheckpointStore()
         self.runner: SagaRunner = self._new_runner(self.checkpoints)
         self._since_commands = 0
-
-    @property
-    def store(self) -> EventStore:
-        """The store the scenario works on."""
-        return self._world.store
-
-    @property
-    def repository(self) -> AggregateRepository:
-        """The repository on that store (the handlers' repository)."""
-        return self._world.repository
-
-    @property
-    def handlers(self) -> Any:
-        """The handlers built from ``handlers=`` (for their queries); TypeError if there are none."""
-        if self._world.handlers is None:
-            raise TypeError("the scenario has no handlers: pass handlers=")
-        return self._world.handlers
 
     def given(self, *events: Any, stream: str | None = None) -> Self:
         """Store these events (in ``stream``; by default an event the saga applies itself goes to
