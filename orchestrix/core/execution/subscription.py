@@ -10,6 +10,8 @@ from __future__ import annotations
 import threading
 from collections.abc import AsyncIterator, Iterator
 
+from orchestrix.core import _io
+from orchestrix.core._io import run_sync
 from orchestrix.core.eventsourcing.store import EventStore
 from orchestrix.core.messaging.messages import RecordedEvent
 
@@ -28,15 +30,9 @@ def subscribe(
 
     Runs until ``stop`` is set (checked between pages and while idle).
     """
-    position = after
-    while stop is None or not stop.is_set():
-        seen = 0
-        for recorded in store.read_all(position, limit=page_size):
-            position = recorded.position
-            seen += 1
-            yield recorded
-        if seen < page_size:
-            store.wait_for_events(position, idle_timeout)
+    cursor = _Cursor(store, after, stop, page_size, idle_timeout)
+    while not cursor.stopped():
+        yield from run_sync(cursor.next_page())
 
 
 async def subscribe_async(
@@ -48,12 +44,37 @@ async def subscribe_async(
     idle_timeout: float = 0.5,
 ) -> AsyncIterator[RecordedEvent]:
     """Asyncio form of :func:`subscribe`; cancel the consuming task or set ``stop`` to end it."""
-    position = after
-    while stop is None or not stop.is_set():
-        seen = 0
-        async for recorded in store.read_all_async(position, limit=page_size):
-            position = recorded.position
-            seen += 1
+    cursor = _Cursor(store, after, stop, page_size, idle_timeout)
+    while not cursor.stopped():
+        for recorded in await cursor.next_page():
             yield recorded
-        if seen < page_size:
-            await store.wait_for_events_async(position, idle_timeout)
+
+
+class _Cursor:
+    """Where a subscription stands, and its next page: written once for both forms (the
+    generators above only hand the pages on)."""
+
+    def __init__(
+        self, store: EventStore, after: int, stop: threading.Event | None, page_size: int, idle_timeout: float
+    ) -> None:
+        self.store = store
+        self.position = after
+        self.stop = stop
+        self.page_size = page_size
+        self.idle_timeout = idle_timeout
+        self._caught_up = False
+
+    def stopped(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
+    async def next_page(self) -> list[RecordedEvent]:
+        """The next page; once caught up, it first waits (up to ``idle_timeout``) for new events."""
+        if self._caught_up:
+            await _io.wait_for_events(self.store, self.position, self.idle_timeout)
+            if self.stopped():
+                return []
+        page: list[RecordedEvent] = await _io.read_all(self.store, self.position, self.page_size)
+        if page:
+            self.position = page[-1].position
+        self._caught_up = len(page) < self.page_size
+        return page
