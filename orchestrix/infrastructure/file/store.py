@@ -96,8 +96,9 @@ class FileEventStore(AsyncStoreMixin):
     ``loop_sync_max``: asyncio appends are committed by the event loop itself, which then
     blocks for one fdatasync, while the disk's syncs average at most this many seconds (a
     hand-over to a writer thread and back can cost more than a fast sync); ``0``, the
-    default, keeps every sync off the loop, so that other tasks never wait for the disk. ``policy`` sets how long the writer lock is kept and which calls do the
-    file I/O (:class:`~orchestrix.infrastructure.file._policy.FilePolicy`; its defaults suit
+    default, keeps every sync off the loop, so that other tasks never wait for the disk.
+    ``policy`` sets how long the writer lock is kept and which calls do the file I/O
+    (:class:`~orchestrix.infrastructure.file._policy.FilePolicy`; its defaults suit
     production, tests and fault injection pass their own). Several stores (in this or other
     processes) may open one directory at once.
 
