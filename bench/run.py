@@ -155,6 +155,13 @@ SUITES: dict[str, tuple[list[Row], list[Check]]] = {
                 params={"n": 8_000, "procs": 4},
             ),
             Row(
+                "raw_pwrite4p",
+                "ceiling: 4 processes pwrite into one preallocated file + fdatasync each, no lock",
+                "file.raw_pwrite_procs",
+                "rec/s",
+                params={"n": 8_000, "procs": 4},
+            ),
+            Row(
                 "orx_write8",
                 "orchestrix  8 writer threads, own stream each, 1 event/append",
                 "file.orx_write8",
@@ -266,6 +273,13 @@ SUITES: dict[str, tuple[list[Row], list[Check]]] = {
                 source="issue 19",
             ),
             Check("4 writer processes / 1 process", "orx_procs4", "orx_procs1", 3.0, source="issue 19"),
+            Check(
+                "4 raw processes / 1 raw writer: the disk's concurrency (info)",
+                "raw_pwrite4p",
+                "raw_pwrite1",
+                None,
+            ),
+            Check("4 writer processes / 4 raw processes (info)", "orx_procs4", "raw_pwrite4p", None),
             Check("8 writers: orchestrix / in-place ceiling (info)", "orx_write8", "raw_pwrite1", None),
             Check(
                 "loop lag p99 <= 2 ms (file store)", "lag_file", None, 0.002, kind="max", source="issue 19"

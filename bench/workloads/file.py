@@ -529,3 +529,48 @@ def lag_pg(n: int = 4_000, tasks: int = 8) -> dict[str, Any]:
     with fresh_schema("lag") as schema:
         _pg_store(schema).close()
         return _lag(lambda: _pg_store(schema), n, tasks)
+
+
+def _raw_proc(i: int, barrier: Any, results: Any, path: str, count: int, procs: int) -> None:
+    import time
+
+    record = (payload(0) * 2).encode()[:RAW_RECORD_BYTES]
+    fd = os.open(path, os.O_RDWR)
+    try:
+        barrier.wait()
+        start = time.perf_counter()
+        for k in range(count):
+            os.pwrite(fd, record, (k * procs + i) * RAW_RECORD_BYTES)  # interleaved, like one log
+            os.fdatasync(fd)
+        results.put((start, time.perf_counter()))
+    finally:
+        os.close(fd)
+
+
+def raw_pwrite_procs(n: int = 8_000, procs: int = 4) -> dict[str, Any]:
+    """Ceiling for several writer processes: each pwrites records into one preallocated file and
+    fdatasyncs after each, with no lock: how many concurrent syncs the disk takes at once."""
+    import multiprocessing as mp
+
+    per = n // procs
+    with temp_dir() as path:
+        log = os.path.join(path, "log")
+        fd = os.open(log, os.O_RDWR | os.O_CREAT, 0o644)
+        chunk = bytes(1 << 20)
+        for offset in range(0, n * RAW_RECORD_BYTES + len(chunk), len(chunk)):
+            os.pwrite(fd, chunk, offset)
+        os.fsync(fd)
+        os.close(fd)
+        ctx = mp.get_context("spawn")
+        barrier = ctx.Barrier(procs)
+        results = ctx.Queue()
+        workers = [
+            ctx.Process(target=_raw_proc, args=(i, barrier, results, log, per, procs)) for i in range(procs)
+        ]
+        for w in workers:
+            w.start()
+        spans = [results.get(timeout=600) for _ in workers]
+        for w in workers:
+            w.join()
+        seconds = max(e for _, e in spans) - min(s for s, _ in spans)
+    return rate(per * procs, seconds)
