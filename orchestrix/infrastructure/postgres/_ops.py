@@ -28,7 +28,7 @@ from orchestrix.core.eventsourcing.fencing import Fence
 from orchestrix.core.eventsourcing.store import ANY, STREAM_EXISTS, AppendResult
 from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
 from orchestrix.core.messaging.serializer import Serializer
-from orchestrix.infrastructure.postgres._schema import EVENT_ID_CONSTRAINT, Statements
+from orchestrix.infrastructure.postgres._schema import EVENT_ID_CONSTRAINT, SMALL_MULTI_APPEND, Statements
 
 __all__: list[str] = []
 
@@ -183,9 +183,10 @@ def append_streams_op(
         "corr": [c for _, encoded, _ in parts for c in encoded.correlation],
         "caus": [c for _, encoded, _ in parts for c in encoded.causation],
     }
-    statement = st.append_streams
+    small = len(params["ids"]) <= SMALL_MULTI_APPEND  # see Statements.append_streams_small
+    statement = st.append_streams_small if small else st.append_streams
     if fence is not None:
-        statement = st.append_streams_fenced
+        statement = st.append_streams_small_fenced if small else st.append_streams_fenced
         params["fence"], params["gen"] = fence.name, fence.generation
     checked = [(stream, list(encoded.batch), expected) for stream, encoded, expected in parts]
     loose = all(expected in (ANY, STREAM_EXISTS) for _, _, expected in parts)
