@@ -34,8 +34,8 @@ def _plans(pool: ConnectionPool) -> list[tuple[int, int]]:
 
 
 def test_a_small_multi_stream_append_keeps_its_generic_plan(pool: ConnectionPool) -> None:
-    # Planning it afresh for every call cost twice its execution (0.18 ms against 0.09 ms): the
-    # arrays as constants made each custom plan look cheaper than the generic one.
+    # Planning it afresh for every call cost twice its execution (0.18 ms against 0.09 ms): with
+    # array parameters, each custom plan (the arrays as constants) looked cheaper than the generic one.
     with throwaway_schema(DSN, "msplan") as schema:
         store = PostgresEventStore(pool, contract_serializer(), schema=schema)
         try:
@@ -50,7 +50,7 @@ def test_a_small_multi_stream_append_keeps_its_generic_plan(pool: ConnectionPool
             assert plans[0] >= 10, f"re-planned on every call: {plans[0]} generic, {plans[1]} custom plans"
             big = [StreamAppend(f"page-{k}", [ContractEvent(k), ContractEvent(k)]) for k in range(40)]
             assert sum(len(a.events) for a in big) > SMALL_MULTI_APPEND
-            results = store.append_many(big)  # a page of a copy: the plain statement, planned for its arrays
+            results = store.append_many(big)  # a page of a copy: the array form, planned for its arrays
             assert [r.versions for r in results] == [(0, 1)] * len(big)
         finally:
             store.close()
