@@ -182,11 +182,11 @@ def _run_workload(directory: str, appends: int) -> Workload:
             # write and one sync, so a cut keeps all of their streams' events or none of them
             streams = [f"s-{k}" for k in range(3)]
             rng.shuffle(streams)
-            spread = rng.choice([2, 3]) if rng.randrange(4) == 0 else 1
+            spread = rng.choice([2, 2, 3]) if rng.randrange(4) == 0 else 1
             first = 0
             parts: list[tuple[str, list[int]]] = []
             for stream in streams[:spread]:
-                size = rng.choice([1, 1, 1, 1, 2, 10]) if spread == 1 else rng.choice([1, 2, 3])
+                size = rng.choice([1, 1, 1, 1, 2, 10]) if spread == 1 else rng.choice([1, 1, 2])
                 parts.append((stream, _batch_numbers(batch, first + size)[first:]))
                 first += size
             appended = [(stream, part, events(*part)) for stream, part in parts]
