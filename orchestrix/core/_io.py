@@ -207,7 +207,7 @@ async def holds(lease: Any) -> bool:
 async def call(function: Callable[..., Any], *args: Any) -> Any:
     """Call user code written either way: a plain function, or one returning an awaitable."""
     result = function(*args)
-    if not inspect.isawaitable(result):
+    if result is None or not inspect.isawaitable(result):  # None first: most handlers return it
         return result
     if _sync_mode.get():
         # A coroutine is run as itself, so an EventLoopRequiredError names the user's function.
