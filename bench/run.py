@@ -744,6 +744,9 @@ def _row_summary(row: Row, runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
     if values:
         out.update(median=statistics.median(values), min=min(values), max=max(values))
+        cpu = [r["cpu_ev_per_s"] for r in runs if r.get("cpu_ev_per_s")]
+        if cpu and len(cpu) == len(values):  # the same rate over the process's CPU time
+            out.update(cpu_median=statistics.median(cpu), cpu_min=min(cpu), cpu_max=max(cpu))
     else:
         reasons = {r.get("not_landed") or r.get("error") for r in runs}
         out["status"] = "not landed" if any("not_landed" in r for r in runs) else "error"
@@ -813,6 +816,9 @@ def print_suite(name: str, summary: dict[str, Any]) -> None:
             s = row["scale"]
             value = f"{_fmt(row['median'] * s):>10}  [{_fmt(row['min'] * s)} - {_fmt(row['max'] * s)}]"
             print(f"  {row['label']:<{width}}  {value:<34} {row['unit']}")
+            if "cpu_median" in row:
+                cpu = f"{_fmt(row['cpu_median'])}  [{_fmt(row['cpu_min'])} - {_fmt(row['cpu_max'])}]"
+                print(f"  {'  (same, per second of its CPU time)':<{width}}  {cpu:>10}{'':<4} {row['unit']}")
         else:
             print(f"  {row['label']:<{width}}  {row['status'].upper()}: {row['reason'][:150]}")
     print()
