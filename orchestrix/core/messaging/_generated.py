@@ -39,6 +39,7 @@ class _Field:
     decode: _Decoder
     nested: bool  # the codecs take (value, depth)
     has_default: bool
+    kw_only: bool = False  # the __init__ takes it by keyword only
 
 
 # Checks a field's value skips when it already has exactly its JSON type (and, for text, is
@@ -141,6 +142,7 @@ def _compile_decoder(cls: type, fields: list[_Field]) -> _Decoder:
     if optional:
         lines.append("    kw = {}")
     arguments = []
+    in_order = True  # the fields so far went positionally: the next required one may too
     for k, f in enumerate(fields):
         names[f"d{k}"] = f.decode
         if f.has_default:
@@ -167,8 +169,12 @@ def _compile_decoder(cls: type, fields: list[_Field]) -> _Decoder:
             f"{check_indent}    raise refused.at({'.' + f.key!r}) from None",
         ]
         if f.has_default or not _is_name(f.alias):
+            in_order = False
             lines.append(f"{indent}kw[{f.alias!r}] = v{k}")
+        elif in_order and not f.kw_only:
+            arguments.append(f"v{k}")  # positionally: a third cheaper than by keyword
         else:
+            in_order = False
             arguments.append(f"{f.alias}=v{k}")
     if optional:
         arguments.append("**kw")

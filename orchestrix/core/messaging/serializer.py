@@ -303,7 +303,9 @@ class Serializer:
                 raise SerializationError(type_name, f"field {field.name!r}: {exc}") from None
             has_default = field.default is not attrs.NOTHING
             alias = field.alias or field.name
-            fields.append(_Field(field.name, alias, annotation, enc, dec, nested, has_default))
+            fields.append(
+                _Field(field.name, alias, annotation, enc, dec, nested, has_default, bool(field.kw_only))
+            )
         encode, to_json = _compile_encoders(cls, fields)
         self._encoders[cls] = encode
         self._json_encoders[cls] = to_json
