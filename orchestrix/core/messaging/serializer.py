@@ -53,8 +53,8 @@ import enum
 import threading
 import types
 import typing
-from collections.abc import Iterable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar, TypeVar
 
 import attrs
 
@@ -96,6 +96,12 @@ class Serializer:
     Both directions check every field against its annotation (see the module's rules) and raise
     :class:`~orchestrix.core.errors.SerializationError` naming the type, the field and the value.
     """
+
+    # The per-class codecs' makers: generated source, or its plain loops (which the tests compare).
+    _forms: ClassVar[tuple[Callable[..., tuple[_Encoder, _Encoder]], Callable[..., _Decoder]]] = (
+        _compile_encoders,
+        _compile_decoder,
+    )
 
     def __init__(
         self,
@@ -306,10 +312,11 @@ class Serializer:
             fields.append(
                 _Field(field.name, alias, annotation, enc, dec, nested, has_default, bool(field.kw_only))
             )
-        encode, to_json = _compile_encoders(cls, fields)
+        make_encoders, make_decoder = self._forms
+        encode, to_json = make_encoders(cls, fields)
         self._encoders[cls] = encode
         self._json_encoders[cls] = to_json
-        self._decoders[cls] = _compile_decoder(cls, fields)
+        self._decoders[cls] = make_decoder(cls, fields)
 
     def _codec(self, tp: Any) -> tuple[_Encoder, _Decoder, bool]:
         """Encoder, decoder, and whether they nest (take a depth), for one annotation."""
