@@ -3,7 +3,8 @@
 
     python3 bench/run.py [SUITE ...] [--reps N] [--json OUT.json] [--quick] [--rev REV]
 
-Suites: memory, file, postgres, multistream, copy, saga, deadlines, snapshots (default: all).
+Suites: memory, file, postgres, multistream, copy, saga, deadlines, snapshots, projection
+(default: all).
 Every workload runs in a fresh child process per repetition, with a fresh store; repetitions are
 interleaved across workloads so that machine drift hits every side alike. Prints medians
 [min-max], ratios and targets, and
@@ -618,6 +619,46 @@ SUITES: dict[str, tuple[list[Row], list[Check]]] = {
             ),
         ],
     ),
+    "projection": (
+        [
+            Row(
+                "orx_catchup",
+                "orchestrix ProjectionRunner  catch up on 1M events (file store, typed events)",
+                "projection.orx_catchup",
+                "ev/s",
+                params={"n": 1_000_000},
+                prepare="projection.orx_build",
+            ),
+            Row(
+                "orx_read_all",
+                "floor: file store read_all 1M events, nothing done per event",
+                "projection.orx_read_all",
+                "ev/s",
+                params={"n": 1_000_000},
+                prepare="projection.orx_build",
+            ),
+            Row(
+                "es_catchup",
+                "eventsourcing SQLite  pull notifications + decode 1M (its followers' loop)",
+                "projection.es_catchup",
+                "ev/s",
+                params={"n": 1_000_000},
+                prepare="projection.es_build",
+            ),
+        ],
+        [
+            Check(
+                "catch-up >= 250k ev/s",
+                "orx_catchup",
+                None,
+                250_000,
+                kind="min",
+                source="issue 19",
+            ),
+            Check("catch-up: orchestrix vs peer", "orx_catchup", "es_catchup", None),
+            Check("catch-up / read_all floor (info)", "orx_catchup", "orx_read_all", None),
+        ],
+    ),
 }
 
 QUICK_KEYS = ("n",)
@@ -671,11 +712,17 @@ def git_commit() -> str:
 # -- running -------------------------------------------------------------------------------
 
 
-CODE = {"root": ROOT}
+PEER_PREFIXES = ("es_", "raw_")
+"""Workloads (by function name) that measure the peer or the machine, not orchestrix: in a --rev
+comparison their two trees run the same code, so their ratio shows the run's noise."""
 
 
 def export_rev(rev: str) -> str:
-    """Export orchestrix/ and bases/ at ``rev`` into a temp dir (read-only use of git); return it."""
+    """Export orchestrix/ and bases/ at ``rev`` into a temp dir (read-only use of git); return it.
+
+    ``git archive`` rather than ``git worktree add``: nothing is written to the repository's
+    shared metadata, and the children only need the package's files.
+    """
     path = tempfile.mkdtemp(prefix="orxbench-code-")
     archive = subprocess.run(
         ["git", "-C", ROOT, "archive", rev, "orchestrix", "bases"], capture_output=True, check=True
@@ -684,10 +731,9 @@ def export_rev(rev: str) -> str:
     return path
 
 
-def run_child(workload: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Run one workload in a fresh process; return its JSON result (or an error/not_landed dict)."""
+def run_child(workload: str, params: dict[str, Any], code: str = ROOT) -> dict[str, Any]:
+    """Run one workload in a fresh process on the orchestrix tree at ``code``; return its JSON result."""
     args = [VENV_PY, os.path.join(BENCH, "child.py"), workload, *(f"{k}={v}" for k, v in params.items())]
-    code = CODE["root"]
     env = dict(os.environ, PYTHONPATH=code, ORCHESTRIX_BENCH_CODE=code, PYTHONDONTWRITEBYTECODE="1")
     load_before = os.getloadavg()[0]
     try:
@@ -714,55 +760,108 @@ def quick_params(params: dict[str, Any], quick: bool) -> dict[str, Any]:
     return {k: max(1, v // 10) if k in QUICK_KEYS and isinstance(v, int) else v for k, v in params.items()}
 
 
-def run_suite(name: str, reps: int, quick: bool, only: set[str] | None = None) -> dict[str, Any]:
-    """All rows of a suite (or those in ``only``), ``reps`` times, interleaved; then medians and checks."""
+def run_suite(
+    name: str, reps: int, quick: bool, trees: dict[str, str] | None = None, only: set[str] | None = None
+) -> dict[str, Any]:
+    """All rows of a suite (or those in ``only``), ``reps`` times, interleaved; then medians and checks.
+
+    ``trees`` maps a label to an orchestrix tree (default: this checkout, labelled ``this``). With
+    two trees every row runs on each, one after the other within each repetition, and the
+    summary holds both and their comparison row by row.
+    """
+    trees = trees or {"this": ROOT}
     rows, checks = SUITES[name]
     if only is not None:
         rows = [r for r in rows if r.key in only]
         keys = {r.key for r in rows}
         checks = [c for c in checks if c.a in keys and (c.b is None or c.b in keys)]
-    results: dict[str, list[dict[str, Any]]] = {row.key: [] for row in rows}
-    prepared: dict[str, dict[str, Any]] = {}
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {t: {row.key: [] for row in rows} for t in trees}
+    prepared: dict[tuple[str, str, str], dict[str, Any]] = {}
     tmpdirs: list[str] = []
     load_start = os.getloadavg()
     started = time.time()
     try:
         for rep in range(reps):
             for row in rows:
-                params = quick_params(row.params, quick)
-                if row.prepare:
-                    if row.key not in prepared:
-                        path = tempfile.mkdtemp(prefix=f"orxbench-{row.key}-")
-                        tmpdirs.append(path)
-                        print(f"  [{name}] preparing {row.key} in {path} ...", flush=True)
-                        prepared[row.key] = run_child(row.prepare, {**params, "dir": path})
-                        prepared[row.key]["dir"] = path
-                    prep = prepared[row.key]
-                    if "error" in prep or "not_landed" in prep:
-                        results[row.key].append(dict(prep))
-                        continue
-                    params["dir"] = prep["dir"]
-                result = run_child(row.workload, params)
-                results[row.key].append(result)
-                print(f"  [{name}] rep {rep + 1}/{reps} {row.key}: {_brief(result, row)}", flush=True)
+                # Which tree goes first alternates: the second of two back-to-back runs of the
+                # same work finds caches warm and the box in another state.
+                order = list(trees.items())
+                if rep % 2:
+                    order.reverse()
+                for tree, code in order:
+                    params = quick_params(row.params, quick)
+                    tag = f"{row.key}" if len(trees) == 1 else f"{row.key} @{tree}"
+                    if row.prepare:
+                        # One preparation per (tree, workload, parameters): rows that read the same
+                        # data share it; each tree builds its own, as the format may differ.
+                        pkey = (tree, row.prepare, json.dumps(params, sort_keys=True))
+                        if pkey not in prepared:
+                            path = tempfile.mkdtemp(prefix=f"orxbench-{row.key}-")
+                            tmpdirs.append(path)
+                            print(f"  [{name}] preparing {tag} in {path} ...", flush=True)
+                            prepared[pkey] = run_child(row.prepare, {**params, "dir": path}, code)
+                            prepared[pkey]["dir"] = path
+                        prep = prepared[pkey]
+                        if "error" in prep or "not_landed" in prep:
+                            results[tree][row.key].append(dict(prep))
+                            continue
+                        params["dir"] = prep["dir"]
+                    result = run_child(row.workload, params, code)
+                    results[tree][row.key].append(result)
+                    print(f"  [{name}] rep {rep + 1}/{reps} {tag}: {_brief(result, row)}", flush=True)
     finally:
         for path in tmpdirs:
             subprocess.run(["rm", "-rf", path], check=False)
-    summary = {
+    by_key = {r.key: r for r in rows}
+    summaries: dict[str, dict[str, Any]] = {}
+    for tree in trees:
+        rows_out = {row.key: _row_summary(row, results[tree][row.key]) for row in rows}
+        summaries[tree] = {"rows": rows_out, "checks": [_check(c, by_key, rows_out) for c in checks]}
+    first = next(iter(trees))
+    summary: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "seconds": round(time.time() - started, 1),
         "loadavg_start": load_start,
         "loadavg_end": os.getloadavg(),
         "reps": reps,
-        "rows": {},
-        "checks": [],
-        "prepared": {k: v for k, v in prepared.items()},
+        "rows": summaries[first]["rows"],
+        "checks": summaries[first]["checks"],
+        "prepared": {" ".join(k[:2]): v for k, v in prepared.items()},
     }
-    for row in rows:
-        summary["rows"][row.key] = _row_summary(row, results[row.key])
-    for check in checks:
-        summary["checks"].append(_check(check, {r.key: r for r in rows}, summary["rows"]))
+    if len(trees) > 1:
+        summary["trees"] = {tree: {"code": code, **summaries[tree]} for tree, code in trees.items()}
+        other = list(trees)[1]
+        summary["compare"] = compare_rows(rows, summaries[first]["rows"], summaries[other]["rows"])
     return summary
+
+
+WORSE_BELOW = 0.95
+
+
+def compare_rows(rows: list[Row], this: dict[str, Any], rev: dict[str, Any]) -> list[dict[str, Any]]:
+    """Row by row, this tree vs the other: ratio of medians (> 1: this is better), per-rep range."""
+    out = []
+    for row in rows:
+        a, b = this[row.key], rev[row.key]
+        item: dict[str, Any] = {"key": row.key, "label": row.label, "unit": row.unit}
+        noise = row.workload.partition(".")[2].startswith(PEER_PREFIXES)
+        if "median" not in a or "median" not in b:
+            item["verdict"] = "n/a"
+        else:
+            paired = [_ratio(row, x, y) for x, y in zip(a["values"], b["values"], strict=False)]
+            ratio = _ratio(row, a["median"], b["median"])
+            item.update(this=a["median"], rev=b["median"], ratio=ratio, paired_min=min(paired))
+            item["paired_max"] = max(paired)
+            judged = ratio
+            if "cpu_median" in a and "cpu_median" in b:
+                # Judged on CPU time when the row reports it: on a shared box it moves far less.
+                judged = item["cpu_ratio"] = a["cpu_median"] / b["cpu_median"]
+            if noise:
+                item["verdict"] = "noise (peer/ceiling: same code on both sides)"
+            else:
+                item["verdict"] = "WORSE" if judged < WORSE_BELOW else "ok"
+        out.append(item)
+    return out
 
 
 def _brief(result: dict[str, Any], row: Row) -> str:
@@ -792,6 +891,9 @@ def _row_summary(row: Row, runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
     if values:
         out.update(median=statistics.median(values), min=min(values), max=max(values))
+        cpu = [r["cpu_ev_per_s"] for r in runs if r.get("cpu_ev_per_s")]
+        if cpu and len(cpu) == len(values):  # the same rate over the process's CPU time
+            out.update(cpu_median=statistics.median(cpu), cpu_min=min(cpu), cpu_max=max(cpu))
     else:
         reasons = {r.get("not_landed") or r.get("error") for r in runs}
         out["status"] = "not landed" if any("not_landed" in r for r in runs) else "error"
@@ -861,6 +963,9 @@ def print_suite(name: str, summary: dict[str, Any]) -> None:
             s = row["scale"]
             value = f"{_fmt(row['median'] * s):>10}  [{_fmt(row['min'] * s)} - {_fmt(row['max'] * s)}]"
             print(f"  {row['label']:<{width}}  {value:<34} {row['unit']}")
+            if "cpu_median" in row:
+                cpu = f"{_fmt(row['cpu_median'])}  [{_fmt(row['cpu_min'])} - {_fmt(row['cpu_max'])}]"
+                print(f"  {'  (same, per second of its CPU time)':<{width}}  {cpu:>10}{'':<4} {row['unit']}")
         else:
             print(f"  {row['label']:<{width}}  {row['status'].upper()}: {row['reason'][:150]}")
     print()
@@ -883,6 +988,23 @@ def print_suite(name: str, summary: dict[str, Any]) -> None:
         print(f"  {c['label']:<{cwidth}}  {shown:<24} {target:<10} {c['result']}")
 
 
+def print_compare(name: str, rev: str, summary: dict[str, Any]) -> None:
+    """This tree vs ``rev``, row by row, measured in the same run."""
+    load = summary["loadavg_start"][0], summary["loadavg_end"][0]
+    print(f"\n== {name}: this tree vs {rev}, same run (load avg {load[0]:.2f} -> {load[1]:.2f})")
+    width = max(len(c["label"]) for c in summary["compare"])
+    for c in summary["compare"]:
+        if "ratio" not in c:
+            print(f"  {c['label']:<{width}}  n/a")
+            continue
+        row = summary["rows"][c["key"]]
+        values = f"{_fmt(c['this'] * row['scale'])} vs {_fmt(c['rev'] * row['scale'])} {c['unit']}"
+        shown = f"{c['ratio']:.2f}x [{c['paired_min']:.2f}-{c['paired_max']:.2f}]"
+        if "cpu_ratio" in c:
+            shown += f", CPU time {c['cpu_ratio']:.2f}x"
+        print(f"  {c['label']:<{width}}  {values:<32} {shown:<36} {c['verdict']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the suites, print tables, write JSON."""
     fmt = argparse.RawDescriptionHelpFormatter
@@ -892,7 +1014,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", dest="json_path", help="where to write the JSON results")
     parser.add_argument("--quick", action="store_true", help="event counts / 10, for a smoke run")
     parser.add_argument(
-        "--rev", help="measure orchestrix as committed at this git revision (default: the working tree)"
+        "--rev",
+        help="also measure orchestrix as committed at this git revision, interleaved in the same run, "
+        "and print this tree / REV per row (WORSE below 0.95)",
     )
     parser.add_argument(
         "--rows", help="comma-separated row keys: run only these (and the checks between them)"
@@ -908,13 +1032,15 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(SUITES)}")
     ensure_venv()
+    trees = {"this": ROOT}
     if args.rev:
-        CODE["root"] = export_rev(args.rev)
+        trees[args.rev] = export_rev(args.rev)
     meta = {
         "command": " ".join(["python3", "bench/run.py", *(argv if argv is not None else sys.argv[1:])]),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "git": git_commit(),
-        "code": f"git archive {args.rev} ({_rev(args.rev)})" if args.rev else "working tree",
+        "code": "working tree"
+        + (f", compared with git archive {args.rev} ({_rev(args.rev)})" if args.rev else ""),
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
@@ -931,8 +1057,10 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {"meta": meta, "suites": {}}
     for name in suites:
         print(f"\n-- running {name} ...", flush=True)
-        out["suites"][name] = run_suite(name, args.reps, args.quick, only)
+        out["suites"][name] = run_suite(name, args.reps, args.quick, trees, only)
         print_suite(name, out["suites"][name])
+        if args.rev:
+            print_compare(name, args.rev, out["suites"][name])
     meta["loadavg_end"] = os.getloadavg()
     path = args.json_path or os.path.join(BENCH, "results", time.strftime("%Y%m%d-%H%M%S") + ".json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -940,7 +1068,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(out, f, indent=1)
     print(f"\nJSON: {path}")
     if args.rev:
-        subprocess.run(["rm", "-rf", CODE["root"]], check=False)
+        subprocess.run(["rm", "-rf", trees[args.rev]], check=False)
     return 0
 
 

@@ -27,9 +27,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import itertools
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 from orchestrix.core.errors import EventLoopRequiredError
@@ -99,6 +100,29 @@ async def read_stream(store: Any, stream: str, from_version: int = 0) -> list[An
     if _sync_mode.get():
         return list(store.read_stream(stream, from_version))
     return [recorded async for recorded in store.read_stream_async(stream, from_version)]
+
+
+STREAM_PAGE = 128
+"""Events a replay holds at once: enough to amortize the async machinery over, few enough that
+loading an aggregate of any length takes memory for its state, not for its history."""
+
+
+async def stream_pages(store: Any, stream: str, from_version: int = 0) -> AsyncGenerator[list[Any], None]:
+    """The stream's events from ``from_version`` on, in lists of up to :data:`STREAM_PAGE`, read
+    lazily: the next page is decoded only once the caller is done with the one before."""
+    if _sync_mode.get():
+        events = iter(store.read_stream(stream, from_version))
+        while page := list(itertools.islice(events, STREAM_PAGE)):
+            yield page
+        return
+    page = []
+    async for recorded in store.read_stream_async(stream, from_version):
+        page.append(recorded)
+        if len(page) == STREAM_PAGE:
+            yield page
+            page = []
+    if page:
+        yield page
 
 
 async def read_all(store: Any, after: int, limit: int | None) -> list[Any]:
@@ -183,7 +207,7 @@ async def holds(lease: Any) -> bool:
 async def call(function: Callable[..., Any], *args: Any) -> Any:
     """Call user code written either way: a plain function, or one returning an awaitable."""
     result = function(*args)
-    if not inspect.isawaitable(result):
+    if result is None or not inspect.isawaitable(result):  # None first: most handlers return it
         return result
     if _sync_mode.get():
         # A coroutine is run as itself, so an EventLoopRequiredError names the user's function.

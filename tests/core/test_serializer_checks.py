@@ -533,3 +533,41 @@ def test_the_structural_serializer_decodes_nothing_and_takes_only_attrs_classes(
         structural.decode(type_name, data)
     with pytest.raises(SerializationError, match="not an attrs class"):
         structural.check({"amount": "1"})
+
+
+# -- how the generated decoder calls the class: positionally while it can, by keyword after ----
+
+
+@attrs.frozen
+class _KeywordOnlyTail:
+    a: int
+    b: str = attrs.field(kw_only=True)
+    c: int = 7
+
+
+@attrs.frozen(kw_only=True)
+class _AllKeywordOnly:
+    first: int
+    second: str
+
+
+@attrs.frozen
+class _PrivateAndDefaulted:
+    _hidden: int
+    shown: str
+    extra: int = 0
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        _KeywordOnlyTail(1, b="x"),
+        _KeywordOnlyTail(1, b="x", c=2),
+        _AllKeywordOnly(first=1, second="s"),
+        _PrivateAndDefaulted(5, "s"),
+        _PrivateAndDefaulted(5, "s", 3),
+    ],
+)
+def test_every_way_a_class_takes_its_fields_round_trips(value: object) -> None:
+    serializer = Serializer([type(value)])
+    assert serializer.decode(*serializer.encode(value)) == value

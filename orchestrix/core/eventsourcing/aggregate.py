@@ -192,12 +192,8 @@ class AggregateRepository:
         aggregate = cls()
         aggregate.id = aggregate_id
         snapshot = await self._snapshot_of(cls, stream)
-        if snapshot is None:
-            events = await _io.read_stream(self.event_store, stream)
-        else:
-            events = await self._restore(aggregate, snapshot)
-        for recorded in events:
-            aggregate._replay(recorded)
+        version = 0 if snapshot is None else snapshot.version
+        await self._replay_from(aggregate, stream, version, snapshot)
         if aggregate.version == NO_STREAM:
             raise AggregateNotFoundError(cls, aggregate_id, stream)
         return aggregate
@@ -333,27 +329,40 @@ class AggregateRepository:
             return None
         return snapshot
 
-    async def _restore(self, aggregate: AggregateRoot, snapshot: Snapshot) -> list[RecordedEvent]:
-        """Restore ``aggregate`` from ``snapshot`` once its stream is checked to still hold the
-        event it was taken at; the events after that event."""
-        stream = snapshot.stream
-        events = await _io.read_stream(self.event_store, stream, snapshot.version)
-        if not events:
-            raise SnapshotAheadError(
-                stream, snapshot.version, await _io.stream_version(self.event_store, stream)
-            )
-        if events[0].version != snapshot.version or events[0].event_id != snapshot.event_id:
+    async def _replay_from(
+        self, aggregate: AggregateRoot, stream: str, version: int, snapshot: Snapshot | None = None
+    ) -> None:
+        """Replay the stream's events from ``version`` on into ``aggregate``, a page at a time (a
+        long stream is never held whole in memory); with ``snapshot``, restore that first, once
+        the stream is checked to still hold the event it was taken at."""
+        pages = _io.stream_pages(self.event_store, stream, version)
+        try:
+            async for page in pages:
+                if snapshot is not None:
+                    self._restore(aggregate, snapshot, page[0])
+                    snapshot, page = None, page[1:]
+                for recorded in page:
+                    aggregate._replay(recorded)
+            if snapshot is not None:  # the stream ends before the snapshot's event
+                raise SnapshotAheadError(
+                    stream, snapshot.version, await _io.stream_version(self.event_store, stream)
+                )
+        finally:
+            await pages.aclose()
+
+    @staticmethod
+    def _restore(aggregate: AggregateRoot, snapshot: Snapshot, first: RecordedEvent) -> None:
+        if first.version != snapshot.version or first.event_id != snapshot.event_id:
             raise SnapshotError(
-                stream,
+                snapshot.stream,
                 snapshot.version,
-                f"taken at event {snapshot.event_id}, but the stream holds {events[0].event_id} "
-                f"at version {events[0].version}: the snapshot is of another history of this stream",
+                f"taken at event {snapshot.event_id}, but the stream holds {first.event_id} "
+                f"at version {first.version}: the snapshot is of another history of this stream",
             )
         aggregate.restore(snapshot.state)  # type: ignore[attr-defined]
         aggregate.version = snapshot.version
         aggregate._refusals = {refusal.key: refusal for refusal in snapshot.refusals}
         aggregate._snapshot_at = snapshot.version
-        return events[1:]
 
     async def _maybe_snapshot(self, aggregate: AggregateRoot, stream: str, event_id: uuid.UUID) -> None:
         """Store a snapshot if the aggregate is ``snapshot_every`` events past its last one.
@@ -415,8 +424,7 @@ class AggregateRepository:
             return True
         if current < aggregate.version:
             return False  # the store lost events this aggregate has seen: start from its stream
-        for recorded in await _io.read_stream(self.event_store, stream, aggregate.version + 1):
-            aggregate._replay(recorded)
+        await self._replay_from(aggregate, stream, aggregate.version + 1)
         return True
 
 
