@@ -149,7 +149,7 @@ def test_dead_letters_of_a_projection_listed_retried_and_carried_out_by_its_runn
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     path = tmp_path / "projected"
-    failing_once = {"o-2": [Broken("warehouse offline")]}
+    failing_once: dict[str, list[Exception]] = {"o-2": [Broken("warehouse offline")]}
     types = Serializer(types=[Shipped, Cancelled, *DEAD_LETTER_EVENTS])
     with FileEventStore(path, types, sync=False) as store:
         ship(store, "o-1", "o-2")
