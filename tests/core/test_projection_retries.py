@@ -10,6 +10,8 @@ from typing import Any, ClassVar
 
 import attrs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from orchestrix.core.errors import DeadLetterNotFoundError, InvalidRetryPolicyError
 from orchestrix.core.execution import (
@@ -330,3 +332,59 @@ def test_ordered_must_be_a_bool(bad: Any) -> None:
 def test_projects_takes_only_a_retry_policy() -> None:
     with pytest.raises(TypeError, match="RetryPolicy"):
         projects(Shipped, retry=3)  # type: ignore[arg-type]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    scripts=st.lists(st.lists(st.sampled_from(["flaky", "broken"]), max_size=4), min_size=1, max_size=8),
+    page_size=st.integers(1, 5),
+    ordered=st.booleans(),
+)
+def test_every_event_ends_handled_or_parked_and_every_retry_waited_its_backoff(
+    scripts: list[list[str]], page_size: int, ordered: bool
+) -> None:
+    """Whatever fails how often: each event is handled once or parked once (never both, never
+    neither), in order; each wait is at least its backoff; ordered stops instead of parking."""
+    policy = RetryPolicy(max_attempts=3, initial_delay=1.0, jitter=0.3, transient=(Flaky,), ordered=ordered)
+
+    class Scripted(Shipping):
+        retry_policy = policy
+
+    errors = {"flaky": lambda: Flaky("timeout"), "broken": lambda: Broken("gone")}
+    failures: dict[str, list[Exception]] = {
+        f"o-{i}": [errors[kind]() for kind in script] for i, script in enumerate(scripts)
+    }
+    store, now = make_store(), Now()
+    sleeps = Sleeps(now)
+    projection = Scripted({k: list(v) for k, v in failures.items()})
+    ship(store, *failures)
+    runner = make_runner(store, projection, now, sleeps, page_size=page_size)
+    stopped_at: str | None = None
+    try:
+        runner.run_until_idle()
+    except ProjectionError as exc:
+        assert ordered
+        stopped_at = exc.stream
+    parked = {letter.stream.removeprefix("Order-") for letter in DeadLetters(store).list()}
+    expected_parked: set[str] = set()
+    expected_shipped: list[str] = []
+    expected_waits: list[float] = []
+    for index, script in enumerate(scripts):
+        order = f"o-{index}"
+        failed_after = next(
+            (n for n, kind in enumerate(script, 1) if kind == "broken" or n == policy.max_attempts),
+            None,
+        )
+        expected_waits += [policy.backoff(n) for n in range(1, failed_after or len(script) + 1)]
+        if failed_after is None:
+            expected_shipped.append(order)
+        elif ordered:
+            assert stopped_at == f"Order-{order}"
+            break
+        else:
+            expected_parked.add(order)
+    assert projection.shipped == expected_shipped
+    assert parked == (set() if ordered else expected_parked)
+    assert len(sleeps.waited) == len(expected_waits)
+    for backoff, waited in zip(expected_waits, sleeps.waited, strict=True):
+        assert backoff <= waited <= max(backoff * 1.3, backoff)
