@@ -350,9 +350,11 @@ def test_every_event_ends_handled_or_parked_and_every_retry_waited_its_backoff(
     class Scripted(Shipping):
         retry_policy = policy
 
-    errors = {"flaky": lambda: Flaky("timeout"), "broken": lambda: Broken("gone")}
+    def error(kind: str) -> Exception:
+        return Flaky("timeout") if kind == "flaky" else Broken("gone")
+
     failures: dict[str, list[Exception]] = {
-        f"o-{i}": [errors[kind]() for kind in script] for i, script in enumerate(scripts)
+        f"o-{i}": [error(kind) for kind in script] for i, script in enumerate(scripts)
     }
     store, now = make_store(), Now()
     sleeps = Sleeps(now)
