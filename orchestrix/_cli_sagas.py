@@ -158,12 +158,18 @@ def _letter_json(letter: DeadLetter) -> dict[str, Any]:
         "first_failed_at": timestamp(letter.first_failed_at),
         "last_failed_at": timestamp(letter.last_failed_at),
         "detail": letter.detail,
+        "kind": letter.kind,
+        "projection": letter.projection,
     }
+
+
+def _owner(letter: DeadLetter) -> str:
+    return f"projection {letter.projection}" if letter.kind == "projection" else letter.saga_stream
 
 
 def _letter_line(letter: DeadLetter) -> str:
     return (
-        f"  {letter.id}  {letter.status}  {letter.saga_stream}  {letter.event_type}@{letter.position}  "
+        f"  {letter.id}  {letter.status}  {_owner(letter)}  {letter.event_type}@{letter.position}  "
         f"{letter.attempts} attempt{'' if letter.attempts == 1 else 's'}  {letter.error_type}: {letter.error}"
     )
 
@@ -196,7 +202,7 @@ def _requested(args: argparse.Namespace, letter: DeadLetter, what: str) -> int:
     if args.json:
         _print(_letter_json(letter))
     else:
-        owner = f"the runner owning {letter.saga_stream} carries it out"
+        owner = f"the runner owning {_owner(letter)} carries it out"
         print(f"{what} of dead letter {letter.id} requested; {owner}")
     return 0
 

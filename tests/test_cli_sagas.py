@@ -9,12 +9,13 @@ from typing import Any
 import pytest
 
 from orchestrix.cli import main
-from orchestrix.core.execution import InMemoryCheckpointStore, SagaRunner
-from orchestrix.core.execution.dead_letters import DEAD_LETTER_STREAM
+from orchestrix.core.execution import InMemoryCheckpointStore, ProjectionRunner, SagaRunner
+from orchestrix.core.execution.dead_letters import DEAD_LETTER_EVENTS, DEAD_LETTER_STREAM
 from orchestrix.core.messaging import Serializer
 from orchestrix.infrastructure.file import FileEventStore
 from tests.core.deadline_support import EVENTS as HOLD_EVENTS
 from tests.core.deadline_support import Clock, Desk, HoldSaga, request
+from tests.core.test_projection_retries import Broken, Cancelled, Shipped, Shipping, ship
 from tests.core.test_retries import RetryingShipping, failing
 from tests.core.test_saga_support import EVENTS as SHIPPING_EVENTS
 from tests.core.test_saga_support import Reserve, ShippingSaga, Warehouse, place
@@ -142,3 +143,35 @@ def test_sagas_without_stuck_or_retry_is_a_usage_error(
 ) -> None:
     status, _, err = run(capsys, "sagas", store_path)
     assert status == 2 and "orchestrix sagas STORE --stuck" in err
+
+
+def test_dead_letters_of_a_projection_listed_retried_and_carried_out_by_its_runner(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "projected"
+    failing_once: dict[str, list[Exception]] = {"o-2": [Broken("warehouse offline")]}
+    types = Serializer(types=[Shipped, Cancelled, *DEAD_LETTER_EVENTS])
+    with FileEventStore(path, types, sync=False) as store:
+        ship(store, "o-1", "o-2")
+        projection = Shipping(failing_once)
+        ProjectionRunner(store, [projection], store.checkpoints(), sleep=lambda s: None).run_until_idle()
+    status, out, _ = run(capsys, "dead-letters", "list", path, "--json")
+    [letter] = json.loads(out)["dead_letters"]
+    assert status == 0
+    assert (letter["kind"], letter["projection"], letter["stream"], letter["error_type"]) == (
+        "projection",
+        "shipping",
+        "Order-o-2",
+        "Broken",
+    )
+    assert (letter["saga_type"], letter["saga_id"], letter["status"]) == ("", "", "parked")
+    _, out, _ = run(capsys, "dead-letters", "list", path)
+    assert out.splitlines()[1].split()[2:4] == ["projection", "shipping"]
+    status, out, _ = run(capsys, "dead-letters", "retry", path, letter["id"])
+    assert status == 0 and "the runner owning projection shipping carries it out" in out
+    with FileEventStore(path, types, sync=False) as store:
+        projection = Shipping()
+        ProjectionRunner(store, [projection], store.checkpoints()).run_until_idle()
+        assert projection.shipped == ["o-2"]  # only the parked event: the rest was checkpointed
+    status, out, _ = run(capsys, "dead-letters", "list", path, "--all", "--json")
+    assert [d["status"] for d in json.loads(out)["dead_letters"]] == ["retried"]

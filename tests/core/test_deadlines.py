@@ -233,18 +233,6 @@ def test_the_asyncio_form_fires_alike() -> None:
     assert desk.released == ["h-1:release"]
 
 
-def test_a_caught_up_runner_waits_no_longer_than_until_the_next_deadline() -> None:
-    store, desk, clock = make_store(), Desk(), Clock()
-    request(store, "h-1", seconds=3)
-    runner = make_runner(store, desk, clock)
-    runner.run_until_idle()
-    assert runner._idle_timeout(10.0) == 3.0
-    clock.advance(5)
-    assert runner._idle_timeout(10.0) == 0.0
-    runner.run_until_idle()
-    assert runner._idle_timeout(10.0) == 10.0
-
-
 def test_a_stuck_saga_holds_its_due_deadline_until_it_is_retried() -> None:
     store, desk, clock = make_store(), Desk(), Clock()
     request(store, "h-1")

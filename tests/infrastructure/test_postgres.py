@@ -39,6 +39,7 @@ from orchestrix.infrastructure.postgres import (  # noqa: E402
     InvalidCheckpointNameError,
     PostgresCheckpointStore,
     PostgresEventStore,
+    _ops,
 )
 from orchestrix.testing import (  # noqa: E402
     CheckpointStoreContract,
@@ -224,6 +225,40 @@ class TestPostgresSpecifics:
             store.append("s", _events(1, 2, 3, 4), NO_STREAM)
         assert (raised.value.size, raised.value.limit) == (4, 3)
         assert store.stream_version("s") == NO_STREAM
+
+    def test_a_reopened_store_sees_what_was_committed_before_it_opened_despite_an_older_transaction(
+        self, store: PostgresEventStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The flake of test_events_survive_reopening, made deterministic: a transaction that began
+        before the appends (another test's, anywhere in the cluster) holds the horizon back while
+        the store is reopened. The new store waits for it, as the writer would, and sees the events."""
+        older = psycopg.connect(DSN)
+        older.execute("SELECT pg_current_xact_id()")  # takes a transaction id below the appends'
+        try:
+            store.append("s-1", _events(0, 1), NO_STREAM)
+            store.append("s-2", _events(2), NO_STREAM)
+            store.close()
+            again = open_store(store.schema)
+
+            waits: list[float] = []
+            next_delay = _ops._Backoff.next_delay
+
+            def end_older_on_first_wait(backoff: _ops._Backoff) -> float:
+                # The older transaction ends while the reopened store waits for the horizon (on
+                # main it did not wait at all and read nothing).
+                if not waits:
+                    older.rollback()
+                waits.append(1.0)
+                return next_delay(backoff)
+
+            monkeypatch.setattr(_ops._Backoff, "next_delay", end_older_on_first_wait)
+            try:
+                assert [r.event.n for r in again.read_all()] == [0, 1, 2]
+                assert waits
+            finally:
+                again.close()
+        finally:
+            older.close()
 
     def test_a_reader_never_sees_a_later_position_while_an_earlier_one_may_commit(self, schema: str) -> None:
         """The order proof, made deterministic: an append is held open after taking its position."""

@@ -61,8 +61,8 @@ class PageLoop(abc.ABC):
         """Asyncio form of :meth:`run_forever`; also ends when its task is cancelled."""
         while stop is None or not stop.is_set():
             if await self.run_once_async() < self.page_size:
-                await _io.wait_for_events(self.store, self._read_position(), self._idle_timeout(idle_timeout))
+                await self._wait_idle(idle_timeout)
 
-    def _idle_timeout(self, idle_timeout: float) -> float:
-        """How long to wait for new events when caught up (a subclass with timers waits less)."""
-        return idle_timeout
+    async def _wait_idle(self, idle_timeout: float) -> None:
+        """Wait, caught up, for new events or ``idle_timeout`` (a subclass with timers wakes sooner)."""
+        await _io.wait_for_events(self.store, self._read_position(), idle_timeout)

@@ -1,4 +1,4 @@
-"""Dead letters: messages a saga step could not take, parked in the store, never dropped.
+"""Dead letters: messages a saga step or a projection could not take, parked in the store, never dropped.
 
 A step that fails permanently, or runs out of attempts under its
 :class:`~orchestrix.core.execution.retry.RetryPolicy`, gets a record in the stream
@@ -12,6 +12,13 @@ the saga runner that owns the saga carries them out when it reads them (retry: t
 the step again; discard: the saga is released without it) and records the outcome, so they
 work from any process, also one without the saga classes, and survive restarts. Everything
 is folded from the stream, so a record's history stays visible.
+
+Projections park events the same way (:class:`ProjectionEventDeadLettered`, ``kind ==
+"projection"``) when a handler under a retry policy fails for good; the projection runner that
+feeds that projection carries out the requests (retry: the handler runs on the event again;
+discard: the record is closed). Under an *ordered* policy the projection stops instead, and
+:class:`ProjectionEventFailed` records why in the same stream (not a dead letter: the event is
+handed over again when the runner runs again).
 """
 
 from __future__ import annotations
@@ -39,7 +46,10 @@ __all__ = [
     "DeadLetterRetryRequested",
     "DeadLetters",
     "MessageDeadLettered",
+    "ProjectionEventDeadLettered",
+    "ProjectionEventFailed",
     "dead_letter_id",
+    "projection_dead_letter_id",
 ]
 
 DEAD_LETTER_STREAM = "orchestrix-dead-letters"
@@ -50,6 +60,11 @@ _IDS = uuid.UUID("c4a1e7d2-8b3f-4e56-a9d0-1f2e3d4c5b6a")
 def dead_letter_id(saga_stream: str, position: int) -> str:
     """The id of the dead letter for the message at ``position`` failing in ``saga_stream``."""
     return str(uuid.uuid5(_IDS, f"{saga_stream}\x00{position}"))
+
+
+def projection_dead_letter_id(projection: str, position: int) -> str:
+    """The id of the dead letter for the event at ``position`` failing in projection ``projection``."""
+    return str(uuid.uuid5(_IDS, f"projection\x00{projection}\x00{position}"))
 
 
 @attrs.frozen
@@ -69,6 +84,38 @@ class MessageDeadLettered(Event):
     attempts: int
     first_failed_at: datetime
     last_failed_at: datetime
+
+
+@attrs.frozen
+class ProjectionEventDeadLettered(Event):
+    """A projection's handler failed for good on an event; the projection went on without it."""
+
+    dead_letter_id: str
+    projection: str
+    event_type: str
+    stream: str
+    position: int
+    event_id: str
+    error_type: str
+    error: str
+    attempts: int
+    first_failed_at: datetime
+    last_failed_at: datetime
+
+
+@attrs.frozen
+class ProjectionEventFailed(Event):
+    """A projection's handler failed for good under an ordered policy: the projection stopped before it."""
+
+    projection: str
+    event_type: str
+    stream: str
+    position: int
+    event_id: str
+    error_type: str
+    error: str
+    attempts: int
+    occurred_at: datetime
 
 
 @attrs.frozen
@@ -110,6 +157,8 @@ DEAD_LETTER_EVENTS: tuple[type, ...] = (
     DeadLetterRetryRequested,
     DeadLetterDiscardRequested,
     DeadLetterResolved,
+    ProjectionEventDeadLettered,
+    ProjectionEventFailed,
 )
 """Register these with the store's serializer (``SAGA_EVENTS`` includes them)."""
 
@@ -117,7 +166,10 @@ DEAD_LETTER_EVENTS: tuple[type, ...] = (
 @attrs.frozen
 class DeadLetter:
     """One dead-letter record as it stands: ``status`` is ``parked``, ``retry requested``,
-    ``discard requested``, ``retried`` or ``discarded``."""
+    ``discard requested``, ``retried`` or ``discarded``.
+
+    ``kind`` is ``saga`` (the saga fields name the saga) or ``projection`` (``projection`` names
+    it; the saga fields are empty)."""
 
     id: str
     saga_type: str
@@ -134,6 +186,8 @@ class DeadLetter:
     last_failed_at: datetime
     status: str
     detail: str = ""
+    kind: str = "saga"
+    projection: str = ""
 
     @property
     def open(self) -> bool:
@@ -159,6 +213,26 @@ def _fold(records: dict[str, DeadLetter], event: Any) -> None:
             event.first_failed_at,
             event.last_failed_at,
             "parked",
+        )
+        return
+    if isinstance(event, ProjectionEventDeadLettered):
+        records[event.dead_letter_id] = DeadLetter(
+            event.dead_letter_id,
+            "",
+            "",
+            "",
+            event.event_type,
+            event.stream,
+            event.position,
+            event.event_id,
+            event.error_type,
+            event.error,
+            event.attempts,
+            event.first_failed_at,
+            event.last_failed_at,
+            "parked",
+            kind="projection",
+            projection=event.projection,
         )
         return
     record = records.get(getattr(event, "dead_letter_id", ""))

@@ -1,4 +1,7 @@
-"""Retry policies: which failures of a saga step are worth another try, and when.
+"""Retry policies: which failures of a saga step (or a projection handler) are worth another try, and when.
+
+Projections take the same policy (``Projection.retry_policy``, ``@projects(..., retry=...)``);
+:mod:`orchestrix.core.execution.projection._retries` says what it means there.
 
 A saga class sets ``retry_policy = RetryPolicy(...)``; a handler may set its own with
 ``@handles(..., retry=RetryPolicy(...))`` or ``@on_deadline(name, retry=...)``. When a step
@@ -63,8 +66,13 @@ class RetryPolicy:
     max_delay: float = 60.0
     jitter: float = 0.0
     transient: Transient = (Exception,)
+    ordered: bool = False
+    """Projections: stop at an event that failed for good instead of parking it and going on (a
+    saga keeps its own events in order whatever this says: it holds them while it retries)."""
 
     def __attrs_post_init__(self) -> None:
+        if not isinstance(self.ordered, bool):
+            raise InvalidRetryPolicyError("ordered", self.ordered, "must be True or False")
         if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
             raise InvalidRetryPolicyError("max_attempts", self.max_attempts, "must be an int")
         if self.max_attempts < 1:

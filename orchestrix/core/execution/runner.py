@@ -23,7 +23,8 @@ Problems are visible, never dropped:
 * :meth:`SagaRunner.stuck` lists stuck sagas and sagas without progress for ``stuck_after``,
   with their state and reason; :meth:`SagaRunner.retry` runs one again.
 
-Deadlines: before each page the runner fires the deadlines of its partition's sagas that its
+Deadlines: before each page, and (``run_forever``) as soon as one comes due while the runner
+waits for new events, the runner fires the deadlines of its partition's sagas that its
 ``clock`` says are due (each a fenced step that appends ``DeadlineFired`` once in effect; the
 page loop then delivers it to the ``@on_deadline`` handler); :meth:`SagaRunner.deadlines` lists
 the pending ones. It learns them from the history before its checkpoint (``index_history``) and
@@ -39,6 +40,8 @@ unmatched, stats) in ``_saga_monitor.py``.
 from __future__ import annotations
 
 import hashlib
+import math
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -123,6 +126,10 @@ class SagaRunner(PageLoop):
     append (the saga's, or an in-process command handler's) made after another process was
     granted the lease. The runner then raises LeaseLostError and stops, its checkpoint unmoved.
     The store must check fences (``store.checks_fences``).
+
+    ``run_forever`` keeps a deadline timer beside its page loop: while it waits for new events
+    with a deadline pending, it reads its ``clock`` again at least every ``timer_tick`` seconds
+    and fires the deadline as soon as the clock says it is due, even if no event arrives.
     """
 
     def __init__(
@@ -143,6 +150,7 @@ class SagaRunner(PageLoop):
         unmatched_kept: int = 1000,
         step_threads: bool = False,
         lease: Lease | None = None,
+        timer_tick: float = 1.0,
     ) -> None:
         index, count = partition
         if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
@@ -154,6 +162,12 @@ class SagaRunner(PageLoop):
                 raise TypeError(f"{cls!r} is not a Saga subclass")
         if page_size < 1 or max_concurrency < 1:
             raise ValueError("page_size and max_concurrency must be at least 1")
+        if (
+            isinstance(timer_tick, bool)
+            or not isinstance(timer_tick, int | float)
+            or not (math.isfinite(timer_tick) and timer_tick > 0)
+        ):
+            raise ValueError(f"timer_tick must be a positive number of seconds, not {timer_tick!r}")
         if lease is not None and not getattr(store, "checks_fences", False):
             raise SagaError(
                 f"{type(store).__name__} cannot check fences, so a lease cannot keep a paused runner "
@@ -168,6 +182,7 @@ class SagaRunner(PageLoop):
         self.max_concurrency = max_concurrency
         self.index_history = index_history
         self.step_threads = step_threads
+        self.timer_tick = float(timer_tick)
         self._position: int | None = None
         self._monitor = SagaMonitor(
             store, self.sagas, self._mine, stuck_after=stuck_after, clock=clock, unmatched_kept=unmatched_kept
@@ -327,12 +342,31 @@ class SagaRunner(PageLoop):
         if due:
             await _io.each(due, fire, self.max_concurrency)
 
-    def _idle_timeout(self, idle_timeout: float) -> float:
-        """Wait for new events no longer than until the next deadline is due."""
-        due = self._monitor.next_due()
-        if due is None:
-            return idle_timeout
-        return max(0.0, min(idle_timeout, (due - self.clock()).total_seconds()))
+    async def _wait_idle(self, idle_timeout: float) -> None:
+        """The deadline timer beside the page loop: wait for new events, but wake to fire a deadline.
+
+        The wait is cut into slices of at most ``timer_tick`` seconds while a deadline is pending,
+        and the clock is read again after each: the ``clock`` is injectable (virtual time in tests
+        and demos, a wall clock that an NTP step moves), so the real seconds until a due time are
+        only an estimate. A deadline thus fires within a tick of its due time by the runner's own
+        clock, not when the next event happens to arrive or the idle timeout ends; the page loop
+        then fires it (``run_once`` fires what is due before reading its page).
+        """
+        end = time.monotonic() + idle_timeout
+        while True:
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return
+            due = self._monitor.next_due()
+            if due is None:
+                wait = remaining
+            else:
+                until = (due - self.clock()).total_seconds()
+                if until <= 0:
+                    return
+                wait = min(remaining, until, self.timer_tick)
+            if await _io.wait_for_events(self.store, self._read_position(), wait):
+                return
 
     def _read_position(self) -> int:
         assert self._position is not None  # run_once has started the runner

@@ -348,6 +348,12 @@ def last_position_op(st: Statements, own_position: int, visibility_timeout: floa
         yield Sleep(waited.next_delay())
 
 
+def committed_position_op(st: Statements) -> Op[int]:
+    """The highest position committed so far, below the horizon or not (0 for an empty store)."""
+    rows = yield Query(st.committed_position, ())
+    return int(rows[0][0])
+
+
 def events_after_op(st: Statements, after: int) -> Op[tuple[bool, bool]]:
     """(an event after ``after`` is readable, an event after ``after`` is committed but not yet readable)."""
     rows = yield Query(st.events_after, (after, after))

@@ -352,6 +352,8 @@ class Statements:
             "SELECT h.horizon, (SELECT coalesce(max(position), 0) FROM {events} WHERE position < h.horizon) "
             "FROM (SELECT {horizon} AS horizon) h"
         )
+        # Everything committed, horizon or not: a store opening learns what it must wait to see.
+        self.committed_position = text("SELECT coalesce(max(position), 0) FROM {events}")
         self.events_after = text(
             "SELECT h.horizon, "
             "EXISTS (SELECT 1 FROM {events} WHERE position > %s::bigint AND position < h.horizon), "

@@ -93,6 +93,10 @@ class PostgresEventStore:
         self._listener = Listener(self._db.connect, self._st.listen)
         try:
             self._db.open(functools.partial(ensure_schema, schema=schema, create=create_schema))
+            # Events committed before this store opened count as its own: a read waits (bounded
+            # by the visibility timeout) for the horizon to pass them, so a store reopened while
+            # an older transaction elsewhere still holds the horizon back sees what was there.
+            self._own_position = self._db.run("open", lambda: _ops.committed_position_op(self._st))
         except BaseException:
             self._db.close()
             raise
@@ -380,7 +384,8 @@ class _StreamPages:
 class _AllPages:
     """The paging of a read of the global order (see :class:`_StreamPages`).
 
-    ``own`` is the highest position this store appended itself that lies ahead: a read waits
+    ``own`` is the highest position this store appended itself (or found committed when it
+    opened) that lies ahead: a read waits
     (up to the visibility timeout) for the order horizon to pass it, so a writer reads its own
     appends; once a page is past it, later pages need not wait.
     """

@@ -20,6 +20,9 @@ idempotent (set a value, don't add to it), unless the projection stores its own 
 A handler that raises stops the runner with :class:`ProjectionError`; the failing projection's
 checkpoint stays before the failing event (which is logged with its position and type), so
 nothing is ever skipped silently. Fix the cause and run again: the runner reloads its positions.
+A projection (or handler) with a retry policy has transient failures tried again after their
+backoff and events that fail for good parked as dead letters while it goes on (see
+``projection._retries``).
 
 Long replays show progress: when a runner is more than ``catch_up_threshold`` events behind
 the store (and always while rebuilding), it logs at INFO on the

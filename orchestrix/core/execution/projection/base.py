@@ -14,20 +14,25 @@ from typing import Any, ClassVar, TypeVar
 
 import attrs
 
+from orchestrix.core.execution.retry import RetryPolicy, _policy_of, _set_policy
+
 __all__ = ["Projection", "projects"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def projects(*event_types: type) -> Callable[[F], F]:
+def projects(*event_types: type, retry: RetryPolicy | None = None) -> Callable[[F], F]:
     """Mark a projection method as the handler of ``event_types``.
 
     The method takes ``(self, event)`` or ``(self, event, recorded)``, where ``recorded`` is the
     :class:`~orchestrix.core.messaging.messages.RecordedEvent` envelope (stream, version,
-    position, time). Dispatch is by exact type, resolved once per class.
+    position, time). Dispatch is by exact type, resolved once per class. ``retry`` overrides the
+    projection's ``retry_policy`` for this handler.
     """
     if not event_types:
         raise TypeError("projects() needs at least one event type")
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise TypeError(f"projects(retry=) takes a RetryPolicy, not {type(retry).__name__}")
     for event_type in event_types:
         if not isinstance(event_type, type):
             hint = " (write @projects(EventType), not @projects)" if callable(event_type) else ""
@@ -38,6 +43,7 @@ def projects(*event_types: type) -> Callable[[F], F]:
             raise TypeError(f"@projects decorates a plain method, not {func!r}")
         marks = getattr(func, "__orchestrix_projects__", ())
         func.__orchestrix_projects__ = (*marks, *event_types)  # type: ignore[attr-defined]
+        _set_policy(func, retry)
         return func
 
     return mark
@@ -53,6 +59,7 @@ class _Handler:
     method: Callable[..., Any]
     name: str
     with_envelope: bool
+    policy: RetryPolicy | None = None
 
 
 def _takes_envelope(cls: type, name: str, func: Callable[..., Any]) -> bool:
@@ -87,6 +94,12 @@ class Projection:
     name: str | None = None
     """The checkpoint name; keep it stable, or the projection starts again from the beginning."""
 
+    retry_policy: ClassVar[RetryPolicy | None] = None
+    """Without one, a failing handler stops the runner (:class:`ProjectionError`). With one, a
+    transient failure is tried again after its backoff, and a permanent one (or the last attempt)
+    parks the event as a dead letter while the projection goes on, unless the policy is
+    ``ordered``. Register ``DEAD_LETTER_EVENTS`` with the store's serializer to use one."""
+
     _handlers: ClassVar[dict[type, _Handler]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -110,7 +123,9 @@ class Projection:
         for event_type, attr in by_type.items():
             # Looked up by name, so a subclass that overrides a handler's method is the one called.
             method = getattr(cls, attr)
-            handlers[event_type] = _Handler(method, attr, _takes_envelope(cls, attr, method))
+            handlers[event_type] = _Handler(
+                method, attr, _takes_envelope(cls, attr, method), _policy_of(method)
+            )
         cls._handlers = handlers
 
     def __init__(self, name: str | None = None) -> None:

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -24,6 +25,7 @@ from orchestrix.core.eventsourcing.store import EventStore
 from orchestrix.core.execution._paging import PageLoop
 from orchestrix.core.execution.checkpoint import CheckpointStore
 from orchestrix.core.execution.progress import ProgressReporter, ProjectionProgress
+from orchestrix.core.execution.projection._retries import Retries, call_handler, policy_for
 from orchestrix.core.execution.projection.base import Projection, _Handler
 from orchestrix.core.messaging.messages import RecordedEvent
 
@@ -33,6 +35,10 @@ if TYPE_CHECKING:
 __all__ = ["ProjectionRunner", "ProjectionStats"]
 
 _log = logging.getLogger(__name__)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 @attrs.define
@@ -45,6 +51,10 @@ class ProjectionStats:
     """Events whose handler ran."""
     skipped: int = 0
     """Events of a type the projection has no handler for."""
+    retried: int = 0
+    """Failed handler attempts tried again under a retry policy."""
+    dead_lettered: int = 0
+    """Events parked as dead letters under a retry policy (the projection went on without them)."""
 
 
 class ProjectionRunner(PageLoop):
@@ -54,6 +64,12 @@ class ProjectionRunner(PageLoop):
     ``page_size`` events at a time, from the lowest position of its projections. ``progress``,
     ``progress_every``, ``catch_up_threshold`` and ``clock`` (seconds, monotonic) control
     progress reports. A runner is driven from one thread or one event loop at a time.
+
+    A projection (or handler) with a retry policy has a failing handler tried again after its
+    backoff and, failing for good, its event parked as a dead letter while the projection goes
+    on (see :mod:`orchestrix.core.execution.projection._retries`); ``now`` gives the times those
+    records carry and ``sleep`` (plain or ``async``; default: ``time.sleep`` or ``asyncio.sleep``,
+    by driver) waits the backoff, both injectable for virtual time.
     """
 
     def __init__(
@@ -67,6 +83,8 @@ class ProjectionRunner(PageLoop):
         progress_every: float = 2.0,
         catch_up_threshold: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = _utcnow,
+        sleep: Callable[[float], Any] | None = None,
     ) -> None:
         if not projections:
             raise ValueError("a projection runner needs at least one projection")
@@ -99,6 +117,7 @@ class ProjectionRunner(PageLoop):
         self._label = ", ".join(names)
         self._positions: dict[str, int] | None = None
         self._catch_up: ProgressReporter[ProjectionProgress] | None = None
+        self._retries = Retries(store, now, sleep)
         self._busy = threading.Lock()  # one page (or rebuild) at a time: a runner is not re-entrant
         self._driven = 0  # run_forever loops going on; a rebuild must not pull the model from under one
         self._driven_guard = threading.Lock()
@@ -180,14 +199,22 @@ class ProjectionRunner(PageLoop):
             return
         try:
             for recorded in due:
+                if self._retries.is_request(recorded):
+                    await self._retries.carry_out(name, projection, recorded)
                 handler = self._handler(name, projection, recorded)
                 if handler is None:
                     continue
+                policy = policy_for(projection, handler)
+                if policy is not None:
+                    error = await self._retries.handle(
+                        name, projection, handler, recorded, policy, self.stats[name]
+                    )
+                    if error is not None:
+                        raise self._failed(name, recorded, handler, error) from error
+                    self.stats[name].handled += 1
+                    continue
                 try:
-                    if handler.with_envelope:
-                        await _io.call(handler.method, projection, recorded.event, recorded)
-                    else:
-                        await _io.call(handler.method, projection, recorded.event)
+                    await call_handler(handler, projection, recorded)
                 except EventLoopRequiredError:
                     raise  # the wrong form was called, the handler did not fail: say so as it is
                 except Exception as exc:
@@ -293,7 +320,7 @@ class ProjectionRunner(PageLoop):
         return handler
 
     def _failed(
-        self, name: str, recorded: RecordedEvent, handler: _Handler | None, exc: Exception
+        self, name: str, recorded: RecordedEvent, handler: _Handler | None, exc: BaseException
     ) -> ProjectionError:
         if handler is None:
             _log.error(
