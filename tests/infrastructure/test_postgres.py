@@ -43,6 +43,7 @@ from orchestrix.infrastructure.postgres import (  # noqa: E402
 from orchestrix.testing import (  # noqa: E402
     CheckpointStoreContract,
     ContractEvent,
+    EventImportContract,
     EventStoreContract,
     FencingContract,
     MoneyMoved,
@@ -60,7 +61,7 @@ def open_store(schema: str, **options: object) -> PostgresEventStore:
     return PostgresEventStore(DSN, contract_serializer(), schema=schema, pool_size=8, **options)  # type: ignore[arg-type]
 
 
-class TestPostgresEventStore(EventStoreContract, FencingContract):
+class TestPostgresEventStore(EventStoreContract, FencingContract, EventImportContract):
     @pytest.fixture
     def store(self, schema: str) -> Iterator[PostgresEventStore]:
         self.opened = [open_store(schema, poll_interval=0.2)]

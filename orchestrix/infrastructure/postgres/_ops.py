@@ -164,12 +164,16 @@ def append_op(
 
 
 def append_streams_op(
-    st: Statements, parts: Sequence[tuple[str, EncodedBatch, int]], fence: Fence | None = None
+    st: Statements,
+    parts: Sequence[tuple[str, EncodedBatch, int]],
+    fence: Fence | None = None,
+    times: Sequence[Sequence[datetime]] | None = None,
 ) -> Op[tuple[tuple[AppendResult, ...], bool]]:
     """Append to several streams in one statement (so one transaction): all of it, or raise.
 
     Returns the results in the order of ``parts`` and whether anything was written (False for a
     replay). A failed expectation raises MultiStreamConflictError naming every stream that failed.
+    ``times`` (an import) are the parts' events' own ``recorded_at``, else the database's now().
     """
     streams = [stream for stream, _, _ in parts]
     params: dict[str, Any] = {
@@ -183,9 +187,11 @@ def append_streams_op(
         "corr": [c for _, encoded, _ in parts for c in encoded.correlation],
         "caus": [c for _, encoded, _ in parts for c in encoded.causation],
     }
-    statement = st.append_streams
+    statement = st.append_streams if times is None else st.import_streams
+    if times is not None:
+        params["times"] = [t for part in times for t in part]
     if fence is not None:
-        statement = st.append_streams_fenced
+        statement = st.append_streams_fenced if times is None else st.import_streams_fenced
         params["fence"], params["gen"] = fence.name, fence.generation
     checked = [(stream, list(encoded.batch), expected) for stream, encoded, expected in parts]
     loose = all(expected in (ANY, STREAM_EXISTS) for _, _, expected in parts)

@@ -189,6 +189,8 @@ class Statements:
     append_many_fenced: LiteralString
     append_streams: LiteralString
     append_streams_fenced: LiteralString
+    import_streams: LiteralString
+    import_streams_fenced: LiteralString
     stream_versions: LiteralString
     fence_generation: LiteralString
     grant_fence: LiteralString
@@ -286,6 +288,14 @@ class Statements:
             f"{many_current}INSERT INTO {{events}} {columns} "
             f"SELECT {base} + b.i - 1, req.stream, req.v + b.n, b.id, b.t, b.d, b.c, b.k FROM ok{fence}, "
             f"{many_rows}"
+        )
+        # An import (orchestrix copy): the multi-stream append, each row bringing its recorded_at.
+        self.import_streams, self.import_streams_fenced = (
+            statement.replace(text(columns), text(columns[:-1] + ", recorded_at)"))
+            .replace(text("b.c, b.k FROM"), text("b.c, b.k, b.r FROM"))
+            .replace(text("%(caus)s::uuid[]) WITH"), text("%(caus)s::uuid[], %(times)s::timestamptz[]) WITH"))
+            .replace(text("b(part, n, id, t, d, c, k, i)"), text("b(part, n, id, t, d, c, k, r, i)"))
+            for statement in (self.append_streams, self.append_streams_fenced)
         )
         self.stream_versions = text(
             "SELECT s.stream, (SELECT coalesce(max(version), -1) FROM {events} WHERE stream = s.stream) "
