@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import attrs
@@ -42,7 +43,8 @@ def _fill(path: Path, n: int, streams: int = 7) -> None:
 
 
 def _key(e: RecordedEvent) -> tuple[object, ...]:
-    return (e.stream, e.version, e.event_id, e.event_type, e.correlation_id, e.causation_id)
+    # recorded_at too: a copy keeps each event's original time (import_events), not the copy's.
+    return (e.stream, e.version, e.event_id, e.event_type, e.correlation_id, e.causation_id, e.recorded_at)
 
 
 def _events(path: Path) -> list[RecordedEvent]:
@@ -62,6 +64,7 @@ def test_file_to_file_keeps_streams_versions_ids_payloads_and_order(
         7,
         True,
     )
+    assert summary["kept_times"] is True
     source, copied = _events(tmp_path / "src"), _events(tmp_path / "dst")
     assert [_key(e) for e in copied] == [_key(e) for e in source]
     assert [e.event for e in copied] == [e.event for e in source]
@@ -104,9 +107,22 @@ def test_verification_names_what_differs(tmp_path: Path) -> None:
     assert differences[1] == "stream versions differ: 'acct-3' (version 2 vs 3)"
     assert differences[2:] == [
         "the sets of event ids differ",
-        "the payload checksum differs (payloads, types or order)",
+        "the checksum differs (payloads, types, times or order)",
     ]
     assert expected.differences(expected) == []
+
+
+def test_verification_catches_a_copy_that_lost_the_times(tmp_path: Path) -> None:
+    _fill(tmp_path / "a", 5)
+    with FileEventStore(tmp_path / "a", PassThroughSerializer()) as a:
+        source = list(a.read_all())
+        expected = tally(source, PassThroughSerializer())
+    later = [attrs.evolve(e, recorded_at=e.recorded_at + timedelta(microseconds=1)) for e in source]
+    assert expected.differences(tally(later, PassThroughSerializer())) == [
+        "the checksum differs (payloads, types, times or order)"
+    ]
+    untimed = tally(source, PassThroughSerializer(), times=False)
+    assert untimed.differences(tally(later, PassThroughSerializer(), times=False)) == []
 
 
 def test_upcast_needs_a_serializer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
