@@ -51,6 +51,8 @@ class Row:
     params: dict[str, Any] = field(default_factory=dict)
     scale: float = 1.0
     prepare: str | None = None
+    prepare_as: str | None = None
+    """Rows with the same ``prepare_as`` share one prepared directory (built once per run)."""
 
 
 @dataclass
@@ -365,10 +367,21 @@ SUITES: dict[str, tuple[list[Row], list[Check]]] = {
         [
             Row(
                 "orx_copy_file_pg",
-                "orchestrix copy  file store -> PostgreSQL, 100k events",
+                "orchestrix copy  file store -> PostgreSQL, 1M events (times kept)",
                 "copy.file_to_pg",
                 "ev/s",
-                params={"n": 100_000},
+                params={"n": 1_000_000},
+                prepare="copy.build_source",
+                prepare_as="copy_source",
+            ),
+            Row(
+                "pg_insert_ceiling",
+                "ceiling: the same rows from memory, one INSERT ... unnest per 1,000",
+                "copy.pg_insert_ceiling",
+                "ev/s",
+                params={"n": 1_000_000},
+                prepare="copy.build_source",
+                prepare_as="copy_source",
             ),
         ],
         [
@@ -380,6 +393,7 @@ SUITES: dict[str, tuple[list[Row], list[Check]]] = {
                 kind="min",
                 source="issue 15",
             ),
+            Check("copy / INSERT ceiling (info)", "orx_copy_file_pg", "pg_insert_ceiling", None),
         ],
     ),
     "saga": (
@@ -595,13 +609,14 @@ def run_suite(name: str, reps: int, quick: bool) -> dict[str, Any]:
             for row in rows:
                 params = quick_params(row.params, quick)
                 if row.prepare:
-                    if row.key not in prepared:
+                    shared = row.prepare_as or row.key
+                    if shared not in prepared:
                         path = tempfile.mkdtemp(prefix=f"orxbench-{row.key}-")
                         tmpdirs.append(path)
                         print(f"  [{name}] preparing {row.key} in {path} ...", flush=True)
-                        prepared[row.key] = run_child(row.prepare, {**params, "dir": path})
-                        prepared[row.key]["dir"] = path
-                    prep = prepared[row.key]
+                        prepared[shared] = run_child(row.prepare, {**params, "dir": path})
+                        prepared[shared]["dir"] = path
+                    prep = prepared[shared]
                     if "error" in prep or "not_landed" in prep:
                         results[row.key].append(dict(prep))
                         continue
