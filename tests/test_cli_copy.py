@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import attrs
 import pytest
 
 from orchestrix.cli import main
-from orchestrix.core.eventsourcing.copy import PassThroughSerializer, _pages, tally
+from orchestrix.core.eventsourcing.copy import PassThroughSerializer, StoredEvent, _pages, tally
 from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
 from orchestrix.core.messaging.serializer import Serializer
 from orchestrix.infrastructure.file import FileEventStore
@@ -194,3 +195,35 @@ def test_the_pass_through_serializer_writes_only_what_it_read() -> None:
 
     with pytest.raises(SerializationError):
         PassThroughSerializer().encode(Deposited(1))
+
+
+def test_a_source_that_fails_mid_way_stops_the_copy_with_its_error_after_whole_pages() -> None:
+    from orchestrix.core.eventsourcing.copy import copy_store
+    from orchestrix.infrastructure.memory.store import InMemoryEventStore
+
+    class Broken(Exception):
+        pass
+
+    source = InMemoryEventStore(PassThroughSerializer())
+    for i in range(50):
+        source.append(f"acct-{i % 3}", [StoredEvent("Deposited", b'{"amount":%d}' % i)])
+
+    class FailingSource:
+        def __getattr__(self, name: str) -> object:
+            return getattr(source, name)
+
+        def read_all(self, after: int = 0, limit: int | None = None) -> Iterator[RecordedEvent]:
+            for n, recorded in enumerate(source.read_all(after, limit)):
+                if n == 25:
+                    raise Broken("the disk went away")
+                yield recorded
+
+    target = InMemoryEventStore(PassThroughSerializer())
+    with pytest.raises(Broken, match="the disk went away"):
+        copy_store(FailingSource(), target, page=10)  # type: ignore[arg-type]
+    copied = list(target.read_all())
+    assert 0 < len(copied) <= 25  # whole pages (they end early where a stream comes back)
+    assert [(e.stream, e.version) for e in copied] == [(e.stream, e.version) for e in source.read_all()][
+        : len(copied)
+    ]
+    assert [e.recorded_at for e in copied] == [e.recorded_at for e in source.read_all()][: len(copied)]

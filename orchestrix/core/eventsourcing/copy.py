@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC
@@ -180,7 +182,7 @@ def copy_store(
     copied = 0
     position = after
     importing = isinstance(target, EventImport)
-    for batch in _pages(source.read_all(after=after), page):
+    for batch in _read_ahead(_pages(source.read_all(after=after), page)):
         position = batch[-1].position
         if importing:
             target.import_events(_page_imports(batch, decode_with))  # type: ignore[attr-defined]
@@ -190,6 +192,50 @@ def copy_store(
         if progress is not None:
             progress(after, position, copied, last)
     return CopyResult(copied, skipped, position, now() - began, importing)
+
+
+def _read_ahead(pages: Iterator[list[RecordedEvent]], depth: int = 2) -> Iterator[list[RecordedEvent]]:
+    """The pages of ``pages``, read by a thread up to ``depth`` pages ahead: the source is read
+    and decoded while the target stores the page before (a database write waits on the
+    network, without the GIL). At most ``depth + 2`` pages are in memory."""
+    ahead: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(kind: str, item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                ahead.put((kind, item), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for batch in pages:
+                if not offer("page", batch):
+                    return
+            offer("end", None)
+        except BaseException as exc:  # handed to the copying thread, raised there
+            offer("error", exc)
+        finally:
+            close = getattr(pages, "close", None)
+            if close is not None:
+                close()
+
+    reader = threading.Thread(target=read, name="orchestrix-copy-read-ahead", daemon=True)
+    reader.start()
+    try:
+        while True:
+            kind, item = ahead.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()  # a stopped copy (an error, Ctrl-C) lets the reader go
+        reader.join(timeout=5)
 
 
 def _resume_point(source: EventStore, target: EventStore) -> tuple[int, int]:
