@@ -51,8 +51,6 @@ class Row:
     params: dict[str, Any] = field(default_factory=dict)
     scale: float = 1.0
     prepare: str | None = None
-    prepare_as: str | None = None
-    """Rows with the same ``prepare_as`` share one prepared directory (built once per run)."""
 
 
 @dataclass
@@ -372,7 +370,6 @@ SUITES: dict[str, tuple[list[Row], list[Check]]] = {
                 "ev/s",
                 params={"n": 1_000_000},
                 prepare="copy.build_source",
-                prepare_as="copy_source",
             ),
             Row(
                 "pg_insert_ceiling",
@@ -381,7 +378,6 @@ SUITES: dict[str, tuple[list[Row], list[Check]]] = {
                 "ev/s",
                 params={"n": 1_000_000},
                 prepare="copy.build_source",
-                prepare_as="copy_source",
             ),
         ],
         [
@@ -609,14 +605,13 @@ def run_suite(name: str, reps: int, quick: bool) -> dict[str, Any]:
             for row in rows:
                 params = quick_params(row.params, quick)
                 if row.prepare:
-                    shared = row.prepare_as or row.key
-                    if shared not in prepared:
+                    if row.key not in prepared:
                         path = tempfile.mkdtemp(prefix=f"orxbench-{row.key}-")
                         tmpdirs.append(path)
                         print(f"  [{name}] preparing {row.key} in {path} ...", flush=True)
-                        prepared[shared] = run_child(row.prepare, {**params, "dir": path})
-                        prepared[shared]["dir"] = path
-                    prep = prepared[shared]
+                        prepared[row.key] = run_child(row.prepare, {**params, "dir": path})
+                        prepared[row.key]["dir"] = path
+                    prep = prepared[row.key]
                     if "error" in prep or "not_landed" in prep:
                         results[row.key].append(dict(prep))
                         continue
