@@ -269,14 +269,16 @@ class Statements:
         many_current = (
             "WITH req AS (SELECT r.stream, r.expected, r.k, "
             "(SELECT coalesce(max(version), -1) FROM {events} WHERE stream = r.stream) AS v "
-            "FROM unnest(%(streams)s::text[], %(expecteds)s::bigint[]) "
+            "FROM unnest(%(streams)b::text[], %(expecteds)b::bigint[]) "
             "WITH ORDINALITY AS r(stream, expected, k)), "
             "ok AS (SELECT bool_and(expected = -2 OR (expected = -4 AND v >= 0) OR v = expected) AS good "
             "FROM req) "
         )
+        # The arrays go in binary (%b): parsing a thousand-element array literal cost the server
+        # about as much as the insert; binary halves a 1,000-event append_many.
         many_rows = (
-            "unnest(%(parts)s::bigint[], %(nums)s::bigint[], %(ids)s::uuid[], %(types)s::text[], "
-            "%(data)s::text[], %(corr)s::uuid[], %(caus)s::uuid[]) "
+            "unnest(%(parts)b::bigint[], %(nums)b::bigint[], %(ids)b::uuid[], %(types)b::text[], "
+            "%(data)b::text[], %(corr)b::uuid[], %(caus)b::uuid[]) "
             "WITH ORDINALITY AS b(part, n, id, t, d, c, k, i) JOIN req ON req.k = b.part "
             "WHERE ok.good ORDER BY req.stream, b.n RETURNING position, stream, version"
         )
@@ -293,7 +295,7 @@ class Statements:
         self.import_streams, self.import_streams_fenced = (
             statement.replace(text(columns), text(columns[:-1] + ", recorded_at)"))
             .replace(text("b.c, b.k FROM"), text("b.c, b.k, b.r FROM"))
-            .replace(text("%(caus)s::uuid[]) WITH"), text("%(caus)s::uuid[], %(times)s::timestamptz[]) WITH"))
+            .replace(text("%(caus)b::uuid[]) WITH"), text("%(caus)b::uuid[], %(times)b::timestamptz[]) WITH"))
             .replace(text("b(part, n, id, t, d, c, k, i)"), text("b(part, n, id, t, d, c, k, r, i)"))
             for statement in (self.append_streams, self.append_streams_fenced)
         )
