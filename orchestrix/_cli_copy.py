@@ -27,8 +27,8 @@ def add_parser(commands: Any, non_negative_float: Any, positive_int: Any) -> Non
         "copy",
         help="copy every event of a store into another (file store <-> PostgreSQL), resumably",
         description="Copy every event of SOURCE into TARGET, keeping stream names, versions, event "
-        "ids and the global order, then verify the copy. Stopped (Ctrl-C, a kill), it resumes "
-        "where it stopped when run again, writing no event twice.",
+        "ids, each event's recorded_at and the global order, then verify the copy. Stopped (Ctrl-C, "
+        "a kill), it resumes where it stopped when run again, writing no event twice.",
     )
     copy.add_argument("source", metavar="SOURCE", help="a file store directory, or a postgresql:// DSN")
     copy.add_argument(
