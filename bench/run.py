@@ -134,6 +134,34 @@ SUITES: dict[str, tuple[list[Row], list[Check]]] = {
                 params={"n": 10_000},
             ),
             Row(
+                "raw_pwrite1",
+                "ceiling: pwrite into a preallocated, zero-written file + fdatasync, 1 record/sync",
+                "file.raw_pwrite1",
+                "rec/s",
+                params={"n": 10_000},
+            ),
+            Row(
+                "orx_procs1",
+                "orchestrix  1 writer process, 1 event/append (new aggregates)",
+                "file.orx_write_procs",
+                "ev/s",
+                params={"n": 3_000, "procs": 1},
+            ),
+            Row(
+                "orx_procs4",
+                "orchestrix  4 writer processes on one store, same",
+                "file.orx_write_procs",
+                "ev/s",
+                params={"n": 8_000, "procs": 4},
+            ),
+            Row(
+                "raw_pwrite4p",
+                "ceiling: 4 processes pwrite into one preallocated file + fdatasync each, no lock",
+                "file.raw_pwrite_procs",
+                "rec/s",
+                params={"n": 8_000, "procs": 4},
+            ),
+            Row(
                 "orx_write8",
                 "orchestrix  8 writer threads, own stream each, 1 event/append",
                 "file.orx_write8",
@@ -160,6 +188,41 @@ SUITES: dict[str, tuple[list[Row], list[Check]]] = {
                 "file.es_write8",
                 "ev/s",
                 params={"n": 8_000, "threads": 8},
+            ),
+            Row(
+                "lag_file",
+                "loop lag p99, 1 ms ticker, 8 asyncio tasks appending to the file store",
+                "file.lag_file",
+                "ms",
+                better="lower",
+                params={"n": 16_000, "tasks": 8},
+                scale=1e3,
+            ),
+            Row(
+                "lag_file_max",
+                "loop lag max, same (a separate run)",
+                "file.lag_file",
+                "ms",
+                better="lower",
+                params={"n": 16_000, "tasks": 8, "stat": "max"},
+                scale=1e3,
+            ),
+            Row(
+                "lag_pg",
+                "loop lag p99, same, PostgreSQL store",
+                "file.lag_pg",
+                "ms",
+                better="lower",
+                params={"n": 4_000, "tasks": 8},
+                scale=1e3,
+            ),
+            Row(
+                "lag_idle",
+                "loop lag p99, same ticker, idle loop (floor)",
+                "file.lag_idle",
+                "ms",
+                better="lower",
+                scale=1e3,
             ),
             Row(
                 "orx_load10k",
@@ -211,6 +274,35 @@ SUITES: dict[str, tuple[list[Row], list[Check]]] = {
             Check("1 writer: orchestrix vs peer SQLite", "orx_write1", "es_write1", 1.5, source="issue 3"),
             Check("1 writer: orchestrix / fsync ceiling", "orx_write1", "raw_fsync1", 0.85, source="issue 3"),
             Check("peer SQLite / fsync ceiling (info)", "es_write1", "raw_fsync1", None),
+            Check(
+                "1 writer: orchestrix / in-place fdatasync ceiling",
+                "orx_write1",
+                "raw_pwrite1",
+                0.8,
+                source="issue 19",
+            ),
+            Check("4 writer processes / 1 process", "orx_procs4", "orx_procs1", 3.0, source="issue 19"),
+            Check(
+                "4 raw processes / 1 raw writer: the disk's concurrency (info)",
+                "raw_pwrite4p",
+                "raw_pwrite1",
+                None,
+            ),
+            Check("4 writer processes / 4 raw processes (info)", "orx_procs4", "raw_pwrite4p", None),
+            Check("8 writers: orchestrix / in-place ceiling (info)", "orx_write8", "raw_pwrite1", None),
+            Check(
+                "loop lag p99 <= 2 ms (file store)", "lag_file", None, 0.002, kind="max", source="issue 19"
+            ),
+            Check(
+                "loop lag max <= 10 ms (file store)",
+                "lag_file_max",
+                None,
+                0.010,
+                kind="max",
+                source="issue 19",
+            ),
+            Check("loop lag p99: PostgreSQL store / file store (info)", "lag_file", "lag_pg", None),
+            Check("loop lag p99: idle floor / file store (info)", "lag_file", "lag_idle", None),
             Check("1 writer: indexed store / fresh store (info)", "orx_write1_indexed", "orx_write1", None),
             Check(
                 "8 writers: orchestrix / 1-writer ceiling", "orx_write8", "raw_fsync1", 4.0, source="issue 3"
@@ -330,6 +422,20 @@ SUITES: dict[str, tuple[list[Row], list[Check]]] = {
                 params={"n": 3_000, "atomic": 0},
             ),
             Row(
+                "orx_file_pair_atomic_4w",
+                "orchestrix file  4 writers interleaved, 2-stream atomic appends",
+                "multistream.file_pairs",
+                "pairs/s",
+                params={"n": 3_000, "atomic": 1, "writers": 4},
+            ),
+            Row(
+                "orx_file_pair_two_4w",
+                "orchestrix file  4 writers interleaved, same pairs as 2 single appends",
+                "multistream.file_pairs",
+                "pairs/s",
+                params={"n": 3_000, "atomic": 0, "writers": 4},
+            ),
+            Row(
                 "orx_pg_pair_atomic",
                 "orchestrix PostgreSQL  2-stream atomic append (append_many)",
                 "multistream.pg_pairs",
@@ -342,6 +448,20 @@ SUITES: dict[str, tuple[list[Row], list[Check]]] = {
                 "multistream.pg_pairs",
                 "pairs/s",
                 params={"n": 2_000, "atomic": 0},
+            ),
+            Row(
+                "orx_pg_pair_atomic_4w",
+                "orchestrix PostgreSQL  4 writers interleaved, 2-stream atomic appends",
+                "multistream.pg_pairs",
+                "pairs/s",
+                params={"n": 2_000, "atomic": 1, "writers": 4},
+            ),
+            Row(
+                "orx_pg_pair_two_4w",
+                "orchestrix PostgreSQL  4 writers interleaved, same pairs as 2 single appends",
+                "multistream.pg_pairs",
+                "pairs/s",
+                params={"n": 2_000, "atomic": 0, "writers": 4},
             ),
         ],
         [
@@ -358,6 +478,18 @@ SUITES: dict[str, tuple[list[Row], list[Check]]] = {
                 "orx_pg_pair_two",
                 1.5,
                 source="issue 17",
+            ),
+            Check(
+                "file 4 writers: atomic pairs vs 2 appends (info)",
+                "orx_file_pair_atomic_4w",
+                "orx_file_pair_two_4w",
+                None,
+            ),
+            Check(
+                "postgres 4 writers: atomic pairs vs 2 appends (info)",
+                "orx_pg_pair_atomic_4w",
+                "orx_pg_pair_two_4w",
+                None,
             ),
         ],
     ),
@@ -592,9 +724,13 @@ def quick_params(params: dict[str, Any], quick: bool) -> dict[str, Any]:
     return {k: max(1, v // 10) if k in QUICK_KEYS and isinstance(v, int) else v for k, v in params.items()}
 
 
-def run_suite(name: str, reps: int, quick: bool) -> dict[str, Any]:
-    """All rows of a suite, ``reps`` times, interleaved; then medians and checks."""
+def run_suite(name: str, reps: int, quick: bool, only: set[str] | None = None) -> dict[str, Any]:
+    """All rows of a suite (or those in ``only``), ``reps`` times, interleaved; then medians and checks."""
     rows, checks = SUITES[name]
+    if only is not None:
+        rows = [r for r in rows if r.key in only]
+        keys = {r.key for r in rows}
+        checks = [c for c in checks if c.a in keys and (c.b is None or c.b in keys)]
     results: dict[str, list[dict[str, Any]]] = {row.key: [] for row in rows}
     prepared: dict[str, dict[str, Any]] = {}
     tmpdirs: list[str] = []
@@ -644,7 +780,12 @@ def _brief(result: dict[str, Any], row: Row) -> str:
         return f"not landed ({result['not_landed']})"
     if "error" in result:
         return f"ERROR {result['error']}"
-    return f"{_fmt(result['value'] * row.scale)} {row.unit}"
+    extra = (
+        f" (max {_fmt(result['max'] * row.scale)}, {_fmt(result['events_per_s'])} ev/s)"
+        if "max" in result
+        else ""
+    )
+    return f"{_fmt(result['value'] * row.scale)} {row.unit}{extra}"
 
 
 def _row_summary(row: Row, runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -747,7 +888,8 @@ def print_suite(name: str, summary: dict[str, Any]) -> None:
         elif c["kind"] == "ratio":
             target = f">= {c['target']:g}x"
         else:
-            target = f"{'<=' if c['kind'] == 'max' else '>='} {c['target']:g}"
+            a = summary["rows"][c["a"]]
+            target = f"{'<=' if c['kind'] == 'max' else '>='} {_fmt(c['target'] * a['scale'])} {a['unit']}"
         print(f"  {c['label']:<{cwidth}}  {shown:<24} {target:<10} {c['result']}")
 
 
@@ -762,8 +904,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rev", help="measure orchestrix as committed at this git revision (default: the working tree)"
     )
+    parser.add_argument(
+        "--rows", help="comma-separated row keys: run only these (and the checks between them)"
+    )
     args = parser.parse_args(argv)
     suites = args.suites or list(SUITES)
+    only = set(args.rows.split(",")) if args.rows else None
+    if only is not None:
+        suites = (
+            [s for s in suites if any(r.key in only for r in SUITES[s][0])] if args.suites or only else suites
+        )
     unknown = [s for s in suites if s not in SUITES]
     if unknown:
         parser.error(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(SUITES)}")
@@ -791,7 +941,7 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {"meta": meta, "suites": {}}
     for name in suites:
         print(f"\n-- running {name} ...", flush=True)
-        out["suites"][name] = run_suite(name, args.reps, args.quick)
+        out["suites"][name] = run_suite(name, args.reps, args.quick, only)
         print_suite(name, out["suites"][name])
     meta["loadavg_end"] = os.getloadavg()
     path = args.json_path or os.path.join(BENCH, "results", time.strftime("%Y%m%d-%H%M%S") + ".json")

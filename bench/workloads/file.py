@@ -369,3 +369,208 @@ def orx_open(dir: str, n: int = 1_000_000) -> dict[str, Any]:
     store.close()
     assert last >= n and version == EVENTS_PER_STREAM - 1, (last, version)
     return duration(seconds, events=n)
+
+
+# -- issue 19: the in-place sync ceiling, several writer processes, event-loop lag --------------
+
+
+def raw_pwrite1(n: int = 10_000) -> dict[str, Any]:
+    """Ceiling: pwrite a 256-byte record into a preallocated, zero-written file, fdatasync each.
+
+    The file's blocks exist and are written before timing, so each sync flushes data only (no
+    size or block-map change to journal): the least a durable append can cost on this disk.
+    """
+    record = (payload(0) * 2).encode()[:RAW_RECORD_BYTES]
+    with temp_dir() as path:
+        fd = os.open(os.path.join(path, "log"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            chunk = bytes(1 << 20)
+            for offset in range(0, n * RAW_RECORD_BYTES + len(chunk), len(chunk)):
+                os.pwrite(fd, chunk, offset)
+            os.fsync(fd)
+            start = clock()
+            for i in range(n):
+                os.pwrite(fd, record, i * RAW_RECORD_BYTES)
+                os.fdatasync(fd)
+            seconds = clock() - start
+        finally:
+            os.close(fd)
+    return rate(n, seconds)
+
+
+def _proc_worker(i: int, barrier: Any, results: Any, path: str, count: int) -> None:
+    import time
+
+    from orchestrix.core.eventsourcing.aggregate import AggregateRepository
+    from workloads.orx_model import Note, serializer
+
+    try:
+        store = _file_store()(path, serializer(), sync=True)
+        repo = AggregateRepository(event_store=store)
+        texts = [payload(k) for k in range(count)]
+        barrier.wait()
+        start = time.perf_counter()
+        for text in texts:
+            note = Note()
+            note.write(str(uuid.uuid4()), text)
+            repo.save(note)
+        end = time.perf_counter()
+        store.close()
+        results.put((start, end))
+    except BaseException as exc:
+        results.put(f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def orx_write_procs(n: int = 4_000, procs: int = 4) -> dict[str, Any]:
+    """orchestrix: ``procs`` processes on one store, each saving new one-event aggregates."""
+    import multiprocessing as mp
+
+    per = n // procs
+    with temp_dir() as path:
+        store_path = os.path.join(path, "store")
+        _file_store()(store_path, require("workloads.orx_model", "serializer")(), sync=True).close()
+        ctx = mp.get_context("spawn")
+        barrier = ctx.Barrier(procs)
+        results = ctx.Queue()
+        workers = [
+            ctx.Process(target=_proc_worker, args=(i, barrier, results, store_path, per))
+            for i in range(procs)
+        ]
+        for w in workers:
+            w.start()
+        spans = [results.get(timeout=600) for _ in workers]
+        for w in workers:
+            w.join()
+        errors = [s for s in spans if isinstance(s, str)]
+        if errors:
+            raise RuntimeError(errors[0])
+        seconds = max(e for _, e in spans) - min(s for s, _ in spans)
+        store = _file_store()(store_path, require("workloads.orx_model", "serializer")(), sync=True)
+        assert store.last_position() >= per * procs
+        store.close()
+    return rate(per * procs, seconds)
+
+
+def _lag(open_store: Any, n: int, tasks: int, tick: float = 0.001, stat: str = "p99") -> dict[str, Any]:
+    """How late a ticker sleeping ``tick`` wakes while ``tasks`` asyncio tasks append (``n`` events)."""
+    import asyncio
+    import statistics
+    import time
+
+    from orchestrix.core.eventsourcing.aggregate import AggregateRepository
+    from workloads.orx_model import Note
+
+    per_task = n // tasks if tasks else 0
+
+    async def main() -> tuple[list[float], float]:
+        store = open_store()
+        repo = AggregateRepository(event_store=store) if store is not None else None
+        lates: list[float] = []
+        stop = False
+
+        async def ticker() -> None:
+            while not stop:
+                before = time.perf_counter()
+                await asyncio.sleep(tick)
+                lates.append(time.perf_counter() - before - tick)
+
+        async def work() -> None:
+            note = Note()
+            note_id = str(uuid.uuid4())
+            for k in range(per_task):
+                note.write(note_id, payload(k))
+                await repo.save_async(note)  # type: ignore[union-attr]
+
+        tick_task = asyncio.create_task(ticker())
+        await asyncio.sleep(0.05)  # warm up
+        lates.clear()
+        start = clock()
+        if tasks:
+            await asyncio.gather(*(work() for _ in range(tasks)))
+        else:
+            await asyncio.sleep(2.0)
+        seconds = clock() - start
+        stop = True
+        await tick_task
+        if store is not None:
+            store.close()
+        return lates, seconds
+
+    lates, seconds = asyncio.run(main())
+    lates.sort()
+    p99 = lates[min(len(lates) - 1, int(len(lates) * 0.99))]
+    return {
+        "value": p99 if stat == "p99" else lates[-1],
+        "p50": statistics.median(lates),
+        "p99": p99,
+        "max": lates[-1],
+        "ticks": len(lates),
+        "events_per_s": per_task * tasks / seconds if tasks else 0.0,
+        "seconds": seconds,
+    }
+
+
+def lag_file(n: int = 16_000, tasks: int = 8, stat: str = "p99") -> dict[str, Any]:
+    """Loop lag (p99, or ``stat="max"``, of a 1 ms ticker) while 8 tasks append to the file store."""
+    with temp_dir() as path:
+        return _lag(lambda: _orx(os.path.join(path, "store"))[0], n, tasks, stat=stat)
+
+
+def lag_idle(n: int = 0, tasks: int = 0) -> dict[str, Any]:
+    """Floor: the same ticker on an idle loop for 2 s."""
+    return _lag(lambda: None, n, 0)
+
+
+def lag_pg(n: int = 4_000, tasks: int = 8) -> dict[str, Any]:
+    """The same loop lag with the PostgreSQL store (its asyncio appends) under the same load."""
+    from workloads.postgres import _pg_store, fresh_schema
+
+    with fresh_schema("lag") as schema:
+        _pg_store(schema).close()
+        return _lag(lambda: _pg_store(schema), n, tasks)
+
+
+def _raw_proc(i: int, barrier: Any, results: Any, path: str, count: int, procs: int) -> None:
+    import time
+
+    record = (payload(0) * 2).encode()[:RAW_RECORD_BYTES]
+    fd = os.open(path, os.O_RDWR)
+    try:
+        barrier.wait()
+        start = time.perf_counter()
+        for k in range(count):
+            os.pwrite(fd, record, (k * procs + i) * RAW_RECORD_BYTES)  # interleaved, like one log
+            os.fdatasync(fd)
+        results.put((start, time.perf_counter()))
+    finally:
+        os.close(fd)
+
+
+def raw_pwrite_procs(n: int = 8_000, procs: int = 4) -> dict[str, Any]:
+    """Ceiling for several writer processes: each pwrites records into one preallocated file and
+    fdatasyncs after each, with no lock: how many concurrent syncs the disk takes at once."""
+    import multiprocessing as mp
+
+    per = n // procs
+    with temp_dir() as path:
+        log = os.path.join(path, "log")
+        fd = os.open(log, os.O_RDWR | os.O_CREAT, 0o644)
+        chunk = bytes(1 << 20)
+        for offset in range(0, n * RAW_RECORD_BYTES + len(chunk), len(chunk)):
+            os.pwrite(fd, chunk, offset)
+        os.fsync(fd)
+        os.close(fd)
+        ctx = mp.get_context("spawn")
+        barrier = ctx.Barrier(procs)
+        results = ctx.Queue()
+        workers = [
+            ctx.Process(target=_raw_proc, args=(i, barrier, results, log, per, procs)) for i in range(procs)
+        ]
+        for w in workers:
+            w.start()
+        spans = [results.get(timeout=600) for _ in workers]
+        for w in workers:
+            w.join()
+        seconds = max(e for _, e in spans) - min(s for s, _ in spans)
+    return rate(per * procs, seconds)

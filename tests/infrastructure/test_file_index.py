@@ -321,3 +321,25 @@ def test_a_damaged_index_leaves_no_database_connection_open(
         except sqlite3.ProgrammingError:  # "Cannot operate on a closed database."
             pass
     assert len(opened) >= 3 and still_open == []
+
+
+def test_a_checkpoint_works_in_slices_and_lets_other_threads_in_between(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In one go, a checkpoint of thousands of records held the GIL for the interpreter's whole
+    # switch interval at a time: an event loop's 1 ms ticks woke 5-30 ms late (issue 19).
+    from orchestrix.infrastructure.file import _gil
+
+    pauses: list[int] = []
+    monkeypatch.setattr(_gil, "pause", lambda: pauses.append(1))
+    path = tmp_path / "store"
+    n = 3 * _gil.SLICE + 5
+    with open_store(path, sync=False, checkpoint_events=10 * n) as store:
+        for i in range(n):
+            store.append(f"s-{i % 7}", events(i), ANY)
+        flush_index(store)
+        assert index_covers(store) == n
+        assert len(pauses) >= 3 * 3  # index, filters and tail, each in 4 slices
+        assert numbers(store, "s-3") == list(range(3, n, 7))
+    with open_store(path) as store:
+        assert store.stream_version("s-0") == len(range(0, n, 7)) - 1

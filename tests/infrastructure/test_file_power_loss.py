@@ -1,7 +1,8 @@
 """Power loss: every disk state a POSIX file system may leave after a power cut opens correctly.
 
 In the manner of ALICE and CrashMonkey. A small workload (appends of batches of 1 to 10 events
-to three streams, with segment rolls and index checkpoints) runs once against a real store
+to three streams, a quarter of them multi-stream appends over two or three of the streams, with
+segment rolls and index checkpoints) runs once against a real store
 whose I/O seam (:class:`~orchestrix.infrastructure.file._io.FileIO`) records every file
 creation, write, truncation, sync, rename, removal and directory sync, and when each append was
 acknowledged. Then, at every sync point (just before each fsync, fdatasync or directory fsync,
@@ -44,7 +45,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from orchestrix.core.eventsourcing.store import ANY
+from orchestrix.core.eventsourcing.store import ANY, AppendResult, StreamAppend
 from orchestrix.core.messaging.serializer import Serializer
 from orchestrix.infrastructure.file import FileEventStore
 from orchestrix.infrastructure.file._io import FileIO
@@ -162,7 +163,8 @@ class Workload(NamedTuple):
 def _run_workload(directory: str, appends: int) -> Workload:
     io = RecordingIO(directory)
     rng = random.Random(14)
-    batches: list[tuple[str, list[int]]] = []
+    batch_sizes: list[int] = []
+    spread_batches = 0
     store = FileEventStore(
         directory,
         contract_serializer(),
@@ -176,22 +178,38 @@ def _run_workload(directory: str, appends: int) -> Workload:
     versions: dict[str, int] = {}
     with store:
         for batch in range(appends):
-            stream = f"s-{rng.randrange(3)}"
-            batch_numbers = _batch_numbers(batch, rng.choice([1, 1, 1, 1, 2, 10]))
-            batch_events = events(*batch_numbers)
-            result = store.append(stream, batch_events, ANY)
+            # a quarter of the batches are multi-stream appends over two or three streams: one
+            # write and one sync, so a cut keeps all of their streams' events or none of them
+            streams = [f"s-{k}" for k in range(3)]
+            rng.shuffle(streams)
+            spread = rng.choice([2, 2, 3]) if rng.randrange(4) == 0 else 1
+            first = 0
+            parts: list[tuple[str, list[int]]] = []
+            for stream in streams[:spread]:
+                size = rng.choice([1, 1, 1, 1, 2, 10]) if spread == 1 else rng.choice([1, 1, 2])
+                parts.append((stream, _batch_numbers(batch, first + size)[first:]))
+                first += size
+            appended = [(stream, part, events(*part)) for stream, part in parts]
+            if spread == 1:
+                ((stream, _, batch_events),) = appended
+                results: tuple[AppendResult, ...] = (store.append(stream, batch_events, ANY),)
+            else:
+                results = store.append_many([StreamAppend(s, e, ANY) for s, _, e in appended])
             io.ack(batch)
-            for n, event, version, position in zip(
-                batch_numbers, batch_events, result.versions, result.positions, strict=True
-            ):
-                assert version == versions.get(stream, -1) + 1 and position == len(log) + 1
-                versions[stream] = version
-                log.append((_stored(serializer, n), event.event_id, stream, version, position))
-                numbers.append(n)
-            batches.append((stream, batch_numbers))
+            for (stream, part, batch_events), result in zip(appended, results, strict=True):
+                for n, event, version, position in zip(
+                    part, batch_events, result.versions, result.positions, strict=True
+                ):
+                    assert version == versions.get(stream, -1) + 1 and position == len(log) + 1
+                    versions[stream] = version
+                    log.append((_stored(serializer, n), event.event_id, stream, version, position))
+                    numbers.append(n)
+            batch_sizes.append(first)
+            spread_batches += spread > 1
+    assert spread_batches >= appends // 8, f"only {spread_batches} multi-stream batches"
     ends = [0]
-    for _, batch_numbers in batches:
-        ends.append(ends[-1] + len(batch_numbers))
+    for size in batch_sizes:
+        ends.append(ends[-1] + size)
     return Workload(io.ops, log, numbers, ends)
 
 

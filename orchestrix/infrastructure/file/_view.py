@@ -27,6 +27,7 @@ from orchestrix.infrastructure.file._format import (
     RecordProblem,
     parse_info,
 )
+from orchestrix.infrastructure.file._gil import slices
 from orchestrix.infrastructure.file._index import EMPTY, Covered, Entry, Index, IndexDamaged, Mode
 from orchestrix.infrastructure.file._io import FileIO, Syncs
 from orchestrix.infrastructure.file._locator import Locator, Seen
@@ -297,12 +298,22 @@ class LogView:
             end = self.end.position
         if not entries:
             return
-        covered = self.index.add(entries)
+        # In slices, each its own transaction: Python work in one go would hold the GIL for many
+        # ms, and every thread waiting for it (an event loop above all) with it (see _gil).
+        covered = 0
+        for part in slices(entries):
+            covered = self.index.add(part)
+            if covered < part[-1].position + part[-1].count - 1:  # it lacks records before these
+                break
         bound = min(covered, end)
+        handed = [e for e in entries if e.position <= bound]
         # the filters first: at every moment a handed-over key is in the tail, the filters or both
-        self.locator.seen.add([e for e in entries if e.position <= bound])
-        with self.state:
-            self.locator.trim(bound)
+        for part in slices(handed):
+            self.locator.seen.add(list(part))
+        for part in slices(handed):
+            last = part[-1]
+            with self.state:
+                self.locator.trim(last.position + last.count - 1)
 
     def close(self, checkpoint: bool) -> None:
         """Stop the background checkpoint, checkpoint once more if asked, wake waiters, close files."""

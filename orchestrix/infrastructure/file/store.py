@@ -77,7 +77,7 @@ __all__ = [
 CHECKPOINT_FILE = "checkpoints.json"
 DEFAULT_SEGMENT_SIZE = 128 * 1024 * 1024
 DEFAULT_CHECKPOINT_EVENTS = 16384
-DEFAULT_LOOP_SYNC_MAX = 0.001
+DEFAULT_LOOP_SYNC_MAX = 0.0
 MIN_SEGMENT_SIZE = 512  # tiny segments are for tests of rollovers
 MAX_SEGMENT_SIZE = 1 << 40  # the index keeps offsets in 40 bits
 _STREAM_WINDOW = 4096
@@ -95,9 +95,10 @@ class FileEventStore(AsyncStoreMixin):
     ``checkpoint_events`` how many events may accumulate before they are added to the index.
     ``loop_sync_max``: asyncio appends are committed by the event loop itself, which then
     blocks for one fdatasync, while the disk's syncs average at most this many seconds (a
-    hand-over to a writer thread and back costs more than a fast sync); ``0`` keeps every
-    sync off the loop. ``policy`` sets how long the writer lock is kept and which calls do the
-    file I/O (:class:`~orchestrix.infrastructure.file._policy.FilePolicy`; its defaults suit
+    hand-over to a writer thread and back can cost more than a fast sync); ``0``, the
+    default, keeps every sync off the loop, so that other tasks never wait for the disk.
+    ``policy`` sets how long the writer lock is kept and which calls do the file I/O
+    (:class:`~orchestrix.infrastructure.file._policy.FilePolicy`; its defaults suit
     production, tests and fault injection pass their own). Several stores (in this or other
     processes) may open one directory at once.
 

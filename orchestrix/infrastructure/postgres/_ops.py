@@ -8,6 +8,7 @@ rows, or throws the ``UniqueViolation`` the query raised into the generator) or
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Generator, Sequence
@@ -28,7 +29,7 @@ from orchestrix.core.eventsourcing.fencing import Fence
 from orchestrix.core.eventsourcing.store import ANY, STREAM_EXISTS, AppendResult
 from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
 from orchestrix.core.messaging.serializer import Serializer
-from orchestrix.infrastructure.postgres._schema import EVENT_ID_CONSTRAINT, Statements
+from orchestrix.infrastructure.postgres._schema import EVENT_ID_CONSTRAINT, SMALL_MULTI_APPEND, Statements
 
 __all__: list[str] = []
 
@@ -163,6 +164,54 @@ def append_op(
     raise ConcurrencyError(stream, expected, actual)
 
 
+def _array_params(parts: Sequence[tuple[str, EncodedBatch, int]]) -> dict[str, Any]:
+    """The parameters of ``Statements.append_streams``: one array per column."""
+    return {
+        "streams": [stream for stream, _, _ in parts],
+        "expecteds": [expected for _, _, expected in parts],
+        "parts": [k for k, (_, encoded, _) in enumerate(parts, 1) for _ in encoded.ids],
+        "nums": [n for _, encoded, _ in parts for n in range(1, len(encoded.ids) + 1)],
+        "ids": [i for _, encoded, _ in parts for i in encoded.ids],
+        "types": [t for _, encoded, _ in parts for t in encoded.types],
+        "data": [d for _, encoded, _ in parts for d in encoded.data],
+        "corr": [c for _, encoded, _ in parts for c in encoded.correlation],
+        "caus": [c for _, encoded, _ in parts for c in encoded.causation],
+    }
+
+
+def _small_params(parts: Sequence[tuple[str, EncodedBatch, int]]) -> dict[str, Any]:
+    """The parameters of ``Statements.append_streams_small``: the streams and the events as JSON.
+
+    Not ASCII-escaped: text that cannot be sent (a lone surrogate) fails in the client's
+    encoding, as it does in the array form, instead of reaching the server as an escape.
+    """
+    events: list[dict[str, Any]] = []
+    for k, (_, encoded, _) in enumerate(parts, 1):
+        for n, (event_id, type_name, data, correlation, causation) in enumerate(
+            zip(
+                encoded.ids, encoded.types, encoded.data, encoded.correlation, encoded.causation, strict=True
+            ),
+            1,
+        ):
+            events.append(
+                {
+                    "p": k,
+                    "n": n,
+                    "i": len(events) + 1,
+                    "id": str(event_id),
+                    "t": type_name,
+                    "d": data,
+                    "c": None if correlation is None else str(correlation),
+                    "k": None if causation is None else str(causation),
+                }
+            )
+    streams = [{"s": stream, "e": expected, "k": k} for k, (stream, _, expected) in enumerate(parts, 1)]
+    return {
+        "streams": json.dumps(streams, ensure_ascii=False),
+        "events": json.dumps(events, ensure_ascii=False),
+    }
+
+
 def append_streams_op(
     st: Statements,
     parts: Sequence[tuple[str, EncodedBatch, int]],
@@ -173,25 +222,21 @@ def append_streams_op(
 
     Returns the results in the order of ``parts`` and whether anything was written (False for a
     replay). A failed expectation raises MultiStreamConflictError naming every stream that failed.
-    ``times`` (an import) are the parts' events' own ``recorded_at``, else the database's now().
+    ``times`` (an import) are the parts' events' own ``recorded_at``, else the database's now();
+    an import always takes the array form (its pages are big).
     """
     streams = [stream for stream, _, _ in parts]
-    params: dict[str, Any] = {
-        "streams": streams,
-        "expecteds": [expected for _, _, expected in parts],
-        "parts": [k for k, (_, encoded, _) in enumerate(parts, 1) for _ in encoded.ids],
-        "nums": [n for _, encoded, _ in parts for n in range(1, len(encoded.ids) + 1)],
-        "ids": [i for _, encoded, _ in parts for i in encoded.ids],
-        "types": [t for _, encoded, _ in parts for t in encoded.types],
-        "data": [d for _, encoded, _ in parts for d in encoded.data],
-        "corr": [c for _, encoded, _ in parts for c in encoded.correlation],
-        "caus": [c for _, encoded, _ in parts for c in encoded.causation],
-    }
-    statement = st.append_streams if times is None else st.import_streams
     if times is not None:
+        statement = st.import_streams if fence is None else st.import_streams_fenced
+        params = _array_params(parts)
         params["times"] = [t for part in times for t in part]
+    else:
+        small = sum(len(encoded.ids) for _, encoded, _ in parts) <= SMALL_MULTI_APPEND
+        statement = st.append_streams_small if small else st.append_streams
+        params = _small_params(parts) if small else _array_params(parts)
+        if fence is not None:
+            statement = st.append_streams_small_fenced if small else st.append_streams_fenced
     if fence is not None:
-        statement = st.append_streams_fenced if times is None else st.import_streams_fenced
         params["fence"], params["gen"] = fence.name, fence.generation
     checked = [(stream, list(encoded.batch), expected) for stream, encoded, expected in parts]
     loose = all(expected in (ANY, STREAM_EXISTS) for _, _, expected in parts)

@@ -168,6 +168,10 @@ def channel_name(schema: str) -> str:
     return "orchestrix_" + hashlib.sha256(schema.encode()).hexdigest()[:24]
 
 
+SMALL_MULTI_APPEND = 64
+"""A multi-stream append of at most this many events uses ``Statements.append_streams_small``."""
+
+
 def _own_sql(text: str) -> LiteralString:
     # psycopg types a query as LiteralString to flag SQL text built from input. This module's
     # text is its own: literals and integer constants, each name quoted by sql.Identifier. Only
@@ -191,6 +195,8 @@ class Statements:
     append_streams_fenced: LiteralString
     import_streams: LiteralString
     import_streams_fenced: LiteralString
+    append_streams_small: LiteralString
+    append_streams_small_fenced: LiteralString
     stream_versions: LiteralString
     fence_generation: LiteralString
     grant_fence: LiteralString
@@ -298,6 +304,37 @@ class Statements:
             .replace(text("%(caus)b::uuid[]) WITH"), text("%(caus)b::uuid[], %(times)b::timestamptz[]) WITH"))
             .replace(text("b(part, n, id, t, d, c, k, i)"), text("b(part, n, id, t, d, c, k, r, i)"))
             for statement in (self.append_streams, self.append_streams_fenced)
+        )
+
+        # The same statements for small appends (SMALL_MULTI_APPEND events at most), with the
+        # streams and the events each passed as one JSON text, read by json_to_recordset().
+        # unnest() estimates its rows from a constant array, so with arrays each custom plan
+        # (the arrays as constants) looked cheaper than the generic one and PostgreSQL planned
+        # the statement again on every call: 0.18 ms of planning against 0.09 ms of execution
+        # for two one-event streams. json_to_recordset() estimates the same either way, so the
+        # prepared statement keeps its generic plan; and json.dumps() costs a fraction of
+        # dumping nine arrays (0.13 ms in psycopg). A page of thousands of events (a copy) is
+        # better off with a plan made for its arrays (a generic one was 20-60% slower there),
+        # so it keeps the array form.
+        small_current = (
+            "WITH req AS (SELECT r.s AS stream, r.e AS expected, r.k, "
+            "(SELECT coalesce(max(version), -1) FROM {events} WHERE stream = r.s) AS v "
+            "FROM json_to_recordset(%(streams)s::json) AS r(s text, e bigint, k bigint)), "
+            "ok AS (SELECT bool_and(expected = -2 OR (expected = -4 AND v >= 0) OR v = expected) AS good "
+            "FROM req) "
+        )
+        small_rows = (
+            "json_to_recordset(%(events)s::json) "
+            "AS b(p bigint, n bigint, i bigint, id uuid, t text, d text, c uuid, k uuid) "
+            "JOIN req ON req.k = b.p WHERE ok.good ORDER BY req.stream, b.n "
+            "RETURNING position, stream, version"
+        )
+        small_values = f"SELECT {base} + b.i - 1, req.stream, req.v + b.n, b.id, b.t, b.d, b.c, b.k"
+        self.append_streams_small = text(
+            f"{small_current}INSERT INTO {{events}} {columns} {small_values} FROM ok, {small_rows}"
+        )
+        self.append_streams_small_fenced = text(
+            f"{small_current}INSERT INTO {{events}} {columns} {small_values} FROM ok{fence}, {small_rows}"
         )
         self.stream_versions = text(
             "SELECT s.stream, (SELECT coalesce(max(version), -1) FROM {events} WHERE stream = s.stream) "
