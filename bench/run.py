@@ -498,10 +498,19 @@ SUITES: dict[str, tuple[list[Row], list[Check]]] = {
         [
             Row(
                 "orx_copy_file_pg",
-                "orchestrix copy  file store -> PostgreSQL, 100k events",
+                "orchestrix copy  file store -> PostgreSQL, 1M events (times kept)",
                 "copy.file_to_pg",
                 "ev/s",
-                params={"n": 100_000},
+                params={"n": 1_000_000},
+                prepare="copy.build_source",
+            ),
+            Row(
+                "pg_insert_ceiling",
+                "ceiling: the same rows from memory, one INSERT ... unnest per 1,000",
+                "copy.pg_insert_ceiling",
+                "ev/s",
+                params={"n": 1_000_000},
+                prepare="copy.build_source",
             ),
         ],
         [
@@ -513,6 +522,7 @@ SUITES: dict[str, tuple[list[Row], list[Check]]] = {
                 kind="min",
                 source="issue 15",
             ),
+            Check("copy / INSERT ceiling (info)", "orx_copy_file_pg", "pg_insert_ceiling", None),
         ],
     ),
     "saga": (

@@ -27,8 +27,8 @@ def add_parser(commands: Any, non_negative_float: Any, positive_int: Any) -> Non
         "copy",
         help="copy every event of a store into another (file store <-> PostgreSQL), resumably",
         description="Copy every event of SOURCE into TARGET, keeping stream names, versions, event "
-        "ids and the global order, then verify the copy. Stopped (Ctrl-C, a kill), it resumes "
-        "where it stopped when run again, writing no event twice.",
+        "ids, each event's recorded_at and the global order, then verify the copy. Stopped (Ctrl-C, "
+        "a kill), it resumes where it stopped when run again, writing no event twice.",
     )
     copy.add_argument("source", metavar="SOURCE", help="a file store directory, or a postgresql:// DSN")
     copy.add_argument(
@@ -129,8 +129,8 @@ def _run(cli: Any, args: argparse.Namespace, source: Any, target: Any, decode_wi
     # Verification reads both stores whole: the source as the copy wrote it (re-encoded with
     # --upcast), the target as stored.
     check = decode_with or PassThroughSerializer()
-    expected = tally(source.store.read_all(), check)
-    found = tally(target.store.read_all(), PassThroughSerializer())
+    expected = tally(source.store.read_all(), check, times=result.kept_times)
+    found = tally(target.store.read_all(), PassThroughSerializer(), times=result.kept_times)
     differences = expected.differences(found)
     summary = {
         "kind": "copy",
@@ -146,6 +146,7 @@ def _run(cli: Any, args: argparse.Namespace, source: Any, target: Any, decode_wi
         "verified": not differences,
         "differences": differences,
         "checksum": found.checksum,
+        "kept_times": result.kept_times,
     }
     if args.json:
         cli._print_json(summary)
@@ -158,7 +159,7 @@ def _run(cli: Any, args: argparse.Namespace, source: Any, target: Any, decode_wi
         if not differences:
             print(
                 f"verified: {found.events:,} events, {len(found.versions):,} streams at the same versions, "
-                f"the same event ids, payload checksum {found.checksum[:16]}",
+                f"the same event ids and times, checksum {found.checksum[:16]}",
             )
     if differences:
         raise cli._Found("verification failed: " + "; ".join(differences))

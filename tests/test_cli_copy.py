@@ -9,13 +9,15 @@ import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import attrs
 import pytest
 
 from orchestrix.cli import main
-from orchestrix.core.eventsourcing.copy import PassThroughSerializer, _pages, tally
+from orchestrix.core.eventsourcing.copy import PassThroughSerializer, StoredEvent, _pages, tally
 from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
 from orchestrix.core.messaging.serializer import Serializer
 from orchestrix.infrastructure.file import FileEventStore
@@ -42,7 +44,8 @@ def _fill(path: Path, n: int, streams: int = 7) -> None:
 
 
 def _key(e: RecordedEvent) -> tuple[object, ...]:
-    return (e.stream, e.version, e.event_id, e.event_type, e.correlation_id, e.causation_id)
+    # recorded_at too: a copy keeps each event's original time (import_events), not the copy's.
+    return (e.stream, e.version, e.event_id, e.event_type, e.correlation_id, e.causation_id, e.recorded_at)
 
 
 def _events(path: Path) -> list[RecordedEvent]:
@@ -62,6 +65,7 @@ def test_file_to_file_keeps_streams_versions_ids_payloads_and_order(
         7,
         True,
     )
+    assert summary["kept_times"] is True
     source, copied = _events(tmp_path / "src"), _events(tmp_path / "dst")
     assert [_key(e) for e in copied] == [_key(e) for e in source]
     assert [e.event for e in copied] == [e.event for e in source]
@@ -104,9 +108,22 @@ def test_verification_names_what_differs(tmp_path: Path) -> None:
     assert differences[1] == "stream versions differ: 'acct-3' (version 2 vs 3)"
     assert differences[2:] == [
         "the sets of event ids differ",
-        "the payload checksum differs (payloads, types or order)",
+        "the checksum differs (payloads, types, times or order)",
     ]
     assert expected.differences(expected) == []
+
+
+def test_verification_catches_a_copy_that_lost_the_times(tmp_path: Path) -> None:
+    _fill(tmp_path / "a", 5)
+    with FileEventStore(tmp_path / "a", PassThroughSerializer()) as a:
+        source = list(a.read_all())
+        expected = tally(source, PassThroughSerializer())
+    later = [attrs.evolve(e, recorded_at=e.recorded_at + timedelta(microseconds=1)) for e in source]
+    assert expected.differences(tally(later, PassThroughSerializer())) == [
+        "the checksum differs (payloads, types, times or order)"
+    ]
+    untimed = tally(source, PassThroughSerializer(), times=False)
+    assert untimed.differences(tally(later, PassThroughSerializer(), times=False)) == []
 
 
 def test_upcast_needs_a_serializer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -178,3 +195,35 @@ def test_the_pass_through_serializer_writes_only_what_it_read() -> None:
 
     with pytest.raises(SerializationError):
         PassThroughSerializer().encode(Deposited(1))
+
+
+def test_a_source_that_fails_mid_way_stops_the_copy_with_its_error_after_whole_pages() -> None:
+    from orchestrix.core.eventsourcing.copy import copy_store
+    from orchestrix.infrastructure.memory.store import InMemoryEventStore
+
+    class Broken(Exception):
+        pass
+
+    source = InMemoryEventStore(PassThroughSerializer())
+    for i in range(50):
+        source.append(f"acct-{i % 3}", [StoredEvent("Deposited", b'{"amount":%d}' % i)])
+
+    class FailingSource:
+        def __getattr__(self, name: str) -> object:
+            return getattr(source, name)
+
+        def read_all(self, after: int = 0, limit: int | None = None) -> Iterator[RecordedEvent]:
+            for n, recorded in enumerate(source.read_all(after, limit)):
+                if n == 25:
+                    raise Broken("the disk went away")
+                yield recorded
+
+    target = InMemoryEventStore(PassThroughSerializer())
+    with pytest.raises(Broken, match="the disk went away"):
+        copy_store(FailingSource(), target, page=10)  # type: ignore[arg-type]
+    copied = list(target.read_all())
+    assert 0 < len(copied) <= 25  # whole pages (they end early where a stream comes back)
+    assert [(e.stream, e.version) for e in copied] == [(e.stream, e.version) for e in source.read_all()][
+        : len(copied)
+    ]
+    assert [e.recorded_at for e in copied] == [e.recorded_at for e in source.read_all()][: len(copied)]

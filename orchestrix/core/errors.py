@@ -88,6 +88,8 @@ __all__ = [
     "UnhandledEventError",
     "UnknownCommandError",
     "UnknownEventTypeError",
+    "ImportOrderError",
+    "InvalidRecordedAtError",
 ]
 
 
@@ -510,3 +512,36 @@ class KeyAlreadyRefusedError(DomainError):
         self.key = key
         self.error_type = error_type
         self.reason = reason
+
+
+class InvalidRecordedAtError(InvalidArgumentError):
+    """An imported event's ``recorded_at`` is not a timezone-aware ``datetime``; nothing was stored.
+
+    A naive time names no instant (each store would read it in another zone), so it is refused
+    rather than guessed. ``stream`` and ``version`` name the event.
+    """
+
+    def __init__(self, stream: str, version: int, value: object) -> None:
+        super().__init__(
+            "recorded_at",
+            value,
+            "a timezone-aware datetime",
+            message=f"event {version} of stream {stream!r}: recorded_at {_show(value)} "
+            "is not a timezone-aware datetime",
+        )
+        self.stream = stream
+        self.version = version
+
+
+class ImportOrderError(InvalidArgumentError):
+    """Imported events do not continue their streams in order; nothing was stored.
+
+    An import gives each event its version: a stream's events must come as one run of
+    consecutive versions (a stream that comes back later in the same import would break the
+    global order the import keeps). ``stream`` names the stream, ``detail`` what was wrong.
+    """
+
+    def __init__(self, stream: str, detail: str) -> None:
+        super().__init__("events", stream, detail, message=f"cannot import stream {stream!r}: {detail}")
+        self.stream = stream
+        self.detail = detail

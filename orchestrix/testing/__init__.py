@@ -22,6 +22,7 @@ from orchestrix.testing.contract import (
     contract_serializer,
 )
 from orchestrix.testing.fencing_contract import FencingContract
+from orchestrix.testing.import_contract import EventImportContract
 from orchestrix.testing.scenario import AggregateScenario, Like, SagaScenario, like
 from orchestrix.testing.snapshot_contract import (
     ContractTally,
@@ -38,6 +39,7 @@ __all__ = [
     "ContractEvent",
     "ContractTally",
     "ContractTallyState",
+    "EventImportContract",
     "EventStoreContract",
     "FencingContract",
     "Like",

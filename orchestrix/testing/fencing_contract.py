@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from orchestrix.core.errors import FencedError
 from orchestrix.core.eventsourcing.fencing import Fence, current_fence, fenced
-from orchestrix.core.eventsourcing.store import NO_STREAM
+from orchestrix.core.eventsourcing.store import NO_STREAM, ImportedEvent
 from orchestrix.core.messaging.messages import NewEvent
 from orchestrix.testing.contract import ContractEvent
 
@@ -68,6 +69,22 @@ class FencingContract:
         assert store.stream_version("fenced-stale") == NO_STREAM
         with fenced(new):
             store.append("fenced-stale", [_event(3)], NO_STREAM)
+
+    def test_an_import_under_an_old_fence_is_refused_and_nothing_is_stored(self, store: Any) -> None:
+        if not hasattr(store, "import_events"):
+            pytest.skip("the store has no import_events")
+        name = self._lease()
+        old = store.grant_fence(name)
+        new = store.grant_fence(name)
+        before = store.last_position()
+        at = datetime(2020, 1, 1, tzinfo=UTC)
+        events = [ImportedEvent("fenced-import", 0, ContractEvent(0), uuid.uuid4(), at)]
+        with fenced(old), pytest.raises(FencedError) as refused:
+            store.import_events(events)
+        assert (refused.value.generation, refused.value.current) == (1, 2)
+        assert store.last_position() == before
+        with fenced(new):
+            assert store.import_events(events)[0].versions == (0,)
 
     def test_a_fence_never_granted_is_refused(self, store: Any) -> None:
         with fenced(Fence(self._lease(), 1)), pytest.raises(FencedError) as refused:

@@ -64,6 +64,8 @@ def check_first_run(out: str) -> None:
         r"deposit +\+75\.00 .* Reversal of transfer r1-gift \(credit refused: .*\)  \[transfer r1-gift\]", out
     )
     assert "== Stuck sagas\n  none" in out
+    # Accounts are snapshotted every 10 of their events, and the demo says how many it took.
+    assert re.search(r"^== Snapshots\n  [1-9][0-9]* account snapshots taken this run", out, re.M)
     assert "accounts 1,950.00 + held by unfinished transfers 0.00 = 1,950.00" in out
     assert "openings 1,750.00 + deposits 200.00 - withdrawals 0.00 = 1,950.00" in out
     assert "4 accounts, 15 transfers (13 COMPLETED, 2 FAILED)" in out

@@ -28,7 +28,7 @@ from orchestrix.infrastructure.file._format import (
 )
 from orchestrix.infrastructure.file._policy import FilePolicy
 from orchestrix.infrastructure.file.errors import BatchTooLargeError, InvalidStoreOptionError
-from orchestrix.testing import ContractEvent, EventStoreContract, contract_serializer
+from orchestrix.testing import ContractEvent, EventImportContract, EventStoreContract, contract_serializer
 from tests.infrastructure.file_support import (
     IOUnderTest,
     events,
@@ -39,7 +39,7 @@ from tests.infrastructure.file_support import (
 )
 
 
-class TestFileEventStore(EventStoreContract):
+class TestFileEventStore(EventStoreContract, EventImportContract):
     @pytest.fixture
     def store(self, tmp_path: Path) -> Iterator[FileEventStore]:
         self.opened = [FileEventStore(tmp_path / "store", contract_serializer())]

@@ -15,13 +15,14 @@ from orchestrix.infrastructure.file.store import FileEventStore
 from orchestrix.infrastructure.memory.store import InMemoryEventStore
 from orchestrix.testing import (
     CheckpointStoreContract,
+    EventImportContract,
     EventStoreContract,
     FencingContract,
     contract_serializer,
 )
 
 
-class TestInMemoryEventStore(EventStoreContract, FencingContract):
+class TestInMemoryEventStore(EventStoreContract, FencingContract, EventImportContract):
     @pytest.fixture
     def store(self) -> InMemoryEventStore:
         return InMemoryEventStore(serializer=contract_serializer())

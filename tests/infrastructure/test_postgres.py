@@ -44,6 +44,7 @@ from orchestrix.infrastructure.postgres import (  # noqa: E402
 from orchestrix.testing import (  # noqa: E402
     CheckpointStoreContract,
     ContractEvent,
+    EventImportContract,
     EventStoreContract,
     FencingContract,
     MoneyMoved,
@@ -61,7 +62,7 @@ def open_store(schema: str, **options: object) -> PostgresEventStore:
     return PostgresEventStore(DSN, contract_serializer(), schema=schema, pool_size=8, **options)  # type: ignore[arg-type]
 
 
-class TestPostgresEventStore(EventStoreContract, FencingContract):
+class TestPostgresEventStore(EventStoreContract, FencingContract, EventImportContract):
     @pytest.fixture
     def store(self, schema: str) -> Iterator[PostgresEventStore]:
         self.opened = [open_store(schema, poll_interval=0.2)]
@@ -482,3 +483,14 @@ def test_reads_page_through_streams_and_the_global_order_in_every_form(schema: s
         assert asyncio.run(async_forms()) == ([1, 3, 5, 7, 9], list(range(10)), [3, 4, 5, 6])
     finally:
         store.close()
+
+
+def test_the_import_statements_are_the_multi_stream_append_with_times() -> None:
+    # They are derived from append_streams by replacing text: a change there must not leave
+    # them without their times (the import would then stamp now(), silently).
+    from orchestrix.infrastructure.postgres._schema import Statements
+
+    st = Statements("orchestrix")
+    for statement in (st.import_streams, st.import_streams_fenced):
+        assert "recorded_at)" in statement and "b.r FROM" in statement and "%(times)b" in statement
+    assert "FOR SHARE" in st.import_streams_fenced and "FOR SHARE" not in st.import_streams

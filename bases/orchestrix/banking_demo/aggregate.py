@@ -24,6 +24,7 @@ from bases.orchestrix.banking_demo.models import (
 from bases.orchestrix.banking_demo.models import (
     AccountOpened,
     AccountReactivated,
+    AccountState,
     AccountStatus,
     CloseAccount,
     DepositMoney,
@@ -62,6 +63,9 @@ class Account(AggregateRoot):
     """A bank account. Command methods check the rules and raise events; appliers change state."""
 
     category = "Account"
+    # Accounts live long and a busy one takes many movements; loads replay at most ten events
+    # after the newest snapshot. Small on purpose: the demo shows snapshots being taken.
+    snapshot_every = 10
 
     def __init__(self) -> None:
         super().__init__()
@@ -148,6 +152,29 @@ class Account(AggregateRoot):
                 TransferHoldReleased(self._id(), transfer_id, _now()),
                 event_id=transaction_id_for(f"{transfer_id}:settle"),
             )
+
+    # -- snapshots -----------------------------------------------------------------------
+
+    def snapshot(self) -> AccountState:
+        """The account's state, for a snapshot."""
+        return AccountState(
+            self.owner_name,
+            self.balance,
+            self.status,
+            tuple(self.transactions),
+            self.suspension_reason,
+            dict(self.transfers_in_flight),
+        )
+
+    def restore(self, state: AccountState) -> None:
+        """Take back a snapshot's state (the repository sets the id)."""
+        self.owner_name = state.owner_name
+        self.balance = state.balance
+        self.status = state.status
+        self.transactions = list(state.transactions)
+        self.suspension_reason = state.suspension_reason
+        self.transfers_in_flight = dict(state.transfers_in_flight)
+        self._by_key = {t.idempotency_key: t for t in self.transactions if t.idempotency_key is not None}
 
     # -- rules ---------------------------------------------------------------------------
 

@@ -49,6 +49,7 @@ from bases.orchestrix.banking_demo.models import (
 from bases.orchestrix.banking_demo.saga import TransferSaga
 from orchestrix.core.errors import StoreError
 from orchestrix.core.eventsourcing import NO_STREAM, AggregateRepository, EventStore
+from orchestrix.core.eventsourcing.snapshot import Snapshot, SnapshotStore
 from orchestrix.core.execution import CheckpointStore, InMemoryCheckpointStore, SagaRunner
 from orchestrix.core.execution.retry import RetryPolicy
 
@@ -175,7 +176,8 @@ class Demo:
     ) -> None:
         self.store = store
         self.out = out
-        self.bank = BankingCommandHandlers(AggregateRepository(store))
+        self.snapshots = _CountedSnapshots(store.snapshots()) if hasattr(store, "snapshots") else None
+        self.bank = BankingCommandHandlers(AggregateRepository(store, snapshots=self.snapshots))
         self.crash_after_debit = crash_after_debit
         self.slow_destination = slow_destination
         self.run_number = 0
@@ -373,6 +375,14 @@ class Demo:
         if not stuck:
             self.say("  none")
 
+        if self.snapshots is not None:
+            self.heading("Snapshots")
+            self.say(
+                f"  {self.snapshots.taken} account snapshots taken this run "
+                f"(one every {Account.snapshot_every} events of an account); "
+                "loads replay only the events after them"
+            )
+
         self.heading("Conservation check (whole store, every run so far)")
         self.say(
             f"  accounts {_money(sum(result.balances.values(), D('0')))} "
@@ -436,6 +446,34 @@ CREDIT_RETRY = RetryPolicy(
 
 class DestinationUnavailable(ConnectionError):
     """The destination's bank did not answer."""
+
+
+class _CountedSnapshots:
+    """The store's snapshots, counting the saves: the demo says how many it took."""
+
+    def __init__(self, snapshots: SnapshotStore) -> None:
+        self.inner = snapshots
+        self.taken = 0
+
+    def save(self, snapshot: Snapshot) -> None:
+        self.inner.save(snapshot)
+        self.taken += 1
+
+    async def save_async(self, snapshot: Snapshot) -> None:
+        await self.inner.save_async(snapshot)
+        self.taken += 1
+
+    def load(self, stream: str, schema_version: int | None = None) -> Snapshot | None:
+        return self.inner.load(stream, schema_version)
+
+    async def load_async(self, stream: str, schema_version: int | None = None) -> Snapshot | None:
+        return await self.inner.load_async(stream, schema_version)
+
+    def delete(self, stream: str) -> None:
+        self.inner.delete(stream)
+
+    async def delete_async(self, stream: str) -> None:
+        await self.inner.delete_async(stream)
 
 
 class _SlowBank:

@@ -25,6 +25,7 @@ __all__ = [
     "AccountClosed",
     "AccountOpened",
     "AccountReactivated",
+    "AccountState",
     "AccountStatus",
     "AccountSuspended",
     "CloseAccount",
@@ -127,6 +128,19 @@ class DepositMoney(Command):
     description: str = ""
     transfer_id: str | None = None
     idempotency_key: str | None = None
+
+
+@attrs.frozen
+class AccountState:
+    """An Account as a snapshot keeps it (its audit trail included: the keys of keyed movements
+    are found in it, so a repeat after a snapshot is still answered with the original)."""
+
+    owner_name: str
+    balance: Decimal
+    status: AccountStatus | None
+    transactions: tuple[Transaction, ...]
+    suspension_reason: str
+    transfers_in_flight: dict[str, Decimal]
 
 
 @attrs.frozen
@@ -389,7 +403,7 @@ def banking_serializer() -> Serializer:
     """A serializer that knows every banking event, also as stored by earlier versions, for the
     durable stores."""
     return Serializer(
-        types=[*ACCOUNT_EVENTS, *TRANSFER_EVENTS, *SAGA_EVENTS, *KEY_EVENTS, Transaction],
+        types=[*ACCOUNT_EVENTS, *TRANSFER_EVENTS, *SAGA_EVENTS, *KEY_EVENTS, Transaction, AccountState],
         upcasters=UPCASTERS,
         aliases={"TransferSettled": TransferHoldReleased},
     )

@@ -15,7 +15,9 @@ from orchestrix.core.eventsourcing.store import (
     NO_STREAM,
     STREAM_EXISTS,
     AppendResult,
+    EventImport,
     EventStore,
+    ImportedEvent,
     StreamAppend,
 )
 
@@ -27,8 +29,10 @@ __all__ = [
     "AggregateRepository",
     "AggregateRoot",
     "AppendResult",
+    "EventImport",
     "EventStore",
     "Fence",
+    "ImportedEvent",
     "KeyRefused",
     "Lease",
     "Snapshot",

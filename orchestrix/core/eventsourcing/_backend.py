@@ -23,10 +23,21 @@ from orchestrix.core.errors import (
     ConcurrencyError,
     DuplicateEventIdError,
     EmptyBatchError,
+    ImportOrderError,
+    InvalidArgumentError,
     InvalidEventIdError,
+    InvalidRecordedAtError,
     MultiStreamConflictError,
 )
-from orchestrix.core.eventsourcing.store import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, StreamAppend
+from orchestrix.core.eventsourcing.store import (
+    ANY,
+    MAX_POSITION,
+    NO_STREAM,
+    STREAM_EXISTS,
+    AppendResult,
+    ImportedEvent,
+    StreamAppend,
+)
 from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
 
 __all__ = [
@@ -36,6 +47,7 @@ __all__ = [
     "check_expected_versions",
     "find_replayed_append",
     "find_replayed_many",
+    "to_import_parts",
     "new_append_result",
     "new_event",
     "new_recorded",
@@ -183,6 +195,48 @@ def find_replayed_append(
     if any(b != a + 1 for a, b in itertools.pairwise(versions)):
         raise DuplicateEventIdError(stream, batch[0].event_id, "is stored, but not as this batch")
     return new_append_result(stream, versions, tuple(p[2] for p in places))  # type: ignore[index]
+
+
+# -- importing events with their times (EventImport) -------------------------------------------
+
+
+def to_import_parts(events: Sequence[ImportedEvent]) -> tuple[list[Part], list[list[datetime]]]:
+    """Check an import as every store does, and turn it into an ``append_many``'s parts (each
+    expecting its stream at the version before its first event) and each part's times (UTC).
+
+    Refuses what is not a non-empty list or tuple of ImportedEvent, a naive ``recorded_at``
+    (InvalidRecordedAtError), a stream whose events are not one run of consecutive versions
+    (ImportOrderError), and whatever ``append_many`` refuses (bad names, ids, duplicates).
+    """
+    if not isinstance(events, list | tuple):
+        raise InvalidArgumentError("events", events, "a list or tuple of ImportedEvent")
+    if not events:
+        raise InvalidArgumentError("events", events, "at least one ImportedEvent")
+    runs: list[tuple[str, int, list[NewEvent], list[datetime]]] = []
+    seen: set[str] = set()
+    previous = NO_STREAM
+    for e in events:
+        if type(e) is not ImportedEvent:
+            raise InvalidArgumentError("events", e, "an ImportedEvent")
+        stream, version, at = e.stream, e.version, e.recorded_at
+        if type(version) is not int or not 0 <= version <= MAX_POSITION:
+            raise InvalidArgumentError("version", version, f"an int from 0 to {MAX_POSITION}")
+        if not isinstance(at, datetime) or at.utcoffset() is None:
+            raise InvalidRecordedAtError(stream, version, at)
+        if not runs or runs[-1][0] != stream:
+            if stream in seen:
+                raise ImportOrderError(
+                    stream, "its events come in two runs; import the second run in a later call"
+                )
+            seen.add(stream)
+            runs.append((stream, version - 1, [], []))
+        elif version != previous + 1:
+            raise ImportOrderError(stream, f"version {version} follows version {previous}")
+        previous = version
+        runs[-1][2].append(NewEvent(e.event, e.event_id, e.correlation_id, e.causation_id))
+        runs[-1][3].append(at.astimezone(UTC))
+    parts = to_parts([StreamAppend(stream, batch, expected) for stream, expected, batch, _ in runs])
+    return parts, [times for _, _, _, times in runs]
 
 
 # -- asyncio forms for stores whose sync calls block ----------------------------------------

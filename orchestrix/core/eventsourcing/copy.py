@@ -15,24 +15,29 @@ copy stopped anywhere (Ctrl-C, a kill) resumes after that event's place in the s
 by its stream and version (and checked by its id), without writing any event twice. The target
 holds nothing but the copied events (no marker an application would have to decode).
 
-Event ids, stream names, versions, correlation and causation ids and the global order are
-kept; positions may differ (PostgreSQL numbers its own), and each event's ``recorded_at`` is
-the time of the copy, not the original's (the stores' public appends stamp their own time).
+Event ids, stream names, versions, correlation and causation ids, each event's ``recorded_at``
+and the global order are kept; positions may differ (PostgreSQL numbers its own). The times are
+kept by writing each page with the target's ``import_events`` (:class:`EventImport`: every
+orchestrix store has it); a target without it gets ``append_many`` pages, which stamp the time
+of the copy, and the result says so (``kept_times``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC
 from typing import Any, TypeVar
 
 import attrs
 
 from orchestrix._speedups import dumps, loads
 from orchestrix.core.errors import CopyTargetError
-from orchestrix.core.eventsourcing.store import EventStore, StreamAppend
+from orchestrix.core.eventsourcing.store import EventImport, EventStore, ImportedEvent, StreamAppend
 from orchestrix.core.messaging.evolution import Upcaster
 from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
 from orchestrix.core.messaging.serializer import RawSerializer, Serializer
@@ -111,7 +116,8 @@ class Tally:
     ids: int
     """The event ids as one order-free number (their sum modulo 2**128)."""
     checksum: str
-    """SHA-256 over every event's stream, version, id, type and canonical JSON, in global order."""
+    """SHA-256 over every event's stream, version, id, type, canonical JSON and (unless a copy
+    could not keep them) recorded_at, in global order."""
 
     def differences(self, other: Tally) -> list[str]:
         """What differs between this (the source) and ``other`` (the target), one phrase each."""
@@ -133,7 +139,7 @@ class Tally:
         if self.ids != other.ids:
             found.append("the sets of event ids differ")
         if self.checksum != other.checksum:
-            found.append("the payload checksum differs (payloads, types or order)")
+            found.append("the checksum differs (payloads, types, times or order)")
         return found
 
 
@@ -148,6 +154,8 @@ class CopyResult:
     source_position: int
     """The source position the copy reached."""
     seconds: float
+    kept_times: bool = True
+    """Whether each event kept its original ``recorded_at`` (the target has ``import_events``)."""
 
 
 Progress = Callable[[int, int, int, int], None]
@@ -173,13 +181,61 @@ def copy_store(
     last = source.last_position()
     copied = 0
     position = after
-    for batch in _pages(source.read_all(after=after), page):
+    importing = isinstance(target, EventImport)
+    for batch in _read_ahead(_pages(source.read_all(after=after), page)):
         position = batch[-1].position
-        target.append_many(_page_appends(batch, decode_with))
+        if importing:
+            target.import_events(_page_imports(batch, decode_with))  # type: ignore[attr-defined]
+        else:
+            target.append_many(_page_appends(batch, decode_with))
         copied += len(batch)
         if progress is not None:
             progress(after, position, copied, last)
-    return CopyResult(copied, skipped, position, now() - began)
+    return CopyResult(copied, skipped, position, now() - began, importing)
+
+
+def _read_ahead(pages: Iterator[list[RecordedEvent]], depth: int = 2) -> Iterator[list[RecordedEvent]]:
+    """The pages of ``pages``, read by a thread up to ``depth`` pages ahead: the source is read
+    and decoded while the target stores the page before (a database write waits on the
+    network, without the GIL). At most ``depth + 2`` pages are in memory."""
+    ahead: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(kind: str, item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                ahead.put((kind, item), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for batch in pages:
+                if not offer("page", batch):
+                    return
+            offer("end", None)
+        except BaseException as exc:  # handed to the copying thread, raised there
+            offer("error", exc)
+        finally:
+            close = getattr(pages, "close", None)
+            if close is not None:
+                close()
+
+    reader = threading.Thread(target=read, name="orchestrix-copy-read-ahead", daemon=True)
+    reader.start()
+    try:
+        while True:
+            kind, item = ahead.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()  # a stopped copy (an error, Ctrl-C) lets the reader go
+        reader.join(timeout=5)
 
 
 def _resume_point(source: EventStore, target: EventStore) -> tuple[int, int]:
@@ -222,6 +278,26 @@ def _pages(events: Iterable[RecordedEvent], size: int) -> Iterator[list[Recorded
         yield batch
 
 
+def _page_imports(batch: list[RecordedEvent], decode_with: Serializer | None) -> list[ImportedEvent]:
+    imports = []
+    for recorded in batch:
+        event = recorded.event
+        if decode_with is not None:
+            event = StoredEvent(*decode_with.encode(event))
+        imports.append(
+            ImportedEvent(
+                recorded.stream,
+                recorded.version,
+                event,
+                recorded.event_id,
+                recorded.recorded_at,
+                recorded.correlation_id,
+                recorded.causation_id,
+            )
+        )
+    return imports
+
+
 def _page_appends(batch: list[RecordedEvent], decode_with: Serializer | None) -> list[StreamAppend]:
     appends: list[StreamAppend] = []
     run: list[NewEvent] = []
@@ -239,11 +315,9 @@ def _page_appends(batch: list[RecordedEvent], decode_with: Serializer | None) ->
     return appends
 
 
-def tally(
-    events: Iterable[RecordedEvent],
-    serializer: Serializer,
-) -> Tally:
-    """Sum up ``events`` (read through ``serializer``) for verification."""
+def tally(events: Iterable[RecordedEvent], serializer: Serializer, *, times: bool = True) -> Tally:
+    """Sum up ``events`` (read through ``serializer``) for verification; with ``times``, the
+    checksum covers each event's ``recorded_at`` (in UTC, to the microsecond) too."""
     count = 0
     versions: dict[str, int] = {}
     ids = 0
@@ -254,6 +328,8 @@ def tally(
         ids = (ids + recorded.event_id.int) % (1 << 128)
         type_name, data = serializer.to_dict(recorded.event)
         line = [recorded.stream, recorded.version, str(recorded.event_id), type_name, data]
+        if times:
+            line.append(recorded.recorded_at.astimezone(UTC).isoformat(timespec="microseconds"))
         digest.update(_canonical(line).encode())
         digest.update(b"\n")
     return Tally(count, versions, ids, digest.hexdigest())

@@ -7,7 +7,9 @@ and a reader that has seen position p never later finds an event at a position <
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
@@ -23,7 +25,9 @@ __all__ = [
     "NO_STREAM",
     "STREAM_EXISTS",
     "AppendResult",
+    "EventImport",
     "EventStore",
+    "ImportedEvent",
     "StreamAppend",
     "validate_expected_version",
     "validate_stream_name",
@@ -163,6 +167,42 @@ class EventStore(Protocol):
 
     async def wait_for_events_async(self, after: int, timeout: float) -> bool:
         """Asyncio form of :meth:`wait_for_events`."""
+        ...
+
+
+@attrs.frozen
+class ImportedEvent:
+    """An event stored elsewhere, to be stored again as it was: at its version, with its id and
+    its original ``recorded_at`` (see :class:`EventImport`)."""
+
+    stream: str
+    version: int
+    event: Any
+    event_id: uuid.UUID
+    recorded_at: datetime
+    """When the event was first stored: a timezone-aware datetime (kept to the microsecond)."""
+    correlation_id: uuid.UUID | None = None
+    causation_id: uuid.UUID | None = None
+
+
+@runtime_checkable
+class EventImport(Protocol):
+    """A store that can take events recorded elsewhere, keeping their times (``orchestrix copy``).
+
+    :meth:`import_events` is an ``append_many`` whose events keep their ``recorded_at``: each
+    stream's events come as one run of consecutive versions continuing the stream (its first
+    event's version is the expected version plus one), and all are stored, in the order given,
+    or none. Importing the same events again returns where they are, storing nothing. A naive
+    ``recorded_at`` raises InvalidRecordedAtError, versions out of order ImportOrderError, a
+    stream that is not where its first version says MultiStreamConflictError.
+    """
+
+    def import_events(self, events: Sequence[ImportedEvent]) -> tuple[AppendResult, ...]:
+        """Store ``events`` with their versions, ids and times; one result per stream run."""
+        ...
+
+    async def import_events_async(self, events: Sequence[ImportedEvent]) -> tuple[AppendResult, ...]:
+        """Asyncio form of :meth:`import_events`."""
         ...
 
 

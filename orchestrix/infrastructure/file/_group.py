@@ -150,6 +150,7 @@ class GroupWriter:
             return position
         for part in r.parts:
             position = self._place_record(part, currents[part.stream], position, seq, planned)
+            currents[part.stream] += len(part.ids)  # an import cut a stream's run into records
         return position
 
     def _place_record(self, r: Request, current: int, position: int, seq: int, planned: list[Planned]) -> int:
@@ -202,7 +203,8 @@ class GroupWriter:
             durable = self.view.end.position  # what recovery needs to tell a torn write from damage
             for r, position, version, _ in planned:
                 record = r.record
-                crc = seal_record(record, durable, position, version, recorded_us)
+                at = recorded_us if type(r) is Request else r.recorded_us  # type: ignore[attr-defined]
+                crc = seal_record(record, durable, position, version, at)
                 size = len(record)
                 fields = (position, len(r.ids), version, r.stream, number, offset, size, crc, r.ids)
                 entries.append(_new(Entry, fields))

@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from orchestrix.core._checks import MAX_POSITION, check_expected_version_arg, check_stream_name
 from orchestrix.core.errors import BatchTooLargeError, SerializationError
-from orchestrix.core.eventsourcing._backend import to_new_events, to_parts
-from orchestrix.core.eventsourcing.store import AppendResult, StreamAppend
+from orchestrix.core.eventsourcing._backend import to_import_parts, to_new_events, to_parts
+from orchestrix.core.eventsourcing.store import ANY, AppendResult, ImportedEvent, StreamAppend
 from orchestrix.core.messaging.messages import NewEvent
 from orchestrix.core.messaging.serializer import Serializer
 from orchestrix.infrastructure.file._format import (
@@ -96,6 +97,7 @@ def _request(
     batch: list[NewEvent],
     expected_version: int,
     continues: bool,
+    kind: type[Request] = Request,
 ) -> Request:
     """Encode one stream's batch into its record (see :func:`prepare`)."""
     encode = serializer.encode
@@ -122,7 +124,7 @@ def _request(
     if len(record) - FRAME_SIZE > MAX_BODY:
         raise BatchTooLargeError(stream, "record_bytes", MAX_BODY + FRAME_SIZE, len(record))
     ids = (prepared[0][0],) if len(prepared) == 1 else tuple([p[0] for p in prepared])
-    return Request(stream, batch, ids, record, expected_version)
+    return kind(stream, batch, ids, record, expected_version)
 
 
 class ManyRequest:
@@ -156,6 +158,54 @@ class ManyRequest:
 
 Queued = Request | ManyRequest
 """What callers queue for a group commit: a one-stream or a multi-stream append."""
+
+
+class ImportRequest(Request):
+    """One record of an import: written with its events' own time, not the commit's."""
+
+    __slots__ = ("recorded_us",)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def prepare_import(
+    serializer: Serializer, names: dict[Any, bytes], events: Sequence[ImportedEvent]
+) -> ManyRequest:
+    """Validate and encode an import (see ``EventImport``) as a multi-stream append whose records
+    carry their events' times. A record has one time, so a stream's run is cut into a record per
+    run of equal times; its first record expects the stream where the run starts, the next ones
+    follow it in the same commit (ANY)."""
+    parts, times = to_import_parts(events)
+    pieces: list[tuple[str, list[NewEvent], int, datetime]] = []
+    for (stream, batch, expected), at in zip(parts, times, strict=True):
+        start = 0
+        for k in range(1, len(batch) + 1):
+            if k == len(batch) or at[k] != at[start]:
+                pieces.append((stream, batch[start:k], expected if start == 0 else ANY, at[start]))
+                start = k
+    last = len(pieces) - 1
+    requests: list[Request] = []
+    for k, (stream, batch, expected, first) in enumerate(pieces):
+        raw_stream = names.get(stream) or stream.encode()
+        request = _request(serializer, names, stream, raw_stream, batch, expected, k < last, ImportRequest)
+        request.recorded_us = (first - _EPOCH) // _MICROSECOND  # type: ignore[attr-defined]
+        requests.append(request)
+    return ManyRequest(requests)
+
+
+def merge_runs(results: Sequence[AppendResult]) -> tuple[AppendResult, ...]:
+    """An import's results, one per stream: its records' results joined where a run was cut."""
+    merged: list[AppendResult] = []
+    for result in results:
+        if merged and merged[-1].stream == result.stream:
+            before = merged.pop()
+            result = AppendResult(
+                result.stream, before.versions + result.versions, before.positions + result.positions
+            )
+        merged.append(result)
+    return tuple(merged)
 
 
 def prepare_many(

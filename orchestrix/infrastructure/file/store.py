@@ -38,7 +38,7 @@ from orchestrix.core._checks import (
 )
 from orchestrix.core.errors import CorruptionError, StoreClosedError, StoreFormatError
 from orchestrix.core.eventsourcing._backend import AsyncStoreMixin
-from orchestrix.core.eventsourcing.store import ANY, AppendResult, StreamAppend
+from orchestrix.core.eventsourcing.store import ANY, AppendResult, ImportedEvent, StreamAppend
 from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
 from orchestrix.core.messaging.serializer import Serializer
 from orchestrix.infrastructure.file._commit import GroupCommit
@@ -58,7 +58,7 @@ from orchestrix.infrastructure.file._index import Entry
 from orchestrix.infrastructure.file._io import Syncs
 from orchestrix.infrastructure.file._log import Window, read_frame
 from orchestrix.infrastructure.file._policy import DEFAULT_POLICY, FilePolicy
-from orchestrix.infrastructure.file._request import prepare, prepare_many
+from orchestrix.infrastructure.file._request import merge_runs, prepare, prepare_import, prepare_many
 from orchestrix.infrastructure.file._view import LogView, ahead
 from orchestrix.infrastructure.file.checkpoint import FileCheckpointStore
 from orchestrix.infrastructure.file.errors import InvalidStoreOptionError, ReadOnlyStoreError
@@ -184,6 +184,19 @@ class FileEventStore(AsyncStoreMixin):
         request = prepare_many(self._serializer, self._names, appends)
         await self._writable().submit_async(request)
         return request.results()
+
+    def import_events(self, events: Sequence[ImportedEvent]) -> tuple[AppendResult, ...]:
+        """Store events recorded elsewhere with their versions, ids and times (see ``EventImport``),
+        durably and all or nothing, as one multi-stream append."""
+        request = prepare_import(self._serializer, self._names, events)
+        self._writable().submit(request)
+        return merge_runs(request.results())
+
+    async def import_events_async(self, events: Sequence[ImportedEvent]) -> tuple[AppendResult, ...]:
+        """Asyncio form of :meth:`import_events`."""
+        request = prepare_import(self._serializer, self._names, events)
+        await self._writable().submit_async(request)
+        return merge_runs(request.results())
 
     def _writable(self) -> GroupCommit:
         if self._commits is None:

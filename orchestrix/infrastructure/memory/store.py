@@ -27,11 +27,12 @@ from orchestrix.core.eventsourcing._backend import (
     find_replayed_append,
     find_replayed_many,
     new_append_result,
+    to_import_parts,
     to_new_events,
     to_parts,
 )
 from orchestrix.core.eventsourcing.fencing import Fence, current_fence
-from orchestrix.core.eventsourcing.store import ANY, NO_STREAM, AppendResult, StreamAppend
+from orchestrix.core.eventsourcing.store import ANY, NO_STREAM, AppendResult, ImportedEvent, StreamAppend
 from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
 from orchestrix.core.messaging.serializer import Serializer, StructuralSerializer
 from orchestrix.infrastructure.memory.snapshot import InMemorySnapshotStore
@@ -101,8 +102,16 @@ class InMemoryEventStore:
         """Append to several streams at once, all or nothing (see ``EventStore.append_many``)."""
         return self._commit(to_parts(appends), many=True)
 
-    def _commit(self, parts: list[Part], *, many: bool) -> tuple[AppendResult, ...]:
-        """Store every part under one hold of the lock, or raise and store none."""
+    def import_events(self, events: Sequence[ImportedEvent]) -> tuple[AppendResult, ...]:
+        """Store events recorded elsewhere with their versions, ids and times (see ``EventImport``)."""
+        parts, times = to_import_parts(events)
+        return self._commit(parts, many=True, times=times)
+
+    def _commit(
+        self, parts: list[Part], *, many: bool, times: list[list[datetime]] | None = None
+    ) -> tuple[AppendResult, ...]:
+        """Store every part under one hold of the lock, or raise and store none; ``times`` are
+        the parts' events' own ``recorded_at`` (an import), else every event gets now."""
         encoded = [[self._encode(e.event) for e in batch] for _, batch, _ in parts]
         fence = current_fence()
         with self._lock:
@@ -125,14 +134,16 @@ class InMemoryEventStore:
             now = datetime.now(UTC)
             position = len(self._log)
             results = []
-            for (stream, batch, _), stream_encoded in zip(parts, encoded, strict=True):
+            for k, ((stream, batch, _), stream_encoded) in enumerate(zip(parts, encoded, strict=True)):
                 events_in_stream = self._streams.setdefault(stream, [])
                 current = len(events_in_stream) - 1
                 versions = []
                 positions = []
-                for new, (type_name, payload) in zip(batch, stream_encoded, strict=True):
+                for j, (new, (type_name, payload)) in enumerate(zip(batch, stream_encoded, strict=True)):
                     current += 1
                     position += 1
+                    if times is not None:
+                        now = times[k][j]
                     recorded = RecordedEvent(
                         new.event_id,
                         stream,
@@ -210,6 +221,10 @@ class InMemoryEventStore:
     async def append_many_async(self, appends: Sequence[StreamAppend]) -> tuple[AppendResult, ...]:
         """Asyncio form of :meth:`append_many`."""
         return self.append_many(appends)
+
+    async def import_events_async(self, events: Sequence[ImportedEvent]) -> tuple[AppendResult, ...]:
+        """Asyncio form of :meth:`import_events`."""
+        return self.import_events(events)
 
     async def read_stream_async(self, stream: str, from_version: int = 0) -> AsyncIterator[RecordedEvent]:
         """Asyncio form of :meth:`read_stream`."""

@@ -213,19 +213,30 @@ def _small_params(parts: Sequence[tuple[str, EncodedBatch, int]]) -> dict[str, A
 
 
 def append_streams_op(
-    st: Statements, parts: Sequence[tuple[str, EncodedBatch, int]], fence: Fence | None = None
+    st: Statements,
+    parts: Sequence[tuple[str, EncodedBatch, int]],
+    fence: Fence | None = None,
+    times: Sequence[Sequence[datetime]] | None = None,
 ) -> Op[tuple[tuple[AppendResult, ...], bool]]:
     """Append to several streams in one statement (so one transaction): all of it, or raise.
 
     Returns the results in the order of ``parts`` and whether anything was written (False for a
     replay). A failed expectation raises MultiStreamConflictError naming every stream that failed.
+    ``times`` (an import) are the parts' events' own ``recorded_at``, else the database's now();
+    an import always takes the array form (its pages are big).
     """
     streams = [stream for stream, _, _ in parts]
-    small = sum(len(encoded.ids) for _, encoded, _ in parts) <= SMALL_MULTI_APPEND
-    statement = st.append_streams_small if small else st.append_streams
-    params = _small_params(parts) if small else _array_params(parts)
+    if times is not None:
+        statement = st.import_streams if fence is None else st.import_streams_fenced
+        params = _array_params(parts)
+        params["times"] = [t for part in times for t in part]
+    else:
+        small = sum(len(encoded.ids) for _, encoded, _ in parts) <= SMALL_MULTI_APPEND
+        statement = st.append_streams_small if small else st.append_streams
+        params = _small_params(parts) if small else _array_params(parts)
+        if fence is not None:
+            statement = st.append_streams_small_fenced if small else st.append_streams_fenced
     if fence is not None:
-        statement = st.append_streams_small_fenced if small else st.append_streams_fenced
         params["fence"], params["gen"] = fence.name, fence.generation
     checked = [(stream, list(encoded.batch), expected) for stream, encoded, expected in parts]
     loose = all(expected in (ANY, STREAM_EXISTS) for _, _, expected in parts)

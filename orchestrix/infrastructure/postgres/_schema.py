@@ -193,6 +193,8 @@ class Statements:
     append_many_fenced: LiteralString
     append_streams: LiteralString
     append_streams_fenced: LiteralString
+    import_streams: LiteralString
+    import_streams_fenced: LiteralString
     append_streams_small: LiteralString
     append_streams_small_fenced: LiteralString
     stream_versions: LiteralString
@@ -273,14 +275,16 @@ class Statements:
         many_current = (
             "WITH req AS (SELECT r.stream, r.expected, r.k, "
             "(SELECT coalesce(max(version), -1) FROM {events} WHERE stream = r.stream) AS v "
-            "FROM unnest(%(streams)s::text[], %(expecteds)s::bigint[]) "
+            "FROM unnest(%(streams)b::text[], %(expecteds)b::bigint[]) "
             "WITH ORDINALITY AS r(stream, expected, k)), "
             "ok AS (SELECT bool_and(expected = -2 OR (expected = -4 AND v >= 0) OR v = expected) AS good "
             "FROM req) "
         )
+        # The arrays go in binary (%b): parsing a thousand-element array literal cost the server
+        # about as much as the insert; binary halves a 1,000-event append_many.
         many_rows = (
-            "unnest(%(parts)s::bigint[], %(nums)s::bigint[], %(ids)s::uuid[], %(types)s::text[], "
-            "%(data)s::text[], %(corr)s::uuid[], %(caus)s::uuid[]) "
+            "unnest(%(parts)b::bigint[], %(nums)b::bigint[], %(ids)b::uuid[], %(types)b::text[], "
+            "%(data)b::text[], %(corr)b::uuid[], %(caus)b::uuid[]) "
             "WITH ORDINALITY AS b(part, n, id, t, d, c, k, i) JOIN req ON req.k = b.part "
             "WHERE ok.good ORDER BY req.stream, b.n RETURNING position, stream, version"
         )
@@ -292,6 +296,14 @@ class Statements:
             f"{many_current}INSERT INTO {{events}} {columns} "
             f"SELECT {base} + b.i - 1, req.stream, req.v + b.n, b.id, b.t, b.d, b.c, b.k FROM ok{fence}, "
             f"{many_rows}"
+        )
+        # An import (orchestrix copy): the multi-stream append, each row bringing its recorded_at.
+        self.import_streams, self.import_streams_fenced = (
+            statement.replace(text(columns), text(columns[:-1] + ", recorded_at)"))
+            .replace(text("b.c, b.k FROM"), text("b.c, b.k, b.r FROM"))
+            .replace(text("%(caus)b::uuid[]) WITH"), text("%(caus)b::uuid[], %(times)b::timestamptz[]) WITH"))
+            .replace(text("b(part, n, id, t, d, c, k, i)"), text("b(part, n, id, t, d, c, k, r, i)"))
+            for statement in (self.append_streams, self.append_streams_fenced)
         )
 
         # The same statements for small appends (SMALL_MULTI_APPEND events at most), with the

@@ -14,6 +14,7 @@ import functools
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
+from datetime import datetime
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
@@ -27,9 +28,9 @@ from orchestrix.core._checks import (
     check_timeout,
 )
 from orchestrix.core.errors import BatchTooLargeError
-from orchestrix.core.eventsourcing._backend import to_new_events, to_parts
+from orchestrix.core.eventsourcing._backend import Part, to_import_parts, to_new_events, to_parts
 from orchestrix.core.eventsourcing.fencing import Fence, current_fence
-from orchestrix.core.eventsourcing.store import ANY, AppendResult, StreamAppend
+from orchestrix.core.eventsourcing.store import ANY, AppendResult, ImportedEvent, StreamAppend
 from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
 from orchestrix.core.messaging.serializer import Serializer
 from orchestrix.infrastructure.postgres import _ops
@@ -179,8 +180,36 @@ class PostgresEventStore:
         self._appended(results[-1], written)
         return results
 
+    def import_events(self, events: Sequence[ImportedEvent]) -> tuple[AppendResult, ...]:
+        """Store events recorded elsewhere with their versions, ids and times (see ``EventImport``)."""
+        parts, times = self._prepare_import(events)
+        fence = current_fence()
+        results, written = self._db.run(
+            "import_events", lambda: _ops.append_streams_op(self._st, parts, fence, times)
+        )
+        self._appended(results[-1], written)
+        return results
+
+    async def import_events_async(self, events: Sequence[ImportedEvent]) -> tuple[AppendResult, ...]:
+        """Asyncio form of :meth:`import_events`."""
+        parts, times = self._prepare_import(events)
+        fence = current_fence()
+        results, written = await self._db.run_async(
+            "import_events", lambda: _ops.append_streams_op(self._st, parts, fence, times)
+        )
+        self._appended(results[-1], written)
+        return results
+
+    def _prepare_import(
+        self, events: Sequence[ImportedEvent]
+    ) -> tuple[list[tuple[str, _ops.EncodedBatch, int]], list[list[datetime]]]:
+        parts, times = to_import_parts(events)
+        return self._encode_parts(parts), times
+
     def _prepare_many(self, appends: Sequence[StreamAppend]) -> list[tuple[str, _ops.EncodedBatch, int]]:
-        parts = to_parts(appends)
+        return self._encode_parts(to_parts(appends))
+
+    def _encode_parts(self, parts: list[Part]) -> list[tuple[str, _ops.EncodedBatch, int]]:
         total = sum(len(batch) for _, batch, _ in parts)
         if total > MAX_BATCH_SIZE:
             raise BatchTooLargeError(parts[0][0], "events", MAX_BATCH_SIZE, total)
