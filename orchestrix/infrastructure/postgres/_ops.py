@@ -25,7 +25,7 @@ from orchestrix.core.eventsourcing._backend import (
     find_replayed_many,
 )
 from orchestrix.core.eventsourcing.fencing import Fence
-from orchestrix.core.eventsourcing.store import ANY, STREAM_EXISTS, AppendResult
+from orchestrix.core.eventsourcing.store import ANY, NO_STREAM, STREAM_EXISTS, AppendResult
 from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
 from orchestrix.core.messaging.serializer import Serializer
 from orchestrix.infrastructure.postgres._schema import EVENT_ID_CONSTRAINT, Statements
@@ -105,7 +105,10 @@ def append_op(
     newest grant (checked in the same statement); otherwise FencedError.
     """
     if len(encoded.ids) == 1:
-        statement = st.append_one if fence is None else st.append_one_fenced
+        if fence is not None:
+            statement = st.append_one_fenced
+        else:
+            statement = st.append_new if expected == NO_STREAM else st.append_one
         params: dict[str, Any] = {
             "stream": stream,
             "expected": expected,
@@ -288,9 +291,12 @@ def read_all_page_op(
     If this store appended ``own_position`` (> after) itself, wait (up to
     ``visibility_timeout``) for the horizon to pass it, so a store reads its own writes.
     """
+    if own_position <= after:  # nothing of this store's own to wait for: the plain page
+        page: list[tuple[Any, ...]] = yield Query(st.read_all, (after, limit))
+        return page
     waited = _Backoff(visibility_timeout)
     while True:
-        rows = yield Query(st.read_all, (after, limit))
+        rows = yield Query(st.read_all_horizon, (after, limit))
         horizon = rows[0][0]
         if horizon > own_position or not waited.more():
             return [row[1:] for row in rows if row[1] is not None]
@@ -310,9 +316,11 @@ def last_position_op(st: Statements, own_position: int, visibility_timeout: floa
 
 def events_after_op(st: Statements, after: int) -> Op[tuple[bool, bool]]:
     """(an event after ``after`` is readable, an event after ``after`` is committed but not yet readable)."""
-    rows = yield Query(st.events_after, (after, after))
-    _, visible, stored = rows[0]
-    return bool(visible), bool(stored) and not visible
+    rows = yield Query(st.events_after, (after,))
+    horizon, first = rows[0]
+    if first is None:
+        return False, False
+    return first < horizon, first >= horizon
 
 
 def load_checkpoint_op(st: Statements, name: str) -> Op[int]:
@@ -329,7 +337,7 @@ def save_checkpoint_op(st: Statements, name: str, position: int) -> Op[None]:
 def decode_row(serializer: Serializer, row: Sequence[Any]) -> RecordedEvent:
     """Build a RecordedEvent from a row in ``Statements`` column order."""
     position, stream, version, event_id, event_type, data, correlation, causation, recorded_at = row
-    recorded: datetime = recorded_at.astimezone(UTC)
+    recorded: datetime = recorded_at if recorded_at.tzinfo is UTC else recorded_at.astimezone(UTC)
     return RecordedEvent(
         event_id,
         stream,
