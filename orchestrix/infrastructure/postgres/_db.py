@@ -49,6 +49,9 @@ _CONNECTION_DEFAULTS = {
     "keepalives_count": "3",
     "tcp_user_timeout": "30000",
     "application_name": "orchestrix",
+    # Timestamps then arrive as UTC datetimes already, where a server zone such as Etc/UTC
+    # would make the store convert each recorded_at (a sixth of the cost of reading an event).
+    "options": "-c TimeZone=UTC",
 }
 
 

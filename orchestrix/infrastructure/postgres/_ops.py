@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, LiteralString, TypeVar
 
@@ -336,19 +336,43 @@ def save_checkpoint_op(st: Statements, name: str, position: int) -> Op[None]:
 
 def decode_row(serializer: Serializer, row: Sequence[Any]) -> RecordedEvent:
     """Build a RecordedEvent from a row in ``Statements`` column order."""
-    position, stream, version, event_id, event_type, data, correlation, causation, recorded_at = row
-    recorded: datetime = recorded_at if recorded_at.tzinfo is UTC else recorded_at.astimezone(UTC)
-    return RecordedEvent(
-        event_id,
-        stream,
-        version,
-        position,
-        recorded,
-        event_type,
-        serializer.decode(event_type, data),
-        correlation,
-        causation,
-    )
+    return _decode_all(serializer, [row])[0]
+
+
+def decode_rows(serializer: Serializer, rows: Sequence[Sequence[Any]]) -> Iterator[RecordedEvent]:
+    """The RecordedEvents of a page of rows in ``Statements`` column order.
+
+    A page at a time, in one comprehension: a call per row would cost a tenth of a read. If
+    an event cannot be decoded, the events before it are still yielded, then its error raised.
+    """
+    try:
+        return iter(_decode_all(serializer, rows))
+    except Exception:
+        return (decode_row(serializer, row) for row in rows)
+
+
+def _decode_all(serializer: Serializer, rows: Sequence[Sequence[Any]]) -> list[RecordedEvent]:
+    # Timestamps come in UTC from the store's own connections (TimeZone=UTC); those of a
+    # connection in another time zone are converted.
+    decode = serializer.decode
+    return [
+        RecordedEvent(
+            event_id,
+            stream,
+            version,
+            position,
+            recorded_at if recorded_at.tzinfo is UTC else _utc(recorded_at),
+            event_type,
+            decode(event_type, data),
+            correlation,
+            causation,
+        )
+        for position, stream, version, event_id, event_type, data, correlation, causation, recorded_at in rows
+    ]
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC)
 
 
 class _Backoff:
