@@ -23,6 +23,8 @@ from orchestrix.core.eventsourcing._backend import (
     check_expected_versions,
     find_replayed_append,
     find_replayed_many,
+    new_append_result,
+    new_recorded,
 )
 from orchestrix.core.eventsourcing.fencing import Fence
 from orchestrix.core.eventsourcing.store import ANY, NO_STREAM, STREAM_EXISTS, AppendResult
@@ -147,9 +149,12 @@ def append_op(
         if rows:
             # Both are consecutive runs (base + index, current + index); RETURNING order is not
             # promised, so sort.
+            if len(rows) == 1:
+                ((position, version),) = rows
+                return new_append_result(stream, (version,), (position,)), True
             positions = tuple(sorted(row[0] for row in rows))
             versions = tuple(sorted(row[1] for row in rows))
-            return AppendResult(stream, versions, positions), True
+            return new_append_result(stream, versions, positions), True
         # The expected version (or the fence) did not match; a stored batch is still a replay.
         replayed = yield from _replayed_op(st, stream, encoded.batch)
         if replayed is not None:
@@ -354,9 +359,9 @@ def decode_rows(serializer: Serializer, rows: Sequence[Sequence[Any]]) -> Iterat
 def _decode_all(serializer: Serializer, rows: Sequence[Sequence[Any]]) -> list[RecordedEvent]:
     # Timestamps come in UTC from the store's own connections (TimeZone=UTC); those of a
     # connection in another time zone are converted.
-    decode = serializer.decode
+    decode, make = serializer.decode, new_recorded
     return [
-        RecordedEvent(
+        make(
             event_id,
             stream,
             version,
