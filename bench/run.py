@@ -399,11 +399,25 @@ SUITES: dict[str, tuple[list[Row], list[Check]]] = {
         ],
         [
             Check("1 writer: orchestrix vs peer", "orx_pg1", "es_pg1", 1.5, source="issue 5"),
-            Check("1 writer: orchestrix / raw psycopg (info)", "orx_pg1", "raw_pg1", None),
+            Check(
+                "1 writer: orchestrix / raw psycopg INSERT+commit",
+                "orx_pg1",
+                "raw_pg1",
+                0.8,
+                source="issue 19",
+            ),
             Check("4 writers: orchestrix vs peer 4 writers", "orx_pg4", "es_pg4", 2.5, source="issue 5"),
             Check("4 writers: orchestrix scaling vs its 1 writer (info)", "orx_pg4", "orx_pg1", None),
-            Check("4 writers: orchestrix / raw no-lock (info)", "orx_pg4", "raw_pg4", None),
-            Check("read all: orchestrix vs peer (info)", "orx_pgread", "es_pgread", None),
+            Check(
+                "4 writers: orchestrix / raw no-lock INSERTs", "orx_pg4", "raw_pg4", 0.8, source="issue 19"
+            ),
+            Check(
+                "read all: orchestrix vs peer select+decode",
+                "orx_pgread",
+                "es_pgread",
+                1.5,
+                source="issue 19",
+            ),
         ],
     ),
     "multistream": (

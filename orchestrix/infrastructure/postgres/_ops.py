@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, LiteralString, TypeVar
 
@@ -24,9 +24,11 @@ from orchestrix.core.eventsourcing._backend import (
     check_expected_versions,
     find_replayed_append,
     find_replayed_many,
+    new_append_result,
+    new_recorded,
 )
 from orchestrix.core.eventsourcing.fencing import Fence
-from orchestrix.core.eventsourcing.store import ANY, STREAM_EXISTS, AppendResult
+from orchestrix.core.eventsourcing.store import ANY, NO_STREAM, STREAM_EXISTS, AppendResult
 from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
 from orchestrix.core.messaging.serializer import Serializer
 from orchestrix.infrastructure.postgres._schema import EVENT_ID_CONSTRAINT, SMALL_MULTI_APPEND, Statements
@@ -106,7 +108,10 @@ def append_op(
     newest grant (checked in the same statement); otherwise FencedError.
     """
     if len(encoded.ids) == 1:
-        statement = st.append_one if fence is None else st.append_one_fenced
+        if fence is not None:
+            statement = st.append_one_fenced
+        else:
+            statement = st.append_new if expected == NO_STREAM else st.append_one
         params: dict[str, Any] = {
             "stream": stream,
             "expected": expected,
@@ -145,9 +150,12 @@ def append_op(
         if rows:
             # Both are consecutive runs (base + index, current + index); RETURNING order is not
             # promised, so sort.
+            if len(rows) == 1:
+                ((position, version),) = rows
+                return new_append_result(stream, (version,), (position,)), True
             positions = tuple(sorted(row[0] for row in rows))
             versions = tuple(sorted(row[1] for row in rows))
-            return AppendResult(stream, versions, positions), True
+            return new_append_result(stream, versions, positions), True
         # The expected version (or the fence) did not match; a stored batch is still a replay.
         replayed = yield from _replayed_op(st, stream, encoded.batch)
         if replayed is not None:
@@ -339,9 +347,12 @@ def read_all_page_op(
     If this store appended ``own_position`` (> after) itself, wait (up to
     ``visibility_timeout``) for the horizon to pass it, so a store reads its own writes.
     """
+    if own_position <= after:  # nothing of this store's own to wait for: the plain page
+        page: list[tuple[Any, ...]] = yield Query(st.read_all, (after, limit))
+        return page
     waited = _Backoff(visibility_timeout)
     while True:
-        rows = yield Query(st.read_all, (after, limit))
+        rows = yield Query(st.read_all_horizon, (after, limit))
         horizon = rows[0][0]
         if horizon > own_position or not waited.more():
             return [row[1:] for row in rows if row[1] is not None]
@@ -367,9 +378,11 @@ def committed_position_op(st: Statements) -> Op[int]:
 
 def events_after_op(st: Statements, after: int) -> Op[tuple[bool, bool]]:
     """(an event after ``after`` is readable, an event after ``after`` is committed but not yet readable)."""
-    rows = yield Query(st.events_after, (after, after))
-    _, visible, stored = rows[0]
-    return bool(visible), bool(stored) and not visible
+    rows = yield Query(st.events_after, (after,))
+    horizon, first = rows[0]
+    if first is None:
+        return False, False
+    return first < horizon, first >= horizon
 
 
 def load_checkpoint_op(st: Statements, name: str) -> Op[int]:
@@ -385,19 +398,43 @@ def save_checkpoint_op(st: Statements, name: str, position: int) -> Op[None]:
 
 def decode_row(serializer: Serializer, row: Sequence[Any]) -> RecordedEvent:
     """Build a RecordedEvent from a row in ``Statements`` column order."""
-    position, stream, version, event_id, event_type, data, correlation, causation, recorded_at = row
-    recorded: datetime = recorded_at.astimezone(UTC)
-    return RecordedEvent(
-        event_id,
-        stream,
-        version,
-        position,
-        recorded,
-        event_type,
-        serializer.decode(event_type, data),
-        correlation,
-        causation,
-    )
+    return _decode_all(serializer, [row])[0]
+
+
+def decode_rows(serializer: Serializer, rows: Sequence[Sequence[Any]]) -> Iterator[RecordedEvent]:
+    """The RecordedEvents of a page of rows in ``Statements`` column order.
+
+    A page at a time, in one comprehension: a call per row would cost a tenth of a read. If
+    an event cannot be decoded, the events before it are still yielded, then its error raised.
+    """
+    try:
+        return iter(_decode_all(serializer, rows))
+    except Exception:
+        return (decode_row(serializer, row) for row in rows)
+
+
+def _decode_all(serializer: Serializer, rows: Sequence[Sequence[Any]]) -> list[RecordedEvent]:
+    # Timestamps come in UTC from the store's own connections (TimeZone=UTC); those of a
+    # connection in another time zone are converted.
+    decode, make = serializer.decode, new_recorded
+    return [
+        make(
+            event_id,
+            stream,
+            version,
+            position,
+            recorded_at if recorded_at.tzinfo is UTC else _utc(recorded_at),
+            event_type,
+            decode(event_type, data),
+            correlation,
+            causation,
+        )
+        for position, stream, version, event_id, event_type, data, correlation, causation, recorded_at in rows
+    ]
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC)
 
 
 class _Backoff:

@@ -407,7 +407,7 @@ class _StreamPages:
             self.done = True
         else:
             self.version = rows[-1][2] + 1
-        return (_ops.decode_row(self.store._serializer, row) for row in rows)
+        return _ops.decode_rows(self.store._serializer, rows)
 
 
 class _AllPages:
@@ -444,4 +444,4 @@ class _AllPages:
             self.own = self.own if self.own > self.after else 0
             if self.remaining is not None:
                 self.remaining -= len(rows)
-        return (_ops.decode_row(self.store._serializer, row) for row in rows)
+        return _ops.decode_rows(self.store._serializer, rows)
