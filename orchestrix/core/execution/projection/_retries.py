@@ -53,7 +53,7 @@ from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
 
 __all__: list[str] = []
 
-_log = logging.getLogger("orchestrix.core.execution.projection.runner")
+_log = logging.getLogger(__name__)
 
 _PARKED_IDS = uuid.UUID("9b0e3f6a-2d4c-4b8e-8f1a-5c7d9e2b4a61")
 
