@@ -92,6 +92,11 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _stream_heads(page: Sequence[RecordedEvent]) -> dict[str, int]:
+    """The version of each stream's last event in ``page``."""
+    return {recorded.stream: recorded.version for recorded in page}
+
+
 class SagaRunner(PageLoop):
     """Drives sagas from a store's global order; sync (``run_*``) and asyncio (``run_*_async``) forms.
 
@@ -263,11 +268,15 @@ class SagaRunner(PageLoop):
             await self._fire_due()
             assert self._position is not None  # set by _start
             page = await _io.read_all(self.store, self._position, self.page_size)
-            lanes: dict[SagaKey, list[tuple[Target, RecordedEvent]]] = {}
+            # A page shorter than asked for ends at the store's head: a saga stream's last event
+            # in it was its last event when read, and its first step may start from it unread.
+            heads = _stream_heads(page) if len(page) < self.page_size else {}
+            lanes: dict[SagaKey, list[tuple[Target, RecordedEvent, bool]]] = {}
             for recorded in page:
                 self._monitor.observe(recorded)
+                head = heads.get(recorded.stream) == recorded.version
                 for target in self._monitor.targets(recorded):
-                    lanes.setdefault((target[0], target[2]), []).append((target, recorded))
+                    lanes.setdefault((target[0], target[2]), []).append((target, recorded, head))
             # One lane per saga, its events in order; lanes run concurrently under asyncio.
             await _io.each(lanes.values(), self._run_lane, self.max_concurrency)
             for recorded in page:
@@ -338,12 +347,12 @@ class SagaRunner(PageLoop):
         assert self._position is not None  # run_once has started the runner
         return self._position
 
-    async def _run_lane(self, lane: list[tuple[Target, RecordedEvent]]) -> None:
-        for target, recorded in lane:
-            await self._deliver(target, recorded)
+    async def _run_lane(self, lane: list[tuple[Target, RecordedEvent, bool]]) -> None:
+        for target, recorded, head in lane:
+            await self._deliver(target, recorded, head)
 
-    async def _deliver(self, target: Target, recorded: RecordedEvent) -> None:
-        await self._in_step(lambda: self._steps.deliver(target, recorded))
+    async def _deliver(self, target: Target, recorded: RecordedEvent, head: bool = False) -> None:
+        await self._in_step(lambda: self._steps.deliver(target, recorded, head))
 
     async def _in_step(self, step: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run one saga step here, or (``step_threads``) its sync form in a worker thread."""
