@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
+from orchestrix._speedups import uuid5_in
 from orchestrix.core import _io
 from orchestrix.core.errors import ConcurrencyError, LeaseLostError, SagaError, StoreError
 from orchestrix.core.eventsourcing.aggregate import AggregateRepository, retry_on_conflict_async
@@ -425,9 +426,8 @@ def _correlation(saga: Saga) -> uuid.UUID:
     return _stream_correlation(saga.stream)
 
 
-@functools.lru_cache(maxsize=4096)
-def _stream_correlation(stream: str) -> uuid.UUID:
-    return uuid.uuid5(_CORRELATION, stream)
+_stream_correlation = functools.lru_cache(maxsize=4096)(uuid5_in(_CORRELATION))
+"""``uuid.uuid5(_CORRELATION, stream)``, remembered for the sagas in flight."""
 
 
 class _Driven:
