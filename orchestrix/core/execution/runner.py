@@ -39,9 +39,10 @@ unmatched, stats) in ``_saga_monitor.py``.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Coroutine, Sequence
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from orchestrix.core import _io
 from orchestrix.core._io import run_sync
@@ -66,6 +67,9 @@ from orchestrix.core.execution.deadlines import Deadline
 from orchestrix.core.execution.dispatch import CommandDispatcher
 from orchestrix.core.execution.saga import Saga
 from orchestrix.core.messaging.messages import RecordedEvent
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = [
     "RunnerStats",
@@ -174,6 +178,8 @@ class SagaRunner(PageLoop):
         self.index_history = index_history
         self.step_threads = step_threads
         self._position: int | None = None
+        self._overlap = False  # store checkpoints alongside the next page (run_forever_async)
+        self._saving: Awaitable[None] | None = None
         self._monitor = SagaMonitor(
             store, self.sagas, self._mine, stuck_after=stuck_after, clock=clock, unmatched_kept=unmatched_kept
         )
@@ -286,9 +292,43 @@ class SagaRunner(PageLoop):
             if page:
                 await self._steps.check_lease("store its checkpoint")
                 self._position = last = page[-1].position
-                await _io.save_checkpoint(self.checkpoints, self.checkpoint_name, last)
+                await self._store_checkpoint(last)
                 self._monitor.read(len(page))
             return len(page)
+
+    async def _store_checkpoint(self, position: int) -> None:
+        """Store ``position``; in :meth:`run_forever_async`, alongside the next page.
+
+        The previous page's save ends first, so positions are stored in order, and its failure
+        stops the runner here. A save that overlaps the next page only delays the stored
+        position: a crash meanwhile redelivers one page more, which delivery tolerates.
+        """
+        previous, self._saving = self._saving, None
+        if previous is not None:
+            await previous
+        save = _io.save_checkpoint(self.checkpoints, self.checkpoint_name, position)
+        if self._overlap and not _io.is_sync():
+            self._saving = _io.alongside(save)
+        else:
+            await save
+
+    async def run_forever_async(
+        self, stop: asyncio.Event | threading.Event | None = None, idle_timeout: float = 0.5
+    ) -> None:
+        """Asyncio form of :meth:`run_forever`; also ends when its task is cancelled.
+
+        Each page's checkpoint is stored while the next page runs (a save syncs a file or
+        commits a row: on a busy runner it would otherwise hold up every page); it is stored
+        before this returns.
+        """
+        self._overlap = True
+        try:
+            await super().run_forever_async(stop, idle_timeout)
+        finally:
+            self._overlap = False
+            pending, self._saving = self._saving, None
+            if pending is not None:
+                await pending
 
     def handle(self, recorded: RecordedEvent) -> None:
         """Deliver one event to every saga it is addressed to (a redelivery is harmless)."""
