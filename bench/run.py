@@ -555,6 +555,27 @@ SUITES: dict[str, tuple[list[Row], list[Check]]] = {
                 "transfers/s",
                 params={"n": 2_000, "in_flight": 32, "store": "memory"},
             ),
+            Row(
+                "saga_pg",
+                "TransferSaga on PostgresEventStore, 32 in flight, 1,024 accounts",
+                "saga.transfers",
+                "transfers/s",
+                params={"n": 1_000, "in_flight": 32, "store": "postgres"},
+            ),
+            Row(
+                "saga_pg_ceiling",
+                "PostgreSQL append ceiling: 8 asyncio tasks, 1-event appends, / 6 events per transfer",
+                "saga.pg_append_ceiling",
+                "transfers/s",
+                params={"seconds": 3.0, "tasks": 8},
+            ),
+            Row(
+                "saga_es",
+                "eventsourcing 9.5.6 process application, same transfer, SQLite",
+                "es_saga.transfers",
+                "transfers/s",
+                params={"n": 1_000},
+            ),
         ],
         [
             Check(
@@ -565,7 +586,17 @@ SUITES: dict[str, tuple[list[Row], list[Check]]] = {
                 kind="min",
                 source="issue 4",
             ),
+            Check(
+                "durable file store >= 3,000 transfers/s",
+                "saga_file",
+                None,
+                3000.0,
+                kind="min",
+                source="issue 19",
+            ),
             Check("memory store (info)", "saga_memory", None, None, kind="min"),
+            Check("PostgreSQL vs its append ceiling", "saga_pg", "saga_pg_ceiling", 0.8, source="issue 19"),
+            Check("file store vs the peer on SQLite", "saga_file", "saga_es", 5.0, source="issue 19"),
         ],
     ),
     "deadlines": (

@@ -12,6 +12,7 @@ shortcut                      what it skips                                  pla
 ``slots_constructor``         attrs' frozen ``__init__`` (slot setters)      the class itself
 ``uuid_from_bytes``           ``UUID.__init__``'s argument checks            ``UUID(bytes=raw)``
 ``new_uuid4``                 one ``getrandom`` call per id                  ``uuid.uuid4``
+``uuid5_in``                  hashing the namespace again; ``UUID.__init__``  ``uuid.uuid5``
 ``dumps``                     ``JSONEncoder.encode``'s per-call set-up       ``plain_dumps``
 ``quote``                     (``json``'s own C string writer)               ``plain_quote``
 ``loads``                     ``json.loads``' encoding detection, regexes    ``json.loads``
@@ -21,6 +22,8 @@ shortcut                      what it skips                                  pla
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib
 import json
 import os
@@ -134,6 +137,52 @@ def _uuid_constructors() -> tuple[Callable[[bytes], uuid.UUID], Callable[[], uui
 
 uuid_from_bytes, new_uuid4 = _uuid_constructors()
 """``uuid_from_bytes(raw)`` is ``UUID(bytes=raw)``; ``new_uuid4()`` is ``uuid.uuid4()``."""
+
+_VERSION_5 = (0x5000 << 64) | (0x8000 << 48)
+
+
+def plain_uuid5_in(namespace: uuid.UUID) -> Callable[[str], uuid.UUID]:
+    """``lambda name: uuid.uuid5(namespace, name)``: the plain form of :func:`uuid5_in`."""
+    return functools.partial(uuid.uuid5, namespace)
+
+
+def uuid5_in(namespace: uuid.UUID) -> Callable[[str], uuid.UUID]:
+    """``name -> uuid.uuid5(namespace, name)``, three times as fast.
+
+    Deterministic ids (saga decisions, keyed transactions, refusal records) are made several
+    times per saga step; the plain form hashes the namespace again each time and checks its
+    arguments in ``UUID.__init__``. This one starts from a copy of the hash of the namespace
+    and builds the UUID from its integer. Checked against the plain form on probes; the plain
+    form where they differ.
+    """
+    uuid_cls = uuid.UUID
+    try:  # UUID's slots, set through their descriptors, as in _uuid_constructors
+        set_int = uuid_cls.__dict__["int"].__set__
+        set_safe = uuid_cls.__dict__["is_safe"].__set__
+    except (KeyError, AttributeError):  # pragma: no cover - another Python's UUID internals
+        return plain_uuid5_in(namespace)
+    copy = hashlib.sha1(namespace.bytes, usedforsecurity=False).copy
+    new, from_bytes, safe = object.__new__, int.from_bytes, uuid.SafeUUID.unknown
+
+    def uuid5(name: str) -> uuid.UUID:
+        h = copy()
+        h.update(name.encode("utf-8"))
+        u = new(uuid_cls)
+        set_int(u, (from_bytes(h.digest()[:16]) & _VERSION_BITS) | _VERSION_5)
+        set_safe(u, safe)
+        return u
+
+    try:
+        for probe in ("", "a", "transfer-t1\x00debit", "\u00e9\u4e2d\U0001f600" * 40):
+            made, plain = uuid5(probe), uuid.uuid5(namespace, probe)
+            if not (made == plain and str(made) == str(plain) and hash(made) == hash(plain)):
+                return plain_uuid5_in(namespace)  # pragma: no cover - another Python's uuid5
+            if (made.version, made.variant, made.is_safe) != (5, uuid.RFC_4122, plain.is_safe):
+                return plain_uuid5_in(namespace)  # pragma: no cover
+    except Exception:  # pragma: no cover - another Python's UUID internals
+        return plain_uuid5_in(namespace)
+    return uuid5
+
 
 # -- JSON --------------------------------------------------------------------------------------
 

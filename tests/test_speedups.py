@@ -183,3 +183,18 @@ def test_the_signal_module_reads_and_sets_what_signal_does() -> None:
         assert fast.getsignal(fast.SIGINT) is note
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+@given(st.uuids(), st.text())
+def test_uuid5_in_is_uuid5(namespace: uuid.UUID, name: str) -> None:
+    fast, plain = _speedups.uuid5_in(namespace), _speedups.plain_uuid5_in(namespace)
+    try:
+        expected = uuid.uuid5(namespace, name)
+    except UnicodeEncodeError:  # a lone surrogate: refused alike
+        with pytest.raises(UnicodeEncodeError):
+            fast(name)
+        return
+    for made in (fast(name), plain(name)):
+        assert made == expected
+        assert str(made) == str(expected) and hash(made) == hash(expected)
+        assert (made.version, made.variant, made.is_safe) == (5, uuid.RFC_4122, expected.is_safe)

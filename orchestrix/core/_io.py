@@ -235,6 +235,12 @@ async def in_thread(function: Callable[[], T]) -> T:
     return await asyncio.to_thread(function)
 
 
+def alongside(coroutine: Coroutine[Any, Any, T]) -> Awaitable[T]:
+    """Start ``coroutine`` alongside the caller; what to await for its end. Under the asyncio
+    driver only (check :func:`is_sync`): the sync driver has nothing to run it alongside."""
+    return asyncio.ensure_future(coroutine)
+
+
 async def each(items: Iterable[T], work: Callable[[T], Awaitable[Any]], concurrency: int) -> None:
     """Await ``work(item)`` for every item: in order under the sync driver; under asyncio up to
     ``concurrency`` at once. The first failure is raised once all have finished."""

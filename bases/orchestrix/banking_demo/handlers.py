@@ -33,7 +33,12 @@ from bases.orchestrix.banking_demo.models import (
     validate_amount,
 )
 from bases.orchestrix.banking_demo.saga import TransferSaga
-from orchestrix.core.errors import AggregateNotFoundError, ConcurrencyError, InvalidStreamNameError
+from orchestrix.core.errors import (
+    AggregateNotFoundError,
+    ConcurrencyError,
+    DomainError,
+    InvalidStreamNameError,
+)
 from orchestrix.core.eventsourcing.aggregate import AggregateRepository, retry_on_conflict_async
 from orchestrix.core.eventsourcing.store import validate_stream_name
 from orchestrix.core.execution.dispatch import CommandBus
@@ -121,16 +126,26 @@ class BankingCommandHandlers:
         """
         _check_transfer(command)
 
+        # The transfer is stored expecting no stream, without reading it first: a repeat finds
+        # the stream taken (ConcurrencyError) and only then is the stored transfer read and
+        # compared. A refused source reads it too, so a repeat of an accepted transfer is still
+        # answered with the transfer, whatever became of its source since.
         async def once() -> TransferSaga:
             try:
-                existing = await self.repository.load_async(TransferSaga, command.transfer_id)
-            except AggregateNotFoundError:
-                pass
-            else:
+                await self._update(command.from_account_id, lambda source: _check_source(command, source))
+            except DomainError:
+                existing = await self._existing(command.transfer_id)
+                if existing is None:
+                    raise
                 return _same_transfer(existing, command)
-            await self._update(command.from_account_id, lambda source: _check_source(command, source))
             transfer = TransferSaga.initiate(command)
-            await self.repository.save_async(transfer)
+            try:
+                await self.repository.save_async(transfer)
+            except ConcurrencyError:
+                existing = await self._existing(command.transfer_id)
+                if existing is None:
+                    raise  # the stream moved in a way that left no transfer: try again
+                return _same_transfer(existing, command)
             return transfer
 
         return await retry_on_conflict_async(once, attempts=self.attempts)
@@ -150,6 +165,12 @@ class BankingCommandHandlers:
         return self.repository.load(TransferSaga, transfer_id)
 
     # -- plumbing ---------------------------------------------------------------------------
+
+    async def _existing(self, transfer_id: str) -> TransferSaga | None:
+        try:
+            return await self.repository.load_async(TransferSaga, transfer_id)
+        except AggregateNotFoundError:
+            return None
 
     async def _update(self, account_id: str, decide: Callable[[Account], T]) -> T:
         try:

@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from orchestrix._speedups import uuid5_in
 from orchestrix.core.errors import DomainError, KeyAlreadyRefusedError
 from orchestrix.core.messaging.messages import Event
 
@@ -46,6 +47,7 @@ __all__ = ["KEY_EVENTS", "KeyRefused", "decided_once", "refusal_event_id"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 _REFUSALS = uuid.UUID("0c6b6f0e-51c4-4b8e-9a77-3f2d8c1e5a90")
+_refusal_id = uuid5_in(_REFUSALS)  # uuid.uuid5(_REFUSALS, name)
 
 
 @attrs.frozen
@@ -63,7 +65,7 @@ KEY_EVENTS: tuple[type, ...] = (KeyRefused,)
 
 def refusal_event_id(stream: str, key: str) -> uuid.UUID:
     """The id of a key's refusal record: one key, one record, however often it is saved."""
-    return uuid.uuid5(_REFUSALS, f"{stream}\x00{key}")
+    return _refusal_id(f"{stream}\x00{key}")
 
 
 def decided_once(key: str | Callable[[Any], str | None] = "idempotency_key") -> Callable[[F], F]:

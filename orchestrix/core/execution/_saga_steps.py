@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
+from orchestrix._speedups import uuid5_in
 from orchestrix.core import _io
 from orchestrix.core.errors import ConcurrencyError, LeaseLostError, SagaError, StoreError
 from orchestrix.core.eventsourcing.aggregate import AggregateRepository, retry_on_conflict_async
@@ -84,25 +85,36 @@ class SagaSteps:
 
     # -- delivery -------------------------------------------------------------------------------
 
-    async def deliver(self, target: Target, recorded: RecordedEvent) -> None:
-        """Hand ``recorded`` to one saga: step it, or count why not; a failed step gets it stuck."""
+    async def deliver(self, target: Target, recorded: RecordedEvent, head: bool = False) -> None:
+        """Hand ``recorded`` to one saga: step it, or count why not; a failed step gets it stuck.
+
+        ``head``: the caller read ``recorded`` as the last event of its stream (see :meth:`_start`).
+        """
         cls, _spec, saga_id = target
         key = (cls, saga_id)
         if self.monitor.ignores(key):
             return
+        first = [head]
+
+        async def attempt() -> None:
+            # Only the first attempt may trust the page; one that lost a version race reads.
+            trusted, first[0] = first[0], False
+            await self._attempt(target, recorded, trusted)
+
         async with self._locks.hold(key):
             try:
-                await retry_on_conflict_async(
-                    functools.partial(self._attempt, target, recorded), attempts=self.attempts
-                )
+                await retry_on_conflict_async(attempt, attempts=self.attempts)
             except (StoreError, LeaseLostError):
                 raise
             except Exception as exc:
                 await self._record_failure(key, recorded, exc)
 
-    async def _attempt(self, target: Target, recorded: RecordedEvent) -> None:
+    async def _attempt(self, target: Target, recorded: RecordedEvent, head: bool = False) -> None:
         cls, spec, saga_id = target
-        saga = self.monitor.admit(await self._load(cls, saga_id), target, recorded)
+        saga = self._start(cls, saga_id, recorded) if head else None
+        if saga is None:
+            saga = await self._load(cls, saga_id)
+        saga = self.monitor.admit(saga, target, recorded)
         if saga is None:
             return
         saga._clock = self.clock  # a new saga too: its deadlines are due by the runner's time
@@ -129,6 +141,22 @@ class SagaSteps:
         saved = await self.repository.save_async(saga, correlation_id=_correlation(saga), causation_id=cause)
         if saved is not None:
             self.monitor.saved(saga)
+
+    def _start(self, cls: type[Saga], saga_id: str, recorded: RecordedEvent) -> Saga | None:
+        """The saga rebuilt from ``recorded`` alone, when that is its stream's first event and was
+        the stream's last one when the page was read; else None (the caller reads the stream).
+
+        The typical start (``TransferInitiated`` stored in the saga's own stream) then costs no
+        read. Should the stream have moved since the page was read (an operator's request, a
+        second runner), the step's first save loses its version race and the step runs again
+        from the stream; what the step dispatched before that carries its idempotency key.
+        """
+        if recorded.version != 0 or recorded.stream != cls.stream_name(saga_id):
+            return None
+        saga = cls(saga_id)
+        saga._clock = self.clock
+        saga._replay(recorded)
+        return saga
 
     async def _load(self, cls: type[Saga], saga_id: str) -> Saga | None:
         saga = cls(saga_id)
@@ -398,9 +426,8 @@ def _correlation(saga: Saga) -> uuid.UUID:
     return _stream_correlation(saga.stream)
 
 
-@functools.lru_cache(maxsize=4096)
-def _stream_correlation(stream: str) -> uuid.UUID:
-    return uuid.uuid5(_CORRELATION, stream)
+_stream_correlation = functools.lru_cache(maxsize=4096)(uuid5_in(_CORRELATION))
+"""``uuid.uuid5(_CORRELATION, stream)``, remembered for the sagas in flight."""
 
 
 class _Driven:

@@ -41,10 +41,11 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from orchestrix.core import _io
 from orchestrix.core._io import run_sync
@@ -70,6 +71,9 @@ from orchestrix.core.execution.dispatch import CommandDispatcher
 from orchestrix.core.execution.saga import Saga
 from orchestrix.core.messaging.messages import RecordedEvent
 
+if TYPE_CHECKING:
+    import asyncio
+
 __all__ = [
     "RunnerStats",
     "SagaRunner",
@@ -93,6 +97,11 @@ def partition_of(saga_id: str, count: int) -> int:
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _stream_heads(page: Sequence[RecordedEvent]) -> dict[str, int]:
+    """The version of each stream's last event in ``page``."""
+    return {recorded.stream: recorded.version for recorded in page}
 
 
 class SagaRunner(PageLoop):
@@ -184,6 +193,8 @@ class SagaRunner(PageLoop):
         self.step_threads = step_threads
         self.timer_tick = float(timer_tick)
         self._position: int | None = None
+        self._overlap = False  # store checkpoints alongside the next page (run_forever_async)
+        self._saving: Awaitable[None] | None = None
         self._monitor = SagaMonitor(
             store, self.sagas, self._mine, stuck_after=stuck_after, clock=clock, unmatched_kept=unmatched_kept
         )
@@ -278,11 +289,15 @@ class SagaRunner(PageLoop):
             await self._fire_due()
             assert self._position is not None  # set by _start
             page = await _io.read_all(self.store, self._position, self.page_size)
-            lanes: dict[SagaKey, list[tuple[Target, RecordedEvent]]] = {}
+            # A page shorter than asked for ends at the store's head: a saga stream's last event
+            # in it was its last event when read, and its first step may start from it unread.
+            heads = _stream_heads(page) if len(page) < self.page_size else {}
+            lanes: dict[SagaKey, list[tuple[Target, RecordedEvent, bool]]] = {}
             for recorded in page:
                 self._monitor.observe(recorded)
+                head = heads.get(recorded.stream) == recorded.version
                 for target in self._monitor.targets(recorded):
-                    lanes.setdefault((target[0], target[2]), []).append((target, recorded))
+                    lanes.setdefault((target[0], target[2]), []).append((target, recorded, head))
             # One lane per saga, its events in order; lanes run concurrently under asyncio.
             await _io.each(lanes.values(), self._run_lane, self.max_concurrency)
             for recorded in page:
@@ -292,9 +307,43 @@ class SagaRunner(PageLoop):
             if page:
                 await self._steps.check_lease("store its checkpoint")
                 self._position = last = page[-1].position
-                await _io.save_checkpoint(self.checkpoints, self.checkpoint_name, last)
+                await self._store_checkpoint(last)
                 self._monitor.read(len(page))
             return len(page)
+
+    async def _store_checkpoint(self, position: int) -> None:
+        """Store ``position``; in :meth:`run_forever_async`, alongside the next page.
+
+        The previous page's save ends first, so positions are stored in order, and its failure
+        stops the runner here. A save that overlaps the next page only delays the stored
+        position: a crash meanwhile redelivers one page more, which delivery tolerates.
+        """
+        previous, self._saving = self._saving, None
+        if previous is not None:
+            await previous
+        save = _io.save_checkpoint(self.checkpoints, self.checkpoint_name, position)
+        if self._overlap and not _io.is_sync():
+            self._saving = _io.alongside(save)
+        else:
+            await save
+
+    async def run_forever_async(
+        self, stop: asyncio.Event | threading.Event | None = None, idle_timeout: float = 0.5
+    ) -> None:
+        """Asyncio form of :meth:`run_forever`; also ends when its task is cancelled.
+
+        Each page's checkpoint is stored while the next page runs (a save syncs a file or
+        commits a row: on a busy runner it would otherwise hold up every page); it is stored
+        before this returns.
+        """
+        self._overlap = True
+        try:
+            await super().run_forever_async(stop, idle_timeout)
+        finally:
+            self._overlap = False
+            pending, self._saving = self._saving, None
+            if pending is not None:
+                await pending
 
     def handle(self, recorded: RecordedEvent) -> None:
         """Deliver one event to every saga it is addressed to (a redelivery is harmless)."""
@@ -372,12 +421,12 @@ class SagaRunner(PageLoop):
         assert self._position is not None  # run_once has started the runner
         return self._position
 
-    async def _run_lane(self, lane: list[tuple[Target, RecordedEvent]]) -> None:
-        for target, recorded in lane:
-            await self._deliver(target, recorded)
+    async def _run_lane(self, lane: list[tuple[Target, RecordedEvent, bool]]) -> None:
+        for target, recorded, head in lane:
+            await self._deliver(target, recorded, head)
 
-    async def _deliver(self, target: Target, recorded: RecordedEvent) -> None:
-        await self._in_step(lambda: self._steps.deliver(target, recorded))
+    async def _deliver(self, target: Target, recorded: RecordedEvent, head: bool = False) -> None:
+        await self._in_step(lambda: self._steps.deliver(target, recorded, head))
 
     async def _in_step(self, step: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run one saga step here, or (``step_threads``) its sync form in a worker thread."""

@@ -51,6 +51,7 @@ from typing import Any, ClassVar, TypeVar
 
 import attrs
 
+from orchestrix._speedups import uuid5_in
 from orchestrix.core.errors import InvalidDeadlineError, SagaError
 from orchestrix.core.eventsourcing.aggregate import AggregateRoot, applies
 from orchestrix.core.execution.dead_letters import DEAD_LETTER_EVENTS
@@ -81,6 +82,7 @@ SagaStep = Generator[Any, Any, None]
 """What a generator handler is: it yields commands and receives their results."""
 
 _EVENT_IDS = uuid.UUID("2b0f8a7e-5c0d-4e39-8f0e-6f3c1d9a4e21")
+_event_id = uuid5_in(_EVENT_IDS)  # uuid.uuid5(_EVENT_IDS, name), a saga event or more per step
 
 
 def saga_event_id(stream: str, version: int, event: Any) -> uuid.UUID:
@@ -89,7 +91,7 @@ def saga_event_id(stream: str, version: int, event: Any) -> uuid.UUID:
     Re-saving a decision that is already stored is then a no-op in the store; a *different*
     decision at the same version gets a different id and loses the version race instead.
     """
-    return uuid.uuid5(_EVENT_IDS, f"{stream}\x00{version}\x00{type(event).__qualname__}\x00{event!r}")
+    return _event_id(f"{stream}\x00{version}\x00{type(event).__qualname__}\x00{event!r}")
 
 
 @attrs.frozen
