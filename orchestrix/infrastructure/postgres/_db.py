@@ -16,7 +16,7 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import psycopg
 from psycopg import conninfo as pg_conninfo
@@ -277,7 +277,8 @@ class Database:
 
     def run(self, operation: str, make_op: Callable[[], Op[T]]) -> T:
         """Run an operation on a pooled connection, retrying lost connections within the budget."""
-        pool = self._pool
+        # The pool is typed by what callers may pass (any ConnectionPool); its connections are plain ones.
+        pool = cast("ConnectionPool[psycopg.Connection[Any]]", self._pool)
 
         # getconn/putconn, not pool.connection(): _drive commits (or rolls back) itself, so the
         # context manager's own commit and bookkeeping would only add about 3 us per call

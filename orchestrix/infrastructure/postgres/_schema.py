@@ -210,6 +210,7 @@ class Statements:
     read_all: LiteralString
     read_all_horizon: LiteralString
     last_position: LiteralString
+    committed_position: LiteralString
     events_after: LiteralString
     load_checkpoint: LiteralString
     save_checkpoint: LiteralString
@@ -310,14 +311,20 @@ class Statements:
             f"SELECT {base} + b.i - 1, req.stream, req.v + b.n, b.id, b.t, b.d, b.c, b.k FROM ok{fence}, "
             f"{many_rows}"
         )
+
         # An import (orchestrix copy): the multi-stream append, each row bringing its recorded_at.
-        self.import_streams, self.import_streams_fenced = (
-            statement.replace(text(columns), text(columns[:-1] + ", recorded_at)"))
-            .replace(text("b.c, b.k FROM"), text("b.c, b.k, b.r FROM"))
-            .replace(text("%(caus)b::uuid[]) WITH"), text("%(caus)b::uuid[], %(times)b::timestamptz[]) WITH"))
-            .replace(text("b(part, n, id, t, d, c, k, i)"), text("b(part, n, id, t, d, c, k, r, i)"))
-            for statement in (self.append_streams, self.append_streams_fenced)
-        )
+        def with_times(statement: LiteralString) -> LiteralString:
+            return (
+                statement.replace(text(columns), text(columns[:-1] + ", recorded_at)"))
+                .replace(text("b.c, b.k FROM"), text("b.c, b.k, b.r FROM"))
+                .replace(
+                    text("%(caus)b::uuid[]) WITH"), text("%(caus)b::uuid[], %(times)b::timestamptz[]) WITH")
+                )
+                .replace(text("b(part, n, id, t, d, c, k, i)"), text("b(part, n, id, t, d, c, k, r, i)"))
+            )
+
+        self.import_streams = with_times(self.append_streams)
+        self.import_streams_fenced = with_times(self.append_streams_fenced)
 
         # The same statements for small appends (SMALL_MULTI_APPEND events at most), with the
         # streams and the events each passed as one JSON text, read by json_to_recordset().
