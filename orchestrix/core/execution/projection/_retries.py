@@ -151,19 +151,8 @@ class Retries:
         last: datetime,
     ) -> None:
         letter = projection_dead_letter_id(name, recorded.position)
-        parked = ProjectionEventDeadLettered(
-            letter,
-            name,
-            recorded.event_type,
-            recorded.stream,
-            recorded.position,
-            str(recorded.event_id),
-            type(exc).__name__,
-            str(exc),
-            attempts,
-            first,
-            last,
-        )
+        what = _what_failed(recorded, exc)
+        parked = ProjectionEventDeadLettered(letter, name, *what, attempts, first, last)
         _log.error(
             "projection %r: %s at position %d (stream %r) parked as dead letter %s after %d attempt%s: "
             "%s: %s",
@@ -184,17 +173,7 @@ class Retries:
     async def _record_failure(
         self, name: str, recorded: RecordedEvent, exc: Exception, attempts: int, now: datetime
     ) -> None:
-        failed = ProjectionEventFailed(
-            name,
-            recorded.event_type,
-            recorded.stream,
-            recorded.position,
-            str(recorded.event_id),
-            type(exc).__name__,
-            str(exc),
-            attempts,
-            now,
-        )
+        failed = ProjectionEventFailed(name, *_what_failed(recorded, exc), attempts, now)
         await _io.append(self.store, DEAD_LETTER_STREAM, [failed], ANY)
 
     # -- operators' requests --------------------------------------------------------------------
@@ -244,3 +223,15 @@ class Retries:
         except Exception as exc:
             return "failed again", f"{type(exc).__name__}: {exc}"
         return "retried", f"{handler.name}() took {original.event_type} at position {position}"
+
+
+def _what_failed(recorded: RecordedEvent, exc: Exception) -> tuple[str, str, int, str, str, str]:
+    """The fields a failure record shares: which event (type, stream, position, id) and which error."""
+    return (
+        recorded.event_type,
+        recorded.stream,
+        recorded.position,
+        str(recorded.event_id),
+        type(exc).__name__,
+        str(exc),
+    )
