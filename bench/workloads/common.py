@@ -1,4 +1,5 @@
-"""Helpers shared by the workloads: payload, timing, memory, temp dirs and the 'not landed' signal."""
+"""Helpers shared by the workloads: payload, timing, writer threads and processes, memory, temp
+dirs and the 'not landed' signal."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import gc
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,6 +40,57 @@ def rate(events: int, seconds: float) -> dict[str, Any]:
 def duration(seconds: float, **extra: Any) -> dict[str, Any]:
     """A latency/duration result in seconds."""
     return {"value": seconds, "seconds": seconds, **extra}
+
+
+def run_threads(count: int, work: Callable[[int], Any]) -> float:
+    """Run ``work(i)`` in ``count`` threads released together; wall seconds until all are done."""
+    barrier = threading.Barrier(count + 1)
+    errors: list[BaseException] = []
+
+    def body(i: int) -> None:
+        barrier.wait()
+        try:
+            work(i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    start = clock()
+    barrier.wait()
+    for t in threads:
+        t.join()
+    seconds = clock() - start
+    if errors:
+        raise errors[0]
+    return seconds
+
+
+def run_processes(
+    procs: int, target: Callable[..., None], args: tuple[Any, ...], timeout: float = 900.0
+) -> float:
+    """Start ``procs`` spawned ``target(i, barrier, results, *args)`` processes, released together.
+
+    Each puts ``(start, end)`` (its own timed span) or an error text on ``results``; returns the
+    wall seconds from the first start to the last end, or raises the first error.
+    """
+    import multiprocessing as mp  # here, not at the top: spawned children import this module
+
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(procs)
+    results = ctx.Queue()
+    workers = [ctx.Process(target=target, args=(i, barrier, results, *args)) for i in range(procs)]
+    for w in workers:
+        w.start()
+    spans = [results.get(timeout=timeout) for _ in workers]
+    for w in workers:
+        w.join()
+    errors = [s for s in spans if isinstance(s, str)]
+    if errors:
+        raise RuntimeError(errors[0])
+    seconds: float = max(end for _, end in spans) - min(start for start, _ in spans)
+    return seconds
 
 
 def _status_kib(field: str) -> int:

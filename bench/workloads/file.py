@@ -5,11 +5,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import uuid
 from typing import Any
 
-from workloads.common import clock, duration, payload, peak_rss, rate, require, temp_dir
+from workloads.common import (
+    clock,
+    duration,
+    payload,
+    peak_rss,
+    rate,
+    require,
+    run_processes,
+    run_threads,
+    temp_dir,
+)
 
 RAW_RECORD_BYTES = 256
 
@@ -108,31 +117,6 @@ def es_write1(n: int = 10_000) -> dict[str, Any]:
 # -- concurrent writers --------------------------------------------------------------------
 
 
-def _threads(count: int, per_thread: int, work: Any) -> float:
-    """Run ``work(i, per_thread)`` in ``count`` threads released together; wall seconds."""
-    barrier = threading.Barrier(count + 1)
-    errors: list[BaseException] = []
-
-    def body(i: int) -> None:
-        barrier.wait()
-        try:
-            work(i, per_thread)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=body, args=(i,)) for i in range(count)]
-    for t in threads:
-        t.start()
-    start = clock()
-    barrier.wait()
-    for t in threads:
-        t.join()
-    seconds = clock() - start
-    if errors:
-        raise errors[0]
-    return seconds
-
-
 def orx_write8(n: int = 16_000, threads: int = 8) -> dict[str, Any]:
     """orchestrix: ``threads`` writers, each saving one event at a time to its own aggregate."""
     from workloads.orx_model import Note
@@ -141,14 +125,14 @@ def orx_write8(n: int = 16_000, threads: int = 8) -> dict[str, Any]:
     with temp_dir() as path:
         store, repo = _orx(os.path.join(path, "store"))
 
-        def work(i: int, count: int) -> None:
+        def work(i: int) -> None:
             note = Note()
             note_id = str(uuid.uuid4())
-            for k in range(count):
+            for k in range(per_thread):
                 note.write(note_id, payload(k))
                 repo.save(note)
 
-        seconds = _threads(threads, per_thread, work)
+        seconds = run_threads(threads, work)
         assert store.last_position() >= per_thread * threads
         store.close()
     return rate(per_thread * threads, seconds)
@@ -190,14 +174,14 @@ def es_write8(n: int = 8_000, threads: int = 8) -> dict[str, Any]:
     with temp_dir() as path:
         app = sqlite_app(os.path.join(path, "es.sqlite"))
 
-        def work(i: int, count: int) -> None:
+        def work(i: int) -> None:
             note = Note(text=payload(0))
             app.save(note)
-            for k in range(1, count):
+            for k in range(1, per_thread):
                 note.write(payload(k))
                 app.save(note)
 
-        seconds = _threads(threads, per_thread, work)
+        seconds = run_threads(threads, work)
         assert app.recorder.max_notification_id() == per_thread * threads
         app.close()
     return rate(per_thread * threads, seconds)
@@ -424,28 +408,11 @@ def _proc_worker(i: int, barrier: Any, results: Any, path: str, count: int) -> N
 
 def orx_write_procs(n: int = 4_000, procs: int = 4) -> dict[str, Any]:
     """orchestrix: ``procs`` processes on one store, each saving new one-event aggregates."""
-    import multiprocessing as mp
-
     per = n // procs
     with temp_dir() as path:
         store_path = os.path.join(path, "store")
         _file_store()(store_path, require("workloads.orx_model", "serializer")(), sync=True).close()
-        ctx = mp.get_context("spawn")
-        barrier = ctx.Barrier(procs)
-        results = ctx.Queue()
-        workers = [
-            ctx.Process(target=_proc_worker, args=(i, barrier, results, store_path, per))
-            for i in range(procs)
-        ]
-        for w in workers:
-            w.start()
-        spans = [results.get(timeout=600) for _ in workers]
-        for w in workers:
-            w.join()
-        errors = [s for s in spans if isinstance(s, str)]
-        if errors:
-            raise RuntimeError(errors[0])
-        seconds = max(e for _, e in spans) - min(s for s, _ in spans)
+        seconds = run_processes(procs, _proc_worker, (store_path, per), timeout=600)
         store = _file_store()(store_path, require("workloads.orx_model", "serializer")(), sync=True)
         assert store.last_position() >= per * procs
         store.close()
@@ -550,8 +517,6 @@ def _raw_proc(i: int, barrier: Any, results: Any, path: str, count: int, procs: 
 def raw_pwrite_procs(n: int = 8_000, procs: int = 4) -> dict[str, Any]:
     """Ceiling for several writer processes: each pwrites records into one preallocated file and
     fdatasyncs after each, with no lock: how many concurrent syncs the disk takes at once."""
-    import multiprocessing as mp
-
     per = n // procs
     with temp_dir() as path:
         log = os.path.join(path, "log")
@@ -561,16 +526,5 @@ def raw_pwrite_procs(n: int = 8_000, procs: int = 4) -> dict[str, Any]:
             os.pwrite(fd, chunk, offset)
         os.fsync(fd)
         os.close(fd)
-        ctx = mp.get_context("spawn")
-        barrier = ctx.Barrier(procs)
-        results = ctx.Queue()
-        workers = [
-            ctx.Process(target=_raw_proc, args=(i, barrier, results, log, per, procs)) for i in range(procs)
-        ]
-        for w in workers:
-            w.start()
-        spans = [results.get(timeout=600) for _ in workers]
-        for w in workers:
-            w.join()
-        seconds = max(e for _, e in spans) - min(s for s, _ in spans)
+        seconds = run_processes(procs, _raw_proc, (log, per, procs), timeout=600)
     return rate(per * procs, seconds)

@@ -11,11 +11,10 @@ PostgreSQL). The value is pairs per second.
 from __future__ import annotations
 
 import os
-import threading
 import uuid
 from typing import Any
 
-from workloads.common import PG_DSN, clock, payload, rate, require, temp_dir
+from workloads.common import PG_DSN, clock, payload, rate, require, run_threads, temp_dir
 
 
 def _pairs(store: Any, n: int, atomic: int, writers: int = 1) -> float:
@@ -46,33 +45,8 @@ def _pairs(store: Any, n: int, atomic: int, writers: int = 1) -> float:
         work(0)
         seconds = clock() - start
     else:
-        seconds = _threads(writers, work)
+        seconds = run_threads(writers, work)
     assert store.last_position() >= 2 * share * writers
-    return seconds
-
-
-def _threads(count: int, work: Any) -> float:
-    """Run ``work(i)`` in ``count`` threads released together; wall seconds until all are done."""
-    barrier = threading.Barrier(count + 1)
-    errors: list[BaseException] = []
-
-    def body(i: int) -> None:
-        barrier.wait()
-        try:
-            work(i)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=body, args=(i,)) for i in range(count)]
-    for t in threads:
-        t.start()
-    start = clock()
-    barrier.wait()
-    for t in threads:
-        t.join()
-    seconds = clock() - start
-    if errors:
-        raise errors[0]
     return seconds
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import multiprocessing as mp
 import os
 import statistics
 import time
@@ -13,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from workloads.common import PG_DSN, clock, payload, rate, require
+from workloads.common import PG_DSN, clock, payload, rate, require, run_processes
 
 # Stand-in for what the peer stores per event (its JSON is ~272 bytes for a 128-char text).
 RAW_STATE = json.dumps({"timestamp": "2026-01-01T00:00:00+00:00", "text": payload(0)}).encode() * 2
@@ -32,23 +31,6 @@ def fresh_schema(tag: str) -> Iterator[str]:
     finally:
         with psycopg.connect(PG_DSN, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-
-
-def _writers(procs: int, target: Callable[..., None], args: tuple[Any, ...]) -> float:
-    """Start ``procs`` writer processes, release them together, return wall seconds to the last one."""
-    ctx = mp.get_context("spawn")
-    barrier = ctx.Barrier(procs)
-    results = ctx.Queue()
-    workers = [ctx.Process(target=target, args=(i, barrier, results, *args)) for i in range(procs)]
-    for w in workers:
-        w.start()
-    spans = [results.get(timeout=900) for _ in workers]
-    for w in workers:
-        w.join()
-    errors = [s for s in spans if isinstance(s, str)]
-    if errors:
-        raise RuntimeError(errors[0])
-    return max(end for _, end in spans) - min(start for start, _ in spans)
 
 
 def _run_worker(barrier: Any, results: Any, setup: Callable[[], Any], write: Callable[[Any], None]) -> None:
@@ -89,7 +71,7 @@ def es_write(n: int = 3_000, procs: int = 1) -> dict[str, Any]:
     per = n // procs
     with fresh_schema("es") as schema:
         postgres_app(schema).close()  # creates the tables once: concurrent creation can fail
-        seconds = _writers(procs, _es_worker, (schema, per))
+        seconds = run_processes(procs, _es_worker, (schema, per))
     return rate(per * procs, seconds)
 
 
@@ -167,7 +149,7 @@ def raw_write(n: int = 3_000, procs: int = 1) -> dict[str, Any]:
     with fresh_schema("raw") as schema:
         with psycopg.connect(PG_DSN, autocommit=True) as conn:
             conn.execute(RAW_TABLE.format(schema=schema))
-        seconds = _writers(procs, _raw_worker, (schema, per))
+        seconds = run_processes(procs, _raw_worker, (schema, per))
     return rate(per * procs, seconds)
 
 
@@ -209,7 +191,7 @@ def orx_write(n: int = 3_000, procs: int = 1) -> dict[str, Any]:
     per = n // procs
     with fresh_schema("orx") as schema:
         _pg_store(schema).close()  # schema creation before the writers start
-        seconds = _writers(procs, _orx_worker, (schema, per))
+        seconds = run_processes(procs, _orx_worker, (schema, per))
     return rate(per * procs, seconds)
 
 
@@ -283,7 +265,7 @@ def orx_tail_lag(n: int = 4_000, procs: int = 4) -> dict[str, Any]:
 
         reader = threading.Thread(target=tail, daemon=True)
         reader.start()
-        seconds = _writers(procs, _orx_lag_worker, (schema, per))
+        seconds = run_processes(procs, _orx_lag_worker, (schema, per))
         reader.join(timeout=60)
         stop.set()
         sub_store.close()

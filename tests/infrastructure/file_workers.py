@@ -10,7 +10,6 @@ for every child. Protocol (one line each way):
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import random
@@ -18,16 +17,16 @@ import signal
 import sys
 import threading
 import traceback
-import uuid
 from typing import Any
 
 import attrs
 
 from orchestrix.core.errors import ConcurrencyError
-from orchestrix.core.eventsourcing.store import ANY, StreamAppend
-from orchestrix.core.messaging.messages import Event, NewEvent
+from orchestrix.core.eventsourcing.store import ANY
+from orchestrix.core.messaging.messages import Event
 from orchestrix.core.messaging.serializer import Serializer
 from orchestrix.infrastructure.file import FileEventStore
+from tests.infrastructure._kill_workers import Parts, next_append, start_writers
 
 CRASH_SEGMENT_SIZE = 64 * 1024
 CRASH_CHECKPOINT_EVENTS = 300
@@ -112,20 +111,7 @@ def crash_child(path: str, ack_path: str, seed: int, writers: int, ready_fd: int
     os.write(ready_fd, b"r")
     os.close(ready_fd)
 
-    def next_append(rng: random.Random, me: int) -> tuple[list[tuple[str, list[NewEvent]]], bool]:
-        """One append: a batch to one stream, or (one in three) a batch spread over two or three
-        streams, appended atomically; each event says its place in the whole batch."""
-        batch = uuid.UUID(int=rng.getrandbits(128)).hex
-        streams = [f"s-{k}" for k in rng.sample(range(CRASH_STREAMS), rng.choice((1, 1, 2, 3)))]
-        sizes = [rng.randint(1, 3) for _ in streams]
-        total, first = sum(sizes), 0
-        parts = []
-        for stream, size in zip(streams, sizes, strict=True):
-            parts.append((stream, [NewEvent(Appended(batch, first + i, total, me)) for i in range(size)]))
-            first += size
-        return parts, rng.random() < 0.3
-
-    def acknowledge(parts: list[tuple[str, list[NewEvent]]], results: Any) -> None:
+    def acknowledge(parts: Parts, results: Any) -> None:
         lines = []
         for (stream, events), result in zip(parts, results, strict=True):
             first = events[0].event
@@ -135,55 +121,13 @@ def crash_child(path: str, ack_path: str, seed: int, writers: int, ready_fd: int
             )
         os.write(ack, ("\n".join(lines) + "\n").encode())  # one write: a kill leaves whole lines or a cut one
 
-    def appends(parts: list[tuple[str, list[NewEvent]]], versions: list[int]) -> list[StreamAppend]:
-        return [StreamAppend(s, events, v) for (s, events), v in zip(parts, versions, strict=True)]
+    def spread_append(rng: random.Random, me: int) -> tuple[Parts, bool]:
+        # A batch to one stream, or (one in three) spread over two or three streams, atomically.
+        return next_append(
+            rng, CRASH_STREAMS, (1, 1, 2, 3), lambda batch, i, size: Appended(batch, i, size, me)
+        )
 
-    def writer(me: int) -> None:
-        rng = random.Random(seed * 1000 + me)
-        try:
-            while True:
-                parts, checked = next_append(rng, me)
-                versions = [store.stream_version(s) if checked else ANY for s, _ in parts]
-                try:
-                    if len(parts) == 1:
-                        results: Any = (store.append(parts[0][0], parts[0][1], versions[0]),)
-                    else:
-                        results = store.append_many(appends(parts, versions))
-                except ConcurrencyError:
-                    continue
-                acknowledge(parts, results)
-        except BaseException:
-            traceback.print_exc()
-            os._exit(3)  # a writer that fails for any reason but the kill is a test failure
-
-    async def task_writer(me: int) -> None:
-        rng = random.Random(seed * 1000 + me)
-        while True:
-            parts, checked = next_append(rng, me)
-            versions = [await store.stream_version_async(s) if checked else ANY for s, _ in parts]
-            try:
-                if len(parts) == 1:
-                    results: Any = (await store.append_async(parts[0][0], parts[0][1], versions[0]),)
-                else:
-                    results = await store.append_many_async(appends(parts, versions))
-            except ConcurrencyError:
-                continue
-            acknowledge(parts, results)
-
-    async def task_writers() -> None:
-        await asyncio.gather(*(task_writer(100 + k) for k in range(writers)))
-
-    def loop() -> None:
-        try:
-            asyncio.run(task_writers())
-        except BaseException:
-            traceback.print_exc()
-            os._exit(3)
-
-    threads = [threading.Thread(target=writer, args=(k,), daemon=True) for k in range(writers)]
-    threads.append(threading.Thread(target=loop, daemon=True))
-    for t in threads:
-        t.start()
+    start_writers(store, seed, writers, spread_append, acknowledge)
     threading.Event().wait()
 
 

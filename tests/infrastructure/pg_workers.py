@@ -127,89 +127,31 @@ def crash_child(dsn: str, schema: str, ack_path: str, seed: str) -> None:
     one over two or three streams; each acknowledged append is logged to ``ack_path`` as one line
     (one write, so a kill leaves whole lines and at most one cut line). Prints ``ready`` once the
     store is open, so the parent kills it while it writes, not while it starts."""
-    import asyncio
     import json
     import os
     import sys
     import threading
-    import traceback
-    import uuid
 
-    from orchestrix.core.errors import ConcurrencyError
-    from orchestrix.core.eventsourcing.store import StreamAppend
+    from tests.infrastructure._kill_workers import Parts, next_append, start_writers
 
     store = PostgresEventStore(dsn, crash_serializer(), schema=schema, pool_size=4)
     ack = os.open(ack_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
-    def next_append(rng: random.Random) -> list[tuple[str, list[NewEvent]]]:
-        batch = uuid.UUID(int=rng.getrandbits(128)).hex
-        streams = [f"s-{k}" for k in rng.sample(range(CRASH_STREAMS), rng.choice((1, 2, 3)))]
-        sizes = [rng.randint(1, 3) for _ in streams]
-        total, first, parts = sum(sizes), 0, []
-        for stream, size in zip(streams, sizes, strict=True):
-            parts.append((stream, [NewEvent(Part(batch, first + i, total)) for i in range(size)]))
-            first += size
-        return parts
-
-    def acknowledge(parts: list[tuple[str, list[NewEvent]]], results: Any) -> None:
+    def acknowledge(parts: Parts, results: Any) -> None:
         line = [
             [stream, [e.event_id.hex for e in events], list(r.versions), list(r.positions)]
             for (stream, events), r in zip(parts, results, strict=True)
         ]
         os.write(ack, (json.dumps(line) + "\n").encode())
 
-    def appends(parts: list[tuple[str, list[NewEvent]]], versions: list[int]) -> list[StreamAppend]:
-        return [StreamAppend(s, events, v) for (s, events), v in zip(parts, versions, strict=True)]
-
-    def writer(me: int) -> None:
-        rng = random.Random(int(seed) * 1000 + me)
-        try:
-            while True:
-                parts = next_append(rng)
-                checked = rng.random() < 0.3
-                versions = [store.stream_version(s) if checked else ANY for s, _ in parts]
-                try:
-                    if len(parts) == 1:
-                        results: Any = (store.append(parts[0][0], parts[0][1], versions[0]),)
-                    else:
-                        results = store.append_many(appends(parts, versions))
-                except ConcurrencyError:
-                    continue
-                acknowledge(parts, results)
-        except BaseException:
-            traceback.print_exc()
-            os._exit(3)  # a writer that fails for any reason but the kill is a test failure
-
-    async def task_writer(me: int) -> None:
-        rng = random.Random(int(seed) * 1000 + me)
-        while True:
-            parts = next_append(rng)
-            checked = rng.random() < 0.3
-            versions = [await store.stream_version_async(s) if checked else ANY for s, _ in parts]
-            try:
-                if len(parts) == 1:
-                    results: Any = (await store.append_async(parts[0][0], parts[0][1], versions[0]),)
-                else:
-                    results = await store.append_many_async(appends(parts, versions))
-            except ConcurrencyError:
-                continue
-            acknowledge(parts, results)
-
-    async def task_writers() -> None:
-        await asyncio.gather(task_writer(100), task_writer(101))
-
-    def loop() -> None:
-        try:
-            asyncio.run(task_writers())
-        except BaseException:
-            traceback.print_exc()
-            os._exit(3)
-
     store.last_position()  # connected before the parent starts its clock
-    threads = [threading.Thread(target=writer, args=(k,), daemon=True) for k in range(2)]
-    threads.append(threading.Thread(target=loop, daemon=True))
-    for t in threads:
-        t.start()
+    start_writers(
+        store,
+        int(seed),
+        2,
+        lambda rng, me: next_append(rng, CRASH_STREAMS, (1, 2, 3), Part),
+        acknowledge,
+    )
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     threading.Event().wait()

@@ -15,11 +15,9 @@ statement sent before the kill still runs to its end), and checks the whole log:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -29,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from orchestrix.infrastructure.postgres import PostgresEventStore
+from tests.infrastructure.kill_support import kill_child_at_random
 from tests.infrastructure.pg_support import dsn_or_skip, sql_execute, throwaway_schema
 from tests.infrastructure.pg_workers import crash_serializer
 
@@ -108,20 +107,7 @@ def test_every_acknowledged_multi_stream_append_survives_a_killed_client(tmp_pat
                     text=True,
                     env={**os.environ, "PYTHONPATH": str(ROOT)},  # this checkout's orchestrix
                 )
-                try:
-                    assert child.stdout is not None
-                    assert child.stdout.readline().strip() == "ready", f"kill {kill}: the child did not start"
-                    time.sleep(rng.uniform(0.05, 0.4))
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(child.pid, signal.SIGKILL)
-                    code = child.wait(timeout=30)
-                finally:
-                    if child.poll() is None:
-                        child.kill()
-                        child.wait()
-                    assert child.stdout is not None
-                    child.stdout.close()
-                assert code == -signal.SIGKILL, f"kill {kill}: the child ended by itself ({code}); see stderr"
+                kill_child_at_random(child, rng, (0.05, 0.4), f"kill {kill}")
                 _wait_for_sessions_to_end(application)
                 acked, batches, spread = _check(store, ack_file)
         finally:

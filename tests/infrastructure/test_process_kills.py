@@ -12,14 +12,11 @@ are fresh each time; only the atomic append of output and checkpoint keeps them 
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
@@ -31,6 +28,7 @@ import pytest
 from bases.orchestrix.banking_demo.models import TransferCompleted
 from orchestrix.core.eventsourcing.store import StreamAppend
 from orchestrix.infrastructure.file import FileEventStore
+from tests.infrastructure.kill_support import kill_child_at_random
 from tests.infrastructure.process_workers import Noise, StatementLine, serializer, step
 
 KILLS = int(os.environ.get("ORCHESTRIX_PROCESS_KILLS", "25"))
@@ -87,19 +85,7 @@ def test_each_transfer_becomes_exactly_one_statement_line_under_sigkill(tmp_path
         child = subprocess.Popen(
             [sys.executable, str(WORKER), str(path), str(kill)], stdout=subprocess.PIPE, text=True, env=env
         )
-        try:
-            assert child.stdout is not None
-            assert child.stdout.readline().strip() == "ready", "the child could not open the store"
-            time.sleep(rng.uniform(0.0, 0.2))
-            with contextlib.suppress(ProcessLookupError):
-                child.send_signal(signal.SIGKILL)
-            assert child.wait(30) == -signal.SIGKILL, f"kill {kill}: the child ended by itself"
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
-            assert child.stdout is not None
-            child.stdout.close()
+        kill_child_at_random(child, rng, (0.0, 0.2), f"kill {kill}")
         with FileEventStore(path, serializer()) as store:
             progress.append(_check(store, final=False))
             _add_work(store, rng, rng.randint(0, 15))
