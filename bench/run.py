@@ -1024,7 +1024,7 @@ def print_suite(name: str, summary: dict[str, Any]) -> None:
         else:
             print(f"  {row['label']:<{width}}  {row['status'].upper()}: {row['reason'][:150]}")
     print()
-    cwidth = max(len(c["label"]) for c in summary["checks"])
+    cwidth = max((len(c["label"]) for c in summary["checks"]), default=0)
     for c in summary["checks"]:
         if c["result"] == "N/A":
             shown = "n/a"
