@@ -3,7 +3,8 @@
 
     python3 bench/run.py [SUITE ...] [--reps N] [--json OUT.json] [--quick] [--rev REV]
 
-Suites: memory, file, postgres, multistream, copy, saga, deadlines, snapshots (default: all).
+Suites: memory, file, postgres, multistream, copy, saga, deadlines, snapshots (default: all), and
+growth (on demand only: it fills a 10M-event store, ~4 GB; ORCHESTRIX_BENCH_TMP picks its disk).
 Every workload runs in a fresh child process per repetition, with a fresh store; repetitions are
 interleaved across workloads so that machine drift hits every side alike. Prints medians
 [min-max], ratios and targets, and
@@ -33,7 +34,11 @@ VENV_PY = os.path.join(VENV, "bin", "python")
 REQUIREMENTS = ["eventsourcing==9.5.6", "psycopg[binary]>=3.1", "psycopg-pool>=3.2"]
 MARKER = os.path.join(VENV, ".orxbench-requirements")
 CHILD_TIMEOUT = 900
+PREPARE_TIMEOUT = 7200
+"""Preparing may take longer: the growth suite fills a 10M-event store."""
 EXIT_NOT_LANDED = 3
+BENCH_TMP = "ORCHESTRIX_BENCH_TMP"
+"""Where prepared stores go (default: the system's temporary directory)."""
 
 
 # -- what is measured ----------------------------------------------------------------------
@@ -66,6 +71,17 @@ class Check:
 
 
 MiB = 1 / (1024 * 1024)
+
+
+def _growth_sizes() -> list[tuple[str, int]]:
+    """(name, events) of the growth suite's stores: ORCHESTRIX_BENCH_GROWTH, else 0, 1M, 3M, 10M."""
+    sizes = [
+        int(x) for x in os.environ.get("ORCHESTRIX_BENCH_GROWTH", "0,1000000,3000000,10000000").split(",")
+    ]
+    return [(f"{n // 1_000_000}M" if n and n % 1_000_000 == 0 else str(n), n) for n in sorted(set(sizes))]
+
+
+GROWTH_SIZES = _growth_sizes()
 
 SUITES: dict[str, tuple[list[Row], list[Check]]] = {
     "memory": (
@@ -486,7 +502,49 @@ SUITES: dict[str, tuple[list[Row], list[Check]]] = {
             ),
         ],
     ),
+    "growth": (
+        [
+            *(
+                Row(
+                    f"growth_{name}",
+                    f"orchestrix FileEventStore  1 event/append, sync=False, store holding {name} events",
+                    "growth.append_rate",
+                    "ev/s",
+                    params={"n": 100_000, "events": events},
+                    prepare="growth.fill",
+                )
+                for name, events in GROWTH_SIZES
+            ),
+            Row(
+                "growth_disk",
+                f"orchestrix  disk use while open / after close, filling to {GROWTH_SIZES[-1][0]} events",
+                "growth.disk_ratio",
+                "x",
+                better="lower",
+                params={"events": GROWTH_SIZES[-1][1]},
+                prepare="growth.fill",
+            ),
+        ],
+        [
+            *(
+                Check(f"appends at {name} / empty store (info)", f"growth_{name}", "growth_0", None)
+                for name, _ in GROWTH_SIZES[1:-1]
+            ),
+            Check(
+                f"appends at {GROWTH_SIZES[-1][0]} / empty store",
+                f"growth_{GROWTH_SIZES[-1][0]}",
+                "growth_0",
+                0.9,
+                source="issue 19",
+            ),
+            Check(
+                "disk use while open / after close", "growth_disk", None, 1.2, kind="max", source="issue 19"
+            ),
+        ],
+    ),
 }
+ON_DEMAND = ("growth",)
+"""Suites that only run when named."""
 
 QUICK_KEYS = ("n",)
 
@@ -552,16 +610,16 @@ def export_rev(rev: str) -> str:
     return path
 
 
-def run_child(workload: str, params: dict[str, Any]) -> dict[str, Any]:
+def run_child(workload: str, params: dict[str, Any], timeout: int = CHILD_TIMEOUT) -> dict[str, Any]:
     """Run one workload in a fresh process; return its JSON result (or an error/not_landed dict)."""
     args = [VENV_PY, os.path.join(BENCH, "child.py"), workload, *(f"{k}={v}" for k, v in params.items())]
     code = CODE["root"]
     env = dict(os.environ, PYTHONPATH=code, ORCHESTRIX_BENCH_CODE=code, PYTHONDONTWRITEBYTECODE="1")
     load_before = os.getloadavg()[0]
     try:
-        proc = subprocess.run(args, capture_output=True, text=True, timeout=CHILD_TIMEOUT, env=env, cwd=ROOT)
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
     except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {CHILD_TIMEOUT}s", "loadavg_before": load_before}
+        return {"error": f"timed out after {timeout}s", "loadavg_before": load_before}
     lines = proc.stdout.strip().splitlines()
     try:
         result = json.loads(lines[-1])
@@ -595,13 +653,15 @@ def run_suite(name: str, reps: int, quick: bool) -> dict[str, Any]:
             for row in rows:
                 params = quick_params(row.params, quick)
                 if row.prepare:
-                    if row.key not in prepared:
-                        path = tempfile.mkdtemp(prefix=f"orxbench-{row.key}-")
+                    # rows preparing the same thing share it (the growth suite's big stores)
+                    shared = f"{row.prepare} {params.get('events')}" if "events" in params else row.key
+                    if shared not in prepared:
+                        path = tempfile.mkdtemp(prefix=f"orxbench-{row.key}-", dir=os.environ.get(BENCH_TMP))
                         tmpdirs.append(path)
                         print(f"  [{name}] preparing {row.key} in {path} ...", flush=True)
-                        prepared[row.key] = run_child(row.prepare, {**params, "dir": path})
-                        prepared[row.key]["dir"] = path
-                    prep = prepared[row.key]
+                        prepared[shared] = run_child(row.prepare, {**params, "dir": path}, PREPARE_TIMEOUT)
+                        prepared[shared]["dir"] = path
+                    prep = prepared[shared]
                     if "error" in prep or "not_landed" in prep:
                         results[row.key].append(dict(prep))
                         continue
@@ -753,7 +813,7 @@ def main(argv: list[str] | None = None) -> int:
         "--rev", help="measure orchestrix as committed at this git revision (default: the working tree)"
     )
     args = parser.parse_args(argv)
-    suites = args.suites or list(SUITES)
+    suites = args.suites or [s for s in SUITES if s not in ON_DEMAND]
     unknown = [s for s in suites if s not in SUITES]
     if unknown:
         parser.error(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(SUITES)}")

@@ -321,3 +321,27 @@ def test_a_damaged_index_leaves_no_database_connection_open(
         except sqlite3.ProgrammingError:  # "Cannot operate on a closed database."
             pass
     assert len(opened) >= 3 and still_open == []
+
+
+# -- disk use ----------------------------------------------------------------------------------
+
+
+def test_the_index_wal_stays_bounded_however_much_is_added_at_once(tmp_path: Path) -> None:
+    # One add of many records used to be one transaction, and SQLite never shrinks its WAL:
+    # the file kept the size of the biggest checkpoint (a store's whole index after a rebuild).
+    path = str(tmp_path / "index.sqlite3")
+    index = Index(path, b"store-id", sync=False)
+    try:
+        for round in range(2):
+            entries = [
+                Entry(p, 1, round, f"stream-{p % 50_000}", 1, 64 + 100 * p, 100, 0, (uuid.uuid4().bytes,))
+                for p in range(1 + 100_000 * round, 1 + 100_000 * (round + 1))
+            ]
+            assert index.add(entries) == 100_000 * (round + 1)
+            assert Path(path + "-wal").stat().st_size <= 8 << 20  # WAL_LIMIT
+        some = [entries[k].ids[0] for k in (0, 54_321, 99_999)]
+        assert index.positions_of(some) == {
+            i: 100_001 + k for i, k in zip(some, (0, 54_321, 99_999), strict=True)
+        }
+    finally:
+        index.close()
