@@ -4,7 +4,8 @@
     python3 bench/run.py [SUITE ...] [--reps N] [--json OUT.json] [--quick] [--rev REV]
 
 Suites: memory, file, postgres, multistream, copy, saga, deadlines, snapshots (default: all), and
-growth (on demand only: it fills a 10M-event store, ~4 GB; ORCHESTRIX_BENCH_TMP picks its disk).
+growth (on demand only: it fills a 10M-event store, ~3 GB; ORCHESTRIX_BENCH_TMP picks its disk,
+ORCHESTRIX_BENCH_GROWTH_KEEP keeps the stores between runs, ORCHESTRIX_BENCH_GROWTH the sizes).
 Every workload runs in a fresh child process per repetition, with a fresh store; repetitions are
 interleaved across workloads so that machine drift hits every side alike. Prints medians
 [min-max], ratios and targets, and
@@ -39,6 +40,8 @@ PREPARE_TIMEOUT = 7200
 EXIT_NOT_LANDED = 3
 BENCH_TMP = "ORCHESTRIX_BENCH_TMP"
 """Where prepared stores go (default: the system's temporary directory)."""
+GROWTH_KEEP = "ORCHESTRIX_BENCH_GROWTH_KEEP"
+"""A directory where the growth suite keeps its stores between runs (filling 10M events takes minutes)."""
 
 
 # -- what is measured ----------------------------------------------------------------------
@@ -655,9 +658,16 @@ def run_suite(name: str, reps: int, quick: bool) -> dict[str, Any]:
                 if row.prepare:
                     # rows preparing the same thing share it (the growth suite's big stores)
                     shared = f"{row.prepare} {params.get('events')}" if "events" in params else row.key
+                    keep = os.environ.get(GROWTH_KEEP) if row.prepare == "growth.fill" else None
                     if shared not in prepared:
-                        path = tempfile.mkdtemp(prefix=f"orxbench-{row.key}-", dir=os.environ.get(BENCH_TMP))
-                        tmpdirs.append(path)
+                        if keep:  # kept between runs: a store is only grown to the size asked
+                            path = os.path.join(keep, str(params["events"]))
+                            os.makedirs(path, exist_ok=True)
+                        else:
+                            path = tempfile.mkdtemp(
+                                prefix=f"orxbench-{row.key}-", dir=os.environ.get(BENCH_TMP)
+                            )
+                            tmpdirs.append(path)
                         print(f"  [{name}] preparing {row.key} in {path} ...", flush=True)
                         prepared[shared] = run_child(row.prepare, {**params, "dir": path}, PREPARE_TIMEOUT)
                         prepared[shared]["dir"] = path

@@ -6,14 +6,17 @@ a run; each measured row opens it in a fresh process, appends single events to n
 disk use sampled while the store was open and after it closed.
 
 Big stores need a big disk: ``ORCHESTRIX_BENCH_TMP`` picks the directory (10M events take
-about 4 GB while being filled). Sizes come from ``ORCHESTRIX_BENCH_GROWTH`` (events, comma
-separated; default ``0,1000000,3000000,10000000``).
+about 2.6 GB); ``ORCHESTRIX_BENCH_GROWTH_KEEP`` keeps the stores between runs (a kept store is
+only grown to the size asked). Sizes come from ``ORCHESTRIX_BENCH_GROWTH`` (events, comma
+separated; default ``0,1000000,3000000,10000000``). The rates are CPU-bound: on a shared machine
+compare ``cpu_us_per_event`` (every thread of the process) as well.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import uuid
 from typing import Any
 
@@ -94,6 +97,8 @@ def append_rate(dir: str, n: int = 20_000, events: int = 0) -> dict[str, Any]:
 
     from workloads.orx_model import NoteWritten
 
+    if not events:  # the empty store's row: empty at every repetition
+        shutil.rmtree(os.path.join(dir, "store"), ignore_errors=True)
     store = _store(dir)
     size = store.last_position()
     text = payload(1)
