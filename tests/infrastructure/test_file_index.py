@@ -345,3 +345,26 @@ def test_the_index_wal_stays_bounded_however_much_is_added_at_once(tmp_path: Pat
         }
     finally:
         index.close()
+
+
+def test_event_ids_are_found_in_every_generation_of_the_index(tmp_path: Path) -> None:
+    # Ids are kept by generation (2**18 positions each): a lookup must search them all.
+    from orchestrix.infrastructure.file._index import GENERATION_BITS
+
+    index = Index(str(tmp_path / "index.sqlite3"), b"store-id", sync=False)
+    try:
+        span = (1 << GENERATION_BITS) + 5
+        ids = tuple(uuid.uuid4().bytes for _ in range(span))
+        first = Entry(1, span, 0, "big", 1, 64, 100, 0, ids)
+        later = Entry(span + 1, 1, 0, "s", 1, 164, 100, 0, (uuid.uuid4().bytes,))
+        assert index.add([first]) == span
+        assert index.add([later]) == span + 1
+        wanted = [ids[0], ids[(1 << GENERATION_BITS) - 2], ids[-1], later.ids[0], uuid.uuid4().bytes]
+        assert index.positions_of(wanted) == {
+            ids[0]: 1,
+            ids[(1 << GENERATION_BITS) - 2]: (1 << GENERATION_BITS) - 1,
+            ids[-1]: span,
+            later.ids[0]: span + 1,
+        }
+    finally:
+        index.close()
