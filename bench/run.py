@@ -4,7 +4,9 @@
     python3 bench/run.py [SUITE ...] [--reps N] [--json OUT.json] [--quick] [--rev REV]
 
 Suites: memory, file, postgres, multistream, copy, saga, deadlines, snapshots, projection
-(default: all).
+(default: all), and growth (on demand only: it fills a 10M-event store, ~3 GB; ORCHESTRIX_BENCH_TMP
+picks its disk, ORCHESTRIX_BENCH_GROWTH_KEEP keeps the stores between runs, ORCHESTRIX_BENCH_GROWTH
+the sizes).
 Every workload runs in a fresh child process per repetition, with a fresh store; repetitions are
 interleaved across workloads so that machine drift hits every side alike. Prints medians
 [min-max], ratios and targets, and
@@ -34,7 +36,13 @@ VENV_PY = os.path.join(VENV, "bin", "python")
 REQUIREMENTS = ["eventsourcing==9.5.6", "psycopg[binary]>=3.1", "psycopg-pool>=3.2"]
 MARKER = os.path.join(VENV, ".orxbench-requirements")
 CHILD_TIMEOUT = 900
+PREPARE_TIMEOUT = 7200
+"""Preparing may take longer: the growth suite fills a 10M-event store."""
 EXIT_NOT_LANDED = 3
+BENCH_TMP = "ORCHESTRIX_BENCH_TMP"
+"""Where prepared stores go (default: the system's temporary directory)."""
+GROWTH_KEEP = "ORCHESTRIX_BENCH_GROWTH_KEEP"
+"""A directory where the growth suite keeps its stores between runs (filling 10M events takes minutes)."""
 
 
 # -- what is measured ----------------------------------------------------------------------
@@ -67,6 +75,17 @@ class Check:
 
 
 MiB = 1 / (1024 * 1024)
+
+
+def _growth_sizes() -> list[tuple[str, int]]:
+    """(name, events) of the growth suite's stores: ORCHESTRIX_BENCH_GROWTH, else 0, 1M, 3M, 10M."""
+    sizes = [
+        int(x) for x in os.environ.get("ORCHESTRIX_BENCH_GROWTH", "0,1000000,3000000,10000000").split(",")
+    ]
+    return [(f"{n // 1_000_000}M" if n and n % 1_000_000 == 0 else str(n), n) for n in sorted(set(sizes))]
+
+
+GROWTH_SIZES = _growth_sizes()
 
 SUITES: dict[str, tuple[list[Row], list[Check]]] = {
     "memory": (
@@ -714,7 +733,49 @@ SUITES: dict[str, tuple[list[Row], list[Check]]] = {
             Check("catch-up / read_all floor (info)", "orx_catchup", "orx_read_all", None),
         ],
     ),
+    "growth": (
+        [
+            *(
+                Row(
+                    f"growth_{name}",
+                    f"orchestrix FileEventStore  1 event/append, sync=False, store holding {name} events",
+                    "growth.append_rate",
+                    "ev/s",
+                    params={"n": 100_000, "events": events},
+                    prepare="growth.fill",
+                )
+                for name, events in GROWTH_SIZES
+            ),
+            Row(
+                "growth_disk",
+                f"orchestrix  disk use while open / after close, filling to {GROWTH_SIZES[-1][0]} events",
+                "growth.disk_ratio",
+                "x",
+                better="lower",
+                params={"events": GROWTH_SIZES[-1][1]},
+                prepare="growth.fill",
+            ),
+        ],
+        [
+            *(
+                Check(f"appends at {name} / empty store (info)", f"growth_{name}", "growth_0", None)
+                for name, _ in GROWTH_SIZES[1:-1]
+            ),
+            Check(
+                f"appends at {GROWTH_SIZES[-1][0]} / empty store",
+                f"growth_{GROWTH_SIZES[-1][0]}",
+                "growth_0",
+                0.9,
+                source="issue 19",
+            ),
+            Check(
+                "disk use while open / after close", "growth_disk", None, 1.2, kind="max", source="issue 19"
+            ),
+        ],
+    ),
 }
+ON_DEMAND = ("growth",)
+"""Suites that only run when named."""
 
 QUICK_KEYS = ("n",)
 
@@ -786,15 +847,17 @@ def export_rev(rev: str) -> str:
     return path
 
 
-def run_child(workload: str, params: dict[str, Any], code: str = ROOT) -> dict[str, Any]:
+def run_child(
+    workload: str, params: dict[str, Any], code: str = ROOT, timeout: int = CHILD_TIMEOUT
+) -> dict[str, Any]:
     """Run one workload in a fresh process on the orchestrix tree at ``code``; return its JSON result."""
     args = [VENV_PY, os.path.join(BENCH, "child.py"), workload, *(f"{k}={v}" for k, v in params.items())]
     env = dict(os.environ, PYTHONPATH=code, ORCHESTRIX_BENCH_CODE=code, PYTHONDONTWRITEBYTECODE="1")
     load_before = os.getloadavg()[0]
     try:
-        proc = subprocess.run(args, capture_output=True, text=True, timeout=CHILD_TIMEOUT, env=env, cwd=ROOT)
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
     except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {CHILD_TIMEOUT}s", "loadavg_before": load_before}
+        return {"error": f"timed out after {timeout}s", "loadavg_before": load_before}
     lines = proc.stdout.strip().splitlines()
     try:
         result = json.loads(lines[-1])
@@ -848,13 +911,29 @@ def run_suite(
                     tag = f"{row.key}" if len(trees) == 1 else f"{row.key} @{tree}"
                     if row.prepare:
                         # One preparation per (tree, workload, parameters): rows that read the same
-                        # data share it; each tree builds its own, as the format may differ.
-                        pkey = (tree, row.prepare, json.dumps(params, sort_keys=True))
+                        # data share it (the growth suite's big stores too); each tree builds its
+                        # own, as the format may differ.
+                        # (a growth store is known by its size alone: the rate and disk rows share it)
+                        what = (
+                            str(params["events"])
+                            if "events" in params
+                            else json.dumps(params, sort_keys=True)
+                        )
+                        pkey = (tree, row.prepare, what)
+                        keep = os.environ.get(GROWTH_KEEP) if row.prepare == "growth.fill" else None
                         if pkey not in prepared:
-                            path = tempfile.mkdtemp(prefix=f"orxbench-{row.key}-")
-                            tmpdirs.append(path)
+                            if keep:  # kept between runs: a store is only grown to the size asked
+                                path = os.path.join(keep, tree, str(params["events"]))
+                                os.makedirs(path, exist_ok=True)
+                            else:
+                                path = tempfile.mkdtemp(
+                                    prefix=f"orxbench-{row.key}-", dir=os.environ.get(BENCH_TMP)
+                                )
+                                tmpdirs.append(path)
                             print(f"  [{name}] preparing {tag} in {path} ...", flush=True)
-                            prepared[pkey] = run_child(row.prepare, {**params, "dir": path}, code)
+                            prepared[pkey] = run_child(
+                                row.prepare, {**params, "dir": path}, code, PREPARE_TIMEOUT
+                            )
                             prepared[pkey]["dir"] = path
                         prep = prepared[pkey]
                         if "error" in prep or "not_landed" in prep:
@@ -1077,12 +1156,10 @@ def main(argv: list[str] | None = None) -> int:
         "--rows", help="comma-separated row keys: run only these (and the checks between them)"
     )
     args = parser.parse_args(argv)
-    suites = args.suites or list(SUITES)
+    suites = args.suites or [s for s in SUITES if s not in ON_DEMAND]
     only = set(args.rows.split(",")) if args.rows else None
     if only is not None:
-        suites = (
-            [s for s in suites if any(r.key in only for r in SUITES[s][0])] if args.suites or only else suites
-        )
+        suites = [s for s in suites if any(r.key in only for r in SUITES[s][0])]
     unknown = [s for s in suites if s not in SUITES]
     if unknown:
         parser.error(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(SUITES)}")

@@ -343,3 +343,50 @@ def test_a_checkpoint_works_in_slices_and_lets_other_threads_in_between(
         assert numbers(store, "s-3") == list(range(3, n, 7))
     with open_store(path) as store:
         assert store.stream_version("s-0") == len(range(0, n, 7)) - 1
+
+
+# -- disk use ----------------------------------------------------------------------------------
+
+
+def test_the_index_wal_stays_bounded_however_much_is_added_at_once(tmp_path: Path) -> None:
+    # One add of many records used to be one transaction, and SQLite never shrinks its WAL:
+    # the file kept the size of the biggest checkpoint (a store's whole index after a rebuild).
+    path = str(tmp_path / "index.sqlite3")
+    index = Index(path, b"store-id", sync=False)
+    try:
+        for round in range(2):
+            entries = [
+                Entry(p, 1, round, f"stream-{p % 50_000}", 1, 64 + 100 * p, 100, 0, (uuid.uuid4().bytes,))
+                for p in range(1 + 100_000 * round, 1 + 100_000 * (round + 1))
+            ]
+            assert index.add(entries) == 100_000 * (round + 1)
+            assert Path(path + "-wal").stat().st_size <= 8 << 20  # WAL_LIMIT
+        some = [entries[k].ids[0] for k in (0, 54_321, 99_999)]
+        assert index.positions_of(some) == {
+            i: 100_001 + k for i, k in zip(some, (0, 54_321, 99_999), strict=True)
+        }
+    finally:
+        index.close()
+
+
+def test_event_ids_are_found_in_every_generation_of_the_index(tmp_path: Path) -> None:
+    # Ids are kept by generation (2**18 positions each): a lookup must search them all.
+    from orchestrix.infrastructure.file._index import GENERATION_BITS
+
+    index = Index(str(tmp_path / "index.sqlite3"), b"store-id", sync=False)
+    try:
+        span = (1 << GENERATION_BITS) + 5
+        ids = tuple(uuid.uuid4().bytes for _ in range(span))
+        first = Entry(1, span, 0, "big", 1, 64, 100, 0, ids)
+        later = Entry(span + 1, 1, 0, "s", 1, 164, 100, 0, (uuid.uuid4().bytes,))
+        assert index.add([first]) == span
+        assert index.add([later]) == span + 1
+        wanted = [ids[0], ids[(1 << GENERATION_BITS) - 2], ids[-1], later.ids[0], uuid.uuid4().bytes]
+        assert index.positions_of(wanted) == {
+            ids[0]: 1,
+            ids[(1 << GENERATION_BITS) - 2]: (1 << GENERATION_BITS) - 1,
+            ids[-1]: span,
+            later.ids[0]: span + 1,
+        }
+    finally:
+        index.close()

@@ -43,6 +43,14 @@ MAX_BITS = 1 << 29
 MIN_BITS = 1 << 20
 """128 KiB per filter at least."""
 _STREAMS = "SELECT DISTINCT stream FROM chunks"
+_PAGE = 4096
+"""Keys read per statement while building: each page is a read of its own, so no snapshot is
+held for the whole build (one would keep the index's WAL from being emptied, and it grew by
+hundreds of MB while a big store's filters were built)."""
+_ID_PAGE = (
+    f"SELECT generation, id FROM ids WHERE (generation, id) > (?, ?) ORDER BY generation, id LIMIT {_PAGE}"
+)
+_STREAM_PAGE = f"SELECT DISTINCT stream FROM chunks WHERE stream > ? ORDER BY stream LIMIT {_PAGE}"
 
 Place = tuple[str, int, int]
 """(stream, version, position) of a stored event."""
@@ -318,14 +326,22 @@ class Seen:
             pair = (_Bloom(2 * ids_count), _Bloom(2 * streams_count))
             with self._lock:
                 self._building = pair  # from now on, hand-overs go in directly
-            for query, target in (("SELECT id FROM ids", pair[0]), (_STREAMS, pair[1])):
-                rows = conn.execute(query)
-                while not self._stopped:
-                    page = rows.fetchmany(4096)
-                    if not page:
-                        break
-                    with self._lock:
-                        target.add_all([row[0] for row in page])
+            after: tuple[object, ...] = (-1, b"")
+            while not self._stopped:
+                page = conn.execute(_ID_PAGE, after).fetchall()
+                if not page:
+                    break
+                with self._lock:
+                    pair[0].add_all([row[1] for row in page])
+                after = tuple(page[-1])
+            after = ("",)
+            while not self._stopped:
+                page = conn.execute(_STREAM_PAGE, after).fetchall()
+                if not page:
+                    break
+                with self._lock:
+                    pair[1].add_all([row[0] for row in page])
+                after = tuple(page[-1])
             with self._lock:
                 if not self._stopped:
                     self._using = pair
