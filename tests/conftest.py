@@ -1,5 +1,7 @@
 """Hypothesis profiles: `ci` (derandomized, 100 examples unless a test states more) by default,
-`long` (2,000 random examples) on demand.
+`long` (2,000 random examples) on demand, and `interpreters` (derandomized, 20 examples) for the
+runs under the other Pythons (tools/other_pythons.py): those runs show that every path works on
+that interpreter, while the main run's `ci` profile carries the search's depth.
 
 Choose with HYPOTHESIS_PROFILE=long (or pytest --hypothesis-profile=long).
 """
@@ -12,6 +14,14 @@ from hypothesis import HealthCheck, settings
 settings.register_profile(
     "ci",
     max_examples=100,
+    derandomize=True,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "interpreters",
+    max_examples=20,
     derandomize=True,
     deadline=None,
     print_blob=True,

@@ -459,12 +459,15 @@ def banking_machine(
 ) -> type[BankingMachine]:
     """A machine class on ``backend_factory``; its ``TestCase`` runs ``examples`` x ``steps`` steps.
 
-    Under ``HYPOTHESIS_PROFILE=long`` the profile's (larger) example count wins, and
+    Under ``HYPOTHESIS_PROFILE=long`` the profile's (larger) example count wins, under
+    ``interpreters`` (the other Pythons' runs) its smaller one does, and
     ``ORCHESTRIX_STATEFUL_STEPS`` overrides the step count.
     """
     count = examples
     if os.environ.get("HYPOTHESIS_PROFILE") == "long":
         count = max(examples, settings.default.max_examples)
+    elif os.environ.get("HYPOTHESIS_PROFILE") == "interpreters":
+        count = min(examples, settings.default.max_examples)
     steps = int(os.environ.get("ORCHESTRIX_STATEFUL_STEPS", steps))
     machine = type(name, (base,), {"backend_factory": staticmethod(backend_factory)})
     machine.TestCase.settings = settings(max_examples=count, stateful_step_count=steps, deadline=None)
