@@ -49,10 +49,8 @@ async def _until_caught_up(runner: SagaRunner, store: InMemoryEventStore, stop: 
     stop.set()
 
 
-def test_every_page_checkpoint_is_stored_in_order_by_the_time_the_runner_returns() -> None:
-    store, bank = _world(10)
-    checkpoints = SlowCheckpoints()
-    runner = SagaRunner(store, [TransferSaga], bank, checkpoints, page_size=3)
+def _run_until_caught_up(runner: SagaRunner, store: InMemoryEventStore) -> None:
+    """Run the runner's asyncio loop until it has handled everything in the store, then stop it."""
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -61,6 +59,14 @@ def test_every_page_checkpoint_is_stored_in_order_by_the_time_the_runner_returns
         )
 
     asyncio.run(main())
+
+
+def test_every_page_checkpoint_is_stored_in_order_by_the_time_the_runner_returns() -> None:
+    store, bank = _world(10)
+    checkpoints = SlowCheckpoints()
+    runner = SagaRunner(store, [TransferSaga], bank, checkpoints, page_size=3)
+
+    _run_until_caught_up(runner, store)
     assert len(checkpoints.saved) > 3
     assert checkpoints.saved == sorted(set(checkpoints.saved))
     assert checkpoints.saved[-1] == checkpoints.load("sagas") == runner.position == store.last_position()
@@ -112,12 +118,6 @@ def test_the_next_page_runs_while_a_checkpoint_is_being_stored() -> None:
     checkpoints = WaitsForTheNextPage()
     runner = SagaRunner(store, [TransferSaga], bank, checkpoints, page_size=3)
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        await asyncio.gather(
-            runner.run_forever_async(stop, idle_timeout=0.01), _until_caught_up(runner, store, stop)
-        )
-
-    asyncio.run(main())
+    _run_until_caught_up(runner, store)
     assert checkpoints.overlapped is True
     assert checkpoints.load("sagas") == store.last_position()
