@@ -11,7 +11,17 @@ import os
 import sys
 from typing import Any
 
-from orchestrix._cli_format import UsageError
+from orchestrix._cli_format import UsageError, dumps
+from orchestrix._cli_open import (
+    Found,
+    Opened,
+    hide_password,
+    is_dsn,
+    open_file,
+    open_postgres,
+    scrub,
+    serializer_from,
+)
 from orchestrix.core.eventsourcing.copy import (
     PassThroughSerializer,
     copy_store,
@@ -64,53 +74,51 @@ def add_parser(commands: Any, non_negative_float: Any, positive_int: Any) -> Non
 
 
 def run(args: argparse.Namespace) -> int:
-    from orchestrix import cli
-
     if args.upcast and args.serializer is None:
         raise UsageError("--upcast needs --serializer: events are decoded and encoded again through it")
     if args.serializer is not None and not args.upcast:
         raise UsageError("--serializer is only used with --upcast (a plain copy keeps the stored JSON)")
-    decode_with = cli._serializer(args.serializer) if args.upcast else None
+    decode_with = serializer_from(args.serializer) if args.upcast else None
     passthrough = PassThroughSerializer()
-    source = _open_source(cli, args, decode_with or passthrough)
+    source = _open_source(args, decode_with or passthrough)
     try:
-        target = _open_target(cli, args.target, args.target_schema or args.schema, passthrough)
+        target = _open_target(args.target, args.target_schema or args.schema, passthrough)
         try:
-            return _run(cli, args, source, target, decode_with)
+            return _run(args, source, target, decode_with)
         finally:
             target.close()
     finally:
         source.close()
 
 
-def _open_source(cli: Any, args: argparse.Namespace, serializer: Any) -> Any:
-    if cli._is_dsn(args.source):
-        return cli._open_postgres(args.source, args.schema, serializer)
-    return cli._open_file(args.source, serializer)
+def _open_source(args: argparse.Namespace, serializer: Any) -> Any:
+    if is_dsn(args.source):
+        return open_postgres(args.source, args.schema, serializer)
+    return open_file(args.source, serializer)
 
 
-def _open_target(cli: Any, where: str, schema: str, serializer: Any) -> Any:
-    if cli._is_dsn(where):
+def _open_target(where: str, schema: str, serializer: Any) -> Any:
+    if is_dsn(where):
         from orchestrix.infrastructure.postgres import PostgresEventStore
 
-        shown = cli._hide_password(where)
+        shown = hide_password(where)
         try:
             store = PostgresEventStore(
                 where, serializer, schema=schema, create_schema=True, retry_timeout=3.0
             )
         except Exception as exc:
-            raise cli._Found(f"cannot open {shown}: {cli._scrub(str(exc), where)}") from None
-        return cli._Opened(store, "postgresql", f"{shown} (schema {schema})")
+            raise Found(f"cannot open {shown}: {scrub(str(exc), where)}") from None
+        return Opened(store, "postgresql", f"{shown} (schema {schema})")
     from orchestrix.infrastructure.file import FileEventStore
 
     if os.path.exists(where) and not os.path.isdir(where):
-        raise cli._Found(f"{where}: is a file, not a file store directory; nothing was copied")
+        raise Found(f"{where}: is a file, not a file store directory; nothing was copied")
     if os.path.isdir(where) and os.listdir(where) and not FileEventStore.is_store(where):
-        raise cli._Found(f"{where}: a directory that is not an orchestrix file store; nothing was copied")
-    return cli._Opened(FileEventStore(where, serializer), "file", os.path.abspath(where))
+        raise Found(f"{where}: a directory that is not an orchestrix file store; nothing was copied")
+    return Opened(FileEventStore(where, serializer), "file", os.path.abspath(where))
 
 
-def _run(cli: Any, args: argparse.Namespace, source: Any, target: Any, decode_with: Any) -> int:
+def _run(args: argparse.Namespace, source: Any, target: Any, decode_with: Any) -> int:
     reporter: ProgressReporter[ProgressReport] | None = None
 
     def progress(start: int, position: int, copied: int, last: int) -> None:
@@ -149,7 +157,7 @@ def _run(cli: Any, args: argparse.Namespace, source: Any, target: Any, decode_wi
         "kept_times": result.kept_times,
     }
     if args.json:
-        cli._print_json(summary)
+        print(dumps(summary), flush=True)
     else:
         resumed = f" (resumed after {result.skipped:,} copied before)" if result.skipped else ""
         print(
@@ -162,7 +170,7 @@ def _run(cli: Any, args: argparse.Namespace, source: Any, target: Any, decode_wi
                 f"the same event ids and times, checksum {found.checksum[:16]}",
             )
     if differences:
-        raise cli._Found("verification failed: " + "; ".join(differences))
+        raise Found("verification failed: " + "; ".join(differences))
     return 0
 
 

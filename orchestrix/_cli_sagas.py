@@ -13,6 +13,7 @@ import argparse
 from typing import Any
 
 from orchestrix._cli_format import dumps, timestamp
+from orchestrix._cli_open import open_store
 from orchestrix.core.execution.dead_letters import DeadLetter, DeadLetters
 from orchestrix.core.execution.deadlines import pending_deadlines
 from orchestrix.core.execution.saga import SAGA_EVENTS
@@ -104,11 +105,9 @@ def add_commands(commands: Any, store: argparse.ArgumentParser) -> None:
 
 
 def _opened(args: argparse.Namespace, *, writable: bool = False) -> Any:
-    from orchestrix import cli
-
     if args.serializer is None:
         args.serializer = SERIALIZER_SPEC
-    return cli._open(args, writable=writable)
+    return open_store(args, writable=writable)
 
 
 def _print(value: Any) -> None:

@@ -18,7 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrix._cli_format import PROGRESS_CHECK
-from orchestrix.cli import _start_of_last, main
+from orchestrix._cli_read import start_of_last
+from orchestrix.cli import main
 from orchestrix.core.eventsourcing.store import NO_STREAM
 from orchestrix.core.messaging import Event, RecordedEvent, Serializer
 from orchestrix.infrastructure.file import FileEventStore
@@ -343,14 +344,14 @@ class SparseStore:
 def test_tail_n_counts_events_not_positions(gaps: list[int], n: int) -> None:
     positions = list(itertools.accumulate(gaps))
     store = SparseStore(positions)
-    start = _start_of_last(store, n)  # type: ignore[arg-type]
+    start = start_of_last(store, n)  # type: ignore[arg-type]
     assert [p for p in positions if p > start] == positions[len(positions) - min(n, len(positions)) :]
 
 
 def test_tail_n_reads_about_n_events_not_the_whole_store() -> None:
     # PostgreSQL-like: each transaction's events sit 2**20 positions apart.
     store = SparseStore([k * 2**20 for k in range(1, 100_001)])
-    assert _start_of_last(store, 10) == 99_990 * 2**20  # type: ignore[arg-type]
+    assert start_of_last(store, 10) == 99_990 * 2**20  # type: ignore[arg-type]
     assert store.reads <= 6 and store.read < 100
 
 

@@ -488,7 +488,7 @@ def test_reads_page_through_streams_and_the_global_order_in_every_form(schema: s
 def test_the_import_statements_are_the_multi_stream_append_with_times() -> None:
     # They are derived from append_streams by replacing text: a change there must not leave
     # them without their times (the import would then stamp now(), silently).
-    from orchestrix.infrastructure.postgres._schema import Statements
+    from orchestrix.infrastructure.postgres._statements import Statements
 
     st = Statements("orchestrix")
     for statement in (st.import_streams, st.import_streams_fenced):

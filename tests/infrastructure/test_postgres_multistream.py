@@ -9,7 +9,7 @@ from psycopg_pool import ConnectionPool
 
 from orchestrix.core.eventsourcing.store import StreamAppend
 from orchestrix.infrastructure.postgres import PostgresEventStore
-from orchestrix.infrastructure.postgres._schema import SMALL_MULTI_APPEND
+from orchestrix.infrastructure.postgres._statements import SMALL_MULTI_APPEND
 from orchestrix.testing import ContractEvent, contract_serializer
 from tests.infrastructure.pg_support import dsn_or_skip, throwaway_schema
 

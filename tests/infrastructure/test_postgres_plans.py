@@ -26,7 +26,7 @@ import psycopg  # noqa: E402
 from orchestrix.core.messaging.messages import Event  # noqa: E402
 from orchestrix.core.messaging.serializer import Serializer  # noqa: E402
 from orchestrix.infrastructure.postgres import PostgresEventStore  # noqa: E402
-from orchestrix.infrastructure.postgres._schema import Statements  # noqa: E402
+from orchestrix.infrastructure.postgres._statements import Statements  # noqa: E402
 
 BATCHES = 20
 BATCH = 1000  # 20,000 events in 20 transactions: on a smaller table a scan and sort is cheap

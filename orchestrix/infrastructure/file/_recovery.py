@@ -36,7 +36,8 @@ from orchestrix.infrastructure.file._format import (
     RecordProblem,
     segment_name,
 )
-from orchestrix.infrastructure.file._log import WINDOW, Log, Segment, Window
+from orchestrix.infrastructure.file._log import Log
+from orchestrix.infrastructure.file._scan import WINDOW, Segment, Window
 
 log = logging.getLogger(__name__)
 

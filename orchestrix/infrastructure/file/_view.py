@@ -31,8 +31,9 @@ from orchestrix.infrastructure.file._gil import slices
 from orchestrix.infrastructure.file._index import EMPTY, Covered, Entry, Index, IndexDamaged, Mode
 from orchestrix.infrastructure.file._io import FileIO, Syncs
 from orchestrix.infrastructure.file._locator import Locator, Seen
-from orchestrix.infrastructure.file._log import Log, Window, read_frame
+from orchestrix.infrastructure.file._log import Log
 from orchestrix.infrastructure.file._recovery import Known, known_end, recover
+from orchestrix.infrastructure.file._scan import Window, read_frame
 
 log = logging.getLogger(__name__)
 

@@ -56,9 +56,9 @@ from orchestrix.infrastructure.file._format import (
 )
 from orchestrix.infrastructure.file._index import Entry
 from orchestrix.infrastructure.file._io import Syncs
-from orchestrix.infrastructure.file._log import Window, read_frame
 from orchestrix.infrastructure.file._policy import DEFAULT_POLICY, FilePolicy
 from orchestrix.infrastructure.file._request import merge_runs, prepare, prepare_import, prepare_many
+from orchestrix.infrastructure.file._scan import Window, read_frame
 from orchestrix.infrastructure.file._view import LogView, ahead
 from orchestrix.infrastructure.file.checkpoint import FileCheckpointStore
 from orchestrix.infrastructure.file.errors import InvalidStoreOptionError, ReadOnlyStoreError

@@ -31,7 +31,8 @@ from orchestrix.core.eventsourcing.fencing import Fence
 from orchestrix.core.eventsourcing.store import ANY, NO_STREAM, STREAM_EXISTS, AppendResult
 from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
 from orchestrix.core.messaging.serializer import Serializer
-from orchestrix.infrastructure.postgres._schema import EVENT_ID_CONSTRAINT, SMALL_MULTI_APPEND, Statements
+from orchestrix.infrastructure.postgres._schema import EVENT_ID_CONSTRAINT
+from orchestrix.infrastructure.postgres._statements import SMALL_MULTI_APPEND, Statements
 
 __all__: list[str] = []
 

@@ -7,7 +7,8 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from orchestrix.core._checks import check_checkpoint_name, check_checkpoint_position
 from orchestrix.infrastructure.postgres import _ops
 from orchestrix.infrastructure.postgres._db import Database
-from orchestrix.infrastructure.postgres._schema import Statements, ensure_schema, validate_schema_name
+from orchestrix.infrastructure.postgres._schema import ensure_schema, validate_schema_name
+from orchestrix.infrastructure.postgres._statements import Statements
 
 __all__ = ["PostgresCheckpointStore"]
 

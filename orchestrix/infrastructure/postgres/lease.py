@@ -37,7 +37,7 @@ from psycopg import sql
 
 from orchestrix.core.errors import LeaseLostError, StoreFormatError
 from orchestrix.core.eventsourcing.fencing import Fence
-from orchestrix.infrastructure.postgres._db import with_defaults
+from orchestrix.infrastructure.postgres._connect import with_defaults
 from orchestrix.infrastructure.postgres._schema import validate_schema_name
 from orchestrix.infrastructure.postgres.errors import LeaseTimeoutError
 from orchestrix.infrastructure.postgres.store import PostgresEventStore

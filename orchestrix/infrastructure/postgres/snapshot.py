@@ -19,7 +19,8 @@ from orchestrix.core.eventsourcing.snapshot import (
 from orchestrix.core.messaging.serializer import Serializer
 from orchestrix.infrastructure.postgres._db import Database
 from orchestrix.infrastructure.postgres._ops import Op, Query
-from orchestrix.infrastructure.postgres._schema import _own_sql, ensure_schema, validate_schema_name
+from orchestrix.infrastructure.postgres._schema import ensure_schema, validate_schema_name
+from orchestrix.infrastructure.postgres._statements import own_sql
 
 __all__ = ["PostgresSnapshotStore"]
 
@@ -35,7 +36,7 @@ class _Statements:
         table = sql.SQL("{}.snapshots").format(sql.Identifier(schema))
 
         def text(template: str) -> LiteralString:
-            return _own_sql(sql.SQL(_own_sql(template)).format(snapshots=table).as_string(None))
+            return own_sql(sql.SQL(own_sql(template)).format(snapshots=table).as_string(None))
 
         columns = "stream, version, event_id, schema_version, state_type, state, refusals"
         self.load = text(f"SELECT {columns} FROM {{snapshots}} WHERE stream = %s")

@@ -36,12 +36,8 @@ from orchestrix.core.messaging.serializer import Serializer
 from orchestrix.infrastructure.postgres import _ops
 from orchestrix.infrastructure.postgres._db import Database
 from orchestrix.infrastructure.postgres._notify import Listener, Notifier
-from orchestrix.infrastructure.postgres._schema import (
-    MAX_BATCH_SIZE,
-    Statements,
-    ensure_schema,
-    validate_schema_name,
-)
+from orchestrix.infrastructure.postgres._schema import MAX_BATCH_SIZE, ensure_schema, validate_schema_name
+from orchestrix.infrastructure.postgres._statements import Statements
 from orchestrix.infrastructure.postgres.checkpoint import PostgresCheckpointStore
 from orchestrix.infrastructure.postgres.snapshot import PostgresSnapshotStore
 
