@@ -21,7 +21,7 @@ from orchestrix.core.errors import (
 from orchestrix.core.eventsourcing.store import ANY, NO_STREAM, AppendResult
 from orchestrix.core.messaging.messages import NewEvent
 from orchestrix.infrastructure.file import FileEventStore
-from orchestrix.infrastructure.file._index import IDS, POSITION, Index, new_entry
+from orchestrix.infrastructure.file._index import POSITION, Index, event_ids, new_entry
 from orchestrix.testing import ContractEvent, contract_serializer
 from tests.infrastructure.file_support import (
     events,
@@ -249,7 +249,7 @@ def test_the_index_stores_each_event_id_at_its_own_position(tmp_path: Path, gap:
         entries.append(new_entry(position, count, 1, f"s-{k}", 1, 64 + 100 * k, 100, 0, ids))
         position += count + (1 if gap and k == 1 else 0)
     index.add(entries)
-    expected = {i: e[POSITION] + n for e in entries for n, i in enumerate(e[IDS])}
+    expected = {i: e[POSITION] + n for e in entries for n, i in enumerate(event_ids(e))}
     assert index.positions_of([*expected, uuid.uuid4().bytes]) == expected
     index.close()
 
@@ -398,7 +398,7 @@ def test_the_index_wal_stays_bounded_however_much_is_added_at_once(tmp_path: Pat
             ]
             assert index.add(entries) == 100_000 * (round + 1)
             assert Path(path + "-wal").stat().st_size <= 8 << 20  # WAL_LIMIT
-        some = [entries[k][IDS][0] for k in (0, 54_321, 99_999)]
+        some = [event_ids(entries[k])[0] for k in (0, 54_321, 99_999)]
         assert index.positions_of(some) == {
             i: 100_001 + k for i, k in zip(some, (0, 54_321, 99_999), strict=True)
         }
@@ -418,12 +418,12 @@ def test_event_ids_are_found_in_every_generation_of_the_index(tmp_path: Path) ->
         later = new_entry(span + 1, 1, 0, "s", 1, 164, 100, 0, (uuid.uuid4().bytes,))
         assert index.add([first]) == span
         assert index.add([later]) == span + 1
-        wanted = [ids[0], ids[(1 << GENERATION_BITS) - 2], ids[-1], later[IDS][0], uuid.uuid4().bytes]
+        wanted = [ids[0], ids[(1 << GENERATION_BITS) - 2], ids[-1], event_ids(later)[0], uuid.uuid4().bytes]
         assert index.positions_of(wanted) == {
             ids[0]: 1,
             ids[(1 << GENERATION_BITS) - 2]: (1 << GENERATION_BITS) - 1,
             ids[-1]: span,
-            later[IDS][0]: span + 1,
+            event_ids(later)[0]: span + 1,
         }
     finally:
         index.close()

@@ -199,7 +199,8 @@ class GroupWriter:
                 at = recorded_us if type(r) is Request else r.recorded_us  # type: ignore[attr-defined]
                 crc = seal_record(record, durable, position, version, at)
                 size = len(record)
-                entries.append((position, len(r.ids), version, r.stream, number, offset, size, crc, r.ids))
+                ids = b"".join(r.ids)  # one bytes, not a tuple (see Entry)
+                entries.append((position, len(r.ids), version, r.stream, number, offset, size, crc, ids))
                 offset += size
             log.write(segment, group_offset, records[0] if len(records) == 1 else b"".join(records))
         except OSError as exc:

@@ -80,13 +80,16 @@ _ChunkRow = tuple[str, int, bytes]
 """(stream, first version, entries) of one row of the chunks table."""
 
 
-Entry = tuple[int, int, int, str, int, int, int, int, tuple[bytes, ...]]
+Entry = tuple[int, int, int, str, int, int, int, int, bytes]
 """One record as the indexes see it: where it is and what it holds; its fields by the names below.
 
 A plain tuple of atomic values, not a NamedTuple: the garbage collector stops tracking an exact
 tuple whose items it does not track, never an instance of a subclass. The tail keeps up to a
 checkpoint's worth of records in memory, and each tracked one was walked by every full
 collection (15-51 ms per collection under load, with the event loop stalled; bench/README.md).
+The event ids are one ``bytes`` (``IDS``, 16 bytes per event, see :func:`event_ids`), not a
+tuple: an inner tuple still tracked when the collector looks at the record keeps the record
+tracked, and the collector's walk may reach the outer tuple first.
 """
 POSITION: Final = 0
 COUNT: Final = 1
@@ -111,7 +114,13 @@ def new_entry(
     ids: tuple[bytes, ...],
 ) -> Entry:
     """An entry, its fields named (the hot paths build the tuple themselves)."""
-    return (position, count, version, stream, segment, offset, size, crc, ids)
+    return (position, count, version, stream, segment, offset, size, crc, b"".join(ids))
+
+
+def event_ids(entry: Entry) -> list[bytes]:
+    """The record's event ids, in order."""
+    ids = entry[IDS]
+    return [ids] if entry[COUNT] == 1 else [ids[i : i + ID_SIZE] for i in range(0, len(ids), ID_SIZE)]
 
 
 def last_position(entry: Entry) -> int:
@@ -313,20 +322,20 @@ class Index:
             conn.execute("PRAGMA busy_timeout=60000")
 
     def _add(self, conn: sqlite3.Connection, entries: list[Entry], last_mark: int) -> None:
-        ids = [event_id for e in entries for event_id in e[IDS]]
+        count = sum(e[COUNT] for e in entries)
         first, last = entries[0], entries[-1]
-        blob = b"".join(ids)
-        if last_position(last) + 1 - first[POSITION] == len(ids) and len(blob) == ID_SIZE * len(ids):
+        blob = b"".join([e[IDS] for e in entries])
+        if last_position(last) + 1 - first[POSITION] == count and len(blob) == ID_SIZE * count:
             # One statement for every id: SQLite runs it without the GIL, which executemany
             # takes back for each row (each time making the appenders wait for it).
-            conn.execute(_INSERT_IDS, {"ids": blob, "first": first[POSITION], "count": len(ids)})
+            conn.execute(_INSERT_IDS, {"ids": blob, "first": first[POSITION], "count": count})
         else:
             conn.executemany(
                 "INSERT OR IGNORE INTO ids(generation, id, position) VALUES (?, ?, ?)",
                 [
                     ((e[POSITION] + i) >> GENERATION_BITS, event_id, e[POSITION] + i)
                     for e in entries
-                    for i, event_id in enumerate(e[IDS])
+                    for i, event_id in enumerate(event_ids(e))
                 ],
             )
         by_stream: dict[str, list[Entry]] = {}

@@ -34,9 +34,12 @@ from orchestrix.infrastructure.file._format import RecordInfo
 from orchestrix.infrastructure.file._index import (
     COUNT,
     IDS,
+    POSITION,
     STREAM,
+    VERSION,
     Entry,
     Index,
+    event_ids,
     last_position,
     last_version,
 )
@@ -154,15 +157,16 @@ class Locator:
         number = self.dropped + len(self.entries)
         events = self.events
         self.entries.extend(entries)
-        for position, count, version, stream, _, _, _, _, event_ids in entries:
+        for entry in entries:
+            position, count, version, stream = entry[POSITION], entry[COUNT], entry[VERSION], entry[STREAM]
             positions.append(position)
             previous.append(streams.get(stream, -1))
             streams[stream] = number
             number += 1
             if count == 1:
-                ids[event_ids[0]] = (stream, version, position)
+                ids[entry[IDS]] = (stream, version, position)
             else:
-                for i, event_id in enumerate(event_ids):
+                for i, event_id in enumerate(event_ids(entry)):
                     ids[event_id] = (stream, version + i, position + i)
             events += count
         self.events = events
@@ -204,7 +208,7 @@ class Locator:
         self.dropped = end = first + k
         streams, ids = self.streams, self.ids
         for entry in dropped:
-            for event_id in entry[IDS]:
+            for event_id in event_ids(entry):
                 ids.pop(event_id, None)
             self.events -= entry[COUNT]
             stream = entry[STREAM]
@@ -316,7 +320,7 @@ class Seen:
             targets = [pair for pair in (self._using, self._building) if pair is not None]
             if not targets:
                 return
-            ids = [i for e in entries for i in e[IDS]]
+            ids = [i for e in entries for i in event_ids(e)]
             streams = [e[STREAM] for e in entries]
             for id_filter, stream_filter in targets:
                 id_filter.add_all(ids)

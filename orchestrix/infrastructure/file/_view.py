@@ -355,7 +355,7 @@ def entry_of(number: int, info: RecordInfo) -> Entry:
         info.offset,
         info.size,
         info.crc,
-        info.ids,
+        b"".join(info.ids),  # one bytes, not a tuple (see Entry)
     )
 
 
