@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import shutil
 import sqlite3
@@ -20,7 +21,7 @@ from orchestrix.core.errors import (
 from orchestrix.core.eventsourcing.store import ANY, NO_STREAM, AppendResult
 from orchestrix.core.messaging.messages import NewEvent
 from orchestrix.infrastructure.file import FileEventStore
-from orchestrix.infrastructure.file._index import Entry, Index
+from orchestrix.infrastructure.file._index import POSITION, Index, event_ids, new_entry
 from orchestrix.testing import ContractEvent, contract_serializer
 from tests.infrastructure.file_support import (
     events,
@@ -238,30 +239,30 @@ def test_an_index_ahead_of_the_log_is_refused_and_a_damaged_one_rebuilt(
 @pytest.mark.parametrize("gap", [False, True], ids=["consecutive", "with-a-gap"])
 def test_the_index_stores_each_event_id_at_its_own_position(tmp_path: Path, gap: bool) -> None:
     # Consecutive records go in with one statement; anything else row by row. Both must agree.
-    from orchestrix.infrastructure.file._index import Entry, Index
+    from orchestrix.infrastructure.file._index import Index, new_entry
 
     index = Index(str(tmp_path / "index.sqlite3"), b"store-id")
     assert index.add([]) == 0  # nothing to add: what is covered
     entries, position = [], 1
     for k, count in enumerate([1, 3, 1, 2]):
         ids = tuple(uuid.uuid4().bytes for _ in range(count))
-        entries.append(Entry(position, count, 1, f"s-{k}", 1, 64 + 100 * k, 100, 0, ids))
+        entries.append(new_entry(position, count, 1, f"s-{k}", 1, 64 + 100 * k, 100, 0, ids))
         position += count + (1 if gap and k == 1 else 0)
     index.add(entries)
-    expected = {i: e.position + n for e in entries for n, i in enumerate(e.ids)}
+    expected = {i: e[POSITION] + n for e in entries for n, i in enumerate(event_ids(e))}
     assert index.positions_of([*expected, uuid.uuid4().bytes]) == expected
     index.close()
 
 
 def test_a_streams_later_records_fill_up_its_last_index_chunk(tmp_path: Path) -> None:
     # A stream's first record needs no lookup of an earlier chunk; every later one must find it.
-    from orchestrix.infrastructure.file._index import Entry, Index
+    from orchestrix.infrastructure.file._index import Index, new_entry
 
     index = Index(str(tmp_path / "index.sqlite3"), b"store-id")
     position = 1
     for version in range(3):  # one checkpoint per record
         entries = [
-            Entry(
+            new_entry(
                 position + k, 1, version, stream, 1, 64 + 100 * (position + k), 100, 0, (uuid.uuid4().bytes,)
             )
             for k, stream in enumerate(["a", "b"])
@@ -277,6 +278,42 @@ def test_a_streams_later_records_fill_up_its_last_index_chunk(tmp_path: Path) ->
     index.close()
 
 
+# -- the tail in memory -------------------------------------------------------------------------
+
+
+def test_the_tail_leaves_nothing_per_record_for_the_garbage_collector_to_walk(tmp_path: Path) -> None:
+    # Every object the collector tracks is walked by each full collection: with a checkpoint's
+    # worth of records in memory, each tracked (NamedTuple records, a list per stream) stalled
+    # an event loop for 15-51 ms per collection under load (bench/README.md, issue 19).
+    with open_store(tmp_path / "store", sync=False, checkpoint_events=100_000) as store:
+        store.append("warm-up", events(0), NO_STREAM)
+        gc.collect()
+        before = len(gc.get_objects())
+        for i in range(2_000):  # new streams, one record each
+            store.append(f"s-{i}", events(i), NO_STREAM)
+        for i in range(500):  # one stream, records of two events
+            store.append("hot", events(i, i + 1), ANY)
+        gc.collect()
+        grown = len(gc.get_objects()) - before
+        assert store.stream_version("hot") == 999
+        assert numbers(store, "s-1999") == [1999]
+    assert grown < 500  # it was one per record and one per stream: 4,500 here
+
+
+def test_reads_find_a_streams_tail_records_as_the_tail_is_handed_over(tmp_path: Path) -> None:
+    # A stream's tail records are chained by number; the checkpoint drops the oldest ones.
+    path = tmp_path / "store"
+    with open_store(path, sync=False, checkpoint_events=7) as store:
+        for i in range(60):
+            store.append(f"s-{i % 3}", events(i, i + 100) if i % 2 else events(i), ANY)
+            if i % 11 == 0:
+                flush_index(store)
+            expected = [n for k in range(i + 1) if k % 3 == 0 for n in ((k, k + 100) if k % 2 else (k,))]
+            assert numbers(store, "s-0") == expected
+            assert [r.event.n for r in store.read_stream("s-0", max(0, len(expected) - 2))] == expected[-2:]
+            assert store.stream_version("s-0") == len(expected) - 1
+
+
 # -- newer Pythons ------------------------------------------------------------------------------
 
 
@@ -287,7 +324,7 @@ def test_indexing_raises_no_deprecation_warning(tmp_path: Path) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             ids = tuple(uuid.uuid4().bytes for _ in range(3))
-            assert index.add([Entry(1, 3, 0, "s", 1, 64, 100, 0, ids)]) == 3
+            assert index.add([new_entry(1, 3, 0, "s", 1, 64, 100, 0, ids)]) == 3
             assert index.positions_of(ids) == {i: 1 + k for k, i in enumerate(ids)}
     finally:
         index.close()
@@ -356,12 +393,12 @@ def test_the_index_wal_stays_bounded_however_much_is_added_at_once(tmp_path: Pat
     try:
         for round in range(2):
             entries = [
-                Entry(p, 1, round, f"stream-{p % 50_000}", 1, 64 + 100 * p, 100, 0, (uuid.uuid4().bytes,))
+                new_entry(p, 1, round, f"stream-{p % 50_000}", 1, 64 + 100 * p, 100, 0, (uuid.uuid4().bytes,))
                 for p in range(1 + 100_000 * round, 1 + 100_000 * (round + 1))
             ]
             assert index.add(entries) == 100_000 * (round + 1)
             assert Path(path + "-wal").stat().st_size <= 8 << 20  # WAL_LIMIT
-        some = [entries[k].ids[0] for k in (0, 54_321, 99_999)]
+        some = [event_ids(entries[k])[0] for k in (0, 54_321, 99_999)]
         assert index.positions_of(some) == {
             i: 100_001 + k for i, k in zip(some, (0, 54_321, 99_999), strict=True)
         }
@@ -377,16 +414,16 @@ def test_event_ids_are_found_in_every_generation_of_the_index(tmp_path: Path) ->
     try:
         span = (1 << GENERATION_BITS) + 5
         ids = tuple(uuid.uuid4().bytes for _ in range(span))
-        first = Entry(1, span, 0, "big", 1, 64, 100, 0, ids)
-        later = Entry(span + 1, 1, 0, "s", 1, 164, 100, 0, (uuid.uuid4().bytes,))
+        first = new_entry(1, span, 0, "big", 1, 64, 100, 0, ids)
+        later = new_entry(span + 1, 1, 0, "s", 1, 164, 100, 0, (uuid.uuid4().bytes,))
         assert index.add([first]) == span
         assert index.add([later]) == span + 1
-        wanted = [ids[0], ids[(1 << GENERATION_BITS) - 2], ids[-1], later.ids[0], uuid.uuid4().bytes]
+        wanted = [ids[0], ids[(1 << GENERATION_BITS) - 2], ids[-1], event_ids(later)[0], uuid.uuid4().bytes]
         assert index.positions_of(wanted) == {
             ids[0]: 1,
             ids[(1 << GENERATION_BITS) - 2]: (1 << GENERATION_BITS) - 1,
             ids[-1]: span,
-            later.ids[0]: span + 1,
+            event_ids(later)[0]: span + 1,
         }
     finally:
         index.close()

@@ -27,7 +27,7 @@ from orchestrix.core.eventsourcing._backend import (
 )
 from orchestrix.core.eventsourcing.store import AppendResult
 from orchestrix.infrastructure.file._format import SEGMENT_HEADER_SIZE, Head, seal_record
-from orchestrix.infrastructure.file._index import Entry
+from orchestrix.infrastructure.file._index import OFFSET, SEGMENT, SIZE, Entry, last_position
 from orchestrix.infrastructure.file._locator import Place
 from orchestrix.infrastructure.file._request import ManyRequest, Queued, Request
 from orchestrix.infrastructure.file._view import LogView
@@ -92,7 +92,6 @@ class GroupWriter:
                 indexed = locator.indexed_positions(unknown)
         position = self.written.position
         seq = group.seq
-        in_tail = locator.streams.get
         planned: list[Planned] = []
         for r in group.requests:
             if isinstance(r, ManyRequest):  # (isinstance: the checkers narrow r to Request below)
@@ -109,11 +108,7 @@ class GroupWriter:
                 if r.result is not None:
                     continue
                 written = versions.get(stream)
-                if written is not None:
-                    current = written[0]
-                else:
-                    mine = in_tail(stream)  # the stream's records this process knows (most appends)
-                    current = mine[-1].version + mine[-1].count - 1 if mine else locator.version(stream)
+                current = written[0] if written is not None else locator.version(stream)
                 if r.expected != current:
                     check_expected_version(stream, r.expected, current)
             except OrchestrixError as exc:
@@ -127,9 +122,7 @@ class GroupWriter:
         written = self.versions.get(stream)
         if written is not None:
             return written[0]
-        locator = self.view.locator
-        mine = locator.streams.get(stream)
-        return mine[-1].version + mine[-1].count - 1 if mine else locator.version(stream)
+        return self.view.locator.version(stream)
 
     def _plan_many(
         self, r: ManyRequest, indexed: dict[bytes, int], position: int, seq: int, planned: list[Planned]
@@ -206,16 +199,15 @@ class GroupWriter:
                 at = recorded_us if type(r) is Request else r.recorded_us  # type: ignore[attr-defined]
                 crc = seal_record(record, durable, position, version, at)
                 size = len(record)
-                fields = (position, len(r.ids), version, r.stream, number, offset, size, crc, r.ids)
-                entries.append(_new(Entry, fields))
+                ids = b"".join(r.ids)  # one bytes, not a tuple (see Entry)
+                entries.append((position, len(r.ids), version, r.stream, number, offset, size, crc, ids))
                 offset += size
             log.write(segment, group_offset, records[0] if len(records) == 1 else b"".join(records))
         except OSError as exc:
             group.error = self._fail(f"failed to write ({exc})")
             return
         group.segment = segment
-        last = entries[-1]
-        self.written = _new(Head, (last.position + last.count - 1, number, offset))
+        self.written = _new(Head, (last_position(entries[-1]), number, offset))
 
     def sync(self, group: Group) -> None:
         """Make the written group durable; fail the store if that fails (never retried: the kernel
@@ -234,7 +226,7 @@ class GroupWriter:
         """Publish the synced group: HEAD for other processes, then the view for this one."""
         view = self.view
         last = group.entries[-1]
-        end = _new(Head, (last.position + last.count - 1, last.segment, last.offset + last.size))
+        end = _new(Head, (last_position(last), last[SEGMENT], last[OFFSET] + last[SIZE]))
         with view.state:  # this process's readers must not see the records before they are published
             try:
                 view.log.write_head(end)

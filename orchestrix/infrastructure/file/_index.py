@@ -17,7 +17,7 @@ import urllib.parse
 import uuid
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from orchestrix.core.eventsourcing.store import NO_STREAM
 from orchestrix.infrastructure.file._format import SEGMENT_HEADER_SIZE, Head
@@ -80,19 +80,57 @@ _ChunkRow = tuple[str, int, bytes]
 """(stream, first version, entries) of one row of the chunks table."""
 
 
-class Entry(NamedTuple):
-    """One record as the indexes see it: where it is and what it holds."""
+Entry = tuple[int, int, int, str, int, int, int, int, bytes]
+"""One record as the indexes see it: where it is and what it holds; its fields by the names below.
 
-    position: int
-    # Shadows tuple.count (a method), which nothing here calls: the field is the format's name.
-    count: int  # type: ignore[assignment]
-    version: int
-    stream: str
-    segment: int
-    offset: int
-    size: int
-    crc: int
-    ids: tuple[bytes, ...]
+A plain tuple of atomic values, not a NamedTuple: the garbage collector stops tracking an exact
+tuple whose items it does not track, never an instance of a subclass. The tail keeps up to a
+checkpoint's worth of records in memory, and each tracked one was walked by every full
+collection (15-51 ms per collection under load, with the event loop stalled; bench/README.md).
+The event ids are one ``bytes`` (``IDS``, 16 bytes per event, see :func:`event_ids`), not a
+tuple: an inner tuple still tracked when the collector looks at the record keeps the record
+tracked, and the collector's walk may reach the outer tuple first.
+"""
+POSITION: Final = 0
+COUNT: Final = 1
+VERSION: Final = 2
+STREAM: Final = 3
+SEGMENT: Final = 4
+OFFSET: Final = 5
+SIZE: Final = 6
+CRC: Final = 7
+IDS: Final = 8
+
+
+def new_entry(
+    position: int,
+    count: int,
+    version: int,
+    stream: str,
+    segment: int,
+    offset: int,
+    size: int,
+    crc: int,
+    ids: tuple[bytes, ...],
+) -> Entry:
+    """An entry, its fields named (the hot paths build the tuple themselves)."""
+    return (position, count, version, stream, segment, offset, size, crc, b"".join(ids))
+
+
+def event_ids(entry: Entry) -> list[bytes]:
+    """The record's event ids, in order."""
+    ids = entry[IDS]
+    return [ids] if entry[COUNT] == 1 else [ids[i : i + ID_SIZE] for i in range(0, len(ids), ID_SIZE)]
+
+
+def last_position(entry: Entry) -> int:
+    """The position of the record's last event."""
+    return entry[POSITION] + entry[COUNT] - 1
+
+
+def last_version(entry: Entry) -> int:
+    """The stream version of the record's last event."""
+    return entry[VERSION] + entry[COUNT] - 1
 
 
 class Covered(NamedTuple):
@@ -232,7 +270,7 @@ class Index:
         while True:
             end, events = start, 0
             while end < len(entries) and (events < TRANSACTION_EVENTS or end == start):
-                events += entries[end].count
+                events += entries[end][COUNT]
                 end += 1
             covered = self._add_part(entries[start:end])
             if end >= len(entries):
@@ -246,11 +284,11 @@ class Index:
             try:
                 meta: dict[str, int] = dict(conn.execute("SELECT key, value FROM meta"))
                 covered = meta.get("position", 0)
-                if entries and entries[0].position > covered:  # the usual case: none indexed yet
+                if entries and entries[0][POSITION] > covered:  # the usual case: none indexed yet
                     fresh = list(entries)
                 else:
-                    fresh = [e for e in entries if e.position > covered]
-                if not fresh or fresh[0].position != covered + 1:
+                    fresh = [e for e in entries if e[POSITION] > covered]
+                if not fresh or fresh[0][POSITION] != covered + 1:
                     conn.execute("COMMIT")
                     return covered
                 self._add(conn, fresh, meta.get("last_mark", -MARK_EVERY))
@@ -260,7 +298,7 @@ class Index:
                     conn.execute("ROLLBACK")
                 raise
             self._truncate_wal(conn)
-        return fresh[-1].position + fresh[-1].count - 1
+        return last_position(fresh[-1])
 
     def _truncate_wal(self, conn: sqlite3.Connection) -> None:
         """Copy the WAL into the database and empty it, once it is big and no reader needs it.
@@ -284,25 +322,25 @@ class Index:
             conn.execute("PRAGMA busy_timeout=60000")
 
     def _add(self, conn: sqlite3.Connection, entries: list[Entry], last_mark: int) -> None:
-        ids = [event_id for e in entries for event_id in e.ids]
+        count = sum(e[COUNT] for e in entries)
         first, last = entries[0], entries[-1]
-        blob = b"".join(ids)
-        if last.position + last.count - first.position == len(ids) and len(blob) == ID_SIZE * len(ids):
+        blob = b"".join([e[IDS] for e in entries])
+        if last_position(last) + 1 - first[POSITION] == count and len(blob) == ID_SIZE * count:
             # One statement for every id: SQLite runs it without the GIL, which executemany
             # takes back for each row (each time making the appenders wait for it).
-            conn.execute(_INSERT_IDS, {"ids": blob, "first": first.position, "count": len(ids)})
+            conn.execute(_INSERT_IDS, {"ids": blob, "first": first[POSITION], "count": count})
         else:
             conn.executemany(
                 "INSERT OR IGNORE INTO ids(generation, id, position) VALUES (?, ?, ?)",
                 [
-                    ((e.position + i) >> GENERATION_BITS, event_id, e.position + i)
+                    ((e[POSITION] + i) >> GENERATION_BITS, event_id, e[POSITION] + i)
                     for e in entries
-                    for i, event_id in enumerate(e.ids)
+                    for i, event_id in enumerate(event_ids(e))
                 ],
             )
         by_stream: dict[str, list[Entry]] = {}
         for e in entries:
-            by_stream.setdefault(e.stream, []).append(e)
+            by_stream.setdefault(e[STREAM], []).append(e)
         chunks: list[_ChunkRow] = []
         for stream, mine in by_stream.items():
             self._extend_stream(conn, stream, mine, chunks)
@@ -311,20 +349,20 @@ class Index:
             "INSERT OR REPLACE INTO chunks(stream, first_version, entries) VALUES (?, ?, ?)", chunks
         )
         marks = []
-        for e in entries:
-            if e.position >= last_mark + MARK_EVERY or e.offset == SEGMENT_HEADER_SIZE:
-                marks.append((e.position, e.segment, e.offset))
-                last_mark = e.position
+        for position, _, _, _, segment, offset, _, _, _ in entries:
+            if position >= last_mark + MARK_EVERY or offset == SEGMENT_HEADER_SIZE:
+                marks.append((position, segment, offset))
+                last_mark = position
         conn.executemany('INSERT OR REPLACE INTO marks(position, segment, "offset") VALUES (?, ?, ?)', marks)
         last = entries[-1]
         meta = {
             "version": INDEX_VERSION,
             "store_id": self._store_id,
-            "position": last.position + last.count - 1,
-            "segment": last.segment,
-            "offset": last.offset + last.size,
-            "record_offset": last.offset,
-            "record_crc": last.crc,
+            "position": last_position(last),
+            "segment": last[SEGMENT],
+            "offset": last[OFFSET] + last[SIZE],
+            "record_offset": last[OFFSET],
+            "record_crc": last[CRC],
             "last_mark": last_mark,
         }
         conn.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", meta.items())
@@ -338,7 +376,7 @@ class Index:
     ) -> None:
         """Add the stream's chunk rows for ``entries`` to ``chunks``, filling up its last chunk first."""
         row = None
-        if entries[0].version > FIRST_VERSION:  # a stream's first record starts a chunk: no lookup
+        if entries[0][VERSION] > FIRST_VERSION:  # a stream's first record starts a chunk: no lookup
             row = conn.execute(
                 "SELECT first_version, entries FROM chunks WHERE stream = ? "
                 "ORDER BY first_version DESC LIMIT 1",
@@ -347,12 +385,12 @@ class Index:
         if row is not None and len(row[1]) < CHUNK * 32:
             first_version, chunk = row[0], array("q", row[1])
         else:
-            first_version, chunk = entries[0].version, array("q")
-        for e in entries:
+            first_version, chunk = entries[0][VERSION], array("q")
+        for position, count, version, _, segment, offset, _, _, _ in entries:
             if len(chunk) >= CHUNK * 4:
                 chunks.append((stream, first_version, chunk.tobytes()))
-                first_version, chunk = e.version, array("q")
-            chunk.extend((e.version, e.count, e.position, (e.segment << _OFFSET_BITS) | e.offset))
+                first_version, chunk = version, array("q")
+            chunk.extend((version, count, position, (segment << _OFFSET_BITS) | offset))
         chunks.append((stream, first_version, chunk.tobytes()))
 
     # -- looking up ------------------------------------------------------------------------

@@ -5,7 +5,8 @@ stored elsewhere is refused) and, to check an expected version, its stream's cur
 :class:`Locator` answers both, from three places in order of cost:
 
 * the *tail*: every record after the position the persisted index covers (this process's own
-  appends and those it read from other processes), in memory by position, stream and event id;
+  appends and those it read from other processes), in memory by position, stream and event id
+  (in shapes the garbage collector does not track, see :class:`Locator`);
 * *filters* over the event ids and stream names of the indexed part (:class:`Seen`): for a
   fresh id and a new stream (nearly every append) the index queries would find nothing, and
   cost more than the rest of the append (about a quarter of a single writer's throughput,
@@ -30,7 +31,18 @@ from collections.abc import Callable, Iterable, Iterator
 from orchestrix.core.errors import StoreError
 from orchestrix.core.eventsourcing.store import NO_STREAM
 from orchestrix.infrastructure.file._format import RecordInfo
-from orchestrix.infrastructure.file._index import Entry, Index
+from orchestrix.infrastructure.file._index import (
+    COUNT,
+    IDS,
+    POSITION,
+    STREAM,
+    VERSION,
+    Entry,
+    Index,
+    event_ids,
+    last_position,
+    last_version,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +73,11 @@ class Locator:
 
     Its own state is the tail: the records after ``bound``, by position, by stream and by
     event id. Older records it finds through its filters (``seen``) and the index.
+
+    The tail holds nothing the garbage collector tracks per record (each one tracked is walked
+    by every full collection, which stalls an event loop for tens of ms with a checkpoint's
+    worth of them): its records are plain tuples, and a stream's records are chained by their
+    numbers (``previous``) rather than listed per stream.
     """
 
     def __init__(
@@ -71,8 +88,15 @@ class Locator:
         self.bound = bound
         """The index covers every position up to here; the tail holds every record after it."""
         self.entries: list[Entry] = []
+        """The tail's records in log order; record number ``dropped + k`` is ``entries[k]``."""
+        self.dropped = 0
+        """How many records the tail has handed over to the index (numbers below are gone)."""
         self.positions: list[int] = []
-        self.streams: dict[str, list[Entry]] = {}
+        """The first position of each of ``entries``."""
+        self.previous: list[int] = []
+        """For each of ``entries``, the number of its stream's record before it (-1: none)."""
+        self.streams: dict[str, int] = {}
+        """The number of each stream's last tail record."""
         self.ids: dict[bytes, Place] = {}
         self.events = 0
         self.versions: dict[str, int] = {}
@@ -83,10 +107,9 @@ class Locator:
 
     def version(self, stream: str) -> int:
         """The stream's current version, as far as this process has read (NO_STREAM: none)."""
-        mine = self.streams.get(stream)
-        if mine:
-            last = mine[-1]
-            return last.version + last.count - 1
+        last = self.streams.get(stream)
+        if last is not None:  # the stream's records this process knows (most appends)
+            return last_version(self.entries[last - self.dropped])
         version = self.versions.get(stream)
         if version is None:
             indexed = self.bound and self.seen.may_hold_stream(stream)
@@ -130,27 +153,37 @@ class Locator:
 
     def extend(self, entries: list[Entry] | tuple[Entry, ...]) -> None:
         """Take in the next records of the log, in order."""
-        streams, ids, events, positions = self.streams, self.ids, self.events, self.positions
+        streams, ids, positions, previous = self.streams, self.ids, self.positions, self.previous
+        number = self.dropped + len(self.entries)
+        events = self.events
         self.entries.extend(entries)
         for entry in entries:
-            stream, version, position = entry.stream, entry.version, entry.position
+            position, count, version, stream = entry[POSITION], entry[COUNT], entry[VERSION], entry[STREAM]
             positions.append(position)
-            mine = streams.get(stream)
-            if mine is None:
-                streams[stream] = [entry]
+            previous.append(streams.get(stream, -1))
+            streams[stream] = number
+            number += 1
+            if count == 1:
+                ids[entry[IDS]] = (stream, version, position)
             else:
-                mine.append(entry)
-            if entry.count == 1:
-                ids[entry.ids[0]] = (stream, version, position)
-            else:
-                for i, event_id in enumerate(entry.ids):
+                for i, event_id in enumerate(event_ids(entry)):
                     ids[event_id] = (stream, version + i, position + i)
-            events += entry.count
+            events += count
         self.events = events
 
     def stream_entries(self, stream: str, from_version: int) -> list[Entry]:
-        """The stream's tail records holding versions >= ``from_version``."""
-        return [e for e in self.streams.get(stream, ()) if e.version + e.count > from_version]
+        """The stream's tail records holding versions >= ``from_version``, in order."""
+        entries, previous, dropped = self.entries, self.previous, self.dropped
+        found: list[Entry] = []
+        number = self.streams.get(stream, -1)
+        while number >= dropped:
+            entry = entries[number - dropped]
+            if last_version(entry) < from_version:
+                break  # so are the stream's records before it
+            found.append(entry)
+            number = previous[number - dropped]
+        found.reverse()
+        return found
 
     def entry_at(self, position: int) -> Entry | None:
         """The tail record holding ``position``, if the tail has it."""
@@ -158,7 +191,7 @@ class Locator:
         if k < 0:
             return None
         entry = self.entries[k]
-        return entry if position < entry.position + entry.count else None
+        return entry if position <= last_position(entry) else None
 
     def trim(self, covered: int) -> None:
         """Drop the records the index now covers: every position up to ``covered`` (a record end).
@@ -170,20 +203,19 @@ class Locator:
         dropped = self.entries[:k]
         del self.entries[:k]
         del self.positions[:k]
-        per_stream: dict[str, int] = {}
+        del self.previous[:k]
+        first = self.dropped
+        self.dropped = end = first + k
+        streams, ids = self.streams, self.ids
         for entry in dropped:
-            for event_id in entry.ids:
-                self.ids.pop(event_id, None)
-            per_stream[entry.stream] = per_stream.get(entry.stream, 0) + 1
-            self.events -= entry.count
-        for stream, n in per_stream.items():
-            mine = self.streams[stream]
-            if n < len(mine):
-                del mine[:n]
-                continue
-            last = mine[-1]
-            del self.streams[stream]
-            self._remember(stream, last.version + last.count - 1)
+            for event_id in event_ids(entry):
+                ids.pop(event_id, None)
+            self.events -= entry[COUNT]
+            stream = entry[STREAM]
+            last = streams.get(stream)
+            if last is not None and last < end:  # the stream has no tail record left
+                del streams[stream]
+                self._remember(stream, last_version(dropped[last - first]))
         self.bound = max(self.bound, covered)
 
     def _remember(self, stream: str, version: int) -> None:
@@ -288,8 +320,8 @@ class Seen:
             targets = [pair for pair in (self._using, self._building) if pair is not None]
             if not targets:
                 return
-            ids = [i for e in entries for i in e.ids]
-            streams = [e.stream for e in entries]
+            ids = [i for e in entries for i in event_ids(e)]
+            streams = [e[STREAM] for e in entries]
             for id_filter, stream_filter in targets:
                 id_filter.add_all(ids)
                 stream_filter.add_all(streams)

@@ -14,7 +14,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from orchestrix.core.errors import OrchestrixError, StoreError
 from orchestrix.infrastructure.file._format import (
@@ -28,7 +28,18 @@ from orchestrix.infrastructure.file._format import (
     parse_info,
 )
 from orchestrix.infrastructure.file._gil import slices
-from orchestrix.infrastructure.file._index import EMPTY, Covered, Entry, Index, IndexDamaged, Mode
+from orchestrix.infrastructure.file._index import (
+    EMPTY,
+    OFFSET,
+    POSITION,
+    SEGMENT,
+    Covered,
+    Entry,
+    Index,
+    IndexDamaged,
+    Mode,
+    last_position,
+)
 from orchestrix.infrastructure.file._io import FileIO, Syncs
 from orchestrix.infrastructure.file._locator import Locator, Seen
 from orchestrix.infrastructure.file._log import Log
@@ -271,7 +282,7 @@ class LogView:
             locator = self.locator
             entry = locator.entry_at(position) if position > locator.bound else None
         if entry is not None:
-            return entry.segment, entry.offset, entry.position
+            return entry[SEGMENT], entry[OFFSET], entry[POSITION]
         mark = self.index.mark_before(position)
         if mark is None:
             return 1, SEGMENT_HEADER_SIZE, 1
@@ -304,17 +315,16 @@ class LogView:
         covered = 0
         for part in slices(entries):
             covered = self.index.add(part)
-            if covered < part[-1].position + part[-1].count - 1:  # it lacks records before these
+            if covered < last_position(part[-1]):  # it lacks records before these
                 break
         bound = min(covered, end)
-        handed = [e for e in entries if e.position <= bound]
+        handed = [e for e in entries if e[POSITION] <= bound]
         # the filters first: at every moment a handed-over key is in the tail, the filters or both
         for part in slices(handed):
             self.locator.seen.add(list(part))
         for part in slices(handed):
-            last = part[-1]
             with self.state:
-                self.locator.trim(last.position + last.count - 1)
+                self.locator.trim(last_position(part[-1]))
 
     def close(self, checkpoint: bool) -> None:
         """Stop the background checkpoint, checkpoint once more if asked, wake waiters, close files."""
@@ -335,24 +345,18 @@ class LogView:
         self.log.close()
 
 
-entry_new: Callable[..., Entry] = tuple.__new__
-
-
 def entry_of(number: int, info: RecordInfo) -> Entry:
     """The index entry of a record found in segment ``number``."""
-    return entry_new(
-        Entry,
-        (
-            info.position,
-            info.count,
-            info.version,
-            info.stream,
-            number,
-            info.offset,
-            info.size,
-            info.crc,
-            info.ids,
-        ),
+    return (
+        info.position,
+        info.count,
+        info.version,
+        info.stream,
+        number,
+        info.offset,
+        info.size,
+        info.crc,
+        b"".join(info.ids),  # one bytes, not a tuple (see Entry)
     )
 
 

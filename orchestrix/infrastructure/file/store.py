@@ -54,7 +54,7 @@ from orchestrix.infrastructure.file._format import (
     decode_events,
     segment_number,
 )
-from orchestrix.infrastructure.file._index import Entry
+from orchestrix.infrastructure.file._index import VERSION, Entry
 from orchestrix.infrastructure.file._io import Syncs
 from orchestrix.infrastructure.file._policy import DEFAULT_POLICY, FilePolicy
 from orchestrix.infrastructure.file._request import merge_runs, prepare, prepare_import, prepare_many
@@ -222,13 +222,13 @@ class FileEventStore(AsyncStoreMixin):
         self, stream: str, from_version: int, bound: int, tail: list[Entry]
     ) -> Iterator[RecordedEvent]:
         windows: dict[int, Window] = {}
-        if bound and (not tail or tail[0].version > from_version):
+        if bound and (not tail or tail[0][VERSION] > from_version):
             for _, _, position, segment, offset in self._view.index.stream_records(
                 stream, from_version, bound
             ):
                 yield from self._record_events(windows, segment, offset, position, from_version)
-        for e in tail:
-            yield from self._record_events(windows, e.segment, e.offset, e.position, from_version)
+        for position, _, _, _, segment, offset, _, _, _ in tail:
+            yield from self._record_events(windows, segment, offset, position, from_version)
 
     def _record_events(
         self, windows: dict[int, Window], number: int, offset: int, position: int, from_version: int
