@@ -1003,11 +1003,10 @@ def _brief(result: dict[str, Any], row: Row) -> str:
         return f"not landed ({result['not_landed']})"
     if "error" in result:
         return f"ERROR {result['error']}"
-    extra = (
-        f" (max {_fmt(result['max'] * row.scale)}, {_fmt(result['events_per_s'])} ev/s)"
-        if "max" in result
-        else ""
-    )
+    rate = result.get("events_per_s", result.get("events_per_second"))
+    extra = ""
+    if "max" in result:  # a lag row: its worst tick, and what the writers did meanwhile
+        extra = f" (max {_fmt(result['max'] * row.scale)}" + (f", {_fmt(rate)} ev/s)" if rate else ")")
     return f"{_fmt(result['value'] * row.scale)} {row.unit}{extra}"
 
 
