@@ -111,19 +111,12 @@ def test_on_a_fast_disk_the_event_loop_commits_its_groups_itself(tmp_path: Path)
         assert [again.stream_version(f"w-{k}") for k in range(8)] == [24] * 8
 
 
-@pytest.mark.parametrize(
-    ("loop_sync_max", "delay"),
-    [(0.001, 0.002), (0, 0), (None, 0)],
-    ids=["slow disk", "never", "by default, even on a fast disk"],
-)
+@pytest.mark.parametrize(("loop_sync_max", "delay"), [(0.001, 0.002), (0, 0)], ids=["slow disk", "never"])
 def test_on_a_slow_disk_or_when_told_so_the_event_loop_never_waits_for_a_sync(
-    tmp_path: Path, loop_sync_max: float | None, delay: float
+    tmp_path: Path, loop_sync_max: float, delay: float
 ) -> None:
-    # By default no sync runs on the loop: a sync the loop waits for is a tick that wakes late,
-    # and the thread hop it saves is the smaller cost (issue 19: the loop's p99 lag).
     io = IOUnderTest()
-    options = {} if loop_sync_max is None else {"loop_sync_max": loop_sync_max}
-    store = open_store(tmp_path / "store", io=io, **options)
+    store = open_store(tmp_path / "store", io=io, loop_sync_max=loop_sync_max)
     sync = SlowSync(io, delay)
     returns = asyncio.run(_eight_tasks_append(store, sync, 10))
     loop_thread = threading.get_ident()

@@ -16,11 +16,10 @@ is done (:mod:`._sigint`).
 Callers are threads (:meth:`GroupCommit.submit`: the caller at the head of the queue becomes the
 writer) or asyncio tasks (:meth:`GroupCommit.submit_async`: the task awaits a future, and an
 asyncio caller holds no thread while its append is in flight). A group of asyncio appends is
-written and synced by a small pool of writer threads: a sync on the loop is a late wake-up for
-every other task. Only if asked (``loop_sync_max`` above 0) does the event loop commit a group
-itself while fdatasyncs are that short (on a fast disk the two thread wake-ups of a hand-over
-cost more CPU than the sync), and never when it would have to wait for another process's lock
-or for an earlier group.
+committed by the event loop itself while fdatasyncs are short (``loop_sync_max``): on a fast
+disk the two thread wake-ups of a hand-over cost more than the sync. Otherwise, and whenever
+the loop would have to wait for another process's lock or for an earlier group, a small pool
+of writer threads writes and syncs it.
 """
 
 from __future__ import annotations
