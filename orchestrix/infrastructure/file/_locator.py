@@ -358,22 +358,8 @@ class Seen:
             pair = (_Bloom(2 * ids_count), _Bloom(2 * streams_count))
             with self._lock:
                 self._building = pair  # from now on, hand-overs go in directly
-            after: tuple[object, ...] = (-1, b"")
-            while not self._stopped:
-                page = conn.execute(_ID_PAGE, after).fetchall()
-                if not page:
-                    break
-                with self._lock:
-                    pair[0].add_all([row[1] for row in page])
-                after = tuple(page[-1])
-            after = ("",)
-            while not self._stopped:
-                page = conn.execute(_STREAM_PAGE, after).fetchall()
-                if not page:
-                    break
-                with self._lock:
-                    pair[1].add_all([row[0] for row in page])
-                after = tuple(page[-1])
+            self._add_pages(conn, _ID_PAGE, (-1, b""), pair[0])
+            self._add_pages(conn, _STREAM_PAGE, ("",), pair[1])
             with self._lock:
                 if not self._stopped:
                     self._using = pair
@@ -383,3 +369,16 @@ class Seen:
             with self._lock:
                 self._building = None
             conn.close()
+
+    def _add_pages(
+        self, conn: sqlite3.Connection, query: str, after: tuple[object, ...], target: _Bloom
+    ) -> None:
+        """Add every key ``query`` pages through (keyset paging from ``after``, the key last in
+        each row) to ``target``, a page at a time, until done or the filters are stopped."""
+        while not self._stopped:
+            page = conn.execute(query, after).fetchall()
+            if not page:
+                return
+            with self._lock:
+                target.add_all([row[-1] for row in page])
+            after = tuple(page[-1])

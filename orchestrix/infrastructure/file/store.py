@@ -97,10 +97,10 @@ class FileEventStore(AsyncStoreMixin):
     blocks for one fdatasync, while the disk's syncs average at most this many seconds (1 ms by
     default: a hand-over to a writer thread and back costs more than a fast sync, 30% of 8
     tasks' throughput, while such a sync adds well under 1 ms to the loop's p99 lag);
-    ``0`` keeps every sync off the loop. ``policy`` sets how long the writer lock is kept and which calls do the
-    file I/O (:class:`~orchestrix.infrastructure.file._policy.FilePolicy`; its defaults suit
-    production, tests and fault injection pass their own). Several stores (in this or other
-    processes) may open one directory at once.
+    ``0`` keeps every sync off the loop. ``policy`` sets how long the writer lock is kept and
+    which calls do the file I/O (:class:`~orchestrix.infrastructure.file._policy.FilePolicy`;
+    its defaults suit production, tests and fault injection pass their own). Several stores
+    (in this or other processes) may open one directory at once.
 
     ``read_only=True`` opens an existing store to read it only (what ``orchestrix inspect``,
     ``verify`` and ``tail`` do): it takes no writer lock, creates and writes no file, never
