@@ -23,7 +23,7 @@ from orchestrix.infrastructure.postgres.errors import SchemaNotInitializedError
 
 __all__: list[str] = []
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The layout this code reads and writes; older layouts are migrated on open."""
 
 POSITION_SHIFT = 2**20
@@ -99,6 +99,13 @@ _MIGRATIONS: dict[int, list[sql.SQL]] = {
             )"""
         ),
     ],
+    # Stream names compare byte by byte ("C"), not by the database's collation: every append
+    # inserts into UNIQUE (stream, version) and most look the stream up, and a libc collation
+    # (even C.UTF-8) calls strcoll on copies of both strings for each comparison, ~10 us of
+    # server CPU per single-event append (a third of what the INSERT costs the server besides
+    # its commit). Equality, all an event store asks of stream names, is the same in every
+    # deterministic collation. Rebuilds the index on (stream, version) once, holding the table.
+    4: [sql.SQL('ALTER TABLE {schema}.events ALTER COLUMN stream TYPE text COLLATE "C"')],
 }
 
 
