@@ -141,7 +141,10 @@ class ManyRequest:
 
     def __init__(self, parts: list[Request]) -> None:
         self.parts = parts
-        self.ids = tuple(i for part in parts for i in part.ids)
+        ids = parts[0].ids
+        for part in parts[1:]:  # a few streams: concatenating beats a generator
+            ids += part.ids
+        self.ids = ids
         self.result: tuple[AppendResult, ...] | None = None  # set here only for a replay
         self.error: BaseException | None = None
         self.done = False
@@ -156,10 +159,13 @@ class ManyRequest:
             raise self.error
         if self.result is not None:
             return self.result
-        results = tuple(part.result for part in self.parts)
-        if any(r is None for r in results):  # pragma: no cover - the commit always sets them
-            raise RuntimeError("a multi-stream append finished without a result")
-        return results  # type: ignore[return-value]
+        results = []
+        for part in self.parts:
+            result = part.result
+            if result is None:  # pragma: no cover - the commit always sets them
+                raise RuntimeError("a multi-stream append finished without a result")
+            results.append(result)
+        return tuple(results)
 
 
 Queued = Request | ManyRequest
@@ -228,7 +234,7 @@ def prepare_many(
     """
     if (type(appends) is not list and type(appends) is not tuple) or not appends:
         return _many(serializer, names, to_parts(appends))
-    raw_streams: list[bytes] = []
+    checked = []
     seen: set[bytes] = set()
     for part in appends:
         if type(part) is not StreamAppend:
@@ -247,21 +253,25 @@ def prepare_many(
         if raw in seen:
             check_appends(appends)  # raises: a stream named twice
         seen.add(raw)
-        raw_streams.append(raw)
-    parts = [(a.stream, to_new_events(a.stream, a.events), a.expected_version) for a in appends]
-    ids = [e.event_id for _, batch, _ in parts for e in batch]
+        checked.append((stream, raw, expected, events))
+    batches = [to_new_events(stream, events) for stream, _, _, events in checked]
+    ids = [e.event_id.int for batch in batches for e in batch]  # ints: hashed in C, unlike UUIDs
     if len(set(ids)) != len(ids):
         to_parts(appends)  # raises DuplicateEventIdError, naming the stream and the id
-    return _many(serializer, names, parts, raw_streams)
+    last = len(checked) - 1
+    return ManyRequest(
+        [
+            _request(serializer, names, stream, raw, batch, expected, k < last)
+            for k, ((stream, raw, expected, _), batch) in enumerate(zip(checked, batches, strict=True))
+        ]
+    )
 
 
-def _many(
-    serializer: Serializer, names: dict[Any, bytes], parts: list[Part], raw_streams: list[bytes] | None = None
-) -> ManyRequest:
+def _many(serializer: Serializer, names: dict[Any, bytes], parts: list[Part]) -> ManyRequest:
     """Encode the checked parts of a multi-stream append, each but the last marked as continued."""
     last = len(parts) - 1
     requests = []
     for k, (stream, batch, expected) in enumerate(parts):
-        raw_stream = raw_streams[k] if raw_streams is not None else names.get(stream) or stream.encode()
+        raw_stream = names.get(stream) or stream.encode()
         requests.append(_request(serializer, names, stream, raw_stream, batch, expected, k < last))
     return ManyRequest(requests)
