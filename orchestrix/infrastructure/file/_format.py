@@ -239,8 +239,8 @@ def prepare_record(stream: bytes, events: Sequence[tuple[Any, ...]], continues: 
         event_id, correlation, causation, type_name, payload = events[0]
         if correlation is None and causation is None:
             counts, size = COUNTS.pack(1, len(stream)), pack_u32(len(payload))
-            flags = _CONTINUES if continues else b"\0"  # a stream's part of a multi-stream append
-            one = (_BLANK_HEAD, counts, stream, event_id, flags, type_name, size, payload)
+            flag = _CONTINUES if continues else b"\0"  # a stream's part of a multi-stream append
+            one = (_BLANK_HEAD, counts, stream, event_id, flag, type_name, size, payload)
             record = bytearray(b"".join(one))
             U32.pack_into(record, 8, len(record) - FRAME_SIZE)
             return record
