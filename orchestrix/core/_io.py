@@ -125,11 +125,13 @@ async def stream_pages(store: Any, stream: str, from_version: int = 0) -> AsyncG
         yield page
 
 
-async def read_all(store: Any, after: int, limit: int | None) -> list[Any]:
-    """Up to ``limit`` events of the global order after position ``after``, as a list."""
+async def read_all(store: Any, after: int, limit: int | None, types: Any = None) -> list[Any]:
+    """Up to ``limit`` events of the global order after position ``after``, as a list; only those
+    of ``types`` when given (``types`` is passed on only then, so a store without it still works)."""
+    kwargs = {} if types is None else {"types": types}
     if _sync_mode.get():
-        return list(store.read_all(after, limit=limit))
-    return [recorded async for recorded in store.read_all_async(after, limit=limit)]
+        return list(store.read_all(after, limit=limit, **kwargs))
+    return [recorded async for recorded in store.read_all_async(after, limit=limit, **kwargs)]
 
 
 async def stream_version(store: Any, stream: str) -> int:

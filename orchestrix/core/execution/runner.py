@@ -198,6 +198,7 @@ class SagaRunner(PageLoop):
         self._monitor = SagaMonitor(
             store, self.sagas, self._mine, stuck_after=stuck_after, clock=clock, unmatched_kept=unmatched_kept
         )
+        self._types = self._monitor.wanted_types()
         self._steps = SagaSteps(
             store,
             dispatcher,
@@ -288,7 +289,10 @@ class SagaRunner(PageLoop):
         with fenced(await self._steps.fence()):
             await self._fire_due()
             assert self._position is not None  # set by _start
-            page = await _io.read_all(self.store, self._position, self.page_size)
+            # Only the events the sagas and the books look at are read (decoded); the head taken
+            # first lets the position move past the others when the page ends at the store's end.
+            head = await _io.last_position(self.store)
+            page = await _io.read_all(self.store, self._position, self.page_size, self._types)
             # A page shorter than asked for ends at the store's head: a saga stream's last event
             # in it was its last event when read, and its first step may start from it unread.
             heads = _stream_heads(page) if len(page) < self.page_size else {}
@@ -304,9 +308,12 @@ class SagaRunner(PageLoop):
                 request = self._monitor.request(recorded)
                 if request is not None:
                     await self._carry_out(request)
-            if page:
+            last = page[-1].position if page else self._position
+            if len(page) < self.page_size:
+                last = max(last, head)
+            if last > self._position:
                 await self._steps.check_lease("store its checkpoint")
-                self._position = last = page[-1].position
+                self._position = last
                 await self._store_checkpoint(last)
                 self._monitor.read(len(page))
             return len(page)
