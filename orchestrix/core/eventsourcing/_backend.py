@@ -35,6 +35,7 @@ from orchestrix.core.errors import (
     InvalidEventIdError,
     InvalidRecordedAtError,
     MultiStreamConflictError,
+    SerializationError,
 )
 from orchestrix.core.eventsourcing.store import (
     ANY,
@@ -93,7 +94,7 @@ def wanted_names(class_of: Callable[[str], type], types: frozenset[type]) -> Cal
         if answer is None:
             try:
                 answer = class_of(type_name) in types
-            except Exception:  # noqa: BLE001 - any name the serializer cannot place is no class asked for
+            except SerializationError:  # a name no class of this program has: none asked for
                 answer = False
             known[type_name] = answer
         return answer
