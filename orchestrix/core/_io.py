@@ -209,7 +209,15 @@ async def holds(lease: Any) -> bool:
 async def call(function: Callable[..., Any], *args: Any) -> Any:
     """Call user code written either way: a plain function, or one returning an awaitable."""
     result = function(*args)
-    if result is None or not inspect.isawaitable(result):  # None first: most handlers return it
+    if result is None:  # first: most handlers return it
+        return result
+    return await settle(result)
+
+
+async def settle(result: Any) -> Any:
+    """What user code's ``result`` comes to: itself, or, if it is awaitable, what it gives awaited
+    (run by the sync driver in the sync forms). A caller that sees ``None`` can skip this call."""
+    if not inspect.isawaitable(result):
         return result
     if _sync_mode.get():
         # A coroutine is run as itself, so an EventLoopRequiredError names the user's function.
