@@ -279,7 +279,9 @@ class SagaRunner(PageLoop):
     def run_once(self) -> int:
         """Handle the next page of events after the checkpoint, then store the checkpoint.
 
-        Returns the number of events read (0 when the runner is caught up).
+        Returns the number of events read (0 when the runner is caught up): only those its sagas
+        handle, those their streams hold and operators' requests are read; the position moves
+        past the others all the same.
         """
         return run_sync(self.run_once_async())
 
