@@ -200,12 +200,12 @@ class InMemoryEventStore:
         # The log only grows, so the events below ``end`` stay where they are without the lock;
         # not copying them keeps a filtered catch-up from copying the rest of the log per page.
         log = self._log
-        snapshot = (log[i] for i in range(after, end))
+        passed = (log[i] for i in range(after, end))
         if self._serializer is not None:  # kept encoded: tell by the stored name, decode only those taken
             named = wanted_names(self._serializer.class_of, wanted)
-            taken = (recorded for recorded in snapshot if named(recorded.event_type))
+            taken = (recorded for recorded in passed if named(recorded.event_type))
         else:
-            taken = (recorded for recorded in snapshot if type(recorded.event) in wanted)
+            taken = (recorded for recorded in passed if type(recorded.event) in wanted)
         return map(self._decode, itertools.islice(taken, limit))
 
     def stream_version(self, stream: str) -> int:
