@@ -13,6 +13,24 @@ if TYPE_CHECKING:
     import asyncio
 
 
+async def read_page(store: Any, after: int, limit: int, types: Any) -> tuple[list[Any], int]:
+    """The next page of ``read_all(after, limit, types=types)``, and the position it reaches.
+
+    A filtered read passes over events silently, so a page of them does not say how far it read.
+    A page with events reaches its last one (the events passed over after it are passed again
+    next time, cheaply). Only an empty page costs a look at the head: taken *before* a second
+    read, whatever that read does not yield up to the head was passed over, so the position can
+    move there and a reader waiting for new events after it does not wake at once for ever.
+    """
+    page = await _io.read_all(store, after, limit, types)
+    if page or types is None:
+        return page, page[-1].position if page else after
+    head = await _io.last_position(store)
+    page = await _io.read_all(store, after, limit, types)
+    last = page[-1].position if page else after
+    return page, last if len(page) == limit else max(last, head)
+
+
 class PageLoop(abc.ABC):
     """``run_until_idle`` and ``run_forever`` (sync and asyncio) over a class's ``run_once``.
 

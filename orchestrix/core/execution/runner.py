@@ -53,7 +53,7 @@ from orchestrix.core.errors import SagaError
 from orchestrix.core.eventsourcing.aggregate import AggregateRepository
 from orchestrix.core.eventsourcing.fencing import Lease, fenced
 from orchestrix.core.eventsourcing.store import ANY, EventStore
-from orchestrix.core.execution._paging import PageLoop
+from orchestrix.core.execution._paging import PageLoop, read_page
 from orchestrix.core.execution._saga_monitor import (
     Request,
     RunnerStats,
@@ -291,10 +291,9 @@ class SagaRunner(PageLoop):
         with fenced(await self._steps.fence()):
             await self._fire_due()
             assert self._position is not None  # set by _start
-            # Only the events the sagas and the books look at are read (decoded); the head taken
-            # first lets the position move past the others when the page ends at the store's end.
-            head = await _io.last_position(self.store)
-            page = await _io.read_all(self.store, self._position, self.page_size, self._types)
+            # Only the events the sagas and the books look at are read (decoded); ``reached`` is
+            # past the others too once nothing of ours is left.
+            page, reached = await read_page(self.store, self._position, self.page_size, self._types)
             # A page shorter than asked for ends at the store's head: a saga stream's last event
             # in it was its last event when read, and its first step may start from it unread.
             heads = _stream_heads(page) if len(page) < self.page_size else {}
@@ -310,9 +309,7 @@ class SagaRunner(PageLoop):
                 request = self._monitor.request(recorded)
                 if request is not None:
                     await self._carry_out(request)
-            last = page[-1].position if page else self._position
-            if len(page) < self.page_size:
-                last = max(last, head)
+            last = reached
             if last > self._position:
                 await self._steps.check_lease("store its checkpoint")
                 self._position = last

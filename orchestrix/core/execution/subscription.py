@@ -16,6 +16,7 @@ from orchestrix.core import _io
 from orchestrix.core._checks import check_types
 from orchestrix.core._io import run_sync
 from orchestrix.core.eventsourcing.store import EventStore
+from orchestrix.core.execution._paging import read_page
 from orchestrix.core.messaging.messages import RecordedEvent
 
 __all__ = ["subscribe", "subscribe_async"]
@@ -86,13 +87,6 @@ class _Cursor:
             await _io.wait_for_events(self.store, self.position, self.idle_timeout)
             if self.stopped():
                 return []
-        # A filtered read passes over other events: the head taken first lets the position move
-        # past them when the page ends at the store's end (or the wait would wake at once).
-        head = 0 if self.types is None else await _io.last_position(self.store)
-        page: list[RecordedEvent] = await _io.read_all(self.store, self.position, self.page_size, self.types)
-        if page:
-            self.position = page[-1].position
+        page, self.position = await read_page(self.store, self.position, self.page_size, self.types)
         self._caught_up = len(page) < self.page_size
-        if self._caught_up:
-            self.position = max(self.position, head)
         return page
