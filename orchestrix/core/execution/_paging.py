@@ -78,7 +78,10 @@ class PageLoop(abc.ABC):
     ) -> None:
         """Asyncio form of :meth:`run_forever`; also ends when its task is cancelled."""
         while stop is None or not stop.is_set():
-            if await self.run_once_async() < self.page_size:
+            # ``stop`` is looked at again before waiting: whoever sets it and then appends an
+            # event to wake the loop may see that event taken (or passed over) by the page that
+            # was running, and the wait after it would last the whole idle timeout.
+            if await self.run_once_async() < self.page_size and not (stop is not None and stop.is_set()):
                 await self._wait_idle(idle_timeout)
 
     async def _wait_idle(self, idle_timeout: float) -> None:
