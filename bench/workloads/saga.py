@@ -6,6 +6,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import inspect
 import itertools
 import os
 import uuid
@@ -95,10 +96,16 @@ def transfers(
             waiting: dict[str, asyncio.Future[str]] = {}
             stop = asyncio.Event()
 
+            # The subscriber asks only for the outcomes where the library can filter by type (a
+            # tree without ``types=``, as with ``--rev``, reads and decodes every event).
+            outcome_types = (TransferCompleted, TransferFailed)
+            filtered = "types" in inspect.signature(subscribe_async).parameters
+            only = {"types": outcome_types} if filtered else {}
+
             async def watch() -> None:
-                async for recorded in subscribe_async(es, after, idle_timeout=0.05):
+                async for recorded in subscribe_async(es, after, idle_timeout=0.05, **only):
                     event = recorded.event
-                    if isinstance(event, TransferCompleted | TransferFailed):
+                    if isinstance(event, outcome_types):
                         future = waiting.get(event.transfer_id)
                         if future is not None and not future.done():
                             future.set_result(type(event).__name__)

@@ -13,6 +13,8 @@ argument            accepted
 ``from_version``    an ``int`` from 0 to 2**63-1 (a version is never negative)
 ``after``           an ``int`` from 0 to 2**63-1 (position 0 is "before the first event")
 ``limit``           ``None`` (no limit) or an ``int`` from 0 to 2**63-1 (0 reads nothing)
+``types``           ``None`` (every event) or a collection of classes (``set``, ``frozenset``,
+                    ``list`` or ``tuple``; empty reads nothing)
 ``timeout``         an ``int`` or ``float`` of seconds, finite and >= 0
 checkpoint name     a non-empty printable ``str`` of at most 255 characters
 checkpoint position an ``int`` from 0 to 2**63-1
@@ -53,6 +55,7 @@ __all__ = [
     "check_limit",
     "check_stream_name",
     "check_timeout",
+    "check_types",
 ]
 
 MAX_CHECKPOINT_NAME = 255
@@ -82,6 +85,15 @@ def check_limit(value: object) -> int | None:
     if value is not None and (type(value) is not int or not 0 <= value <= MAX_POSITION):
         raise InvalidArgumentError("limit", value, "None or an int from 0 to 2**63-1")
     return value
+
+
+def check_types(value: object) -> frozenset[type] | None:
+    """Return ``value`` as a frozenset if it is None (every event) or a collection of classes."""
+    if value is None:
+        return None
+    if not isinstance(value, set | frozenset | list | tuple) or not all(isinstance(t, type) for t in value):
+        raise InvalidArgumentError("types", value, "None or a set, list or tuple of event classes")
+    return frozenset(value)
 
 
 def check_timeout(value: object) -> float:

@@ -125,11 +125,13 @@ async def stream_pages(store: Any, stream: str, from_version: int = 0) -> AsyncG
         yield page
 
 
-async def read_all(store: Any, after: int, limit: int | None) -> list[Any]:
-    """Up to ``limit`` events of the global order after position ``after``, as a list."""
+async def read_all(store: Any, after: int, limit: int | None, types: Any = None) -> list[Any]:
+    """Up to ``limit`` events of the global order after position ``after``, as a list; only those
+    of ``types`` when given (``types`` is passed on only then, so a store without it still works)."""
+    kwargs = {} if types is None else {"types": types}
     if _sync_mode.get():
-        return list(store.read_all(after, limit=limit))
-    return [recorded async for recorded in store.read_all_async(after, limit=limit)]
+        return list(store.read_all(after, limit=limit, **kwargs))
+    return [recorded async for recorded in store.read_all_async(after, limit=limit, **kwargs)]
 
 
 async def stream_version(store: Any, stream: str) -> int:
@@ -207,7 +209,15 @@ async def holds(lease: Any) -> bool:
 async def call(function: Callable[..., Any], *args: Any) -> Any:
     """Call user code written either way: a plain function, or one returning an awaitable."""
     result = function(*args)
-    if result is None or not inspect.isawaitable(result):  # None first: most handlers return it
+    if result is None:  # first: most handlers return it
+        return result
+    return await settle(result)
+
+
+async def settle(result: Any) -> Any:
+    """What user code's ``result`` comes to: itself, or, if it is awaitable, what it gives awaited
+    (run by the sync driver in the sync forms). A caller that sees ``None`` can skip this call."""
+    if not inspect.isawaitable(result):
         return result
     if _sync_mode.get():
         # A coroutine is run as itself, so an EventLoopRequiredError names the user's function.

@@ -101,6 +101,14 @@ class ArgumentContract:
         _refused_promptly(lambda: list(store.read_all(0, bad)), "limit", bad)  # type: ignore[arg-type]
         _refused_promptly(lambda: _drain_async(store.read_all_async(0, bad)), "limit", bad)  # type: ignore[arg-type]
 
+    @pytest.mark.parametrize("bad", ["ContractEvent", int, [1], {"ContractEvent"}, 1, {int: 1}])
+    def test_types_that_are_no_collection_of_classes_are_refused(
+        self, store: EventStore, bad: object
+    ) -> None:
+        store.append("s-1", _events(0, 1, 2), NO_STREAM)
+        _refused_promptly(lambda: list(store.read_all(0, types=bad)), "types", bad)  # type: ignore[arg-type]
+        _refused_promptly(lambda: _drain_async(store.read_all_async(0, types=bad)), "types", bad)  # type: ignore[arg-type]
+
     def test_limit_none_reads_everything_and_zero_reads_nothing(self, store: EventStore) -> None:
         store.append("s-1", _events(0, 1, 2), NO_STREAM)
         assert _numbers(store.read_all(0, None)) == [0, 1, 2]

@@ -106,8 +106,8 @@ def test_a_saga_whose_stream_moved_after_the_page_was_read_runs_from_its_stream(
     read_all = store.inner.read_all
     raced: list[int] = []
 
-    def read_then_race(after: int, limit: int | None = None) -> Any:
-        page = list(read_all(after, limit=limit))
+    def read_then_race(after: int, limit: int | None = None, **kwargs: Any) -> Any:
+        page = list(read_all(after, limit=limit, **kwargs))
         if page and not raced:
             raced.append(len(page))
             other.run_until_idle()

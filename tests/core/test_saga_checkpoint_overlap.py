@@ -96,9 +96,9 @@ def test_the_next_page_runs_while_a_checkpoint_is_being_stored() -> None:
     reads: list[int] = []
     read_all_async = store.read_all_async
 
-    def counting_read_all_async(after: int = 0, limit: int | None = None):  # type: ignore[no-untyped-def]
+    def counting_read_all_async(after: int = 0, limit: int | None = None, **kwargs):  # type: ignore[no-untyped-def]
         reads.append(after)
-        return read_all_async(after, limit=limit)
+        return read_all_async(after, limit=limit, **kwargs)
 
     store.read_all_async = counting_read_all_async  # type: ignore[method-assign]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -266,8 +266,10 @@ class CrashingStore(AsyncStoreMixin):
     def read_stream(self, stream: str, from_version: int = 0) -> Iterator[RecordedEvent]:
         return self.inner.read_stream(stream, from_version)
 
-    def read_all(self, after: int = 0, limit: int | None = None) -> Iterator[RecordedEvent]:
-        return self.inner.read_all(after, limit)
+    def read_all(
+        self, after: int = 0, limit: int | None = None, *, types: Collection[type] | None = None
+    ) -> Iterator[RecordedEvent]:
+        return self.inner.read_all(after, limit, types=types)
 
     def stream_version(self, stream: str) -> int:
         return self.inner.stream_version(stream)

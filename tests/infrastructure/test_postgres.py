@@ -508,6 +508,33 @@ def test_reads_page_through_streams_and_the_global_order_in_every_form(schema: s
         store.close()
 
 
+def test_a_filtered_read_pages_past_the_rows_it_passes_over(schema: str) -> None:
+    # read_all(types=...) fetches whole pages (how many rows hold the events taken is unknown)
+    # and decodes only the rows taken; ``limit`` counts those, in every form.
+    store = open_store(schema)
+    store.page_size = 3
+    try:
+        at = datetime(2026, 1, 2, tzinfo=UTC)
+        for n in range(10):
+            store.append("s", _events(n))
+            if n in (4, 8, 9):
+                store.append("m", [MoneyMoved(Decimal(n), at, uuid.UUID(int=n))])
+
+        def amounts(records: object) -> list[Decimal]:
+            return [r.event.amount for r in records]  # type: ignore[attr-defined]
+
+        assert amounts(store.read_all(types={MoneyMoved})) == [4, 8, 9]
+        assert amounts(store.read_all(0, 2, types={MoneyMoved})) == [4, 8]
+        assert amounts(store.read_all(0, 1, types={MoneyMoved})) == [4]
+
+        async def async_form() -> list[Decimal]:
+            return [r.event.amount async for r in store.read_all_async(0, 2, types={MoneyMoved})]
+
+        assert asyncio.run(async_form()) == [4, 8]
+    finally:
+        store.close()
+
+
 def test_the_import_statements_are_the_multi_stream_append_with_times() -> None:
     # They are derived from append_streams by replacing text: a change there must not leave
     # them without their times (the import would then stamp now(), silently).

@@ -13,12 +13,19 @@ import asyncio
 import itertools
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from orchestrix._speedups import slots_constructor
-from orchestrix.core._checks import check_after, check_appends, check_events, check_limit, check_timeout
+from orchestrix.core._checks import (
+    check_after,
+    check_appends,
+    check_events,
+    check_limit,
+    check_timeout,
+    check_types,
+)
 from orchestrix.core.errors import (
     ConcurrencyError,
     DuplicateEventIdError,
@@ -28,6 +35,7 @@ from orchestrix.core.errors import (
     InvalidEventIdError,
     InvalidRecordedAtError,
     MultiStreamConflictError,
+    SerializationError,
 )
 from orchestrix.core.eventsourcing.store import (
     ANY,
@@ -53,6 +61,7 @@ __all__ = [
     "new_recorded",
     "to_new_events",
     "to_parts",
+    "wanted_names",
 ]
 
 new_append_result: Callable[[str, tuple[int, ...], tuple[int, ...]], AppendResult] = slots_constructor(
@@ -69,6 +78,28 @@ new_recorded: Callable[..., RecordedEvent] = slots_constructor(
     RecordedEvent, (uuid.UUID(int=1), "s", 0, 1, datetime(1970, 1, 1, tzinfo=UTC), "T", None, None, None)
 )
 """``RecordedEvent(...)`` with every field given, positionally, faster."""
+
+
+def wanted_names(class_of: Callable[[str], type], types: frozenset[type]) -> Callable[[str], bool]:
+    """Whether an event stored under a type name decodes into one of ``types``: asked once per name.
+
+    A store filtering ``read_all(types=...)`` asks this of each record's stored type name before
+    it decodes the payload, so events no one asked for cost a lookup instead of a JSON parse.
+    A name ``class_of`` does not know (a type this program has no class for) is not wanted.
+    """
+    known: dict[str, bool] = {}
+
+    def wanted(type_name: str) -> bool:
+        answer = known.get(type_name)
+        if answer is None:
+            try:
+                answer = class_of(type_name) in types
+            except SerializationError:  # a name no class of this program has: none asked for
+                answer = False
+            known[type_name] = answer
+        return answer
+
+    return wanted
 
 
 def check_expected_version(stream: str, expected_version: int, current: int) -> None:
@@ -274,13 +305,16 @@ class AsyncStoreMixin:
                 return
             version = page[-1].version + 1
 
-    async def read_all_async(self, after: int = 0, limit: int | None = None) -> AsyncIterator[RecordedEvent]:
+    async def read_all_async(
+        self, after: int = 0, limit: int | None = None, *, types: Collection[type] | None = None
+    ) -> AsyncIterator[RecordedEvent]:
         """Asyncio form of ``read_all``."""
         check_after(after)
         remaining = check_limit(limit)
+        check_types(types)
         while remaining is None or remaining > 0:
             size = self.page_size if remaining is None else min(self.page_size, remaining)
-            page = await asyncio.to_thread(_take, self.read_all(after, size), size)  # type: ignore[attr-defined]
+            page = await asyncio.to_thread(_take, self.read_all(after, size, types=types), size)  # type: ignore[attr-defined]
             for event in page:
                 yield event
             if len(page) < size:

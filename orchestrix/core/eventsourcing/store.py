@@ -8,7 +8,7 @@ and a reader that has seen position p never later finds an event at a position <
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
@@ -109,8 +109,17 @@ class EventStore(Protocol):
         """Yield the stream's events from ``from_version`` on, lazily; nothing for a missing stream."""
         ...
 
-    def read_all(self, after: int = 0, limit: int | None = None) -> Iterator[RecordedEvent]:
-        """Yield every event with a position greater than ``after``, in global order."""
+    def read_all(
+        self, after: int = 0, limit: int | None = None, *, types: Collection[type] | None = None
+    ) -> Iterator[RecordedEvent]:
+        """Yield every event with a position greater than ``after``, in global order.
+
+        With ``types`` (a set, list or tuple of event classes), only the events that decode into
+        one of those classes are yielded, and ``limit`` counts those; the others are passed over
+        without being decoded. A reader that keeps a position (a checkpoint) and wants it past
+        the events it skipped takes :meth:`last_position` before the read: when the read yields
+        fewer than ``limit`` events, every event up to that position has been passed.
+        """
         ...
 
     def stream_version(self, stream: str) -> int:
@@ -153,7 +162,9 @@ class EventStore(Protocol):
         """Asyncio form of :meth:`read_stream`."""
         ...
 
-    def read_all_async(self, after: int = 0, limit: int | None = None) -> AsyncIterator[RecordedEvent]:
+    def read_all_async(
+        self, after: int = 0, limit: int | None = None, *, types: Collection[type] | None = None
+    ) -> AsyncIterator[RecordedEvent]:
         """Asyncio form of :meth:`read_all`."""
         ...
 

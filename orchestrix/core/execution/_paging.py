@@ -13,6 +13,24 @@ if TYPE_CHECKING:
     import asyncio
 
 
+async def read_page(store: Any, after: int, limit: int, types: Any) -> tuple[list[Any], int]:
+    """The next page of ``read_all(after, limit, types=types)``, and the position it reaches.
+
+    A filtered read passes over events silently, so a page of them does not say how far it read.
+    A page with events reaches its last one (the events passed over after it are passed again
+    next time, cheaply). Only an empty page costs a look at the head: taken *before* a second
+    read, whatever that read does not yield up to the head was passed over, so the position can
+    move there and a reader waiting for new events after it does not wake at once for ever.
+    """
+    page = await _io.read_all(store, after, limit, types)
+    if page or types is None:
+        return page, page[-1].position if page else after
+    head = await _io.last_position(store)
+    page = await _io.read_all(store, after, limit, types)
+    last = page[-1].position if page else after
+    return page, last if len(page) == limit else max(last, head)
+
+
 class PageLoop(abc.ABC):
     """``run_until_idle`` and ``run_forever`` (sync and asyncio) over a class's ``run_once``.
 
@@ -60,7 +78,10 @@ class PageLoop(abc.ABC):
     ) -> None:
         """Asyncio form of :meth:`run_forever`; also ends when its task is cancelled."""
         while stop is None or not stop.is_set():
-            if await self.run_once_async() < self.page_size:
+            # ``stop`` is looked at again before waiting: whoever sets it and then appends an
+            # event to wake the loop may see that event taken (or passed over) by the page that
+            # was running, and the wait after it would last the whole idle timeout.
+            if await self.run_once_async() < self.page_size and not (stop is not None and stop.is_set()):
                 await self._wait_idle(idle_timeout)
 
     async def _wait_idle(self, idle_timeout: float) -> None:

@@ -131,6 +131,20 @@ class SagaMonitor:
 
     # -- what the runner reads ----------------------------------------------------------------
 
+    def wanted_types(self) -> frozenset[type]:
+        """Every event class :meth:`observe`, :meth:`targets` and :meth:`request` look at.
+
+        The runner reads only these (``read_all(types=...)``): the events its sagas handle, every
+        event a saga stream can hold (a saga applies each event of its stream, the library's
+        stuck, retry and deadline events included: anything else would fail its load), and the
+        operators' requests. Other events, such as the accounts' own in the banking demo, would
+        be decoded only to be passed over.
+        """
+        wanted: set[type] = {SagaRetryRequested, DeadLetterRetryRequested, DeadLetterDiscardRequested}
+        for cls in self.sagas:
+            wanted.update(cls.handlers, cls._appliers, cls.terminal_events)
+        return frozenset(wanted)
+
     def observe(self, recorded: RecordedEvent) -> None:
         """Track which sagas are open from the events of their own streams."""
         with self._lock:

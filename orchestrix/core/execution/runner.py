@@ -53,7 +53,7 @@ from orchestrix.core.errors import SagaError
 from orchestrix.core.eventsourcing.aggregate import AggregateRepository
 from orchestrix.core.eventsourcing.fencing import Lease, fenced
 from orchestrix.core.eventsourcing.store import ANY, EventStore
-from orchestrix.core.execution._paging import PageLoop
+from orchestrix.core.execution._paging import PageLoop, read_page
 from orchestrix.core.execution._saga_monitor import (
     Request,
     RunnerStats,
@@ -198,6 +198,7 @@ class SagaRunner(PageLoop):
         self._monitor = SagaMonitor(
             store, self.sagas, self._mine, stuck_after=stuck_after, clock=clock, unmatched_kept=unmatched_kept
         )
+        self._types = self._monitor.wanted_types()
         self._steps = SagaSteps(
             store,
             dispatcher,
@@ -278,7 +279,9 @@ class SagaRunner(PageLoop):
     def run_once(self) -> int:
         """Handle the next page of events after the checkpoint, then store the checkpoint.
 
-        Returns the number of events read (0 when the runner is caught up).
+        Returns the number of events read (0 when the runner is caught up): only those its sagas
+        handle, those their streams hold and operators' requests are read; the position moves
+        past the others all the same.
         """
         return run_sync(self.run_once_async())
 
@@ -288,7 +291,9 @@ class SagaRunner(PageLoop):
         with fenced(await self._steps.fence()):
             await self._fire_due()
             assert self._position is not None  # set by _start
-            page = await _io.read_all(self.store, self._position, self.page_size)
+            # Only the events the sagas and the books look at are read (decoded); ``reached`` is
+            # past the others too once nothing of ours is left.
+            page, reached = await read_page(self.store, self._position, self.page_size, self._types)
             # A page shorter than asked for ends at the store's head: a saga stream's last event
             # in it was its last event when read, and its first step may start from it unread.
             heads = _stream_heads(page) if len(page) < self.page_size else {}
@@ -304,9 +309,10 @@ class SagaRunner(PageLoop):
                 request = self._monitor.request(recorded)
                 if request is not None:
                     await self._carry_out(request)
-            if page:
+            last = reached
+            if last > self._position:
                 await self._steps.check_lease("store its checkpoint")
-                self._position = last = page[-1].position
+                self._position = last
                 await self._store_checkpoint(last)
                 self._monitor.read(len(page))
             return len(page)

@@ -1,6 +1,8 @@
 """Catch-up subscriptions over a store's global order.
 
 A subscription reads every event after a checkpoint, then waits for new ones and goes on.
+With ``types``, it yields only the events of those classes (the store passes over the others
+without decoding them, see ``EventStore.read_all``), and its position still moves past the others.
 Delivery is at-least-once when the caller stores its checkpoint after handling an event:
 on restart it resumes after the last stored checkpoint and may see a few events again.
 """
@@ -8,11 +10,13 @@ on restart it resumes after the last stored checkpoint and may see a few events 
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Collection, Iterator
 
 from orchestrix.core import _io
+from orchestrix.core._checks import check_types
 from orchestrix.core._io import run_sync
 from orchestrix.core.eventsourcing.store import EventStore
+from orchestrix.core.execution._paging import read_page
 from orchestrix.core.messaging.messages import RecordedEvent
 
 __all__ = ["subscribe", "subscribe_async"]
@@ -25,12 +29,14 @@ def subscribe(
     stop: threading.Event | None = None,
     page_size: int = 500,
     idle_timeout: float = 0.5,
+    types: Collection[type] | None = None,
 ) -> Iterator[RecordedEvent]:
     """Yield every event after position ``after`` in global order, then new ones as they arrive.
 
-    Runs until ``stop`` is set (checked between pages and while idle).
+    Runs until ``stop`` is set (checked between pages and while idle). With ``types`` (a set,
+    list or tuple of event classes), only the events of those classes.
     """
-    cursor = _Cursor(store, after, stop, page_size, idle_timeout)
+    cursor = _Cursor(store, after, stop, page_size, idle_timeout, check_types(types))
     while not cursor.stopped():
         yield from run_sync(cursor.next_page())
 
@@ -42,9 +48,10 @@ async def subscribe_async(
     stop: threading.Event | None = None,
     page_size: int = 500,
     idle_timeout: float = 0.5,
+    types: Collection[type] | None = None,
 ) -> AsyncIterator[RecordedEvent]:
     """Asyncio form of :func:`subscribe`; cancel the consuming task or set ``stop`` to end it."""
-    cursor = _Cursor(store, after, stop, page_size, idle_timeout)
+    cursor = _Cursor(store, after, stop, page_size, idle_timeout, check_types(types))
     while not cursor.stopped():
         for recorded in await cursor.next_page():
             yield recorded
@@ -55,9 +62,16 @@ class _Cursor:
     generators above only hand the pages on)."""
 
     def __init__(
-        self, store: EventStore, after: int, stop: threading.Event | None, page_size: int, idle_timeout: float
+        self,
+        store: EventStore,
+        after: int,
+        stop: threading.Event | None,
+        page_size: int,
+        idle_timeout: float,
+        types: frozenset[type] | None,
     ) -> None:
         self.store = store
+        self.types = types
         self.position = after
         self.stop = stop
         self.page_size = page_size
@@ -73,8 +87,6 @@ class _Cursor:
             await _io.wait_for_events(self.store, self.position, self.idle_timeout)
             if self.stopped():
                 return []
-        page: list[RecordedEvent] = await _io.read_all(self.store, self.position, self.page_size)
-        if page:
-            self.position = page[-1].position
+        page, self.position = await read_page(self.store, self.position, self.page_size, self.types)
         self._caught_up = len(page) < self.page_size
         return page

@@ -352,10 +352,13 @@ def decode_events(
     decode: Callable[[str, bytes], Any],
     min_version: int = 0,
     min_position: int = 0,
+    wanted: Callable[[str], bool] | None = None,
 ) -> Iterator[RecordedEvent]:
     """Yield the events of the intact record at ``buf[at:]`` with version and position at least the minima.
 
-    Payloads are decoded one event at a time, as the caller advances.
+    Payloads are decoded one event at a time, as the caller advances. With ``wanted``, only the
+    events whose stored type name it accepts: the others are passed over before their ids and
+    payload are decoded.
     """
     _, position, version, recorded_us, count, name_len = BODY.unpack_from(buf, at + FRAME_SIZE)
     p = at + FRAME_SIZE + BODY.size
@@ -368,15 +371,9 @@ def decode_events(
     new_uuid = uuid_from_bytes
     for i in range(count):
         event_id, flags, type_len = head(buf, p)
-        correlation = causation = None
+        ids = p + 17
         if flags:  # the ids sit between the flags and the type name
-            q = p + 17
-            if flags & HAS_CORRELATION:
-                correlation = new_uuid(buf[q : q + 16])
-                q += 16
-            if flags & HAS_CAUSATION:
-                causation = new_uuid(buf[q : q + 16])
-                q += 16
+            q = ids + (16 if flags & HAS_CORRELATION else 0) + (16 if flags & HAS_CAUSATION else 0)
             type_len = U16.unpack_from(buf, q)[0]
             p = q + 2
         else:
@@ -390,6 +387,15 @@ def decode_events(
         type_name = _type_names.get(raw_type)
         if type_name is None:
             type_name = _type_names.setdefault(raw_type, raw_type.decode())
+        if wanted is not None and not wanted(type_name):
+            continue
+        correlation = causation = None
+        if flags:
+            if flags & HAS_CORRELATION:
+                correlation = new_uuid(buf[ids : ids + 16])
+                ids += 16
+            if flags & HAS_CAUSATION:
+                causation = new_uuid(buf[ids : ids + 16])
         yield new_recorded(
             new_uuid(event_id),
             stream,

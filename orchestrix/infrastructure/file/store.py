@@ -25,7 +25,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -35,9 +35,10 @@ from orchestrix.core._checks import (
     check_limit,
     check_stream_name,
     check_timeout,
+    check_types,
 )
 from orchestrix.core.errors import CorruptionError, StoreClosedError, StoreFormatError
-from orchestrix.core.eventsourcing._backend import AsyncStoreMixin
+from orchestrix.core.eventsourcing._backend import AsyncStoreMixin, wanted_names
 from orchestrix.core.eventsourcing.store import ANY, AppendResult, ImportedEvent, StreamAppend
 from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
 from orchestrix.core.messaging.serializer import Serializer
@@ -246,25 +247,32 @@ class FileEventStore(AsyncStoreMixin):
             raise CorruptionError(segment.path, offset, f"expected the record of position {position} here")
         yield from decode_events(buf, i, self._serializer.decode, from_version)
 
-    def read_all(self, after: int = 0, limit: int | None = None) -> Iterator[RecordedEvent]:
-        """Yield every event with a position greater than ``after``, in global order, lazily."""
+    def read_all(
+        self, after: int = 0, limit: int | None = None, *, types: Collection[type] | None = None
+    ) -> Iterator[RecordedEvent]:
+        """Yield every event with a position greater than ``after``, in global order, lazily (only
+        those of ``types``, if given, told apart by their stored type name before decoding)."""
         check_after(after)
         check_limit(limit)
+        taken = check_types(types)
         self._check_open()
         self._view.refresh()
         end = self._view.end
         start = after + 1
         if start > end.position or limit == 0:
             return iter(())
-        return self._all_events(start, end, limit)
+        wanted = None if taken is None else wanted_names(self._serializer.class_of, taken)
+        return self._all_events(start, end, limit, wanted)
 
-    def _all_events(self, start: int, end: Head, limit: int | None) -> Iterator[RecordedEvent]:
+    def _all_events(
+        self, start: int, end: Head, limit: int | None, wanted: Callable[[str], bool] | None
+    ) -> Iterator[RecordedEvent]:
         segment, offset, first = self._view.start_of(start)
         decode = self._serializer.decode
         remaining = -1 if limit is None else limit
         for _, _, buf, i, _, _ in self._view.log.frames(segment, offset, end, first=first):
             self._check_open()
-            for event in decode_events(buf, i, decode, 0, start):
+            for event in decode_events(buf, i, decode, 0, start, wanted):
                 yield event
                 remaining -= 1
                 if remaining == 0:
@@ -281,10 +289,12 @@ class FileEventStore(AsyncStoreMixin):
         async for event in self._on_loop(self.read_stream(stream, from_version)):
             yield event
 
-    async def read_all_async(self, after: int = 0, limit: int | None = None) -> AsyncIterator[RecordedEvent]:
+    async def read_all_async(
+        self, after: int = 0, limit: int | None = None, *, types: Collection[type] | None = None
+    ) -> AsyncIterator[RecordedEvent]:
         """Asyncio form of :meth:`read_all`."""
         await self._refresh_async()
-        async for event in self._on_loop(self.read_all(after, limit)):
+        async for event in self._on_loop(self.read_all(after, limit, types=types)):
             yield event
 
     async def _on_loop(self, events: Iterator[RecordedEvent]) -> AsyncIterator[RecordedEvent]:

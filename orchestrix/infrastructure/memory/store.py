@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
@@ -18,6 +19,7 @@ from orchestrix.core._checks import (
     check_limit,
     check_stream_name,
     check_timeout,
+    check_types,
 )
 from orchestrix.core.errors import FencedError, StoreClosedError
 from orchestrix.core.eventsourcing._backend import (
@@ -31,6 +33,7 @@ from orchestrix.core.eventsourcing._backend import (
     to_import_parts,
     to_new_events,
     to_parts,
+    wanted_names,
 )
 from orchestrix.core.eventsourcing.fencing import Fence, current_fence
 from orchestrix.core.eventsourcing.store import ANY, NO_STREAM, AppendResult, ImportedEvent, StreamAppend
@@ -215,14 +218,31 @@ class InMemoryEventStore:
             snapshot = events[from_version:] if events else []
         return map(self._decode, snapshot)
 
-    def read_all(self, after: int = 0, limit: int | None = None) -> Iterator[RecordedEvent]:
-        """Yield every event with a position greater than ``after``, in global order."""
+    def read_all(
+        self, after: int = 0, limit: int | None = None, *, types: Collection[type] | None = None
+    ) -> Iterator[RecordedEvent]:
+        """Yield every event with a position greater than ``after``, in global order (only those
+        of ``types``, if given: see the protocol)."""
         check_after(after)
         check_limit(limit)
+        wanted = check_types(types)
+        if wanted is None:
+            with self._lock:
+                end = len(self._log) if limit is None else min(len(self._log), after + limit)
+                snapshot = self._log[after:end]
+            return map(self._decode, snapshot)
         with self._lock:
-            end = len(self._log) if limit is None else min(len(self._log), after + limit)
-            snapshot = self._log[after:end]
-        return map(self._decode, snapshot)
+            end = len(self._log)
+        # The log only grows, so the events below ``end`` stay where they are without the lock;
+        # not copying them keeps a filtered catch-up from copying the rest of the log per page.
+        log = self._log
+        passed = (log[i] for i in range(after, end))
+        if self._serializer is not None:  # kept encoded: tell by the stored name, decode only those taken
+            named = wanted_names(self._serializer.class_of, wanted)
+            taken = (recorded for recorded in passed if named(recorded.event_type))
+        else:
+            taken = (recorded for recorded in passed if type(recorded.event) in wanted)
+        return map(self._decode, itertools.islice(taken, limit))
 
     def stream_version(self, stream: str) -> int:
         """The version of the stream's last event, or NO_STREAM (-1)."""
@@ -271,9 +291,11 @@ class InMemoryEventStore:
         for recorded in self.read_stream(stream, from_version):
             yield recorded
 
-    async def read_all_async(self, after: int = 0, limit: int | None = None) -> AsyncIterator[RecordedEvent]:
+    async def read_all_async(
+        self, after: int = 0, limit: int | None = None, *, types: Collection[type] | None = None
+    ) -> AsyncIterator[RecordedEvent]:
         """Asyncio form of :meth:`read_all`."""
-        for recorded in self.read_all(after, limit):
+        for recorded in self.read_all(after, limit, types=types):
             yield recorded
 
     async def stream_version_async(self, stream: str) -> int:

@@ -13,7 +13,7 @@ import contextlib
 import functools
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -26,9 +26,16 @@ from orchestrix.core._checks import (
     check_limit,
     check_stream_name,
     check_timeout,
+    check_types,
 )
 from orchestrix.core.errors import BatchTooLargeError
-from orchestrix.core.eventsourcing._backend import Part, to_import_parts, to_new_events, to_parts
+from orchestrix.core.eventsourcing._backend import (
+    Part,
+    to_import_parts,
+    to_new_events,
+    to_parts,
+    wanted_names,
+)
 from orchestrix.core.eventsourcing.fencing import Fence, current_fence
 from orchestrix.core.eventsourcing.store import ANY, AppendResult, ImportedEvent, StreamAppend
 from orchestrix.core.messaging.messages import NewEvent, RecordedEvent
@@ -243,12 +250,17 @@ class PostgresEventStore:
             rows = self._db.run("read_stream", op)
             yield from pages.took(rows)
 
-    def read_all(self, after: int = 0, limit: int | None = None) -> Iterator[RecordedEvent]:
-        """Yield every event with a position greater than ``after``, in global order, lazily."""
-        return self._read_all(check_after(after), check_limit(limit))
+    def read_all(
+        self, after: int = 0, limit: int | None = None, *, types: Collection[type] | None = None
+    ) -> Iterator[RecordedEvent]:
+        """Yield every event with a position greater than ``after``, in global order, lazily (only
+        those of ``types``, if given: rows of other types are passed over undecoded)."""
+        return self._read_all(check_after(after), check_limit(limit), check_types(types))
 
-    def _read_all(self, after: int, limit: int | None) -> Iterator[RecordedEvent]:
-        pages = _AllPages(self, after, limit)
+    def _read_all(
+        self, after: int, limit: int | None, types: frozenset[type] | None
+    ) -> Iterator[RecordedEvent]:
+        pages = _AllPages(self, after, limit, types)
         while (op := pages.next()) is not None:
             rows = self._db.run("read_all", op)
             yield from pages.took(rows)
@@ -265,12 +277,16 @@ class PostgresEventStore:
             for event in pages.took(rows):
                 yield event
 
-    def read_all_async(self, after: int = 0, limit: int | None = None) -> AsyncIterator[RecordedEvent]:
+    def read_all_async(
+        self, after: int = 0, limit: int | None = None, *, types: Collection[type] | None = None
+    ) -> AsyncIterator[RecordedEvent]:
         """Asyncio form of :meth:`read_all`."""
-        return self._read_all_async(check_after(after), check_limit(limit))
+        return self._read_all_async(check_after(after), check_limit(limit), check_types(types))
 
-    async def _read_all_async(self, after: int, limit: int | None) -> AsyncIterator[RecordedEvent]:
-        pages = _AllPages(self, after, limit)
+    async def _read_all_async(
+        self, after: int, limit: int | None, types: frozenset[type] | None
+    ) -> AsyncIterator[RecordedEvent]:
+        pages = _AllPages(self, after, limit, types)
         while (op := pages.next()) is not None:
             rows = await self._db.run_async("read_all", op)
             for event in pages.took(rows):
@@ -415,19 +431,28 @@ class _AllPages:
     appends; once a page is past it, later pages need not wait.
     """
 
-    def __init__(self, store: PostgresEventStore, after: int, limit: int | None) -> None:
+    def __init__(
+        self, store: PostgresEventStore, after: int, limit: int | None, types: frozenset[type] | None
+    ) -> None:
         self.store = store
         self.after = after
         self.remaining = limit
         self.own = store._own_position if store._own_position > after else 0
         self.size = 0
         self.done = False
+        # With a type filter, rows are still read in order (the page moves past the others) and
+        # only those taken are decoded; ``remaining`` counts those.
+        self.wanted = None if types is None else wanted_names(store._serializer.class_of, types)
 
     def next(self) -> Any:
         if self.done or (self.remaining is not None and self.remaining <= 0):
             return None
         store = self.store
-        self.size = store.page_size if self.remaining is None else min(store.page_size, self.remaining)
+        # A filtered read asks for whole pages: how many rows hold the events it takes is unknown.
+        if self.remaining is None or self.wanted is not None:
+            self.size = store.page_size
+        else:
+            self.size = min(store.page_size, self.remaining)
         return functools.partial(
             _ops.read_all_page_op, store._st, self.after, self.size, self.own, store._visibility_timeout
         )
@@ -438,6 +463,11 @@ class _AllPages:
         else:
             self.after = rows[-1][0]
             self.own = self.own if self.own > self.after else 0
-            if self.remaining is not None:
-                self.remaining -= len(rows)
+        if self.wanted is not None:
+            wanted = self.wanted
+            rows = [row for row in rows if wanted(row[4])]  # row[4]: the stored type name
+            if self.remaining is not None and len(rows) >= self.remaining:
+                rows, self.done = rows[: self.remaining], True
+        if not self.done and self.remaining is not None:
+            self.remaining -= len(rows)
         return _ops.decode_rows(self.store._serializer, rows)

@@ -63,12 +63,20 @@ def policy_for(projection: Projection, handler: _Handler) -> RetryPolicy | None:
     return handler.policy or type(projection).retry_policy
 
 
-async def call_handler(handler: _Handler, projection: Projection, recorded: RecordedEvent) -> None:
-    """Hand one event to one handler, in the form it takes."""
+def start_handler(handler: _Handler, projection: Projection, recorded: RecordedEvent) -> Any:
+    """Hand one event to one handler, in the form it takes; what it returns (None, or for an async
+    handler the awaitable to settle with ``_io.settle``). A catch-up calls this per event: a
+    plain handler costs no coroutine."""
     if handler.with_envelope:
-        await _io.call(handler.method, projection, recorded.event, recorded)
-    else:
-        await _io.call(handler.method, projection, recorded.event)
+        return handler.method(projection, recorded.event, recorded)
+    return handler.method(projection, recorded.event)
+
+
+async def call_handler(handler: _Handler, projection: Projection, recorded: RecordedEvent) -> None:
+    """Hand one event to one handler, in the form it takes, and wait for it."""
+    result = start_handler(handler, projection, recorded)
+    if result is not None:
+        await _io.settle(result)
 
 
 class Retries:

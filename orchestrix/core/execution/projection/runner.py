@@ -25,7 +25,7 @@ from orchestrix.core.eventsourcing.store import EventStore
 from orchestrix.core.execution._paging import PageLoop
 from orchestrix.core.execution.checkpoint import CheckpointStore
 from orchestrix.core.execution.progress import ProgressReporter, ProjectionProgress
-from orchestrix.core.execution.projection._retries import Retries, call_handler, policy_for
+from orchestrix.core.execution.projection._retries import Retries, policy_for, start_handler
 from orchestrix.core.execution.projection.base import Projection, _Handler
 from orchestrix.core.messaging.messages import RecordedEvent
 
@@ -197,29 +197,35 @@ class ProjectionRunner(PageLoop):
         due = self._due(name, page)
         if not due:
             return
+        # Per event only what differs between events: the lookups below are the page's (a
+        # catch-up spends about a microsecond per event here, as much as decoding the JSON).
+        stats, retries = self.stats[name], self._retries
+        handlers = type(projection)._handlers
         try:
             for recorded in due:
-                if self._retries.is_request(recorded):
-                    await self._retries.carry_out(name, projection, recorded)
-                handler = self._handler(name, projection, recorded)
+                if retries.is_request(recorded):
+                    await retries.carry_out(name, projection, recorded)
+                stats.events += 1
+                handler = handlers.get(type(recorded.event))
                 if handler is None:
+                    stats.skipped += 1
                     continue
                 policy = policy_for(projection, handler)
                 if policy is not None:
-                    error = await self._retries.handle(
-                        name, projection, handler, recorded, policy, self.stats[name]
-                    )
+                    error = await retries.handle(name, projection, handler, recorded, policy, stats)
                     if error is not None:
                         raise self._failed(name, recorded, handler, error) from error
-                    self.stats[name].handled += 1
+                    stats.handled += 1
                     continue
                 try:
-                    await call_handler(handler, projection, recorded)
+                    result = start_handler(handler, projection, recorded)
+                    if result is not None:  # an async handler's awaitable
+                        await _io.settle(result)
                 except EventLoopRequiredError:
                     raise  # the wrong form was called, the handler did not fail: say so as it is
                 except Exception as exc:
                     raise self._failed(name, recorded, handler, exc) from exc
-                self.stats[name].handled += 1
+                stats.handled += 1
             last = due[-1].position
             try:
                 await _io.call(projection.commit, last)
@@ -310,14 +316,6 @@ class ProjectionRunner(PageLoop):
         if not page or page[0].position > position:
             return page
         return [recorded for recorded in page if recorded.position > position]
-
-    def _handler(self, name: str, projection: Projection, recorded: RecordedEvent) -> _Handler | None:
-        stats = self.stats[name]
-        stats.events += 1
-        handler = type(projection)._handlers.get(type(recorded.event))
-        if handler is None:
-            stats.skipped += 1
-        return handler
 
     def _failed(
         self, name: str, recorded: RecordedEvent, handler: _Handler | None, exc: BaseException
