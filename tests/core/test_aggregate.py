@@ -8,6 +8,7 @@ from orchestrix.core.errors import (
     AggregateError,
     AggregateNotFoundError,
     ConcurrencyError,
+    InvalidArgumentError,
     UnhandledEventError,
 )
 from orchestrix.core.eventsourcing import NO_STREAM, AggregateRepository, AggregateRoot, applies
@@ -192,6 +193,19 @@ def test_retry_on_conflict_gives_up_after_the_bounded_attempts() -> None:
     assert attempts == 3
 
 
+@pytest.mark.parametrize("bad", [0, -1, True, 2.0, "3"])
+def test_retry_on_conflict_refuses_an_attempt_count_that_is_no_positive_int(
+    repo: AggregateRepository, bad: object
+) -> None:
+    calls: list[int] = []
+    with pytest.raises(InvalidArgumentError) as refused:
+        retry_on_conflict(lambda: calls.append(1), attempts=bad)  # type: ignore[arg-type]
+    assert refused.value.parameter == "attempts" and calls == []
+    with pytest.raises(InvalidArgumentError):
+        repo.update(Counter, "c-1", lambda c: calls.append(1), attempts=bad)  # type: ignore[arg-type]
+    assert calls == []
+
+
 def test_async_forms_load_save_and_update(repo: AggregateRepository) -> None:
     async def scenario() -> int:
         counter = Counter()
@@ -341,7 +355,7 @@ def test_a_store_that_lost_events_makes_the_cache_replay_from_scratch() -> None:
 
 
 def test_retries_after_the_first_wait_a_short_growing_random_time() -> None:
-    from orchestrix.core.eventsourcing.aggregate import _conflict_backoff as conflict_backoff
+    from orchestrix.core.eventsourcing._conflicts import _conflict_backoff as conflict_backoff
 
     assert conflict_backoff(1) == 0.0  # the first retry is immediate
     for failed, bound in ((2, 0.001), (3, 0.002), (4, 0.004), (10, 0.05), (30, 0.05)):

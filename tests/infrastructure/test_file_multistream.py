@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from orchestrix.core.errors import CorruptionError
+from orchestrix.core.errors import CorruptionError, OrchestrixError, SerializationError
+from orchestrix.core.eventsourcing._backend import to_parts
 from orchestrix.core.eventsourcing.store import NO_STREAM, StreamAppend
+from orchestrix.core.messaging.messages import NewEvent
 from orchestrix.infrastructure.file._format import (
     BATCH_CONTINUES,
     BODY,
@@ -21,6 +24,7 @@ from orchestrix.infrastructure.file._format import (
     type_field,
 )
 from orchestrix.testing import ContractEvent, contract_serializer
+from orchestrix.testing.contract import NotRegistered
 from tests.infrastructure.file_support import (
     IOUnderTest,
     events,
@@ -148,3 +152,38 @@ def test_the_continue_mark_reads_as_plain_flags_for_other_readers() -> None:
     record = bytearray(_record(b"s-1", 1, 0, 7, True))
     body = record[FRAME_SIZE + BODY.size + 3 :]  # after the body head and the stream name "s-1"
     assert body[16] == BATCH_CONTINUES  # the first event's flags: no correlation, no causation
+
+
+def _refusal(call: Callable[[], object]) -> tuple[type[BaseException], tuple[object, ...]]:
+    with pytest.raises(OrchestrixError) as caught:
+        call()
+    return type(caught.value), caught.value.args
+
+
+def test_the_file_stores_own_checks_refuse_as_the_shared_ones_in_the_same_order(tmp_path: Path) -> None:
+    # prepare_many runs the checks of to_parts its own (faster) way: each bad input must still be
+    # refused with the same error, and the first problem of several must be the one reported.
+    shared = uuid.uuid4()
+    twice = NewEvent(ContractEvent(1), shared)
+    good = StreamAppend("m-1", events(0))
+    cases: list[object] = [
+        [],
+        [good, "m-2"],
+        [good, StreamAppend("", events(1))],
+        [good, StreamAppend("m-2", events(1), -3)],
+        [good, StreamAppend("m-2", events(1), True)],
+        [good, StreamAppend("m-2", events(1)[0])],
+        [good, StreamAppend("m-2", [])],
+        [good, StreamAppend("m-1", events(1))],
+        [StreamAppend("m-1", []), StreamAppend("m-1", events(1))],  # the stream twice comes first
+        [StreamAppend("m-1", []), StreamAppend("", events(1))],  # so does every argument check
+        [StreamAppend("m-1", [twice]), StreamAppend("m-2", [twice])],
+        [StreamAppend("m-1", [twice]), StreamAppend("m-2", [twice, NotRegistered(2)])],  # ids first
+    ]
+    with open_store(tmp_path / "store") as store:
+        for appends in cases:
+            expected = _refusal(lambda: to_parts(appends))  # type: ignore[arg-type]  # noqa: B023
+            assert _refusal(lambda: store.append_many(appends)) == expected, appends  # type: ignore[arg-type]  # noqa: B023
+        with pytest.raises(SerializationError):  # found once encoding, after every check above
+            store.append_many([good, StreamAppend("m-2", [NotRegistered(2)])])
+        assert list(store.read_all()) == []

@@ -34,6 +34,7 @@ from orchestrix.core.messaging.messages import Event, NewEvent  # noqa: E402
 from orchestrix.core.messaging.serializer import Serializer  # noqa: E402
 from orchestrix.infrastructure.postgres import (  # noqa: E402
     MAX_BATCH_SIZE,
+    SCHEMA_VERSION,
     BatchTooLargeError,
     DatabaseUnavailableError,
     InvalidCheckpointNameError,
@@ -129,6 +130,28 @@ class TestPostgresSpecifics:
         sql_execute(DSN, f'UPDATE "{store.schema}".schema_version SET version = 99')
         with pytest.raises(StoreFormatError, match="newer"):
             open_store(store.schema)
+
+    def test_a_schema_version_3_store_is_migrated_to_byte_order_stream_names(self, schema: str) -> None:
+        with open_store(schema) as store:
+            store.append("Straße-1", _events(1, 2), NO_STREAM)
+            store.append("b", _events(3), NO_STREAM)
+        # Back to the layout of schema version 3: stream names in the database's collation.
+        sql_execute(DSN, f'ALTER TABLE "{schema}".events ALTER COLUMN stream TYPE text COLLATE "default"')
+        sql_execute(DSN, f'UPDATE "{schema}".schema_version SET version = 3')
+        with open_store(schema) as store:
+            assert sql_execute(DSN, f'SELECT version FROM "{schema}".schema_version') == [(SCHEMA_VERSION,)]
+            collation = sql_execute(
+                DSN,
+                "SELECT c.collname FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation "
+                "WHERE a.attrelid = %s::regclass AND a.attname = 'stream'",
+                (f'"{schema}".events',),
+            )
+            assert collation == [("C",)]
+            assert [r.event for r in store.read_stream("Straße-1")] == [ContractEvent(1), ContractEvent(2)]
+            assert store.stream_version("b") == 0
+            with pytest.raises(ConcurrencyError):  # UNIQUE (stream, version) was rebuilt, not lost
+                store.append("Straße-1", _events(4), 0)
+            assert store.append("Straße-1", _events(4), 1).versions == (2,)
 
     def test_events_restored_into_a_younger_cluster_are_refused(self, store: PostgresEventStore) -> None:
         store.append("s", _events(1), NO_STREAM)

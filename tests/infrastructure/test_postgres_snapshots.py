@@ -90,7 +90,7 @@ def test_a_store_of_the_previous_schema_version_is_migrated_and_keeps_its_events
     sql_execute(DSN, f'UPDATE "{schema}".schema_version SET version = 2')
     with _open(schema) as store:
         assert sql_execute(DSN, f'SELECT version FROM "{schema}".schema_version') == [(SCHEMA_VERSION,)]
-        assert SCHEMA_VERSION == 3
+        assert SCHEMA_VERSION == 4
         repo = AggregateRepository(store, snapshots=store.snapshots())
         repo.update(ContractTally, "t", lambda t: t.add(5))
         assert store.snapshots().load("ContractTally-t") is not None

@@ -181,6 +181,8 @@ def find_replayed_append(
     consecutive versions; None if no id is stored; raises DuplicateEventIdError otherwise,
     because a half-matching batch is a bug in the caller, not a retry.
     """
+    if len(batch) == 1 and lookup(batch[0].event_id) is None:
+        return None  # the common case, decided without building lists
     places = [lookup(e.event_id) for e in batch]
     if all(p is None for p in places):
         return None

@@ -8,13 +8,11 @@ exactly the same state. Dispatch from event type to handler is resolved once per
 from __future__ import annotations
 
 import collections
-import functools
 import logging
-import random
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, ClassVar, TypeVar, cast
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, TypeVar
 
 from orchestrix._speedups import new_uuid4
 from orchestrix.core import _io
@@ -22,7 +20,6 @@ from orchestrix.core._io import run_sync
 from orchestrix.core.errors import (
     AggregateError,
     AggregateNotFoundError,
-    ConcurrencyError,
     DomainError,
     InvalidArgumentError,
     SnapshotAheadError,
@@ -30,6 +27,7 @@ from orchestrix.core.errors import (
     UnhandledEventError,
 )
 from orchestrix.core.eventsourcing._backend import new_event
+from orchestrix.core.eventsourcing._conflicts import retry_on_conflict, retry_on_conflict_async
 from orchestrix.core.eventsourcing.keys import KeyRefused
 from orchestrix.core.eventsourcing.snapshot import Snapshot, SnapshotStore, _load_snapshot, _save_snapshot
 from orchestrix.core.eventsourcing.store import NO_STREAM, AppendResult, EventStore, StreamAppend
@@ -426,41 +424,6 @@ class AggregateRepository:
             return False  # the store lost events this aggregate has seen: start from its stream
         await self._replay_from(aggregate, stream, aggregate.version + 1)
         return True
-
-
-def retry_on_conflict(operation: Callable[[], T], *, attempts: int = 5) -> T:
-    """Run ``operation`` (which must reload what it changes) until it wins, at most ``attempts`` times.
-
-    The first retry is immediate; later ones wait a short random time (see :func:`_conflict_backoff`),
-    so that writers who keep colliding on one stream fall out of step instead of colliding again.
-    """
-    # _io.call returns Any (it takes user code of either form): the result is the operation's T.
-    return run_sync(
-        retry_on_conflict_async(
-            cast("Callable[[], Awaitable[T]]", functools.partial(_io.call, operation)), attempts=attempts
-        )
-    )
-
-
-async def retry_on_conflict_async(operation: Callable[[], Awaitable[T]], *, attempts: int = 5) -> T:
-    """Asyncio form of :func:`retry_on_conflict`; it waits without blocking the loop."""
-    if attempts < 1:
-        raise ValueError("attempts must be at least 1")
-    for attempt in range(1, attempts + 1):
-        try:
-            return await operation()
-        except ConcurrencyError:
-            if attempt == attempts:
-                raise
-        await _io.sleep(_conflict_backoff(attempt))
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _conflict_backoff(failed_attempts: int) -> float:
-    """Seconds to wait before the next attempt: 0 after the first conflict, then up to 1, 2, 4 ... 50 ms."""
-    if failed_attempts <= 1:
-        return 0.0
-    return random.uniform(0, min(0.05, 0.001 * 2 ** (failed_attempts - 2)))
 
 
 def _records_refusal(aggregate: AggregateRoot) -> bool:

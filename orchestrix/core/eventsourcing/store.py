@@ -215,7 +215,11 @@ def validate_stream_name(stream: object) -> str:
         raise InvalidStreamNameError(stream, f"must be str, not {type(stream).__name__}")
     if not stream:
         raise InvalidStreamNameError(stream, "must not be empty")
-    if len(stream) > MAX_STREAM_NAME_BYTES or len(_utf8(stream)) > MAX_STREAM_NAME_BYTES:
+    # An ASCII name is as long in UTF-8 as in characters (and isascii() is O(1)): only other
+    # names pay for encoding.
+    if len(stream) > MAX_STREAM_NAME_BYTES or (
+        not stream.isascii() and len(_utf8(stream)) > MAX_STREAM_NAME_BYTES
+    ):
         raise InvalidStreamNameError(stream, f"longer than {MAX_STREAM_NAME_BYTES} UTF-8 bytes")
     if not stream.isprintable():
         raise InvalidStreamNameError(stream, "must not contain NUL or other control characters")

@@ -64,6 +64,7 @@ HAS_CAUSATION = 2
 BATCH_CONTINUES = 4
 """Set on a record's first event when the next record belongs to the same multi-stream append:
 recovery keeps such records only together with the record that ends their append."""
+_CONTINUES = bytes([BATCH_CONTINUES])
 MAX_BODY = 1 << 30
 """Largest record body accepted on write and believed on read (1 GiB)."""
 
@@ -234,11 +235,12 @@ def prepare_record(stream: bytes, events: Sequence[tuple[Any, ...]], continues: 
     record that the next record of the same multi-stream append follows (:data:`BATCH_CONTINUES`).
     """
     pack_u32 = U32.pack
-    if len(events) == 1 and not continues:  # most appends: one event, and usually no correlation or causation
+    if len(events) == 1:  # most appends: one event, and usually no correlation or causation
         event_id, correlation, causation, type_name, payload = events[0]
         if correlation is None and causation is None:
             counts, size = COUNTS.pack(1, len(stream)), pack_u32(len(payload))
-            one = (_BLANK_HEAD, counts, stream, event_id, b"\0", type_name, size, payload)
+            flag = _CONTINUES if continues else b"\0"  # a stream's part of a multi-stream append
+            one = (_BLANK_HEAD, counts, stream, event_id, flag, type_name, size, payload)
             record = bytearray(b"".join(one))
             U32.pack_into(record, 8, len(record) - FRAME_SIZE)
             return record

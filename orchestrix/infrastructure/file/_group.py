@@ -25,7 +25,7 @@ from orchestrix.core.eventsourcing._backend import (
     find_replayed_many,
     new_append_result,
 )
-from orchestrix.core.eventsourcing.store import AppendResult
+from orchestrix.core.eventsourcing.store import ANY, AppendResult
 from orchestrix.infrastructure.file._format import SEGMENT_HEADER_SIZE, Head, seal_record
 from orchestrix.infrastructure.file._index import OFFSET, SEGMENT, SIZE, Entry, last_position
 from orchestrix.infrastructure.file._locator import Place
@@ -117,27 +117,37 @@ class GroupWriter:
             position = self._place_record(r, current, position, seq, planned)
         return planned
 
-    def _current(self, stream: str) -> int:
-        """The stream's version, counting the groups in flight (state held)."""
-        written = self.versions.get(stream)
-        if written is not None:
-            return written[0]
-        return self.view.locator.version(stream)
-
     def _plan_many(
         self, r: ManyRequest, indexed: dict[bytes, int], position: int, seq: int, planned: list[Planned]
     ) -> int:
         """Check a multi-stream append as a whole, then place its records one after another;
         returns the last position placed (state held)."""
-        parts = [(p.stream, p.batch, p.expected) for p in r.parts]
-        tail_ids, written_ids = self.view.locator.ids, self.ids
+        locator, versions, written_ids = self.view.locator, self.versions, self.ids
+        tail_ids = locator.ids
         try:
-            if any(i in tail_ids or i in written_ids or i in indexed for i in r.ids):  # perhaps a retry
-                r.result = find_replayed_many(parts, lambda event_id: self._place(event_id, indexed))
-                if r.result is not None:
-                    return position
-            currents = {p.stream: self._current(p.stream) for p in r.parts}  # each stream once in r
-            check_expected_versions(parts, currents.__getitem__)
+            for i in r.ids:
+                if i in tail_ids or i in written_ids or i in indexed:  # perhaps a retry
+                    parts = [(p.stream, p.batch, p.expected) for p in r.parts]
+                    r.result = find_replayed_many(parts, lambda event_id: self._place(event_id, indexed))
+                    if r.result is not None:
+                        return position
+                    break
+            # Each stream's version counting the groups in flight (each stream once in r; an
+            # import's later records of a stream expect ANY). The shared check, which names every
+            # failing stream, runs only when an expectation is neither ANY nor the version: this
+            # is an atomic append's hot path, as plan() is a single append's.
+            currents = {}
+            matches = True
+            for p in r.parts:
+                stream, expected = p.stream, p.expected
+                written = versions.get(stream)
+                current = currents[stream] = written[0] if written is not None else locator.version(stream)
+                if expected != current and expected != ANY:
+                    matches = False
+            if not matches:
+                check_expected_versions(
+                    [(p.stream, p.batch, p.expected) for p in r.parts], currents.__getitem__
+                )
         except OrchestrixError as exc:
             r.error = exc
             return position

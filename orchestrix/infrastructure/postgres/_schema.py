@@ -13,6 +13,7 @@ order never skips.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -23,7 +24,7 @@ from orchestrix.infrastructure.postgres.errors import SchemaNotInitializedError
 
 __all__: list[str] = []
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The layout this code reads and writes; older layouts are migrated on open."""
 
 POSITION_SHIFT = 2**20
@@ -44,8 +45,30 @@ STREAM_VERSION_CONSTRAINT = "events_stream_version_key"
 # name, so it does not collide with small keys applications pick by hand).
 DDL_LOCK_KEY = int.from_bytes(hashlib.sha256(b"orchestrix-schema-ddl").digest()[:8], "big", signed=True)
 
-# Each migration is a list of statements run in one transaction under the DDL lock.
-_MIGRATIONS: dict[int, list[sql.SQL]] = {
+
+def _stream_names_in_byte_order(conn: psycopg.Connection, schema: str) -> None:
+    """Put ``events.stream`` in the "C" collation.
+
+    Every append inserts into UNIQUE (stream, version), and most look the stream up first; in a
+    libc collation (even C.UTF-8) each of the ~15-20 comparisons of an index descent copies both
+    strings and calls strcoll, about 0.5 us more than a byte comparison: ~10 us of server CPU
+    per single-event append, a fifth of what its INSERT costs the server before the commit.
+    Equality, all an event store asks of stream names, is the same in every deterministic
+    collation. Rebuilds the (stream, version) index once, holding the table meanwhile.
+    """
+    # A table of another application is refused as it is (the transaction rolls back), not
+    # failed on with the raw error of an ALTER that does not fit it.
+    _check_tables(conn, schema)
+    conn.execute(
+        sql.SQL('ALTER TABLE {}.events ALTER COLUMN stream TYPE text COLLATE "C"').format(
+            sql.Identifier(schema)
+        )
+    )
+
+
+# Each migration is a list of steps run in one transaction under the DDL lock: statements
+# (formatted with the schema) or functions of the connection and the schema.
+_MIGRATIONS: dict[int, list[sql.SQL | Callable[[psycopg.Connection, str], None]]] = {
     1: [
         sql.SQL(
             """CREATE TABLE IF NOT EXISTS {schema}.events (
@@ -99,6 +122,9 @@ _MIGRATIONS: dict[int, list[sql.SQL]] = {
             )"""
         ),
     ],
+    # Stream names compare byte by byte ("C"), not by the database's collation (see
+    # _stream_names_in_byte_order).
+    4: [_stream_names_in_byte_order],
 }
 
 
@@ -200,8 +226,11 @@ def ensure_schema(conn: psycopg.Connection, schema: str, *, create: bool = True)
         if current > SCHEMA_VERSION:
             raise StoreFormatError(where, f"schema version {current} is newer than this orchestrix")
         for version in range(current + 1, SCHEMA_VERSION + 1):
-            for statement in _MIGRATIONS[version]:
-                conn.execute(statement.format(schema=sql.Identifier(schema)))
+            for step in _MIGRATIONS[version]:
+                if isinstance(step, sql.SQL):
+                    conn.execute(step.format(schema=sql.Identifier(schema)))
+                else:
+                    step(conn, schema)
         # CREATE TABLE IF NOT EXISTS keeps a table of another application that has the same
         # name; refusing it here rolls the whole transaction back, so nothing is recorded.
         _check_tables(conn, schema)
