@@ -383,25 +383,33 @@ class GroupCommit:
             interrupted = exc
         while True:
             try:
-                with self.lock:
-                    while self._in_flight[0] is not group:
-                        self._wait_turn()
+                # Usually the group is the oldest in flight already (always for a lone writer):
+                # knowing that needs no lock, as only the group's own writer ever retires it.
+                if self._in_flight[0] is not group:
+                    with self.lock:
+                        while self._in_flight[0] is not group:
+                            self._wait_turn()
                 break
             except BaseException as exc:  # keep waiting: the groups before this one finish first
                 interrupted = interrupted or exc
         error = group.error or self.failed  # a group before this one failed: this one is not safe
+        published = False
         try:
             if error is None and group.entries:
                 groups.publish(group)
+                published = True
         except BaseException as exc:  # a bug: fail the group rather than leave its callers waiting
             error = self._fail(f"failed to publish ({exc!r})")
             interrupted = interrupted or exc
-        self._complete(group, error)
+        self._complete(group, error, published)
         if interrupted is not None and not isinstance(interrupted, Exception):
             raise interrupted  # Ctrl-C or an exit, now that nobody is left waiting for this group
 
-    def _complete(self, group: Group, error: StoreFailedError | None) -> None:
-        """Give the group's callers their outcome, retire the group, and pass the writing on."""
+    def _complete(self, group: Group, error: StoreFailedError | None, published: bool) -> None:
+        """Give the group's callers their outcome, retire the group, and pass the writing on.
+
+        A published group's plan was forgotten as it was published.
+        """
         if error is None:
             for r, _, _, result in group.planned:
                 r.result = result
@@ -409,7 +417,8 @@ class GroupCommit:
             for queued in group.requests:
                 if queued.error is None:
                     queued.result, queued.error = None, error  # a replay may point into the failed group
-        self._groups.forget(group)
+        if not published:
+            self._groups.forget(group)
         with self.lock:
             self._in_flight.popleft()
             self.groups_done += 1

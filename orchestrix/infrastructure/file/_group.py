@@ -233,7 +233,8 @@ class GroupWriter:
             self.sync_seconds = took if average is None else average + (took - average) / 8
 
     def publish(self, group: Group) -> None:
-        """Publish the synced group: HEAD for other processes, then the view for this one."""
+        """Publish the synced group: HEAD for other processes, then the view for this one; and
+        forget its plan (the view now knows what the plan knew)."""
         view = self.view
         last = group.entries[-1]
         end = _new(Head, (last_position(last), last[SEGMENT], last[OFFSET] + last[SIZE]))
@@ -243,13 +244,18 @@ class GroupWriter:
             except (OSError, ValueError) as exc:  # durable records; only the hint failed
                 self._fail(f"cannot update HEAD ({exc})")
             view.publish(group.entries, end)
+            self._forget(group)  # in the same hold: one state lock less per group
 
     def forget(self, group: Group) -> None:
-        """Drop what the retiring group's plan added to the in-flight knowledge."""
-        versions, ids, seq = self.versions, self.ids, group.seq
+        """Drop what the retiring group's plan added to the in-flight knowledge (a group that
+        was not published)."""
         with self.view.state:  # plan reads and writes these under the state lock, not the commit lock
-            for r, _, _, _ in group.planned:
-                if versions.get(r.stream, (0, -1))[1] == seq:
-                    del versions[r.stream]
-                for i in r.ids:
-                    ids.pop(i, None)
+            self._forget(group)
+
+    def _forget(self, group: Group) -> None:
+        versions, ids, seq = self.versions, self.ids, group.seq
+        for r, _, _, _ in group.planned:
+            if versions.get(r.stream, (0, -1))[1] == seq:
+                del versions[r.stream]
+            for i in r.ids:
+                ids.pop(i, None)

@@ -267,8 +267,14 @@ class Log(LogScans):
         end = offset + len(data)
         if self._preallocating and end > segment.allocated:
             self._preallocate(segment, end)
-        view = memoryview(data)
         pwrite = self._pwrite
+        written = pwrite(segment.fd, data, offset)
+        if written == len(data):  # the usual case: no memoryview to slice for a short write
+            return
+        if written <= 0:
+            raise OSError(errno.EIO, "short write")
+        view = memoryview(data)[written:]
+        offset += written
         while view:
             written = pwrite(segment.fd, view, offset)
             if written <= 0:
