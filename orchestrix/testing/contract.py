@@ -44,12 +44,13 @@ from orchestrix.core.eventsourcing.store import (
     STREAM_EXISTS,
     EventStore,
 )
-from orchestrix.core.execution.subscription import subscribe, subscribe_async
+from orchestrix.core.execution.subscription import subscribe
 from orchestrix.core.messaging.messages import Event, NewEvent, RecordedEvent
 from orchestrix.core.messaging.serializer import Serializer
 from orchestrix.testing.argument_contract import ArgumentContract, _refused_promptly
 from orchestrix.testing.multistream_contract import MultiStreamContract
 from orchestrix.testing.strategies import money
+from orchestrix.testing.type_filter_contract import TypeFilterContract
 
 __all__ = [
     "ContractEvent",
@@ -97,7 +98,7 @@ def _numbers(recorded: Iterator[RecordedEvent]) -> list[int]:
     return [r.event.n for r in recorded]
 
 
-class EventStoreContract(MultiStreamContract, ArgumentContract):
+class EventStoreContract(MultiStreamContract, TypeFilterContract, ArgumentContract):
     """Every promise an EventStore makes, as tests. Subclass and provide the ``store`` fixture.
 
     The multi-stream appends' tests come from :class:`MultiStreamContract`, most of the refused
@@ -303,34 +304,6 @@ class EventStoreContract(MultiStreamContract, ArgumentContract):
         assert _numbers(store.read_all(third, limit=2)) == [3, 4]
         assert list(store.read_all(results[-1].last_position)) == []
 
-    def test_read_all_with_types_yields_only_those_and_limit_counts_them(self, store: EventStore) -> None:
-        at = datetime(2026, 1, 2, tzinfo=UTC)
-        for i in range(8):  # ContractEvent i, and a MoneyMoved after every odd one
-            store.append(f"s-{i % 3}", _events(i), ANY)
-            if i % 2:
-                store.append("money", [MoneyMoved(Decimal(i), at, uuid.UUID(int=i))], ANY)
-        everything = list(store.read_all())
-        moved = [r for r in everything if isinstance(r.event, MoneyMoved)]
-        assert [r.event.amount for r in store.read_all(types={MoneyMoved})] == [1, 3, 5, 7]
-        assert list(store.read_all(types=[MoneyMoved])) == moved  # the same records, envelope and all
-        assert [r.event.amount for r in store.read_all(moved[0].position, 2, types=(MoneyMoved,))] == [3, 5]
-        assert _numbers(store.read_all(moved[1].position, types=frozenset({ContractEvent}))) == [4, 5, 6, 7]
-        assert list(store.read_all(types={ContractEvent, MoneyMoved})) == everything
-        assert list(store.read_all(types=set())) == []
-        assert list(store.read_all(types={NotRegistered})) == []  # no such event stored
-        assert list(store.read_all(everything[-1].position, types={MoneyMoved})) == []
-        # A reader keeping a position takes the head first: a short filtered read passed it all.
-        head = store.last_position()
-        assert len(list(store.read_all(moved[-1].position, 10, types={MoneyMoved}))) < 10
-        assert head == everything[-1].position
-
-        async def forms() -> None:
-            got = [r async for r in store.read_all_async(moved[0].position, 2, types={MoneyMoved})]
-            assert got == moved[1:3]
-            assert [r async for r in store.read_all_async(types={ContractEvent, MoneyMoved})] == everything
-
-        asyncio.run(forms())
-
     def test_empty_store_has_position_zero(self, store: EventStore) -> None:
         assert store.last_position() == 0
         assert list(store.read_all()) == []
@@ -477,41 +450,6 @@ class EventStoreContract(MultiStreamContract, ArgumentContract):
                 stop.set()
         writer.join()
         assert seen == [0, 1, 2, 3, 4, 5]
-
-    def test_a_subscription_with_types_yields_only_those_live_too(self, store: EventStore) -> None:
-        at = datetime(2026, 1, 2, tzinfo=UTC)
-
-        def moved(n: int) -> list[MoneyMoved]:
-            return [MoneyMoved(Decimal(n), at, uuid.UUID(int=n + 1))]
-
-        store.append("s-1", _events(0, 1), ANY)
-        store.append("money", moved(1), ANY)
-        store.append("s-1", _events(2), ANY)
-        stop = threading.Event()
-        seen: list[Decimal] = []
-
-        def late_writer() -> None:
-            store.append("s-2", _events(3), ANY)
-            store.append("money", moved(2), ANY)
-
-        writer = threading.Timer(0.05, late_writer)
-        writer.start()
-        for recorded in subscribe(store, 0, stop=stop, idle_timeout=0.02, page_size=2, types={MoneyMoved}):
-            seen.append(recorded.event.amount)
-            if len(seen) == 2:
-                stop.set()
-        writer.join()
-        assert seen == [1, 2]
-
-        async def async_form() -> list[Decimal]:
-            got = []
-            async for recorded in subscribe_async(store, 0, idle_timeout=0.02, types=[MoneyMoved]):
-                got.append(recorded.event.amount)
-                if len(got) == 2:
-                    break
-            return got
-
-        assert asyncio.run(async_form()) == [1, 2]
 
     # -- asyncio forms -----------------------------------------------------------------------
 
